@@ -1,0 +1,102 @@
+"""The numpy-facing API: normalise inputs (dtype, dimensions, contiguity), then call Rust."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from . import _core
+from .types import QuantType, as_quant_type
+
+_FLOAT_DTYPES = (np.float32, np.float16, np.float64)
+
+
+def _floats(a: npt.ArrayLike, what: str, ndims: tuple[int, ...]) -> np.ndarray:
+    arr = np.asarray(a)
+    if arr.dtype.type not in _FLOAT_DTYPES:
+        raise TypeError(f"{what} must be float32, float16 or float64, not {arr.dtype}")
+    if arr.ndim not in ndims:
+        want = " or ".join(f"{n}-D" for n in ndims)
+        raise ValueError(f"{what} must be {want}, got shape {arr.shape}")
+    # No copy when the input already is contiguous float32.
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _bytes(a: npt.ArrayLike, what: str) -> np.ndarray:
+    arr = np.asarray(a)
+    if arr.dtype != np.uint8:
+        raise TypeError(f"{what} must be a uint8 array of quantized bytes, not {arr.dtype}")
+    if arr.ndim not in (1, 2):
+        raise ValueError(f"{what} must be 1-D (one row) or 2-D (rows), got shape {arr.shape}")
+    return np.ascontiguousarray(arr.reshape(1, -1) if arr.ndim == 1 else arr)
+
+
+def _threads(threads: int | None) -> int | None:
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads must be a positive integer or None, not {threads!r}")
+    return int(threads)
+
+
+def quantize(
+    x: npt.ArrayLike,
+    qtype: QuantType | str,
+    imatrix: npt.ArrayLike | None = None,
+    *,
+    iq2ks_search: str = "fast",
+    threads: int | None = None,
+) -> np.ndarray:
+    """Quantize rows of weights; returns uint8 of shape (nrows, row_size).
+
+    ``x`` is float32 (float16/float64 are converted), 1-D (one row) or 2-D (rows). ``imatrix`` is
+    the per-column importance (length n_per_row). ``iq2ks_search`` picks ik's IQ2_KS search:
+    ``"fast"`` (llama-quantize's default on x86) or ``"exhaustive"``.
+    """
+    qt = as_quant_type(qtype)
+    arr = _floats(x, "x", (1, 2))
+    rows = arr.reshape(1, -1) if arr.ndim == 1 else arr
+    if arr.ndim == 1 and arr.size == 0:
+        rows = arr.reshape(0, 0)
+    im = None if imatrix is None else _floats(imatrix, "imatrix", (1,))
+    return _core.quantize(rows, qt.value, im, iq2ks_search, _threads(threads))
+
+
+def dequantize(q: npt.ArrayLike, qtype: QuantType | str, *, threads: int | None = None) -> np.ndarray:
+    """Dequantize rows of quantized bytes; returns float32 of shape (nrows, n_per_row)."""
+    qt = as_quant_type(qtype)
+    return _core.dequantize(_bytes(q, "q"), qt.value, _threads(threads))
+
+
+def quantize_q8_k(x: npt.ArrayLike) -> np.ndarray:
+    """Quantize an activation vector (length a multiple of 256) to ik's 296-byte Q8_K blocks."""
+    return _core.quantize_q8_k(_floats(x, "x", (1,)))
+
+
+def vec_dot(
+    q: npt.ArrayLike, qtype: QuantType | str, a8: npt.ArrayLike, *, threads: int | None = None
+) -> np.ndarray:
+    """Dot every row of ``q`` with the Q8_K activations ``a8``; returns float32 (nrows,)."""
+    qt = as_quant_type(qtype)
+    act = np.asarray(a8)
+    if act.dtype != np.uint8 or act.ndim != 1:
+        raise TypeError(f"a8 must be 1-D uint8 Q8_K bytes, got {act.dtype} of shape {act.shape}")
+    return _core.vec_dot(_bytes(q, "q"), qt.value, np.ascontiguousarray(act), _threads(threads))
+
+
+def matvec(
+    q: npt.ArrayLike, qtype: QuantType | str, x: npt.ArrayLike, *, threads: int | None = None
+) -> np.ndarray:
+    """Quantize ``x`` to Q8_K, then dot every row of ``q`` with it; returns float32 (nrows,)."""
+    qt = as_quant_type(qtype)
+    return _core.matvec(_bytes(q, "q"), qt.value, _floats(x, "x", (1,)), _threads(threads))
+
+
+def row_size(qtype: QuantType | str, n_per_row: int) -> int:
+    """Bytes of one row of ``n_per_row`` weights (the KS types' row scale included)."""
+    return int(_core.row_size(as_quant_type(qtype).value, n_per_row))
+
+
+def type_table() -> list[dict[str, object]]:
+    """Every registered type's facts, as the Rust registry holds them."""
+    return list(_core.type_table())

@@ -1,0 +1,128 @@
+//! IQ2_K: 2.375 bpw. 76-byte super-blocks of 256: fp16 d, u16 shifted-grid flags, 16 4-bit
+//! sub-block scales (offset 8), 64 bytes of 2-bit grid indices. Sub-blocks of 16.
+
+use super::common::{low2_position, read_u16, signed_max, write_u16, PartitionSearch, Weighting};
+use crate::numeric::{f16_to_f32, f32_to_f16, make_qx_quants, nearest_int};
+use crate::q8k::Q8kBlock;
+use crate::registry::QK_K;
+use crate::tables::{half, nearest_index, IQ2NL};
+
+pub const BLOCK_BYTES: usize = 76;
+const SUB: usize = 16;
+const NSUB: usize = QK_K / SUB;
+const SCALES: usize = 4;
+const QS: usize = 12;
+const WEIGHTING: Weighting = Weighting::Broad;
+
+pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
+    let search = PartitionSearch {
+        max_i1: SUB,
+        min_i3: 0,
+    };
+    for (ibl, (xbl, y)) in x
+        .chunks_exact(QK_K)
+        .zip(out.chunks_exact_mut(BLOCK_BYTES))
+        .enumerate()
+    {
+        y.fill(0);
+        let qwbl = qw.map(|w| &w[ibl * QK_K..(ibl + 1) * QK_K]);
+        let sigma2 = WEIGHTING.sigma2(xbl);
+        let mut weight = [0.0f32; SUB];
+        let (mut scales, mut sw) = ([0.0f32; NSUB], [0.0f32; NSUB]);
+        let mut extra = 0u16;
+        let mut max_abs_scale = 0.0f32;
+        for ib in 0..NSUB {
+            let xb = &xbl[SUB * ib..SUB * (ib + 1)];
+            WEIGHTING.fill(
+                sigma2,
+                xb,
+                qwbl.map(|w| &w[SUB * ib..SUB * (ib + 1)]),
+                &mut weight,
+            );
+            for &w in &weight {
+                sw[ib] += w;
+            }
+            if signed_max(xb).1 < 1e-16 {
+                continue;
+            }
+            let (d, shifted) = search.run(xb, &weight, &IQ2NL);
+            scales[ib] = d;
+            extra |= (shifted as u16) << ib;
+            if max_abs_scale < d.abs() {
+                max_abs_scale = d.abs();
+            }
+        }
+        if max_abs_scale == 0.0 {
+            continue;
+        }
+        let mut levels = [0i8; NSUB];
+        let d = make_qx_quants(8, &scales, &sw, &mut levels);
+        if d == 0.0 {
+            continue;
+        }
+        write_u16(y, 2, extra);
+        let id = 1.0 / d;
+        let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+        for ib in 0..NSUB {
+            let ls = nearest_int(id * scales[ib]).clamp(-8, 7);
+            y[SCALES + ib / 2] |= ((ls + 8) as u8) << (4 * (ib % 2));
+            let dl = d * ls as f32;
+            if dl == 0.0 {
+                continue;
+            }
+            let values = half(&IQ2NL, extra >> ib & 1 == 1);
+            let xb = &xbl[SUB * ib..SUB * (ib + 1)];
+            WEIGHTING.fill(
+                sigma2,
+                xb,
+                qwbl.map(|w| &w[SUB * ib..SUB * (ib + 1)]),
+                &mut weight,
+            );
+            let idl = 1.0 / dl;
+            for (j, (&v, &w)) in xb.iter().zip(&weight).enumerate() {
+                let idx = nearest_index(values, idl * v);
+                let (byte, shift) = low2_position(SUB * ib + j);
+                y[QS + byte] |= (idx as u8) << shift;
+                let q = (values[idx] as i32 * ls) as f32;
+                sumqx += w * q * v;
+                sumq2 += w * q * q;
+            }
+        }
+        let d_final = if sumq2 > 0.0 { sumqx / sumq2 } else { d };
+        write_u16(y, 0, f32_to_f16(1.030 * d_final));
+    }
+}
+
+/// Sub-block scale (in units of d), grid half and index of every element of a super-block.
+#[inline(always)]
+fn decode(y: &[u8], mut f: impl FnMut(usize, i32, &[i8], usize)) {
+    let extra = read_u16(y, 2);
+    for i in 0..QK_K {
+        let ib = i / SUB;
+        let s = ((y[SCALES + ib / 2] >> (4 * (ib % 2))) & 0xf) as i32 - 8;
+        let values = half(&IQ2NL, extra >> ib & 1 == 1);
+        let (byte, shift) = low2_position(i);
+        f(i, s, values, ((y[QS + byte] >> shift) & 3) as usize);
+    }
+}
+
+pub fn dequantize_row(row: &[u8], out: &mut [f32]) {
+    for (y, o) in row
+        .chunks_exact(BLOCK_BYTES)
+        .zip(out.chunks_exact_mut(QK_K))
+    {
+        let d = f16_to_f32(read_u16(y, 0));
+        decode(y, |i, s, values, idx| {
+            o[i] = d * s as f32 * values[idx] as f32
+        });
+    }
+}
+
+pub fn vec_dot_q8k(row: &[u8], q8k: &[u8]) -> f32 {
+    let mut acc = 0.0f64;
+    for (y, a) in row.chunks_exact(BLOCK_BYTES).zip(Q8kBlock::iter(q8k)) {
+        let d = f16_to_f32(read_u16(y, 0));
+        acc += a.d as f64 * super::dot_block(d, a.qs, |f| decode(y, f));
+    }
+    acc as f32
+}

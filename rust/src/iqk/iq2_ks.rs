@@ -1,0 +1,363 @@
+//! IQ2_KS: 2.1875 bpw plus an fp16 scale per row. 70-byte super-blocks of 256: u16 `extra`
+//! (bits 0-7 shifted-grid flags, bits 8-15 bit 4 of the scale codes), 4 bytes of low scale
+//! nibbles, 64 bytes of 2-bit indices. Sub-blocks of 32, 5-bit scales (offset 16).
+//!
+//! ik_llama.cpp has two searches that give different bytes: the exhaustive partition search
+//! (every non-AVX2 build, `--slow-iq2ks`) and the fast candidate-scale search (llama-quantize's
+//! default on x86). Both are reproduced here; the fast one uses fused multiply-adds exactly
+//! where ik's AVX2 code does, so its bytes do not depend on the CPU we run on.
+
+use super::common::{low2_position, read_u16, signed_max, write_u16, PartitionSearch, Weighting};
+use crate::numeric::{f16_to_f32, f32_to_f16, make_qx_quants};
+use crate::q8k::Q8kBlock;
+use crate::registry::QK_K;
+use crate::tables::{half, nearest_index, IQ2NL};
+
+pub const BLOCK_BYTES: usize = 70;
+pub const ROW_META: usize = 2;
+const SUB: usize = 32;
+const NSUB: usize = QK_K / SUB;
+const SCALES: usize = 2;
+const QS: usize = 6;
+const WEIGHTING: Weighting = Weighting::Broad;
+
+/// Which of ik's two IQ2_KS searches to reproduce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Iq2KsSearch {
+    /// The AVX2 candidate-scale search, llama-quantize's default on x86.
+    #[default]
+    Fast,
+    /// The exhaustive partition search (ik on other platforms, or `--slow-iq2ks`).
+    Exhaustive,
+}
+
+/// Scratch for one row: per-sub-block scales, weight sums and 5-bit scale codes.
+struct RowScales {
+    scales: Vec<f32>,
+    sw: Vec<f32>,
+    levels: Vec<i8>,
+}
+
+impl RowScales {
+    fn new(n_per_row: usize) -> Self {
+        let n = n_per_row / SUB;
+        RowScales {
+            scales: vec![0.0; n],
+            sw: vec![0.0; n],
+            levels: vec![0; n],
+        }
+    }
+}
+
+pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], search: Iq2KsSearch) {
+    out.fill(0);
+    let mut rs = RowScales::new(x.len());
+    match search {
+        Iq2KsSearch::Exhaustive => exhaustive(x, qw, out, &mut rs),
+        Iq2KsSearch::Fast => fast(x, qw, out, &mut rs),
+    }
+}
+
+fn block_slices<'a>(
+    x: &'a [f32],
+    qw: Option<&'a [f32]>,
+    ibl: usize,
+    ib: usize,
+) -> (&'a [f32], Option<&'a [f32]>) {
+    let range = ibl * QK_K + SUB * ib..ibl * QK_K + SUB * (ib + 1);
+    (&x[range.clone()], qw.map(|w| &w[range]))
+}
+
+fn exhaustive(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], rs: &mut RowScales) {
+    let search = PartitionSearch {
+        max_i1: 3 * SUB / 4,
+        min_i3: SUB / 4,
+    };
+    let mut weight = [0.0f32; SUB];
+    let (_, blocks) = out.split_at_mut(ROW_META);
+    for (ibl, (xbl, y)) in x
+        .chunks_exact(QK_K)
+        .zip(blocks.chunks_exact_mut(BLOCK_BYTES))
+        .enumerate()
+    {
+        let sigma2 = WEIGHTING.sigma2(xbl);
+        let mut extra = 0u16;
+        for ib in 0..NSUB {
+            let (xb, qwb) = block_slices(x, qw, ibl, ib);
+            WEIGHTING.fill(sigma2, xb, qwb, &mut weight);
+            let k = ibl * NSUB + ib;
+            rs.sw[k] = 0.0;
+            for &w in &weight {
+                rs.sw[k] += w;
+            }
+            rs.scales[k] = 0.0;
+            if signed_max(xb).1 < 1e-16 {
+                continue;
+            }
+            let (d, shifted) = search.run(xb, &weight, &IQ2NL);
+            rs.scales[k] = d;
+            extra |= (shifted as u16) << ib;
+        }
+        write_u16(y, 0, extra);
+    }
+    let d = make_qx_quants(16, &rs.scales, &rs.sw, &mut rs.levels);
+    if d == 0.0 {
+        return;
+    }
+    let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+    for (ibl, (xbl, y)) in x
+        .chunks_exact(QK_K)
+        .zip(blocks.chunks_exact_mut(BLOCK_BYTES))
+        .enumerate()
+    {
+        let sigma2 = WEIGHTING.sigma2(xbl);
+        for ib in 0..NSUB {
+            let code = rs.levels[ibl * NSUB + ib] as i32;
+            store_scale_code(y, ib, code);
+            let ls = code - 16;
+            let dl = d * ls as f32;
+            if dl == 0.0 {
+                continue;
+            }
+            let values = half(&IQ2NL, read_u16(y, 0) >> ib & 1 == 1);
+            let (xb, qwb) = block_slices(x, qw, ibl, ib);
+            WEIGHTING.fill(sigma2, xb, qwb, &mut weight);
+            let idl = 1.0 / dl;
+            for (j, (&v, &w)) in xb.iter().zip(&weight).enumerate() {
+                let idx = nearest_index(values, idl * v);
+                store_index(y, SUB * ib + j, idx);
+                let q = (values[idx] as i32 * ls) as f32;
+                sumqx += w * q * v;
+                sumq2 += w * q * q;
+            }
+        }
+    }
+    let d_row = if sumq2 > 0.0 { sumqx / sumq2 } else { d };
+    write_u16(out, 0, f32_to_f16(1.030 * d_row));
+}
+
+#[inline(always)]
+fn store_scale_code(y: &mut [u8], ib: usize, code: i32) {
+    y[SCALES + ib / 2] |= ((code & 0xf) as u8) << (4 * (ib % 2));
+    let extra = read_u16(y, 0) | (((code >> 4) as u16) << (8 + ib));
+    write_u16(y, 0, extra);
+}
+
+#[inline(always)]
+fn store_index(y: &mut [u8], i: usize, idx: usize) {
+    let (byte, shift) = low2_position(i);
+    y[QS + byte] |= (idx as u8) << shift;
+}
+
+/// Horizontal sum of 8 lanes in the order of ik's `hsum_float_8`.
+#[inline(always)]
+fn hsum8(a: &[f32; 8]) -> f32 {
+    ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
+}
+
+/// Index of the grid value whose product with `d` is nearest to `x` (squared distance, ties to
+/// the lower index), for `+x` and for `-x`: ik's vectorised compare-and-select.
+#[inline(always)]
+fn nearest_scaled(values: &[i8], d: f32, x: f32) -> (usize, usize) {
+    let (mut ip, mut im) = (0usize, 0usize);
+    let val = d * values[0] as f32;
+    let (mut bp, mut bm) = ((x - val) * (x - val), (x + val) * (x + val));
+    for (k, &v) in values.iter().enumerate().skip(1) {
+        let val = d * v as f32;
+        let dp = (x - val) * (x - val);
+        if dp < bp {
+            bp = dp;
+            ip = k;
+        }
+        let dm = (x + val) * (x + val);
+        if dm < bm {
+            bm = dm;
+            im = k;
+        }
+    }
+    (ip, im)
+}
+
+/// ik's `compute_1block_iq2ks`: fit the block at scale `d` with both signs; returns the better
+/// fit's (scale, score), or None when neither has a positive denominator.
+fn evaluate_candidate(d: f32, x: &[f32], w: &[f32], values: &[i8]) -> Option<(f32, f32)> {
+    let (mut sqx_p, mut sq2_p, mut sqx_m, mut sq2_m) =
+        ([0.0f32; 8], [0.0f32; 8], [0.0f32; 8], [0.0f32; 8]);
+    for (j, (&v, &wj)) in x.iter().zip(w).enumerate() {
+        let (ip, im) = nearest_scaled(values, d, v);
+        let lane = j % 8;
+        let q = values[ip] as f32;
+        let wq = wj * q;
+        sqx_p[lane] = wq.mul_add(v, sqx_p[lane]);
+        sq2_p[lane] = wq.mul_add(q, sq2_p[lane]);
+        let q = values[im] as f32;
+        let wq = wj * q;
+        sqx_m[lane] = wq.mul_add(v, sqx_m[lane]);
+        sq2_m[lane] = wq.mul_add(q, sq2_m[lane]);
+    }
+    let (sqx_p, sq2_p, sqx_m, sq2_m) = (hsum8(&sqx_p), hsum8(&sq2_p), hsum8(&sqx_m), hsum8(&sq2_m));
+    let mut result = None;
+    if sq2_p > 0.0 {
+        let d = sqx_p / sq2_p;
+        result = Some((d, sqx_p * d));
+    }
+    if sq2_m > 0.0 && result.is_none_or(|(_, score)| sqx_m * sqx_m > score * sq2_m) {
+        let d = sqx_m / sq2_m;
+        result = Some((d, sqx_m * d));
+    }
+    result
+}
+
+/// ik's `compute_1block_iq2ks_rmse`: weighted squared error of the block at scale `dl`, with the
+/// chosen indices written to `idx`.
+fn block_error(dl: f32, x: &[f32], w: &[f32], values: &[i8], idx: &mut [u8; SUB]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (j, (&v, &wj)) in x.iter().zip(w).enumerate() {
+        let k = nearest_scaled(values, dl, v).0;
+        idx[j] = k as u8;
+        let diff = (-dl).mul_add(values[k] as f32, v);
+        acc[j % 8] = (wj * diff).mul_add(diff, acc[j % 8]);
+    }
+    hsum8(&acc)
+}
+
+fn fast(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], rs: &mut RowScales) {
+    let mut weight = [0.0f32; SUB];
+    let (_, blocks) = out.split_at_mut(ROW_META);
+    let base = half(&IQ2NL, false);
+    let shifted = half(&IQ2NL, true);
+    for (ibl, (xbl, y)) in x
+        .chunks_exact(QK_K)
+        .zip(blocks.chunks_exact_mut(BLOCK_BYTES))
+        .enumerate()
+    {
+        let sigma2 = WEIGHTING.sigma2(xbl);
+        let mut extra = 0u16;
+        for ib in 0..NSUB {
+            let (xb, qwb) = block_slices(x, qw, ibl, ib);
+            WEIGHTING.fill(sigma2, xb, qwb, &mut weight);
+            let k = ibl * NSUB + ib;
+            let (max, amax) = signed_max(xb);
+            let mut sumw = 0.0f32;
+            for &w in &weight {
+                sumw += w;
+            }
+            rs.sw[k] = sumw;
+            rs.scales[k] = 0.0;
+            if amax < 1e-14 {
+                continue;
+            }
+            let mut d = max / IQ2NL[7] as f32;
+            let mut best = 0.0f32;
+            if let Some((this_d, score)) = evaluate_candidate(d, xb, &weight, base) {
+                best = score;
+                d = this_d;
+            }
+            let mut is_shifted = false;
+            for (values, this_shifted) in [(base, false), (shifted, true)] {
+                for itry in -13..=13 {
+                    let candidate = max / (values[0] as f32 + 0.5 * itry as f32);
+                    if let Some((this_d, score)) =
+                        evaluate_candidate(candidate, xb, &weight, values)
+                    {
+                        if score > best {
+                            best = score;
+                            d = this_d;
+                            is_shifted = this_shifted;
+                        }
+                    }
+                }
+            }
+            rs.scales[k] = d;
+            extra |= (is_shifted as u16) << ib;
+        }
+        write_u16(y, 0, extra);
+    }
+    let d = make_qx_quants(16, &rs.scales, &rs.sw, &mut rs.levels);
+    if d == 0.0 {
+        return;
+    }
+    let (mut sumqx, mut sumq2) = ([0.0f32; 8], [0.0f32; 8]);
+    let mut idx = [0u8; SUB];
+    let mut idx_alt = [0u8; SUB];
+    for (ibl, (xbl, y)) in x
+        .chunks_exact(QK_K)
+        .zip(blocks.chunks_exact_mut(BLOCK_BYTES))
+        .enumerate()
+    {
+        let sigma2 = WEIGHTING.sigma2(xbl);
+        for ib in 0..NSUB {
+            let k = ibl * NSUB + ib;
+            let values = half(&IQ2NL, read_u16(y, 0) >> ib & 1 == 1);
+            let (xb, qwb) = block_slices(x, qw, ibl, ib);
+            WEIGHTING.fill(sigma2, xb, qwb, &mut weight);
+            // Nudge the 5-bit code by one towards the block's own best scale if that lowers
+            // the error. The upward bound of 15 (not 31) is ik's, kept for identical bytes.
+            let code = rs.levels[k] as i32;
+            let dl = d * (code - 16) as f32;
+            let err = block_error(dl, xb, &weight, values, &mut idx);
+            if code > 0 && dl > rs.scales[k] {
+                if block_error(d * (code - 17) as f32, xb, &weight, values, &mut idx_alt) < err {
+                    rs.levels[k] -= 1;
+                    idx = idx_alt;
+                }
+            } else if code < 15
+                && dl < rs.scales[k]
+                && block_error(d * (code - 15) as f32, xb, &weight, values, &mut idx_alt) < err
+            {
+                rs.levels[k] += 1;
+                idx = idx_alt;
+            }
+            let code = rs.levels[k] as i32;
+            let ls = (code - 16) as f32;
+            for (j, ((&v, &w), &ix)) in xb.iter().zip(&weight).zip(&idx).enumerate() {
+                let vq = ls * values[ix as usize] as f32;
+                let wvq = w * vq;
+                sumqx[j % 8] = wvq.mul_add(v, sumqx[j % 8]);
+                sumq2[j % 8] = wvq.mul_add(vq, sumq2[j % 8]);
+                store_index(y, SUB * ib + j, ix as usize);
+            }
+            store_scale_code(y, ib, code);
+        }
+    }
+    let (sumqx, sumq2) = (hsum8(&sumqx), hsum8(&sumq2));
+    let d_row = if sumq2 > 0.0 { sumqx / sumq2 } else { d };
+    write_u16(out, 0, f32_to_f16(d_row));
+}
+
+#[inline(always)]
+fn decode(y: &[u8], mut f: impl FnMut(usize, i32, &[i8], usize)) {
+    let extra = read_u16(y, 0);
+    for i in 0..QK_K {
+        let ib = i / SUB;
+        let low = (y[SCALES + ib / 2] >> (4 * (ib % 2))) & 0xf;
+        let s = (low as u16 | ((extra >> (8 + ib)) & 1) << 4) as i32 - 16;
+        let values = half(&IQ2NL, extra >> ib & 1 == 1);
+        let (byte, shift) = low2_position(i);
+        f(i, s, values, ((y[QS + byte] >> shift) & 3) as usize);
+    }
+}
+
+pub fn dequantize_row(row: &[u8], out: &mut [f32]) {
+    let d = f16_to_f32(read_u16(row, 0));
+    for (y, o) in row[ROW_META..]
+        .chunks_exact(BLOCK_BYTES)
+        .zip(out.chunks_exact_mut(QK_K))
+    {
+        decode(y, |i, s, values, idx| {
+            o[i] = d * s as f32 * values[idx] as f32
+        });
+    }
+}
+
+pub fn vec_dot_q8k(row: &[u8], q8k: &[u8]) -> f32 {
+    let d = f16_to_f32(read_u16(row, 0));
+    let mut acc = 0.0f64;
+    for (y, a) in row[ROW_META..]
+        .chunks_exact(BLOCK_BYTES)
+        .zip(Q8kBlock::iter(q8k))
+    {
+        acc += a.d as f64 * super::dot_block(d, a.qs, |f| decode(y, f));
+    }
+    acc as f32
+}

@@ -1,0 +1,154 @@
+//! IQ3_K: 3.4375 bpw. 110-byte super-blocks of 256: fp16 d, u16 shifted-grid flags, u16 scale
+//! signs, 16 4-bit scale magnitudes (odd scales ±1..±31), 2-bit low index planes, 1-bit high
+//! plane. Sub-blocks of 16.
+
+use super::common::{
+    high1_position, low2_position, read_u16, signed_max, write_u16, NlSearch, Weighting,
+};
+use crate::numeric::{f16_to_f32, f32_to_f16, nearest_int};
+use crate::q8k::Q8kBlock;
+use crate::registry::QK_K;
+use crate::tables::{half, nearest_index, IQ3NL};
+
+pub const BLOCK_BYTES: usize = 110;
+const SUB: usize = 16;
+const NSUB: usize = QK_K / SUB;
+const SCALES_L: usize = 6;
+const QS: usize = 14;
+const QH: usize = 78;
+const WEIGHTING: Weighting = Weighting::Broad;
+const SEARCH: NlSearch = NlSearch {
+    table: &IQ3NL,
+    ntry: 3,
+    step: 2,
+    guard_first: true,
+};
+
+pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
+    for (ibl, (xbl, y)) in x
+        .chunks_exact(QK_K)
+        .zip(out.chunks_exact_mut(BLOCK_BYTES))
+        .enumerate()
+    {
+        y.fill(0);
+        let qwbl = qw.map(|w| &w[ibl * QK_K..(ibl + 1) * QK_K]);
+        let sigma2 = WEIGHTING.sigma2(xbl);
+        let mut weight = [0.0f32; SUB];
+        let mut scales = [0.0f32; NSUB];
+        let mut extra = 0u16;
+        let mut max_abs_scale = 0.0f32;
+        for ib in 0..NSUB {
+            let xb = &xbl[SUB * ib..SUB * (ib + 1)];
+            WEIGHTING.fill(
+                sigma2,
+                xb,
+                qwbl.map(|w| &w[SUB * ib..SUB * (ib + 1)]),
+                &mut weight,
+            );
+            let (max, amax) = signed_max(xb);
+            if amax < 1e-16 {
+                continue;
+            }
+            let (mut d, shifted) = SEARCH.run(xb, &weight, max);
+            if d == 0.0 {
+                continue;
+            }
+            // Refit the scale to the indices it selects on the chosen grid half.
+            let values = half(&IQ3NL, shifted);
+            let id = 1.0 / d;
+            let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+            for (&v, &w) in xb.iter().zip(&weight) {
+                let q = values[nearest_index(values, id * v)] as f32;
+                sumqx += w * q * v;
+                sumq2 += w * q * q;
+            }
+            if sumq2 > 0.0 {
+                d = sumqx / sumq2;
+            }
+            scales[ib] = d;
+            extra |= (shifted as u16) << ib;
+            if max_abs_scale < d.abs() {
+                max_abs_scale = d.abs();
+            }
+        }
+        if max_abs_scale == 0.0 {
+            continue;
+        }
+        let d = max_abs_scale / 31.0;
+        write_u16(y, 2, extra);
+        let id = 1.0 / d;
+        let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+        let mut signs = 0u16;
+        for ib in 0..NSUB {
+            let magnitude = nearest_int(0.5 * (id * scales[ib].abs() - 1.0)).clamp(0, 15);
+            y[SCALES_L + ib / 2] |= (magnitude as u8) << (4 * (ib % 2));
+            let negative = scales[ib] < 0.0;
+            signs |= (negative as u16) << ib;
+            let ls = (2 * magnitude + 1) * if negative { -1 } else { 1 };
+            let dl = d * ls as f32;
+            if dl == 0.0 {
+                continue;
+            }
+            let values = half(&IQ3NL, extra >> ib & 1 == 1);
+            let xb = &xbl[SUB * ib..SUB * (ib + 1)];
+            WEIGHTING.fill(
+                sigma2,
+                xb,
+                qwbl.map(|w| &w[SUB * ib..SUB * (ib + 1)]),
+                &mut weight,
+            );
+            let idl = 1.0 / dl;
+            for (j, (&v, &w)) in xb.iter().zip(&weight).enumerate() {
+                let idx = nearest_index(values, idl * v);
+                let i = SUB * ib + j;
+                let (byte, shift) = low2_position(i);
+                y[QS + byte] |= ((idx & 3) as u8) << shift;
+                let (byte, shift) = high1_position(i);
+                y[QH + byte] |= ((idx >> 2) as u8) << shift;
+                let q = (values[idx] as i32 * ls) as f32;
+                sumqx += w * q * v;
+                sumq2 += w * q * q;
+            }
+        }
+        write_u16(y, 4, signs);
+        let d_final = if sumq2 > 0.0 { sumqx / sumq2 } else { d };
+        write_u16(y, 0, f32_to_f16(1.01 * d_final));
+    }
+}
+
+#[inline(always)]
+fn decode(y: &[u8], mut f: impl FnMut(usize, i32, &[i8], usize)) {
+    let extra = read_u16(y, 2);
+    let signs = read_u16(y, 4);
+    for i in 0..QK_K {
+        let ib = i / SUB;
+        let magnitude = ((y[SCALES_L + ib / 2] >> (4 * (ib % 2))) & 0xf) as i32;
+        let s = (2 * magnitude + 1) * if signs >> ib & 1 == 1 { -1 } else { 1 };
+        let values = half(&IQ3NL, extra >> ib & 1 == 1);
+        let (byte, shift) = low2_position(i);
+        let (hbyte, hshift) = high1_position(i);
+        let idx = ((y[QS + byte] >> shift) & 3) | (((y[QH + hbyte] >> hshift) & 1) << 2);
+        f(i, s, values, idx as usize);
+    }
+}
+
+pub fn dequantize_row(row: &[u8], out: &mut [f32]) {
+    for (y, o) in row
+        .chunks_exact(BLOCK_BYTES)
+        .zip(out.chunks_exact_mut(QK_K))
+    {
+        let d = f16_to_f32(read_u16(y, 0));
+        decode(y, |i, s, values, idx| {
+            o[i] = d * s as f32 * values[idx] as f32
+        });
+    }
+}
+
+pub fn vec_dot_q8k(row: &[u8], q8k: &[u8]) -> f32 {
+    let mut acc = 0.0f64;
+    for (y, a) in row.chunks_exact(BLOCK_BYTES).zip(Q8kBlock::iter(q8k)) {
+        let d = f16_to_f32(read_u16(y, 0));
+        acc += a.d as f64 * super::dot_block(d, a.qs, |f| decode(y, f));
+    }
+    acc as f32
+}

@@ -1,0 +1,143 @@
+//! IQ3_KS: 3.1875 bpw plus an fp16 scale per row. 102-byte super-blocks of 256: u16 `extra`
+//! (bits 0-7 bit 4 of the scale codes, bits 8-15 shifted-grid flags: the reverse of IQ2_KS),
+//! 4 bytes of scale nibbles (block ib in byte ib%4, nibble ib/4), 2-bit low index planes,
+//! 1-bit high plane. Sub-blocks of 32, 5-bit scales (offset 16).
+
+use super::common::{
+    high1_position, low2_position, read_u16, signed_max, write_u16, NlSearch, Weighting,
+};
+use crate::numeric::{f16_to_f32, f32_to_f16, nearest_int};
+use crate::q8k::Q8kBlock;
+use crate::registry::QK_K;
+use crate::tables::{half, nearest_index, IQ3NL};
+
+pub const BLOCK_BYTES: usize = 102;
+pub const ROW_META: usize = 2;
+const SUB: usize = 32;
+const NSUB: usize = QK_K / SUB;
+const SCALES: usize = 2;
+const QS: usize = 6;
+const QH: usize = 70;
+const WEIGHTING: Weighting = Weighting::Narrow;
+const SEARCH: NlSearch = NlSearch {
+    table: &IQ3NL,
+    ntry: 5,
+    step: 1,
+    guard_first: true,
+};
+
+pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
+    out.fill(0);
+    let (meta, blocks) = out.split_at_mut(ROW_META);
+    let mut scales = vec![0.0f32; x.len() / SUB];
+    let mut weight = [0.0f32; SUB];
+    let (mut amax_scale, mut max_scale) = (0.0f32, 0.0f32);
+    for (ibl, (xbl, y)) in x
+        .chunks_exact(QK_K)
+        .zip(blocks.chunks_exact_mut(BLOCK_BYTES))
+        .enumerate()
+    {
+        let sigma2 = WEIGHTING.sigma2(xbl);
+        let mut extra = 0u16;
+        for ib in 0..NSUB {
+            let range = SUB * ib..SUB * (ib + 1);
+            let xb = &xbl[range.clone()];
+            let qwb = qw.map(|w| &w[ibl * QK_K..][range]);
+            WEIGHTING.fill(sigma2, xb, qwb, &mut weight);
+            let (max, amax) = signed_max(xb);
+            if amax < 1e-16 {
+                continue;
+            }
+            let (d, shifted) = SEARCH.run(xb, &weight, max);
+            extra |= (shifted as u16) << (8 + ib);
+            scales[ibl * NSUB + ib] = d;
+            if d.abs() > amax_scale {
+                amax_scale = d.abs();
+                max_scale = d;
+            }
+        }
+        write_u16(y, 0, extra);
+    }
+    // Negative so that the largest scale maps to code -16; an all-zero row stores -0 (0x8000).
+    let d = -max_scale / 16.0;
+    write_u16(meta, 0, f32_to_f16(d));
+    if d == 0.0 {
+        return;
+    }
+    let id = 1.0 / d;
+    let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+    for (ibl, (xbl, y)) in x
+        .chunks_exact(QK_K)
+        .zip(blocks.chunks_exact_mut(BLOCK_BYTES))
+        .enumerate()
+    {
+        let sigma2 = WEIGHTING.sigma2(xbl);
+        for ib in 0..NSUB {
+            let mut extra = read_u16(y, 0);
+            let values = half(&IQ3NL, extra >> (8 + ib) & 1 == 1);
+            let l = nearest_int(id * scales[ibl * NSUB + ib]).clamp(-16, 15);
+            let code = (l + 16) as u8;
+            y[SCALES + ib % 4] |= (code & 0xf) << (4 * (ib / 4));
+            extra |= ((code >> 4) as u16) << ib;
+            write_u16(y, 0, extra);
+            let dl = d * l as f32;
+            let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
+            let range = SUB * ib..SUB * (ib + 1);
+            let xb = &xbl[range.clone()];
+            WEIGHTING.fill(sigma2, xb, qw.map(|w| &w[ibl * QK_K..][range]), &mut weight);
+            for (j, (&v, &w)) in xb.iter().zip(&weight).enumerate() {
+                let idx = nearest_index(values, idl * v);
+                let i = SUB * ib + j;
+                let (byte, shift) = low2_position(i);
+                y[QS + byte] |= ((idx & 3) as u8) << shift;
+                let (byte, shift) = high1_position(i);
+                y[QH + byte] |= ((idx >> 2) as u8) << shift;
+                let q = (values[idx] as i32 * l) as f32;
+                sumqx += w * q * v;
+                sumq2 += w * q * q;
+            }
+        }
+    }
+    if sumq2 > 0.0 {
+        write_u16(meta, 0, f32_to_f16(sumqx / sumq2));
+    }
+}
+
+#[inline(always)]
+fn decode(y: &[u8], mut f: impl FnMut(usize, i32, &[i8], usize)) {
+    let extra = read_u16(y, 0);
+    for i in 0..QK_K {
+        let ib = i / SUB;
+        let low = (y[SCALES + ib % 4] >> (4 * (ib / 4))) & 0xf;
+        let s = (low as u16 | ((extra >> ib) & 1) << 4) as i32 - 16;
+        let values = half(&IQ3NL, extra >> (8 + ib) & 1 == 1);
+        let (byte, shift) = low2_position(i);
+        let (hbyte, hshift) = high1_position(i);
+        let idx = ((y[QS + byte] >> shift) & 3) | (((y[QH + hbyte] >> hshift) & 1) << 2);
+        f(i, s, values, idx as usize);
+    }
+}
+
+pub fn dequantize_row(row: &[u8], out: &mut [f32]) {
+    let d = f16_to_f32(read_u16(row, 0));
+    for (y, o) in row[ROW_META..]
+        .chunks_exact(BLOCK_BYTES)
+        .zip(out.chunks_exact_mut(QK_K))
+    {
+        decode(y, |i, s, values, idx| {
+            o[i] = d * s as f32 * values[idx] as f32
+        });
+    }
+}
+
+pub fn vec_dot_q8k(row: &[u8], q8k: &[u8]) -> f32 {
+    let d = f16_to_f32(read_u16(row, 0));
+    let mut acc = 0.0f64;
+    for (y, a) in row[ROW_META..]
+        .chunks_exact(BLOCK_BYTES)
+        .zip(Q8kBlock::iter(q8k))
+    {
+        acc += a.d as f64 * super::dot_block(d, a.qs, |f| decode(y, f));
+    }
+    acc as f32
+}

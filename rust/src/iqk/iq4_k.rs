@@ -1,0 +1,133 @@
+//! IQ4_K: 4.5 bpw. 144-byte super-blocks of 256: fp16 d, u16 shifted-grid flags, 6-bit
+//! sub-block scales (offset 32) split into 2 high bits and 4 low bits, 4-bit grid indices.
+//! Sub-blocks of 16.
+
+use super::common::{read_u16, signed_max, write_u16, NlSearch, Weighting};
+use crate::numeric::{f16_to_f32, f32_to_f16, nearest_int};
+use crate::q8k::Q8kBlock;
+use crate::registry::QK_K;
+use crate::tables::{half, nearest_index, IQ4K};
+
+pub const BLOCK_BYTES: usize = 144;
+const SUB: usize = 16;
+const NSUB: usize = QK_K / SUB;
+const SCALES_H: usize = 4;
+const SCALES_L: usize = 8;
+const QS: usize = 16;
+const WEIGHTING: Weighting = Weighting::Narrow;
+const SEARCH: NlSearch = NlSearch {
+    table: &IQ4K,
+    ntry: 7,
+    step: 1,
+    guard_first: false,
+};
+
+/// Element i's index nibble: byte `16·(i/32) + i%16`, low nibble for the first 16 of each 32.
+#[inline(always)]
+fn nibble_position(i: usize) -> (usize, u32) {
+    (16 * (i / 32) + i % 16, if i % 32 < 16 { 0 } else { 4 })
+}
+
+pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
+    for (ibl, (xbl, y)) in x
+        .chunks_exact(QK_K)
+        .zip(out.chunks_exact_mut(BLOCK_BYTES))
+        .enumerate()
+    {
+        y.fill(0);
+        let qwbl = qw.map(|w| &w[ibl * QK_K..(ibl + 1) * QK_K]);
+        let sigma2 = WEIGHTING.sigma2(xbl);
+        let mut weight = [0.0f32; SUB];
+        let mut scales = [0.0f32; NSUB];
+        let mut extra = 0u16;
+        let (mut max_scale, mut amax_scale) = (0.0f32, 0.0f32);
+        for ib in 0..NSUB {
+            let xb = &xbl[SUB * ib..SUB * (ib + 1)];
+            WEIGHTING.fill(
+                sigma2,
+                xb,
+                qwbl.map(|w| &w[SUB * ib..SUB * (ib + 1)]),
+                &mut weight,
+            );
+            let (max, amax) = signed_max(xb);
+            if amax < 1e-16 {
+                continue;
+            }
+            let (d, shifted) = SEARCH.run(xb, &weight, max);
+            extra |= (shifted as u16) << ib;
+            scales[ib] = d;
+            if d.abs() > amax_scale {
+                amax_scale = d.abs();
+                max_scale = d;
+            }
+        }
+        // Negative so that the largest sub-block scale maps to code -32, using the full range.
+        let d = -max_scale / 32.0;
+        write_u16(y, 0, f32_to_f16(d));
+        write_u16(y, 2, extra);
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+        for ib in 0..NSUB {
+            let values = half(&IQ4K, extra >> ib & 1 == 1);
+            let l = nearest_int(id * scales[ib]).clamp(-32, 31);
+            let dl = d * l as f32;
+            let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
+            let xb = &xbl[SUB * ib..SUB * (ib + 1)];
+            WEIGHTING.fill(
+                sigma2,
+                xb,
+                qwbl.map(|w| &w[SUB * ib..SUB * (ib + 1)]),
+                &mut weight,
+            );
+            for (j, (&v, &w)) in xb.iter().zip(&weight).enumerate() {
+                let idx = nearest_index(values, idl * v);
+                let (byte, shift) = nibble_position(SUB * ib + j);
+                y[QS + byte] |= (idx as u8) << shift;
+                let q = (values[idx] as i32 * l) as f32;
+                sumqx += w * q * v;
+                sumq2 += w * q * q;
+            }
+            let code = (l + 32) as u8;
+            y[SCALES_L + ib / 2] |= (code & 0xf) << (4 * (ib % 2));
+            y[SCALES_H + ib / 4] |= (code >> 4) << (2 * (ib % 4));
+        }
+        if sumq2 > 0.0 {
+            write_u16(y, 0, f32_to_f16(sumqx / sumq2));
+        }
+    }
+}
+
+#[inline(always)]
+fn decode(y: &[u8], mut f: impl FnMut(usize, i32, &[i8], usize)) {
+    let extra = read_u16(y, 2);
+    for i in 0..QK_K {
+        let ib = i / SUB;
+        let low = (y[SCALES_L + ib / 2] >> (4 * (ib % 2))) & 0xf;
+        let high = (y[SCALES_H + ib / 4] >> (2 * (ib % 4))) & 3;
+        let s = (low | high << 4) as i32 - 32;
+        let values = half(&IQ4K, extra >> ib & 1 == 1);
+        let (byte, shift) = nibble_position(i);
+        f(i, s, values, ((y[QS + byte] >> shift) & 0xf) as usize);
+    }
+}
+
+pub fn dequantize_row(row: &[u8], out: &mut [f32]) {
+    for (y, o) in row
+        .chunks_exact(BLOCK_BYTES)
+        .zip(out.chunks_exact_mut(QK_K))
+    {
+        let d = f16_to_f32(read_u16(y, 0));
+        decode(y, |i, s, values, idx| {
+            o[i] = d * s as f32 * values[idx] as f32
+        });
+    }
+}
+
+pub fn vec_dot_q8k(row: &[u8], q8k: &[u8]) -> f32 {
+    let mut acc = 0.0f64;
+    for (y, a) in row.chunks_exact(BLOCK_BYTES).zip(Q8kBlock::iter(q8k)) {
+        let d = f16_to_f32(read_u16(y, 0));
+        acc += a.d as f64 * super::dot_block(d, a.qs, |f| decode(y, f));
+    }
+    acc as f32
+}

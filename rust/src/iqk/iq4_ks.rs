@@ -1,0 +1,129 @@
+//! IQ4_KS: 4.25 bpw plus an f32 scale per row. 136-byte super-blocks of 256: 8 scale bytes
+//! (bit 0 shifted-grid flag, `(byte & 0xfe) - 127` the odd 7-bit scale), then 16 bytes of
+//! index nibbles per 32-block (low nibbles first 16 elements, high nibbles the next 16).
+
+use super::common::{read_f32, signed_max, NlSearch, Weighting};
+use crate::numeric::nearest_int;
+use crate::q8k::Q8kBlock;
+use crate::registry::QK_K;
+use crate::tables::{half, nearest_index, IQ4K};
+
+pub const BLOCK_BYTES: usize = 136;
+pub const ROW_META: usize = 4;
+const SUB: usize = 32;
+const NSUB: usize = QK_K / SUB;
+const QS: usize = 8;
+const WEIGHTING: Weighting = Weighting::Narrow;
+const SEARCH: NlSearch = NlSearch {
+    table: &IQ4K,
+    ntry: 7,
+    step: 1,
+    guard_first: false,
+};
+
+pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
+    out.fill(0);
+    let (meta, blocks) = out.split_at_mut(ROW_META);
+    let mut scales = vec![0.0f32; x.len() / SUB];
+    let mut weight = [0.0f32; SUB];
+    let mut amax_scale = 0.0f32;
+    for (ibl, (xbl, y)) in x
+        .chunks_exact(QK_K)
+        .zip(blocks.chunks_exact_mut(BLOCK_BYTES))
+        .enumerate()
+    {
+        let sigma2 = WEIGHTING.sigma2(xbl);
+        for ib in 0..NSUB {
+            let range = SUB * ib..SUB * (ib + 1);
+            let xb = &xbl[range.clone()];
+            WEIGHTING.fill(sigma2, xb, qw.map(|w| &w[ibl * QK_K..][range]), &mut weight);
+            let (max, amax) = signed_max(xb);
+            if amax < 1e-16 {
+                continue;
+            }
+            let (d, shifted) = SEARCH.run(xb, &weight, max);
+            y[ib] = shifted as u8;
+            scales[ibl * NSUB + ib] = d;
+            if amax_scale < d.abs() {
+                amax_scale = d.abs();
+            }
+        }
+    }
+    let d = amax_scale / 127.0;
+    meta.copy_from_slice(&d.to_le_bytes());
+    if d == 0.0 {
+        return;
+    }
+    let id = 1.0 / d;
+    let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+    for (ibl, (xbl, y)) in x
+        .chunks_exact(QK_K)
+        .zip(blocks.chunks_exact_mut(BLOCK_BYTES))
+        .enumerate()
+    {
+        let sigma2 = WEIGHTING.sigma2(xbl);
+        for ib in 0..NSUB {
+            let values = half(&IQ4K, y[ib] & 1 == 1);
+            let code = nearest_int(0.5 * (id * scales[ibl * NSUB + ib] + 127.0)).clamp(0, 127) << 1;
+            y[ib] |= code as u8;
+            let l = code - 127;
+            let dl = d * l as f32;
+            let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
+            let range = SUB * ib..SUB * (ib + 1);
+            let xb = &xbl[range.clone()];
+            WEIGHTING.fill(sigma2, xb, qw.map(|w| &w[ibl * QK_K..][range]), &mut weight);
+            let qs = &mut y[QS + 16 * ib..QS + 16 * (ib + 1)];
+            for j in 0..SUB / 2 {
+                let (x1, x2) = (xb[j], xb[j + SUB / 2]);
+                let i1 = nearest_index(values, idl * x1);
+                let i2 = nearest_index(values, idl * x2);
+                qs[j] = i1 as u8 | (i2 as u8) << 4;
+                let (w1, w2) = (weight[j], weight[j + SUB / 2]);
+                let q1 = (values[i1] as i32 * l) as f32;
+                let q2 = (values[i2] as i32 * l) as f32;
+                sumqx += w1 * q1 * x1 + w2 * q2 * x2;
+                sumq2 += w1 * q1 * q1 + w2 * q2 * q2;
+            }
+        }
+    }
+    if sumq2 > 0.0 {
+        meta.copy_from_slice(&(sumqx / sumq2).to_le_bytes());
+    }
+}
+
+#[inline(always)]
+fn decode(y: &[u8], mut f: impl FnMut(usize, i32, &[i8], usize)) {
+    for i in 0..QK_K {
+        let ib = i / SUB;
+        let s = (y[ib] & 0xfe) as i32 - 127;
+        let values = half(&IQ4K, y[ib] & 1 == 1);
+        let j = i % SUB;
+        let byte = y[QS + 16 * ib + j % 16];
+        let idx = if j < 16 { byte & 0xf } else { byte >> 4 };
+        f(i, s, values, idx as usize);
+    }
+}
+
+pub fn dequantize_row(row: &[u8], out: &mut [f32]) {
+    let d = read_f32(row, 0);
+    for (y, o) in row[ROW_META..]
+        .chunks_exact(BLOCK_BYTES)
+        .zip(out.chunks_exact_mut(QK_K))
+    {
+        decode(y, |i, s, values, idx| {
+            o[i] = d * s as f32 * values[idx] as f32
+        });
+    }
+}
+
+pub fn vec_dot_q8k(row: &[u8], q8k: &[u8]) -> f32 {
+    let d = read_f32(row, 0);
+    let mut acc = 0.0f64;
+    for (y, a) in row[ROW_META..]
+        .chunks_exact(BLOCK_BYTES)
+        .zip(Q8kBlock::iter(q8k))
+    {
+        acc += a.d as f64 * super::dot_block(d, a.qs, |f| decode(y, f));
+    }
+    acc as f32
+}

@@ -1,0 +1,24 @@
+//! iqk-rs: ik_llama.cpp's IQK low-bit weight formats (IQ2_K, IQ3_K, IQ4_K, IQ2_KS, IQ3_KS,
+//! IQ4_KS), quantized bit-exactly as ik_llama.cpp does, with dequantization and dot products
+//! against Q8_K activations.
+//!
+//! Layers, bottom up: [`numeric`] and [`tables`] (shared arithmetic and value grids),
+//! [`iqk`] (per-type scalar reference code), [`q8k`] (activations), [`registry`] (ids and
+//! sizes of every type), [`ops`] (validated, parallel whole-tensor operations). The Python
+//! binding lives in `py` behind the `python` feature.
+
+pub mod error;
+pub mod iqk;
+pub mod numeric;
+pub mod ops;
+pub mod q8k;
+pub mod registry;
+pub mod tables;
+
+#[cfg(feature = "python")]
+mod py;
+
+pub use error::{IqkError, Result};
+pub use iqk::iq2_ks::Iq2KsSearch;
+pub use ops::{dequantize, matvec, quantize, quantize_q8_k, vec_dot, QuantizeOptions};
+pub use registry::{QuantType, TypeInfo, QK_K, TYPES};

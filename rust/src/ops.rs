@@ -1,0 +1,360 @@
+//! Whole-tensor operations: validate the input once, then process rows in parallel. Rows are
+//! independent, so results never depend on the thread count.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use rayon::prelude::*;
+
+use crate::error::{IqkError, Result};
+use crate::iqk::iq2_ks::Iq2KsSearch;
+use crate::iqk::{iq2_k, iq2_ks, iq3_k, iq3_ks, iq4_k, iq4_ks};
+use crate::numeric::sanitized_row_weights;
+use crate::q8k;
+use crate::registry::{QuantType, QK_K};
+
+/// Options of [`quantize`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QuantizeOptions {
+    /// Which IQ2_KS search to reproduce (ignored by the other types).
+    pub iq2ks_search: Iq2KsSearch,
+    /// Worker threads; `None` uses every core.
+    pub threads: Option<usize>,
+}
+
+/// Run `work` on a pool of `threads` workers (the global pool when `None`). Pools are kept
+/// per size so repeated calls pay no thread start-up.
+pub fn with_threads<T: Send>(threads: Option<usize>, work: impl FnOnce() -> T + Send) -> Result<T> {
+    let Some(n) = threads else {
+        return Ok(work());
+    };
+    if n == 0 {
+        return Err(IqkError::InvalidArgument(
+            "threads must be at least 1".to_string(),
+        ));
+    }
+    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
+    let pool = {
+        let mut pools = POOLS.get_or_init(Default::default).lock().unwrap();
+        match pools.get(&n) {
+            Some(pool) => pool.clone(),
+            None => {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build()
+                    .map_err(|e| {
+                        IqkError::InvalidArgument(format!("cannot start {n} threads: {e}"))
+                    })?;
+                pools.entry(n).or_insert(Arc::new(pool)).clone()
+            }
+        }
+    };
+    Ok(pool.install(work))
+}
+
+/// Column block of ik's imatrix sanitising (`QHelper`) for each IQK type.
+fn sanitize_block(qtype: QuantType) -> Option<usize> {
+    match qtype {
+        QuantType::Iq2K | QuantType::Iq3K | QuantType::Iq4K => Some(16),
+        QuantType::Iq2Ks | QuantType::Iq3Ks | QuantType::Iq4Ks => Some(32),
+        _ => None,
+    }
+}
+
+fn check_finite(what: &'static str, data: &[f32], n_per_row: usize) -> Result<()> {
+    if let Some(pos) = data.iter().position(|v| !v.is_finite()) {
+        return Err(IqkError::NonFinite {
+            what,
+            row: pos / n_per_row.max(1),
+            col: pos % n_per_row.max(1),
+            value: data[pos],
+        });
+    }
+    Ok(())
+}
+
+fn check_rows(qtype: QuantType, len: usize, n_per_row: usize) -> Result<usize> {
+    let t = qtype.info();
+    if n_per_row == 0 || n_per_row % t.block_size != 0 {
+        return Err(IqkError::Shape(format!(
+            "row length {n_per_row} is not a positive multiple of {}'s block size {}",
+            t.name, t.block_size
+        )));
+    }
+    if len % n_per_row != 0 {
+        return Err(IqkError::Shape(format!(
+            "{len} values do not make whole rows of {n_per_row}"
+        )));
+    }
+    Ok(len / n_per_row)
+}
+
+/// Validate an importance matrix for rows of `n_per_row`.
+pub fn check_imatrix(imatrix: &[f32], n_per_row: usize) -> Result<()> {
+    if imatrix.len() != n_per_row {
+        return Err(IqkError::Imatrix(format!(
+            "has {} entries but rows have {n_per_row} columns",
+            imatrix.len()
+        )));
+    }
+    if let Some(col) = imatrix.iter().position(|v| !v.is_finite() || *v < 0.0) {
+        return Err(IqkError::Imatrix(format!(
+            "entry {col} is {}; importances must be finite and non-negative",
+            imatrix[col]
+        )));
+    }
+    Ok(())
+}
+
+/// Quantize one row of an IQK type, the imatrix already sanitised into `weights`.
+fn quantize_iqk_row(
+    qtype: QuantType,
+    x: &[f32],
+    weights: Option<&[f32]>,
+    out: &mut [u8],
+    search: Iq2KsSearch,
+) {
+    match qtype {
+        QuantType::Iq2K => iq2_k::quantize_row(x, weights, out),
+        QuantType::Iq3K => iq3_k::quantize_row(x, weights, out),
+        QuantType::Iq4K => iq4_k::quantize_row(x, weights, out),
+        QuantType::Iq2Ks => iq2_ks::quantize_row(x, weights, out, search),
+        QuantType::Iq3Ks => iq3_ks::quantize_row(x, weights, out),
+        QuantType::Iq4Ks => iq4_ks::quantize_row(x, weights, out),
+        _ => unreachable!("not an IQK type"),
+    }
+}
+
+/// Quantize `x` (rows of `n_per_row`) into `out` (`nrows · row_size` bytes).
+pub fn quantize_into(
+    qtype: QuantType,
+    x: &[f32],
+    n_per_row: usize,
+    imatrix: Option<&[f32]>,
+    opts: &QuantizeOptions,
+    out: &mut [u8],
+) -> Result<()> {
+    if x.is_empty() {
+        return Ok(());
+    }
+    let nrows = check_rows(qtype, x.len(), n_per_row)?;
+    let row_size = qtype.row_size(n_per_row)?;
+    if out.len() != nrows * row_size {
+        return Err(IqkError::Shape(format!(
+            "output has {} bytes, {nrows} rows of {} need {}",
+            out.len(),
+            qtype.name(),
+            nrows * row_size
+        )));
+    }
+    check_finite("weights", x, n_per_row)?;
+    if let Some(im) = imatrix {
+        check_imatrix(im, n_per_row)?;
+    }
+    let Some(block) = sanitize_block(qtype) else {
+        return Err(IqkError::Unsupported {
+            qtype: qtype.name(),
+            op: "quantization",
+        });
+    };
+    with_threads(opts.threads, || {
+        out.par_chunks_mut(row_size)
+            .zip(x.par_chunks(n_per_row))
+            .for_each_init(
+                || vec![0.0f32; if imatrix.is_some() { n_per_row } else { 0 }],
+                |weights, (out_row, x_row)| {
+                    let w = imatrix.map(|im| {
+                        sanitized_row_weights(im, x_row, block, weights);
+                        &weights[..]
+                    });
+                    quantize_iqk_row(qtype, x_row, w, out_row, opts.iq2ks_search);
+                },
+            )
+    })
+}
+
+/// Quantize `x` (rows of `n_per_row`); returns `nrows · row_size` bytes.
+pub fn quantize(
+    qtype: QuantType,
+    x: &[f32],
+    n_per_row: usize,
+    imatrix: Option<&[f32]>,
+    opts: &QuantizeOptions,
+) -> Result<Vec<u8>> {
+    let nrows = if x.is_empty() {
+        0
+    } else {
+        check_rows(qtype, x.len(), n_per_row)?
+    };
+    let mut out = vec![
+        0u8;
+        nrows
+            * if nrows > 0 {
+                qtype.row_size(n_per_row)?
+            } else {
+                0
+            }
+    ];
+    quantize_into(qtype, x, n_per_row, imatrix, opts, &mut out)?;
+    Ok(out)
+}
+
+type DequantizeRow = fn(&[u8], &mut [f32]);
+
+fn dequantize_fn(qtype: QuantType) -> Result<DequantizeRow> {
+    Ok(match qtype {
+        QuantType::Iq2K => iq2_k::dequantize_row,
+        QuantType::Iq3K => iq3_k::dequantize_row,
+        QuantType::Iq4K => iq4_k::dequantize_row,
+        QuantType::Iq2Ks => iq2_ks::dequantize_row,
+        QuantType::Iq3Ks => iq3_ks::dequantize_row,
+        QuantType::Iq4Ks => iq4_ks::dequantize_row,
+        _ => {
+            return Err(IqkError::Unsupported {
+                qtype: qtype.name(),
+                op: "dequantization",
+            })
+        }
+    })
+}
+
+/// Row length of `row_bytes`-byte rows, checking that `len` bytes are whole rows.
+pub fn rows_of_bytes(qtype: QuantType, len: usize, row_bytes: usize) -> Result<(usize, usize)> {
+    let n_per_row = qtype.n_per_row_for_bytes(row_bytes)?;
+    if len % row_bytes != 0 {
+        return Err(IqkError::Shape(format!(
+            "{len} bytes are not whole {} rows of {row_bytes} bytes",
+            qtype.name()
+        )));
+    }
+    Ok((len / row_bytes, n_per_row))
+}
+
+/// Dequantize rows of `row_bytes` bytes into `out` (`nrows · n_per_row` floats).
+pub fn dequantize_into(
+    qtype: QuantType,
+    q: &[u8],
+    row_bytes: usize,
+    threads: Option<usize>,
+    out: &mut [f32],
+) -> Result<()> {
+    if q.is_empty() {
+        return Ok(());
+    }
+    let (nrows, n_per_row) = rows_of_bytes(qtype, q.len(), row_bytes)?;
+    if out.len() != nrows * n_per_row {
+        return Err(IqkError::Shape(format!(
+            "output has {} values, {nrows} rows of {n_per_row} need {}",
+            out.len(),
+            nrows * n_per_row
+        )));
+    }
+    let f = dequantize_fn(qtype)?;
+    with_threads(threads, || {
+        out.par_chunks_mut(n_per_row)
+            .zip(q.par_chunks(row_bytes))
+            .for_each(|(o, r)| f(r, o))
+    })
+}
+
+pub fn dequantize(
+    qtype: QuantType,
+    q: &[u8],
+    row_bytes: usize,
+    threads: Option<usize>,
+) -> Result<Vec<f32>> {
+    let n = if q.is_empty() {
+        0
+    } else {
+        let (nrows, n_per_row) = rows_of_bytes(qtype, q.len(), row_bytes)?;
+        nrows * n_per_row
+    };
+    let mut out = vec![0.0f32; n];
+    dequantize_into(qtype, q, row_bytes, threads, &mut out)?;
+    Ok(out)
+}
+
+/// Quantize activations to Q8_K (length a multiple of 256).
+pub fn quantize_q8_k(x: &[f32]) -> Result<Vec<u8>> {
+    if x.len() % QK_K != 0 {
+        return Err(IqkError::Shape(format!(
+            "Q8_K needs a multiple of {QK_K} values, got {}",
+            x.len()
+        )));
+    }
+    check_finite("activations", x, x.len())?;
+    let mut out = vec![0u8; q8k::row_size(x.len())];
+    q8k::quantize_row(x, &mut out);
+    Ok(out)
+}
+
+/// A dot product of one quantized row with Q8_K activations.
+pub type DotFn = fn(&[u8], &[u8]) -> f32;
+
+/// The scalar reference dot product of `qtype` against Q8_K.
+pub fn scalar_dot_fn(qtype: QuantType) -> Result<DotFn> {
+    Ok(match qtype {
+        QuantType::Iq2K => iq2_k::vec_dot_q8k,
+        QuantType::Iq3K => iq3_k::vec_dot_q8k,
+        QuantType::Iq4K => iq4_k::vec_dot_q8k,
+        QuantType::Iq2Ks => iq2_ks::vec_dot_q8k,
+        QuantType::Iq3Ks => iq3_ks::vec_dot_q8k,
+        QuantType::Iq4Ks => iq4_ks::vec_dot_q8k,
+        _ => {
+            return Err(IqkError::Unsupported {
+                qtype: qtype.name(),
+                op: "the Q8_K dot product",
+            })
+        }
+    })
+}
+
+/// Dot every row of `q` (rows of `row_bytes`) with the Q8_K activations `a8`.
+pub fn vec_dot(
+    qtype: QuantType,
+    q: &[u8],
+    row_bytes: usize,
+    a8: &[u8],
+    threads: Option<usize>,
+) -> Result<Vec<f32>> {
+    let dot = scalar_dot_fn(qtype)?;
+    if q.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (nrows, n_per_row) = rows_of_bytes(qtype, q.len(), row_bytes)?;
+    if a8.len() != q8k::row_size(n_per_row) {
+        return Err(IqkError::Shape(format!(
+            "activations have {} bytes of Q8_K; rows of {n_per_row} need {}",
+            a8.len(),
+            q8k::row_size(n_per_row)
+        )));
+    }
+    let mut out = vec![0.0f32; nrows];
+    with_threads(threads, || {
+        out.par_iter_mut()
+            .zip(q.par_chunks(row_bytes))
+            .for_each(|(o, r)| *o = dot(r, a8))
+    })?;
+    Ok(out)
+}
+
+/// Quantize `x` to Q8_K, then dot every row of `q` with it.
+pub fn matvec(
+    qtype: QuantType,
+    q: &[u8],
+    row_bytes: usize,
+    x: &[f32],
+    threads: Option<usize>,
+) -> Result<Vec<f32>> {
+    if !q.is_empty() {
+        let (_, n_per_row) = rows_of_bytes(qtype, q.len(), row_bytes)?;
+        if x.len() != n_per_row {
+            return Err(IqkError::Shape(format!(
+                "activation vector has {} values but rows have {n_per_row}",
+                x.len()
+            )));
+        }
+    }
+    let a8 = quantize_q8_k(x)?;
+    vec_dot(qtype, q, row_bytes, &a8, threads)
+}

@@ -1,0 +1,190 @@
+//! `#[pyfunction]` wrappers. Inputs are contiguous numpy arrays of the exact dtype (the Python
+//! package converts); outputs are numpy arrays that take over the Rust buffers without copying.
+//! Every heavy call runs with the GIL released.
+
+use numpy::{
+    IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
+    PyUntypedArrayMethods,
+};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::error::IqkError;
+use crate::iqk::iq2_ks::Iq2KsSearch;
+use crate::ops::{self, QuantizeOptions};
+use crate::registry::{QuantType, TYPES};
+
+/// A type given as a name (any case) or a ggml id.
+#[derive(FromPyObject)]
+enum TypeArg {
+    Id(u32),
+    Name(String),
+}
+
+fn resolve(qtype: TypeArg) -> Result<QuantType, IqkError> {
+    match qtype {
+        TypeArg::Id(id) => QuantType::from_ggml_id(id),
+        TypeArg::Name(name) => QuantType::from_name(&name),
+    }
+}
+
+fn contiguous<'a, T: numpy::Element, D: numpy::ndarray::Dimension>(
+    what: &str,
+    a: &'a numpy::PyReadonlyArray<'_, T, D>,
+) -> Result<&'a [T], IqkError> {
+    a.as_slice()
+        .map_err(|_| IqkError::Shape(format!("{what} must be a C-contiguous array")))
+}
+
+fn reshape2<T: numpy::Element>(
+    py: Python<'_>,
+    data: Vec<T>,
+    rows: usize,
+    cols: usize,
+) -> PyResult<Bound<'_, PyArray2<T>>> {
+    data.into_pyarray(py).reshape([rows, cols])
+}
+
+#[pyfunction]
+#[pyo3(signature = (x, qtype, imatrix=None, iq2ks_search="fast", threads=None))]
+fn quantize<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray2<'py, f32>,
+    qtype: TypeArg,
+    imatrix: Option<PyReadonlyArray1<'py, f32>>,
+    iq2ks_search: &str,
+    threads: Option<usize>,
+) -> PyResult<Bound<'py, PyArray2<u8>>> {
+    let qtype = resolve(qtype)?;
+    let search = match iq2ks_search.to_ascii_lowercase().as_str() {
+        "fast" => Iq2KsSearch::Fast,
+        "exhaustive" => Iq2KsSearch::Exhaustive,
+        other => {
+            return Err(IqkError::InvalidArgument(format!(
+                "iq2ks_search must be 'fast' or 'exhaustive', not {other:?}"
+            ))
+            .into())
+        }
+    };
+    let [nrows, n_per_row] = [x.shape()[0], x.shape()[1]];
+    let data = contiguous("x", &x)?;
+    let im = match &imatrix {
+        Some(a) => Some(contiguous("imatrix", a)?),
+        None => None,
+    };
+    if nrows == 0 || n_per_row == 0 {
+        let row_size = qtype.row_size(n_per_row).unwrap_or(0);
+        return reshape2(
+            py,
+            Vec::new(),
+            nrows,
+            if n_per_row == 0 { 0 } else { row_size },
+        );
+    }
+    let opts = QuantizeOptions {
+        iq2ks_search: search,
+        threads,
+    };
+    let row_size = qtype.row_size(n_per_row)?;
+    let out = py.detach(|| ops::quantize(qtype, data, n_per_row, im, &opts))?;
+    reshape2(py, out, nrows, row_size)
+}
+
+#[pyfunction]
+#[pyo3(signature = (q, qtype, threads=None))]
+fn dequantize<'py>(
+    py: Python<'py>,
+    q: PyReadonlyArray2<'py, u8>,
+    qtype: TypeArg,
+    threads: Option<usize>,
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let qtype = resolve(qtype)?;
+    let [nrows, row_bytes] = [q.shape()[0], q.shape()[1]];
+    let n_per_row = qtype.n_per_row_for_bytes(row_bytes)?;
+    let data = contiguous("q", &q)?;
+    if nrows == 0 {
+        return reshape2(py, Vec::new(), 0, n_per_row);
+    }
+    let out = py.detach(|| ops::dequantize(qtype, data, row_bytes, threads))?;
+    reshape2(py, out, nrows, n_per_row)
+}
+
+#[pyfunction]
+fn quantize_q8_k<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray1<'py, f32>,
+) -> PyResult<Bound<'py, PyArray1<u8>>> {
+    let data = contiguous("x", &x)?;
+    let out = py.detach(|| ops::quantize_q8_k(data))?;
+    Ok(out.into_pyarray(py))
+}
+
+#[pyfunction]
+#[pyo3(signature = (q, qtype, a8, threads=None))]
+fn vec_dot<'py>(
+    py: Python<'py>,
+    q: PyReadonlyArray2<'py, u8>,
+    qtype: TypeArg,
+    a8: PyReadonlyArray1<'py, u8>,
+    threads: Option<usize>,
+) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let qtype = resolve(qtype)?;
+    let row_bytes = q.shape()[1];
+    let (data, act) = (contiguous("q", &q)?, contiguous("a8", &a8)?);
+    qtype.n_per_row_for_bytes(row_bytes)?;
+    let out = py.detach(|| ops::vec_dot(qtype, data, row_bytes, act, threads))?;
+    Ok(out.into_pyarray(py))
+}
+
+#[pyfunction]
+#[pyo3(signature = (q, qtype, x, threads=None))]
+fn matvec<'py>(
+    py: Python<'py>,
+    q: PyReadonlyArray2<'py, u8>,
+    qtype: TypeArg,
+    x: PyReadonlyArray1<'py, f32>,
+    threads: Option<usize>,
+) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let qtype = resolve(qtype)?;
+    let row_bytes = q.shape()[1];
+    let (data, act) = (contiguous("q", &q)?, contiguous("x", &x)?);
+    qtype.n_per_row_for_bytes(row_bytes)?;
+    let out = py.detach(|| ops::matvec(qtype, data, row_bytes, act, threads))?;
+    Ok(out.into_pyarray(py))
+}
+
+#[pyfunction]
+fn row_size(qtype: TypeArg, n_per_row: usize) -> PyResult<usize> {
+    Ok(resolve(qtype)?.row_size(n_per_row)?)
+}
+
+/// The registry as a list of dicts: the source the Python `QuantType` is generated from.
+#[pyfunction]
+fn type_table(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
+    TYPES
+        .iter()
+        .map(|t| {
+            let d = PyDict::new(py);
+            d.set_item("name", t.name)?;
+            d.set_item("ggml_id", t.ggml_id)?;
+            d.set_item("llama_ftype", t.llama_ftype)?;
+            d.set_item("block_size", t.block_size)?;
+            d.set_item("type_size", t.type_size)?;
+            d.set_item("row_meta_size", t.row_meta_size)?;
+            d.set_item("bits_per_weight", t.bits_per_weight())?;
+            d.set_item("is_iqk", t.is_iqk)?;
+            Ok(d)
+        })
+        .collect()
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(quantize, m)?)?;
+    m.add_function(wrap_pyfunction!(dequantize, m)?)?;
+    m.add_function(wrap_pyfunction!(quantize_q8_k, m)?)?;
+    m.add_function(wrap_pyfunction!(vec_dot, m)?)?;
+    m.add_function(wrap_pyfunction!(matvec, m)?)?;
+    m.add_function(wrap_pyfunction!(row_size, m)?)?;
+    m.add_function(wrap_pyfunction!(type_table, m)?)?;
+    Ok(())
+}
