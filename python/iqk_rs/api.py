@@ -62,7 +62,9 @@ def quantize(
     return _core.quantize(rows, qt.value, im, iq2ks_search, _threads(threads))
 
 
-def dequantize(q: npt.ArrayLike, qtype: QuantType | str, *, threads: int | None = None) -> np.ndarray:
+def dequantize(
+    q: npt.ArrayLike, qtype: QuantType | str, *, threads: int | None = None
+) -> np.ndarray:
     """Dequantize rows of quantized bytes; returns float32 of shape (nrows, n_per_row)."""
     qt = as_quant_type(qtype)
     return _core.dequantize(_bytes(q, "q"), qt.value, _threads(threads))
