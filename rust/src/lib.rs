@@ -7,6 +7,7 @@
 //! sizes of every type), [`ops`] (validated, parallel whole-tensor operations). The Python
 //! binding lives in `py` behind the `python` feature.
 
+pub mod cpu;
 pub mod error;
 pub mod iqk;
 pub mod numeric;

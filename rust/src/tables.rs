@@ -14,32 +14,92 @@ pub const IQ4K: [i8; 32] = [
     -123, -100, -79, -61, -45, -31, -18, -6, 5, 17, 29, 42, 57, 73, 93, 117,
 ];
 
-/// One half (base or shifted) of a value grid.
-#[inline(always)]
-pub fn half(table: &[i8], shifted: bool) -> &[i8] {
-    let n = table.len() / 2;
-    if shifted {
-        &table[n..]
-    } else {
-        &table[..n]
+/// One half (base or shifted) of a value grid with its look-up table for nearest-value search.
+pub struct Grid {
+    pub values: &'static [i8],
+    /// For integer k = floor(x) - values[0]: the last index i <= n-2 with values[i] <= floor(x).
+    lo: &'static [u8],
+    /// The same table widened to i32, for SIMD gathers.
+    pub lo32: &'static [i32],
+}
+
+impl Grid {
+    /// Index of the grid value nearest to `x`, ties to the higher index, with exactly the f32
+    /// comparison ik's look-up versions make: `(x - v[lo]) < (v[hi] - x)`, `lo` being the last
+    /// value <= x clamped to [0, n-2]. Like ik's code on x86, NaN and |x| >= 2^31 give 0.
+    #[inline(always)]
+    pub fn nearest(&self, x: f32) -> usize {
+        if x.is_nan() || x.abs() >= 2_147_483_648.0 {
+            return 0;
+        }
+        // Grid values are integers, so `v <= x` iff `v <= floor(x)`: one look-up by floor(x).
+        // Branch-free on purpose: these comparisons are data-dependent coin flips.
+        let t = x as i32;
+        let floor = t - (t as f32 > x) as i32;
+        let k = (floor - self.values[0] as i32).clamp(0, self.lo.len() as i32 - 1);
+        let lo = self.lo[k as usize] as usize;
+        let below = x - (self.values[lo] as f32) < self.values[lo + 1] as f32 - x;
+        lo + (!below) as usize
     }
 }
 
-/// Index of the grid value nearest to `x`, ties to the higher index, with exactly the f32
-/// comparison ik's lookup-table versions make: `(x - v[lo]) < (v[hi] - x)`.
-#[inline(always)]
-pub fn nearest_index(values: &[i8], x: f32) -> usize {
-    // `lo` = last value <= x, clamped to [0, n-2]: the interval whose two ends are compared.
-    let mut lo = 0;
-    while lo + 2 < values.len() && x >= values[lo + 1] as f32 {
-        lo += 1;
+const fn build_lo<const SPAN: usize>(values: &[i8]) -> [u8; SPAN] {
+    let mut lut = [0u8; SPAN];
+    let mut k = 0;
+    while k < SPAN {
+        let x = values[0] as i32 + k as i32;
+        let mut lo = 0;
+        while lo + 2 < values.len() && values[lo + 1] as i32 <= x {
+            lo += 1;
+        }
+        lut[k] = lo as u8;
+        k += 1;
     }
-    if x - (values[lo] as f32) < values[lo + 1] as f32 - x {
-        lo
-    } else {
-        lo + 1
-    }
+    lut
 }
+
+const fn widen<const SPAN: usize>(lo: &[u8; SPAN]) -> [i32; SPAN] {
+    let mut out = [0i32; SPAN];
+    let mut k = 0;
+    while k < SPAN {
+        out[k] = lo[k] as i32;
+        k += 1;
+    }
+    out
+}
+
+const fn span(values: &[i8]) -> usize {
+    (values[values.len() - 1] as i32 - values[0] as i32 + 1) as usize
+}
+
+macro_rules! grids {
+    ($name:ident, $table:expr, $n:expr) => {
+        pub static $name: [Grid; 2] = {
+            const BASE: &[i8] = $table.split_at($n).0;
+            const SHIFTED: &[i8] = $table.split_at($n).1;
+            static LO_BASE: [u8; span(BASE)] = build_lo(BASE);
+            static LO_SHIFTED: [u8; span(SHIFTED)] = build_lo(SHIFTED);
+            static LO32_BASE: [i32; span(BASE)] = widen(&LO_BASE);
+            static LO32_SHIFTED: [i32; span(SHIFTED)] = widen(&LO_SHIFTED);
+            [
+                Grid {
+                    values: BASE,
+                    lo: &LO_BASE,
+                    lo32: &LO32_BASE,
+                },
+                Grid {
+                    values: SHIFTED,
+                    lo: &LO_SHIFTED,
+                    lo32: &LO32_SHIFTED,
+                },
+            ]
+        };
+    };
+}
+
+grids!(IQ2_GRIDS, IQ2NL, 4);
+grids!(IQ3_GRIDS, IQ3NL, 8);
+grids!(IQ4_GRIDS, IQ4K, 16);
 
 #[cfg(test)]
 mod tests {
@@ -47,23 +107,61 @@ mod tests {
 
     #[test]
     fn shifted_halves_are_base_plus_constant() {
-        for (table, shift) in [(&IQ2NL[..], 5), (&IQ3NL[..], 4), (&IQ4K[..], 4)] {
-            let (b, s) = (half(table, false), half(table, true));
+        for (grids, shift) in [(&IQ2_GRIDS, 5), (&IQ3_GRIDS, 4), (&IQ4_GRIDS, 4)] {
+            let (b, s) = (grids[0].values, grids[1].values);
             assert!(b.iter().zip(s).all(|(&b, &s)| s as i32 - b as i32 == shift));
         }
     }
 
     #[test]
     fn nearest_index_breaks_ties_upwards_and_maps_zero_to_the_middle() {
-        let b = half(&IQ2NL, false);
-        assert_eq!(nearest_index(b, -22.0), 1); // halfway between -31 and -13
-        assert_eq!(nearest_index(b, -22.01), 0);
-        assert_eq!(nearest_index(b, 0.0), 2);
-        assert_eq!(nearest_index(b, 1e9), 3);
-        assert_eq!(nearest_index(b, -1e9), 0);
-        assert_eq!(nearest_index(half(&IQ3NL, false), 0.0), 4);
-        assert_eq!(nearest_index(half(&IQ3NL, true), 0.0), 4);
-        assert_eq!(nearest_index(half(&IQ4K, false), 0.0), 8);
-        assert_eq!(nearest_index(half(&IQ4K, true), 0.0), 8);
+        let b = &IQ2_GRIDS[0];
+        assert_eq!(b.nearest(-22.0), 1); // halfway between -31 and -13
+        assert_eq!(b.nearest(-22.01), 0);
+        assert_eq!(b.nearest(0.0), 2);
+        assert_eq!(b.nearest(1e9), 3);
+        assert_eq!(b.nearest(-1e9), 0);
+        for grid in [&IQ3_GRIDS[0], &IQ3_GRIDS[1]] {
+            assert_eq!(grid.nearest(0.0), 4);
+        }
+        for grid in [&IQ4_GRIDS[0], &IQ4_GRIDS[1]] {
+            assert_eq!(grid.nearest(0.0), 8);
+        }
+        assert_eq!(b.nearest(f32::NAN), 0);
+        assert_eq!(b.nearest(3e9), 0); // as ik's (int) conversion on x86
+    }
+
+    /// The table look-up equals a plain nearest search (ties up, ik's f32 comparison).
+    #[test]
+    fn lookup_equals_linear_search_everywhere() {
+        let linear = |values: &[i8], x: f32| {
+            let mut lo = 0;
+            while lo + 2 < values.len() && x >= values[lo + 1] as f32 {
+                lo += 1;
+            }
+            if x - (values[lo] as f32) < values[lo + 1] as f32 - x {
+                lo
+            } else {
+                lo + 1
+            }
+        };
+        for grids in [&IQ2_GRIDS, &IQ3_GRIDS, &IQ4_GRIDS] {
+            for grid in grids {
+                let v = grid.values;
+                let mut x = -300.0f32;
+                while x < 300.0 {
+                    for probe in [
+                        x,
+                        f32::from_bits(x.to_bits() + 1),
+                        f32::from_bits(x.to_bits().wrapping_sub(1)),
+                    ] {
+                        if probe.is_finite() {
+                            assert_eq!(grid.nearest(probe), linear(v, probe), "x = {probe}");
+                        }
+                    }
+                    x += 0.125;
+                }
+            }
+        }
     }
 }

@@ -3,8 +3,9 @@
 //! Arithmetic mirrors ik_llama.cpp's reference build operation for operation (plain f32, same
 //! association order), because the output bytes must be identical.
 
+use super::fit::{fit_many, MAX_CANDIDATES};
 use crate::registry::QK_K;
-use crate::tables::{half, nearest_index};
+use crate::tables::Grid;
 
 /// How a type turns values and the imatrix into per-element importance weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,8 +64,8 @@ pub fn signed_max(x: &[f32]) -> (f32, f32) {
 
 /// Parameters of the non-linear grid scale search shared by IQ3_K, IQ3_KS, IQ4_K, IQ4_KS.
 pub struct NlSearch {
-    /// The whole grid: base half then shifted half.
-    pub table: &'static [i8],
+    /// The grid: base half, shifted half.
+    pub grids: &'static [Grid; 2],
     /// Candidate inverse scales are `(step·itry + T[0]) / max` for itry in -ntry..=ntry.
     pub ntry: i32,
     pub step: i32,
@@ -72,31 +73,28 @@ pub struct NlSearch {
     pub guard_first: bool,
 }
 
-/// Weighted least-squares sums of one block against one grid half at inverse scale `id`:
-/// `(Σwqx, Σwq²)` for `x·id` and for `-x·id` (the negative-scale fit).
-#[inline(always)]
-fn fit_both_signs(values: &[i8], id: f32, x: &[f32], w: &[f32]) -> [f32; 4] {
-    let (mut sp, mut qp, mut sm, mut qm) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
-    for (&v, &wj) in x.iter().zip(w) {
-        let al = id * v;
-        let q = values[nearest_index(values, al)] as f32;
-        sp += wj * q * v;
-        qp += wj * q * q;
-        let q = values[nearest_index(values, -al)] as f32;
-        sm += wj * q * v;
-        qm += wj * q * q;
-    }
-    [sp, qp, sm, qm]
-}
-
 impl NlSearch {
     /// Best block scale and whether the shifted half wins. `max` is the block's signed
     /// largest-magnitude value (non-zero).
     pub fn run(&self, x: &[f32], w: &[f32], max: f32) -> (f32, bool) {
-        let base = half(self.table, false);
-        let shifted = half(self.table, true);
-        let mut d = -max / base[0] as f32;
-        let [sp, qp, sm, qm] = fit_both_signs(base, 1.0 / d, x, w);
+        let [base, shifted] = self.grids;
+        let mut d = -max / base.values[0] as f32;
+        // All candidate fits are independent of the decisions below, so fit them in batches
+        // first (base grid: the initial scale, then one per itry; shifted grid: one per itry),
+        // then replay ik's sequential acceptance over the results in its order.
+        let ntry = (2 * self.ntry + 1) as usize;
+        let mut ids = [[0.0f32; MAX_CANDIDATES]; 2];
+        ids[0][0] = 1.0 / d;
+        for (k, itry) in (-self.ntry..=self.ntry).enumerate() {
+            for (g, grid) in self.grids.iter().enumerate() {
+                ids[g][k + 1 - g] = (self.step * itry + grid.values[0] as i32) as f32 / max;
+            }
+        }
+        let mut fits = [[[0.0f32; 4]; MAX_CANDIDATES]; 2];
+        fit_many(base, &ids[0][..ntry + 1], x, w, &mut fits[0]);
+        fit_many(shifted, &ids[1][..ntry], x, w, &mut fits[1]);
+
+        let [sp, qp, sm, qm] = fits[0][0];
         let mut best = 0.0f32;
         if !self.guard_first || qp > 0.0 {
             d = sp / qp;
@@ -107,10 +105,9 @@ impl NlSearch {
             best = d * sm;
         }
         let mut is_shifted = false;
-        for itry in -self.ntry..=self.ntry {
-            for (values, this_shifted) in [(base, false), (shifted, true)] {
-                let id = (self.step * itry + values[0] as i32) as f32 / max;
-                let [sp, qp, sm, qm] = fit_both_signs(values, id, x, w);
+        for k in 0..ntry {
+            for (fit, this_shifted) in [(fits[0][k + 1], false), (fits[1][k], true)] {
+                let [sp, qp, sm, qm] = fit;
                 if qp > 0.0 && sp * sp > best * qp {
                     d = sp / qp;
                     best = d * sp;

@@ -5,7 +5,7 @@ use super::common::{low2_position, read_u16, signed_max, write_u16, PartitionSea
 use crate::numeric::{f16_to_f32, f32_to_f16, make_qx_quants, nearest_int};
 use crate::q8k::Q8kBlock;
 use crate::registry::QK_K;
-use crate::tables::{half, nearest_index, IQ2NL};
+use crate::tables::{IQ2NL, IQ2_GRIDS};
 
 pub const BLOCK_BYTES: usize = 76;
 const SUB: usize = 16;
@@ -70,7 +70,8 @@ pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
             if dl == 0.0 {
                 continue;
             }
-            let values = half(&IQ2NL, extra >> ib & 1 == 1);
+            let grid = &IQ2_GRIDS[(extra >> ib & 1 == 1) as usize];
+            let values = grid.values;
             let xb = &xbl[SUB * ib..SUB * (ib + 1)];
             WEIGHTING.fill(
                 sigma2,
@@ -80,7 +81,7 @@ pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
             );
             let idl = 1.0 / dl;
             for (j, (&v, &w)) in xb.iter().zip(&weight).enumerate() {
-                let idx = nearest_index(values, idl * v);
+                let idx = grid.nearest(idl * v);
                 let (byte, shift) = low2_position(SUB * ib + j);
                 y[QS + byte] |= (idx as u8) << shift;
                 let q = (values[idx] as i32 * ls) as f32;
@@ -100,7 +101,8 @@ fn decode(y: &[u8], mut f: impl FnMut(usize, i32, &[i8], usize)) {
     for i in 0..QK_K {
         let ib = i / SUB;
         let s = ((y[SCALES + ib / 2] >> (4 * (ib % 2))) & 0xf) as i32 - 8;
-        let values = half(&IQ2NL, extra >> ib & 1 == 1);
+        let grid = &IQ2_GRIDS[(extra >> ib & 1 == 1) as usize];
+        let values = grid.values;
         let (byte, shift) = low2_position(i);
         f(i, s, values, ((y[QS + byte] >> shift) & 3) as usize);
     }

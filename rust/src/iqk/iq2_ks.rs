@@ -11,7 +11,7 @@ use super::common::{low2_position, read_u16, signed_max, write_u16, PartitionSea
 use crate::numeric::{f16_to_f32, f32_to_f16, make_qx_quants};
 use crate::q8k::Q8kBlock;
 use crate::registry::QK_K;
-use crate::tables::{half, nearest_index, IQ2NL};
+use crate::tables::{IQ2NL, IQ2_GRIDS};
 
 pub const BLOCK_BYTES: usize = 70;
 pub const ROW_META: usize = 2;
@@ -119,12 +119,13 @@ fn exhaustive(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], rs: &mut RowScales)
             if dl == 0.0 {
                 continue;
             }
-            let values = half(&IQ2NL, read_u16(y, 0) >> ib & 1 == 1);
+            let grid = &IQ2_GRIDS[(read_u16(y, 0) >> ib & 1 == 1) as usize];
+            let values = grid.values;
             let (xb, qwb) = block_slices(x, qw, ibl, ib);
             WEIGHTING.fill(sigma2, xb, qwb, &mut weight);
             let idl = 1.0 / dl;
             for (j, (&v, &w)) in xb.iter().zip(&weight).enumerate() {
-                let idx = nearest_index(values, idl * v);
+                let idx = grid.nearest(idl * v);
                 store_index(y, SUB * ib + j, idx);
                 let q = (values[idx] as i32 * ls) as f32;
                 sumqx += w * q * v;
@@ -224,8 +225,7 @@ fn block_error(dl: f32, x: &[f32], w: &[f32], values: &[i8], idx: &mut [u8; SUB]
 fn fast(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], rs: &mut RowScales) {
     let mut weight = [0.0f32; SUB];
     let (_, blocks) = out.split_at_mut(ROW_META);
-    let base = half(&IQ2NL, false);
-    let shifted = half(&IQ2NL, true);
+    let [base, shifted] = [IQ2_GRIDS[0].values, IQ2_GRIDS[1].values];
     for (ibl, (xbl, y)) in x
         .chunks_exact(QK_K)
         .zip(blocks.chunks_exact_mut(BLOCK_BYTES))
@@ -288,7 +288,8 @@ fn fast(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], rs: &mut RowScales) {
         let sigma2 = WEIGHTING.sigma2(xbl);
         for ib in 0..NSUB {
             let k = ibl * NSUB + ib;
-            let values = half(&IQ2NL, read_u16(y, 0) >> ib & 1 == 1);
+            let grid = &IQ2_GRIDS[(read_u16(y, 0) >> ib & 1 == 1) as usize];
+            let values = grid.values;
             let (xb, qwb) = block_slices(x, qw, ibl, ib);
             WEIGHTING.fill(sigma2, xb, qwb, &mut weight);
             // Nudge the 5-bit code by one towards the block's own best scale if that lowers
@@ -332,7 +333,8 @@ fn decode(y: &[u8], mut f: impl FnMut(usize, i32, &[i8], usize)) {
         let ib = i / SUB;
         let low = (y[SCALES + ib / 2] >> (4 * (ib % 2))) & 0xf;
         let s = (low as u16 | ((extra >> (8 + ib)) & 1) << 4) as i32 - 16;
-        let values = half(&IQ2NL, extra >> ib & 1 == 1);
+        let grid = &IQ2_GRIDS[(extra >> ib & 1 == 1) as usize];
+        let values = grid.values;
         let (byte, shift) = low2_position(i);
         f(i, s, values, ((y[QS + byte] >> shift) & 3) as usize);
     }

@@ -8,7 +8,7 @@ use super::common::{
 use crate::numeric::{f16_to_f32, f32_to_f16, nearest_int};
 use crate::q8k::Q8kBlock;
 use crate::registry::QK_K;
-use crate::tables::{half, nearest_index, IQ3NL};
+use crate::tables::IQ3_GRIDS;
 
 pub const BLOCK_BYTES: usize = 110;
 const SUB: usize = 16;
@@ -18,7 +18,7 @@ const QS: usize = 14;
 const QH: usize = 78;
 const WEIGHTING: Weighting = Weighting::Broad;
 const SEARCH: NlSearch = NlSearch {
-    table: &IQ3NL,
+    grids: &IQ3_GRIDS,
     ntry: 3,
     step: 2,
     guard_first: true,
@@ -54,11 +54,12 @@ pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
                 continue;
             }
             // Refit the scale to the indices it selects on the chosen grid half.
-            let values = half(&IQ3NL, shifted);
+            let grid = &IQ3_GRIDS[(shifted) as usize];
+            let values = grid.values;
             let id = 1.0 / d;
             let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
             for (&v, &w) in xb.iter().zip(&weight) {
-                let q = values[nearest_index(values, id * v)] as f32;
+                let q = values[grid.nearest(id * v)] as f32;
                 sumqx += w * q * v;
                 sumq2 += w * q * q;
             }
@@ -89,7 +90,8 @@ pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
             if dl == 0.0 {
                 continue;
             }
-            let values = half(&IQ3NL, extra >> ib & 1 == 1);
+            let grid = &IQ3_GRIDS[(extra >> ib & 1 == 1) as usize];
+            let values = grid.values;
             let xb = &xbl[SUB * ib..SUB * (ib + 1)];
             WEIGHTING.fill(
                 sigma2,
@@ -99,7 +101,7 @@ pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
             );
             let idl = 1.0 / dl;
             for (j, (&v, &w)) in xb.iter().zip(&weight).enumerate() {
-                let idx = nearest_index(values, idl * v);
+                let idx = grid.nearest(idl * v);
                 let i = SUB * ib + j;
                 let (byte, shift) = low2_position(i);
                 y[QS + byte] |= ((idx & 3) as u8) << shift;
@@ -124,7 +126,8 @@ fn decode(y: &[u8], mut f: impl FnMut(usize, i32, &[i8], usize)) {
         let ib = i / SUB;
         let magnitude = ((y[SCALES_L + ib / 2] >> (4 * (ib % 2))) & 0xf) as i32;
         let s = (2 * magnitude + 1) * if signs >> ib & 1 == 1 { -1 } else { 1 };
-        let values = half(&IQ3NL, extra >> ib & 1 == 1);
+        let grid = &IQ3_GRIDS[(extra >> ib & 1 == 1) as usize];
+        let values = grid.values;
         let (byte, shift) = low2_position(i);
         let (hbyte, hshift) = high1_position(i);
         let idx = ((y[QS + byte] >> shift) & 3) | (((y[QH + hbyte] >> hshift) & 1) << 2);

@@ -9,7 +9,7 @@ use super::common::{
 use crate::numeric::{f16_to_f32, f32_to_f16, nearest_int};
 use crate::q8k::Q8kBlock;
 use crate::registry::QK_K;
-use crate::tables::{half, nearest_index, IQ3NL};
+use crate::tables::IQ3_GRIDS;
 
 pub const BLOCK_BYTES: usize = 102;
 pub const ROW_META: usize = 2;
@@ -20,7 +20,7 @@ const QS: usize = 6;
 const QH: usize = 70;
 const WEIGHTING: Weighting = Weighting::Narrow;
 const SEARCH: NlSearch = NlSearch {
-    table: &IQ3NL,
+    grids: &IQ3_GRIDS,
     ntry: 5,
     step: 1,
     guard_first: true,
@@ -74,7 +74,8 @@ pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
         let sigma2 = WEIGHTING.sigma2(xbl);
         for ib in 0..NSUB {
             let mut extra = read_u16(y, 0);
-            let values = half(&IQ3NL, extra >> (8 + ib) & 1 == 1);
+            let grid = &IQ3_GRIDS[(extra >> (8 + ib) & 1 == 1) as usize];
+            let values = grid.values;
             let l = nearest_int(id * scales[ibl * NSUB + ib]).clamp(-16, 15);
             let code = (l + 16) as u8;
             y[SCALES + ib % 4] |= (code & 0xf) << (4 * (ib / 4));
@@ -86,7 +87,7 @@ pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
             let xb = &xbl[range.clone()];
             WEIGHTING.fill(sigma2, xb, qw.map(|w| &w[ibl * QK_K..][range]), &mut weight);
             for (j, (&v, &w)) in xb.iter().zip(&weight).enumerate() {
-                let idx = nearest_index(values, idl * v);
+                let idx = grid.nearest(idl * v);
                 let i = SUB * ib + j;
                 let (byte, shift) = low2_position(i);
                 y[QS + byte] |= ((idx & 3) as u8) << shift;
@@ -110,7 +111,8 @@ fn decode(y: &[u8], mut f: impl FnMut(usize, i32, &[i8], usize)) {
         let ib = i / SUB;
         let low = (y[SCALES + ib % 4] >> (4 * (ib / 4))) & 0xf;
         let s = (low as u16 | ((extra >> ib) & 1) << 4) as i32 - 16;
-        let values = half(&IQ3NL, extra >> (8 + ib) & 1 == 1);
+        let grid = &IQ3_GRIDS[(extra >> (8 + ib) & 1 == 1) as usize];
+        let values = grid.values;
         let (byte, shift) = low2_position(i);
         let (hbyte, hshift) = high1_position(i);
         let idx = ((y[QS + byte] >> shift) & 3) | (((y[QH + hbyte] >> hshift) & 1) << 2);

@@ -6,7 +6,7 @@ use super::common::{read_u16, signed_max, write_u16, NlSearch, Weighting};
 use crate::numeric::{f16_to_f32, f32_to_f16, nearest_int};
 use crate::q8k::Q8kBlock;
 use crate::registry::QK_K;
-use crate::tables::{half, nearest_index, IQ4K};
+use crate::tables::IQ4_GRIDS;
 
 pub const BLOCK_BYTES: usize = 144;
 const SUB: usize = 16;
@@ -16,7 +16,7 @@ const SCALES_L: usize = 8;
 const QS: usize = 16;
 const WEIGHTING: Weighting = Weighting::Narrow;
 const SEARCH: NlSearch = NlSearch {
-    table: &IQ4K,
+    grids: &IQ4_GRIDS,
     ntry: 7,
     step: 1,
     guard_first: false,
@@ -68,7 +68,8 @@ pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
         for ib in 0..NSUB {
-            let values = half(&IQ4K, extra >> ib & 1 == 1);
+            let grid = &IQ4_GRIDS[(extra >> ib & 1 == 1) as usize];
+            let values = grid.values;
             let l = nearest_int(id * scales[ib]).clamp(-32, 31);
             let dl = d * l as f32;
             let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
@@ -80,7 +81,7 @@ pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
                 &mut weight,
             );
             for (j, (&v, &w)) in xb.iter().zip(&weight).enumerate() {
-                let idx = nearest_index(values, idl * v);
+                let idx = grid.nearest(idl * v);
                 let (byte, shift) = nibble_position(SUB * ib + j);
                 y[QS + byte] |= (idx as u8) << shift;
                 let q = (values[idx] as i32 * l) as f32;
@@ -105,7 +106,8 @@ fn decode(y: &[u8], mut f: impl FnMut(usize, i32, &[i8], usize)) {
         let low = (y[SCALES_L + ib / 2] >> (4 * (ib % 2))) & 0xf;
         let high = (y[SCALES_H + ib / 4] >> (2 * (ib % 4))) & 3;
         let s = (low | high << 4) as i32 - 32;
-        let values = half(&IQ4K, extra >> ib & 1 == 1);
+        let grid = &IQ4_GRIDS[(extra >> ib & 1 == 1) as usize];
+        let values = grid.values;
         let (byte, shift) = nibble_position(i);
         f(i, s, values, ((y[QS + byte] >> shift) & 0xf) as usize);
     }

@@ -6,7 +6,7 @@ use super::common::{read_f32, signed_max, NlSearch, Weighting};
 use crate::numeric::nearest_int;
 use crate::q8k::Q8kBlock;
 use crate::registry::QK_K;
-use crate::tables::{half, nearest_index, IQ4K};
+use crate::tables::IQ4_GRIDS;
 
 pub const BLOCK_BYTES: usize = 136;
 pub const ROW_META: usize = 4;
@@ -15,7 +15,7 @@ const NSUB: usize = QK_K / SUB;
 const QS: usize = 8;
 const WEIGHTING: Weighting = Weighting::Narrow;
 const SEARCH: NlSearch = NlSearch {
-    table: &IQ4K,
+    grids: &IQ4_GRIDS,
     ntry: 7,
     step: 1,
     guard_first: false,
@@ -63,7 +63,8 @@ pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
     {
         let sigma2 = WEIGHTING.sigma2(xbl);
         for ib in 0..NSUB {
-            let values = half(&IQ4K, y[ib] & 1 == 1);
+            let grid = &IQ4_GRIDS[(y[ib] & 1 == 1) as usize];
+            let values = grid.values;
             let code = nearest_int(0.5 * (id * scales[ibl * NSUB + ib] + 127.0)).clamp(0, 127) << 1;
             y[ib] |= code as u8;
             let l = code - 127;
@@ -75,8 +76,8 @@ pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
             let qs = &mut y[QS + 16 * ib..QS + 16 * (ib + 1)];
             for j in 0..SUB / 2 {
                 let (x1, x2) = (xb[j], xb[j + SUB / 2]);
-                let i1 = nearest_index(values, idl * x1);
-                let i2 = nearest_index(values, idl * x2);
+                let i1 = grid.nearest(idl * x1);
+                let i2 = grid.nearest(idl * x2);
                 qs[j] = i1 as u8 | (i2 as u8) << 4;
                 let (w1, w2) = (weight[j], weight[j + SUB / 2]);
                 let q1 = (values[i1] as i32 * l) as f32;
@@ -96,7 +97,8 @@ fn decode(y: &[u8], mut f: impl FnMut(usize, i32, &[i8], usize)) {
     for i in 0..QK_K {
         let ib = i / SUB;
         let s = (y[ib] & 0xfe) as i32 - 127;
-        let values = half(&IQ4K, y[ib] & 1 == 1);
+        let grid = &IQ4_GRIDS[(y[ib] & 1 == 1) as usize];
+        let values = grid.values;
         let j = i % SUB;
         let byte = y[QS + 16 * ib + j % 16];
         let idx = if j < 16 { byte & 0xf } else { byte >> 4 };

@@ -1,6 +1,7 @@
 //! The six IQK types: scalar reference quantizers, dequantizers and dot products.
 
 pub mod common;
+pub mod fit;
 pub mod iq2_k;
 pub mod iq2_ks;
 pub mod iq3_k;
