@@ -5,7 +5,7 @@ from __future__ import annotations
 import iqk_rs
 import numpy as np
 import pytest
-from conftest import IQK_TYPES, first_difference
+from conftest import IQK_TYPES, GoldenCase, first_difference
 
 
 @pytest.mark.parametrize("qtype", IQK_TYPES)
@@ -26,9 +26,9 @@ def test_quantize_matches_golden_bytes(golden_case, qtype, variant):
 
 
 @pytest.mark.parametrize("qtype", IQK_TYPES)
-def test_dequantize_matches_golden_values(golden_case, qtype):
-    if not golden_case.has(f"{qtype}.im.deq.f32"):
-        pytest.skip("golden dequantized values exist for edge and synthetic only")
+@pytest.mark.parametrize("case", ["edge", "synthetic"])  # the cases with golden dequantized values
+def test_dequantize_matches_golden_values(case, qtype):
+    golden_case = GoldenCase(case)
     q = golden_case.bytes(f"{qtype}.im.bin").reshape(golden_case.nrows, -1)
     got = iqk_rs.dequantize(q, qtype)
     want = golden_case.floats(f"{qtype}.im.deq.f32").reshape(got.shape)

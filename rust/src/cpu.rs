@@ -12,7 +12,7 @@ pub enum Path {
 
 fn detect() -> Path {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         return Path::Avx2;
     }
     Path::Scalar

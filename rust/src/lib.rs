@@ -3,10 +3,11 @@
 //! against Q8_K activations.
 //!
 //! Layers, bottom up: [`numeric`] and [`tables`] (shared arithmetic and value grids),
-//! [`iqk`] (per-type scalar reference code), [`q8k`] (activations), [`registry`] (ids and
+//! [`iqk`] (the six IQK types), [`companion`] (the other types of ik's mixes), [`q8k`] (activations), [`registry`] (ids and
 //! sizes of every type), [`ops`] (validated, parallel whole-tensor operations). The Python
 //! binding lives in `py` behind the `python` feature.
 
+pub mod companion;
 pub mod cpu;
 pub mod error;
 pub mod iqk;

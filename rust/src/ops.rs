@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use rayon::prelude::*;
 
+use crate::companion::{self, Companion};
 use crate::error::{IqkError, Result};
 use crate::iqk::iq2_ks::Iq2KsSearch;
 use crate::iqk::{iq2_k, iq2_ks, iq3_k, iq3_ks, iq4_k, iq4_ks};
@@ -106,6 +107,23 @@ pub fn check_imatrix(imatrix: &[f32], n_per_row: usize) -> Result<()> {
     Ok(())
 }
 
+/// The companion-module kind of a non-IQK type.
+fn companion_kind(qtype: QuantType) -> Option<Companion> {
+    Some(match qtype {
+        QuantType::Q8_0 => Companion::Q8_0,
+        QuantType::Q5_0 => Companion::Q5_0,
+        QuantType::Q6_0 => Companion::Q6_0,
+        QuantType::Iq4Nl => Companion::Iq4Nl,
+        QuantType::Q2K => Companion::Q2K,
+        QuantType::Q4K => Companion::Q4K,
+        QuantType::Q5K => Companion::Q5K,
+        QuantType::Q6K => Companion::Q6K,
+        QuantType::Iq5K => Companion::Iq5K,
+        QuantType::Iq6K => Companion::Iq6K,
+        _ => return None,
+    })
+}
+
 /// Quantize one row of an IQK type, the imatrix already sanitised into `weights`.
 fn quantize_iqk_row(
     qtype: QuantType,
@@ -151,12 +169,10 @@ pub fn quantize_into(
     if let Some(im) = imatrix {
         check_imatrix(im, n_per_row)?;
     }
-    let Some(block) = sanitize_block(qtype) else {
-        return Err(IqkError::Unsupported {
-            qtype: qtype.name(),
-            op: "quantization",
-        });
-    };
+    if let Some(kind) = companion_kind(qtype) {
+        return quantize_companion(kind, x, n_per_row, imatrix, opts.threads, out);
+    }
+    let block = sanitize_block(qtype).expect("every non-companion type is an IQK type");
     with_threads(opts.threads, || {
         out.par_chunks_mut(row_size)
             .zip(x.par_chunks(n_per_row))
@@ -170,6 +186,28 @@ pub fn quantize_into(
                     quantize_iqk_row(qtype, x_row, w, out_row, opts.iq2ks_search);
                 },
             )
+    })
+}
+
+fn quantize_companion(
+    kind: Companion,
+    x: &[f32],
+    n_per_row: usize,
+    imatrix: Option<&[f32]>,
+    threads: Option<usize>,
+    out: &mut [u8],
+) -> Result<()> {
+    // Q2_K without an imatrix tests its whole input for a ternary model (as one
+    // ggml_quantize_chunk call does), so it cannot be split into independent rows.
+    if kind == Companion::Q2K && imatrix.is_none() {
+        companion::quantize_chunk(kind, x, n_per_row, None, out);
+        return Ok(());
+    }
+    let row_size = kind.row_size(n_per_row);
+    with_threads(threads, || {
+        out.par_chunks_mut(row_size)
+            .zip(x.par_chunks(n_per_row))
+            .for_each(|(o, r)| companion::quantize_row(kind, r, imatrix, o))
     })
 }
 
@@ -199,23 +237,20 @@ pub fn quantize(
     Ok(out)
 }
 
-type DequantizeRow = fn(&[u8], &mut [f32]);
-
-fn dequantize_fn(qtype: QuantType) -> Result<DequantizeRow> {
-    Ok(match qtype {
+fn dequantize_row(qtype: QuantType, row: &[u8], out: &mut [f32]) {
+    if let Some(kind) = companion_kind(qtype) {
+        return companion::dequantize_row(kind, row, out);
+    }
+    let f: fn(&[u8], &mut [f32]) = match qtype {
         QuantType::Iq2K => iq2_k::dequantize_row,
         QuantType::Iq3K => iq3_k::dequantize_row,
         QuantType::Iq4K => iq4_k::dequantize_row,
         QuantType::Iq2Ks => iq2_ks::dequantize_row,
         QuantType::Iq3Ks => iq3_ks::dequantize_row,
         QuantType::Iq4Ks => iq4_ks::dequantize_row,
-        _ => {
-            return Err(IqkError::Unsupported {
-                qtype: qtype.name(),
-                op: "dequantization",
-            })
-        }
-    })
+        _ => unreachable!("every type is an IQK or a companion type"),
+    };
+    f(row, out)
 }
 
 /// Row length of `row_bytes`-byte rows, checking that `len` bytes are whole rows.
@@ -249,11 +284,10 @@ pub fn dequantize_into(
             nrows * n_per_row
         )));
     }
-    let f = dequantize_fn(qtype)?;
     with_threads(threads, || {
         out.par_chunks_mut(n_per_row)
             .zip(q.par_chunks(row_bytes))
-            .for_each(|(o, r)| f(r, o))
+            .for_each(|(o, r)| dequantize_row(qtype, r, o))
     })
 }
 
@@ -357,4 +391,22 @@ pub fn matvec(
     }
     let a8 = quantize_q8_k(x)?;
     vec_dot(qtype, q, row_bytes, &a8, threads)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::TYPES;
+
+    #[test]
+    fn registry_agrees_with_the_companion_module() {
+        for t in TYPES.iter().filter(|t| !t.is_iqk) {
+            let kind = companion_kind(t.qtype).expect("companion");
+            assert_eq!(kind.ggml_type(), t.ggml_id, "{}", t.name);
+            assert_eq!(kind.block_size(), t.block_size, "{}", t.name);
+            assert_eq!(kind.type_size(), t.type_size, "{}", t.name);
+            assert_eq!(kind.llama_ftype(), t.llama_ftype, "{}", t.name);
+            assert_eq!(kind.name(), t.name);
+        }
+    }
 }

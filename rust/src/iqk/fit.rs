@@ -42,7 +42,7 @@ pub fn fit_many_on(
     assert!(ids.len() <= MAX_CANDIDATES && out.len() >= ids.len());
     #[cfg(target_arch = "x86_64")]
     if path == crate::cpu::Path::Avx2 {
-        assert!(std::is_x86_feature_detected!("avx2"));
+        assert!(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"));
         // SAFETY: the CPU has AVX2 (asserted above).
         unsafe { avx2::fit_many(grid, ids, x, w, out) };
         return;

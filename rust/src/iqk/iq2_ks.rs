@@ -182,6 +182,16 @@ fn nearest_scaled(values: &[i8], d: f32, x: f32) -> (usize, usize) {
 /// ik's `compute_1block_iq2ks`: fit the block at scale `d` with both signs; returns the better
 /// fit's (scale, score), or None when neither has a positive denominator.
 fn evaluate_candidate(d: f32, x: &[f32], w: &[f32], values: &[i8]) -> Option<(f32, f32)> {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::quantize_path() == crate::cpu::Path::Avx2 {
+        // SAFETY: the Avx2 path is only chosen on CPUs with AVX2 and FMA.
+        let [sqx_p, sq2_p, sqx_m, sq2_m] = unsafe { avx2::candidate_sums(d, x, w, values) };
+        return best_of_signs(sqx_p, sq2_p, sqx_m, sq2_m);
+    }
+    evaluate_candidate_scalar(d, x, w, values)
+}
+
+fn evaluate_candidate_scalar(d: f32, x: &[f32], w: &[f32], values: &[i8]) -> Option<(f32, f32)> {
     let (mut sqx_p, mut sq2_p, mut sqx_m, mut sq2_m) =
         ([0.0f32; 8], [0.0f32; 8], [0.0f32; 8], [0.0f32; 8]);
     for (j, (&v, &wj)) in x.iter().zip(w).enumerate() {
@@ -196,7 +206,11 @@ fn evaluate_candidate(d: f32, x: &[f32], w: &[f32], values: &[i8]) -> Option<(f3
         sqx_m[lane] = wq.mul_add(v, sqx_m[lane]);
         sq2_m[lane] = wq.mul_add(q, sq2_m[lane]);
     }
-    let (sqx_p, sq2_p, sqx_m, sq2_m) = (hsum8(&sqx_p), hsum8(&sq2_p), hsum8(&sqx_m), hsum8(&sq2_m));
+    best_of_signs(hsum8(&sqx_p), hsum8(&sq2_p), hsum8(&sqx_m), hsum8(&sq2_m))
+}
+
+/// The better of the positive- and negative-scale fits, as ik's `compute_1block_iq2ks` picks.
+fn best_of_signs(sqx_p: f32, sq2_p: f32, sqx_m: f32, sq2_m: f32) -> Option<(f32, f32)> {
     let mut result = None;
     if sq2_p > 0.0 {
         let d = sqx_p / sq2_p;
@@ -212,6 +226,15 @@ fn evaluate_candidate(d: f32, x: &[f32], w: &[f32], values: &[i8]) -> Option<(f3
 /// ik's `compute_1block_iq2ks_rmse`: weighted squared error of the block at scale `dl`, with the
 /// chosen indices written to `idx`.
 fn block_error(dl: f32, x: &[f32], w: &[f32], values: &[i8], idx: &mut [u8; SUB]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::quantize_path() == crate::cpu::Path::Avx2 {
+        // SAFETY: the Avx2 path is only chosen on CPUs with AVX2 and FMA.
+        return unsafe { avx2::block_error(dl, x, w, values, idx) };
+    }
+    block_error_scalar(dl, x, w, values, idx)
+}
+
+fn block_error_scalar(dl: f32, x: &[f32], w: &[f32], values: &[i8], idx: &mut [u8; SUB]) -> f32 {
     let mut acc = [0.0f32; 8];
     for (j, (&v, &wj)) in x.iter().zip(w).enumerate() {
         let k = nearest_scaled(values, dl, v).0;
@@ -324,6 +347,98 @@ fn fast(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], rs: &mut RowScales) {
     let (sumqx, sumq2) = (hsum8(&sumqx), hsum8(&sumq2));
     let d_row = if sumq2 > 0.0 { sumqx / sumq2 } else { d };
     write_u16(out, 0, f32_to_f16(d_row));
+}
+
+/// The fast search's two kernels in AVX2+FMA. ik's code is AVX2 with 8-lane sums, so the
+/// natural vector form is also the bit-exact one: lane l accumulates elements l, l+8, l+16, l+24.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{hsum8, SUB};
+
+    #[inline]
+    unsafe fn lanes(v: __m256) -> [f32; 8] {
+        let mut out = [0.0f32; 8];
+        _mm256_storeu_ps(out.as_mut_ptr(), v);
+        out
+    }
+
+    /// `[Σwq·x, Σwq·q]` for the `+` and the `-` sign fits at scale `d`, lane sums reduced.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn candidate_sums(d: f32, x: &[f32], w: &[f32], values: &[i8]) -> [f32; 4] {
+        let t = [values[0] as f32, values[1] as f32, values[2] as f32, values[3] as f32];
+        let scaled = [
+            _mm256_set1_ps(d * t[0]),
+            _mm256_set1_ps(d * t[1]),
+            _mm256_set1_ps(d * t[2]),
+            _mm256_set1_ps(d * t[3]),
+        ];
+        let q = t.map(|v| _mm256_set1_ps(v));
+        let zero = _mm256_setzero_ps();
+        let (mut sqx_p, mut sq2_p, mut sqx_m, mut sq2_m) = (zero, zero, zero, zero);
+        for k in 0..SUB / 8 {
+            let xv = _mm256_loadu_ps(x.as_ptr().add(8 * k));
+            let wv = _mm256_loadu_ps(w.as_ptr().add(8 * k));
+            let dp = _mm256_sub_ps(xv, scaled[0]);
+            let dm = _mm256_add_ps(xv, scaled[0]);
+            let (mut best_p, mut best_m) = (_mm256_mul_ps(dp, dp), _mm256_mul_ps(dm, dm));
+            let (mut qp, mut qm) = (q[0], q[0]);
+            for j in 1..4 {
+                let dp = _mm256_sub_ps(xv, scaled[j]);
+                let dp = _mm256_mul_ps(dp, dp);
+                let closer = _mm256_cmp_ps::<_CMP_LT_OQ>(dp, best_p);
+                best_p = _mm256_blendv_ps(best_p, dp, closer);
+                qp = _mm256_blendv_ps(qp, q[j], closer);
+                let dm = _mm256_add_ps(xv, scaled[j]);
+                let dm = _mm256_mul_ps(dm, dm);
+                let closer = _mm256_cmp_ps::<_CMP_LT_OQ>(dm, best_m);
+                best_m = _mm256_blendv_ps(best_m, dm, closer);
+                qm = _mm256_blendv_ps(qm, q[j], closer);
+            }
+            let wq = _mm256_mul_ps(wv, qp);
+            sqx_p = _mm256_fmadd_ps(wq, xv, sqx_p);
+            sq2_p = _mm256_fmadd_ps(wq, qp, sq2_p);
+            let wq = _mm256_mul_ps(wv, qm);
+            sqx_m = _mm256_fmadd_ps(wq, xv, sqx_m);
+            sq2_m = _mm256_fmadd_ps(wq, qm, sq2_m);
+        }
+        [sqx_p, sq2_p, sqx_m, sq2_m].map(|v| hsum8(&lanes(v)))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn block_error(dl: f32, x: &[f32], w: &[f32], values: &[i8], idx: &mut [u8; SUB]) -> f32 {
+        let t = [values[0] as f32, values[1] as f32, values[2] as f32, values[3] as f32];
+        let scaled = t.map(|v| _mm256_set1_ps(dl * v));
+        let q = t.map(|v| _mm256_set1_ps(v));
+        let neg_dl = _mm256_set1_ps(-dl);
+        let mut acc = _mm256_setzero_ps();
+        for k in 0..SUB / 8 {
+            let xv = _mm256_loadu_ps(x.as_ptr().add(8 * k));
+            let wv = _mm256_loadu_ps(w.as_ptr().add(8 * k));
+            let d0 = _mm256_sub_ps(xv, scaled[0]);
+            let mut best = _mm256_mul_ps(d0, d0);
+            let mut qv = q[0];
+            let mut iv = _mm256_setzero_si256();
+            for j in 1..4 {
+                let dj = _mm256_sub_ps(xv, scaled[j]);
+                let dj = _mm256_mul_ps(dj, dj);
+                let closer = _mm256_cmp_ps::<_CMP_LT_OQ>(dj, best);
+                best = _mm256_blendv_ps(best, dj, closer);
+                qv = _mm256_blendv_ps(qv, q[j], closer);
+                let ij = _mm256_set1_epi32(j as i32);
+                iv = _mm256_blendv_epi8(iv, ij, _mm256_castps_si256(closer));
+            }
+            let mut ix = [0i32; 8];
+            _mm256_storeu_si256(ix.as_mut_ptr() as *mut __m256i, iv);
+            for (o, &i) in idx[8 * k..8 * k + 8].iter_mut().zip(&ix) {
+                *o = i as u8;
+            }
+            let diff = _mm256_fmadd_ps(neg_dl, qv, xv);
+            acc = _mm256_fmadd_ps(_mm256_mul_ps(wv, diff), diff, acc);
+        }
+        hsum8(&lanes(acc))
+    }
 }
 
 #[inline(always)]

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Whole-model benchmark of ``iqk quantize``: wall time and peak memory per target type.
+
+Each run is a fresh ``python -m iqk_rs.cli quantize`` child process; its peak resident
+set comes from ``os.wait4`` (this child only). The baseline is the RSS of ``iqk info`` on
+the same model (interpreter, numpy, the core, rich, the parsed header), so
+``peak - baseline`` is what quantizing added; it is reported
+against the largest tensor (f32 working copy included) and the sum of tensor sizes.
+
+    python benches/bench_model.py                      # the bundled tiny model, six types
+    python benches/bench_model.py MODEL.gguf -t IQ4_K -t IQ2_KS --threads 2 --json out.json
+    python benches/bench_model.py SmolLM2-135M-Instruct.Q4_1.gguf -- --allow-requantize
+
+Arguments after ``--`` are passed to ``iqk quantize`` (e.g. --custom-q, --imatrix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SIX = ["IQ2_K", "IQ3_K", "IQ4_K", "IQ2_KS", "IQ3_KS", "IQ4_KS"]
+
+
+def run_child(args: list[str]) -> tuple[float, int, int]:
+    """(wall seconds, peak RSS bytes, exit status) of one child process."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    err = p.stderr.read().decode(errors="replace") if p.stderr else ""
+    if p.returncode:
+        sys.stderr.write(err)
+    return wall, usage.ru_maxrss * 1024, p.returncode  # ru_maxrss is KiB on Linux
+
+
+def model_sizes(path: Path) -> tuple[int, int, int]:
+    from iqk_rs.gguf import GGUFReader
+
+    with GGUFReader(path) as r:
+        ts = list(r.tensors.values())
+        total = sum(t.nbytes for t in ts)
+        largest = max(ts, key=lambda t: t.n_elements)
+        return total, largest.nbytes, largest.n_elements * 4
+
+
+def main() -> int:
+    argv = sys.argv[1:]
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1 :]
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("model", nargs="?", default=str(ROOT / "tests/data/tiny-llama-f16.gguf"))
+    ap.add_argument("-t", "--type", action="append", dest="types", help="target (repeatable)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    a = ap.parse_args(argv)
+    model = Path(a.model)
+    total, largest, largest_f32 = model_sizes(model)
+    py = sys.executable
+    _, base_rss, _ = run_child([py, "-m", "iqk_rs.cli", "info", str(model), "--no-metadata"])
+    print(f"model {model.name}: {total / 2**20:.1f} MiB of tensors; largest tensor "
+          f"{largest / 2**20:.1f} MiB ({largest_f32 / 2**20:.1f} MiB as f32); "
+          f"baseline RSS {base_rss / 2**20:.0f} MiB; {os.cpu_count()} CPUs")  # fmt: skip
+    print(f"{'type':8} {'wall s':>8} {'MiB/s':>8} {'peak MiB':>9} {'+MiB':>8} "
+          f"{'+/largest f32':>14} {'out MiB':>8}")  # fmt: skip
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for t in a.types or SIX:
+            out = Path(tmp) / f"{t}.gguf"
+            cmd = [py, "-m", "iqk_rs.cli", "quantize", str(model), str(out), t, "-q", *extra]
+            if a.threads:
+                cmd += ["--threads", str(a.threads)]
+            wall, peak, rc = run_child(cmd)
+            if rc:
+                print(f"{t:8} failed (exit {rc})")
+                continue
+            added = max(peak - base_rss, 0)
+            size = out.stat().st_size
+            rows.append(dict(type=t, wall_s=wall, peak_rss=peak, added_rss=added, out_bytes=size))
+            print(f"{t:8} {wall:8.2f} {total / 2**20 / wall:8.1f} {peak / 2**20:9.0f} "
+                  f"{added / 2**20:8.0f} {added / largest_f32:14.2f} "
+                  f"{size / 2**20:8.1f}")  # fmt: skip
+            out.unlink()
+    if a.json:
+        a.json.write_text(json.dumps(
+            dict(model=str(model), tensor_bytes=total, largest_tensor_bytes=largest,
+                 baseline_rss=base_rss, threads=a.threads, cpus=os.cpu_count(), runs=rows),
+            indent=1))  # fmt: skip
+    return 0 if rows else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

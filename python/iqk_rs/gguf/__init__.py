@@ -1,0 +1,23 @@
+"""GGUF I/O that understands ik_llama.cpp's tensor types (incl. the KS row prefix).
+
+- ``GGUFReader``: memory-mapped, zero-copy, hard limits on every length.
+- ``GGUFStreamWriter``: one tensor (or row chunk) at a time, temp file + rename.
+- ``convert``: whole-model operations used by the ``iqk`` CLI.
+"""
+
+from .ggml_types import GGMLType, all_types, type_by_id, type_by_name
+from .reader import KV, GGUFError, GGUFReader, TensorInfo
+from .writer import GGUFStreamWriter, GGUFWriteError
+
+__all__ = [
+    "GGMLType",
+    "GGUFError",
+    "GGUFReader",
+    "GGUFStreamWriter",
+    "GGUFWriteError",
+    "KV",
+    "TensorInfo",
+    "all_types",
+    "type_by_id",
+    "type_by_name",
+]

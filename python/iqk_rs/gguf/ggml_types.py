@@ -1,0 +1,256 @@
+"""ggml tensor types as GGUF files store them: ids, names and byte sizes.
+
+Three sources, merged once (later ones win):
+1. the PyPI ``gguf`` package's table (mainline ids below 97);
+2. a short table of ik_llama.cpp-only ids that the Rust core does not implement
+   (so ``iqk info`` can still size and list any ik model);
+3. ``iqk_rs.type_table()``: the single source of truth for every type the core
+   implements, including the per-row prefix ("row meta") of the KS types that
+   gguf-py's table cannot express.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES
+
+QK_K = 256
+
+
+@dataclass(frozen=True)
+class GGMLType:
+    id: int
+    name: str  # ggml's spelling, as llama-quantize prints it: "iq4_ks", "q5_K", "f16"
+    block_size: int
+    type_size: int
+    row_meta_size: int = 0
+    quantized: bool = True
+    in_core: bool = False  # quantize/dequantize available from the Rust core
+    llama_ftype: int | None = None  # general.file_type of a model "mostly" of this type
+
+    def row_bytes(self, ne0: int) -> int:
+        """Bytes of one row of ``ne0`` values (ik's ggml_row_size, with the row prefix)."""
+        if ne0 % self.block_size:
+            raise ValueError(
+                f"row length {ne0} is not a multiple of {self.name}'s block size {self.block_size}"
+            )
+        return self.row_meta_size + (ne0 // self.block_size) * self.type_size
+
+    def nbytes(self, ne: tuple[int, ...] | list[int]) -> int:
+        nrows = 1
+        for n in ne[1:]:
+            nrows *= n
+        return nrows * self.row_bytes(ne[0])
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Asymptotic bits per weight (row prefix amortised over a 4096-wide row)."""
+        return 8.0 * (self.type_size / self.block_size + self.row_meta_size / 4096)
+
+
+# ik_llama.cpp-only ids (ggml/include/ggml.h, gguf-py constants, ggml.c row_meta_size)
+# that the core does not provide: (name, block, bytes per block, row meta).
+_IK_ONLY: dict[int, tuple[str, int, int, int]] = {
+    31: ("q4_0_4x4", 32, 18, 0),
+    32: ("q4_0_4x8", 32, 18, 0),
+    33: ("q4_0_8x8", 32, 18, 0),
+    133: ("q6_0", 32, 26, 0),
+    134: ("iq1_bn", 64, 13, 2),
+    135: ("iq2_bn", 64, 16, 4),
+    137: ("iq2_k", 256, 76, 0),
+    138: ("iq3_k", 256, 110, 0),
+    139: ("iq4_k", 256, 144, 0),
+    140: ("iq5_k", 256, 176, 0),
+    141: ("iq6_k", 256, 212, 0),
+    144: ("iq4_ks", 256, 136, 4),
+    145: ("iq2_ks", 256, 70, 2),
+    146: ("iq4_kss", 256, 128, 4),
+    151: ("q8_KV", 32, 32, 8),
+    152: ("iq5_ks", 256, 168, 4),
+    153: ("iq2_kt", 256, 68, 4),
+    154: ("iq3_kt", 256, 100, 4),
+    155: ("iq4_kt", 256, 128, 4),
+    156: ("iq3_ks", 256, 102, 2),
+    157: ("iq2_kl", 256, 86, 2),
+    158: ("iq1_kt", 256, 56, 4),
+    202: ("q4_0_r8", 32, 18, 0),
+    206: ("q5_0_r4", 32, 22, 0),
+    208: ("q8_0_r8", 32, 34, 0),
+    210: ("q2_k_r4", 256, 84, 0),
+    211: ("q3_k_r4", 256, 110, 0),
+    212: ("q4_k_r4", 256, 144, 0),
+    213: ("q5_k_r4", 256, 176, 0),
+    214: ("q6_k_r4", 256, 210, 0),
+    216: ("iq2_xxs_r4", 256, 66, 0),
+    217: ("iq2_xs_r4", 256, 74, 0),
+    218: ("iq3_xxs_r4", 256, 98, 0),
+    219: ("iq1_s_r4", 32, 6, 2),
+    220: ("iq4_nl_r4", 32, 18, 0),
+    221: ("iq3_s_r4", 256, 110, 0),
+    222: ("iq2_s_r4", 256, 82, 0),
+    223: ("iq4_xs_r8", 256, 136, 0),
+    229: ("iq1_m_r4", 32, 7, 2),
+    233: ("q6_0_r4", 32, 26, 0),
+    335: ("iq2_bn_r4", 64, 16, 4),
+    337: ("iq2_k_r4", 256, 76, 0),
+    338: ("iq3_k_r4", 256, 110, 0),
+    339: ("iq4_k_r4", 256, 144, 0),
+    340: ("iq5_k_r4", 256, 176, 0),
+    344: ("iq4_ks_r4", 256, 136, 4),
+    352: ("iq5_ks_r4", 256, 168, 4),
+    353: ("mxfp4_r8", 32, 17, 0),
+    398: ("q8_KV_r8", 32, 32, 4),
+    399: ("q8_k_r8", 256, 258, 0),
+}
+# (The core's types are listed too, so that files can still be sized when the
+# extension cannot be imported; the core's own table replaces those rows.)
+_UNQUANTIZED = {"f32", "f16", "bf16", "f64", "i8", "i16", "i32", "i64"}
+INT_TYPES = frozenset({24, 25, 26, 27})  # I8, I16, I32, I64
+F32, F16, BF16 = 0, 1, 30
+FLOAT_TYPES = frozenset({F32, F16, BF16})
+
+
+def ggml_name(name: str) -> str:
+    """Canonical ggml spelling: lower case except the K of k-quants ("q5_K", "q8_KV")."""
+    n = name.lower()
+    if n.startswith("q") and (n.endswith("_k") or n.endswith("_kv")):
+        n = n[: n.rindex("_") + 1] + n[n.rindex("_") + 1 :].upper()
+    return n
+
+
+def _core_rows() -> list[dict]:
+    try:
+        import iqk_rs
+
+        return list(iqk_rs.type_table())
+    except (ImportError, AttributeError):
+        return []
+
+
+@functools.cache
+def _table() -> dict[int, GGMLType]:
+    table: dict[int, GGMLType] = {}
+    for qtype, (block, size) in GGML_QUANT_SIZES.items():
+        name = ggml_name(qtype.name)
+        if int(qtype) >= 31 and int(qtype) <= 33:
+            continue  # ik and mainline disagree on these ids; ik's meaning wins below
+        ftype = {"f32": 0, "f16": 1, "bf16": 32}.get(name)
+        table[int(qtype)] = GGMLType(
+            int(qtype), name, block, size, 0, name not in _UNQUANTIZED, False, ftype
+        )
+    for tid, (name, block, size, meta) in _IK_ONLY.items():
+        table[tid] = GGMLType(tid, name, block, size, meta, True)
+    for row in _core_rows():
+        tid = int(row["ggml_id"])
+        name = ggml_name(str(row["name"]))
+        table[tid] = GGMLType(
+            tid,
+            name,
+            int(row["block_size"]),
+            int(row["type_size"]),
+            int(row.get("row_meta_size", 0)),
+            True,
+            True,
+            int(row["llama_ftype"]) if row.get("llama_ftype") is not None else None,
+        )
+    return table
+
+
+def core_available() -> bool:
+    return any(t.in_core for t in _table().values())
+
+
+def type_by_id(tid: int) -> GGMLType:
+    try:
+        return _table()[int(tid)]
+    except KeyError:
+        raise ValueError(f"unknown ggml type id {tid}") from None
+
+
+def type_by_name(name: str) -> GGMLType:
+    """Look up a type by any spelling ("IQ4_KS", "iq4_ks", "Q5_K", "f16") or by number."""
+    s = str(getattr(name, "name", name)).strip()
+    if s.isdigit():
+        return type_by_id(int(s))
+    key = ggml_name(s)
+    for t in _table().values():
+        if t.name == key:
+            return t
+    raise ValueError(f"unknown tensor type {name!r}")
+
+
+def all_types() -> list[GGMLType]:
+    return sorted(_table().values(), key=lambda t: t.id)
+
+
+# --- float conversions (numpy, no core needed) ---------------------------------
+
+
+def bf16_to_f32(u16: np.ndarray) -> np.ndarray:
+    return (np.asarray(u16, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def f32_to_bf16(x: np.ndarray) -> np.ndarray:
+    """Round to nearest even, NaN kept quiet: ggml_compute_fp32_to_bf16."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    nan = (u & 0x7FFFFFFF) > 0x7F800000
+    rounded = (u + (0x7FFF + ((u >> 16) & 1))) >> 16
+    return np.where(nan, (u >> 16) | 64, rounded).astype(np.uint16)
+
+
+def rows_to_f32(
+    rows: np.ndarray, gtype: GGMLType, ne0: int, threads: int | None = None
+) -> np.ndarray:
+    """Decode a 2-D block of raw rows (uint8, or the float dtype itself) to float32 (nrows, ne0)."""
+    if gtype.id == F32:
+        return np.ascontiguousarray(rows).view(np.float32).reshape(-1, ne0)
+    if gtype.id == F16:
+        return np.ascontiguousarray(rows).view(np.float16).reshape(-1, ne0).astype(np.float32)
+    if gtype.id == BF16:
+        return bf16_to_f32(np.ascontiguousarray(rows).view(np.uint16).reshape(-1, ne0))
+    raw = np.ascontiguousarray(rows).view(np.uint8).reshape(rows.shape[0], -1)
+    if gtype.in_core:
+        import iqk_rs
+
+        try:
+            return iqk_rs.dequantize(raw, gtype.name, threads=threads)
+        except NotImplementedError:
+            pass
+    if gtype.row_meta_size == 0:
+        import gguf.quants
+        from gguf import GGMLQuantizationType
+
+        try:
+            qt = GGMLQuantizationType(gtype.id)
+            return gguf.quants.dequantize(raw, qt).reshape(-1, ne0).astype(np.float32, copy=False)
+        except (ValueError, NotImplementedError):
+            pass
+    raise NotImplementedError(f"cannot decode tensor type {gtype.name}")
+
+
+def f32_to_rows(
+    x: np.ndarray,
+    gtype: GGMLType,
+    imatrix: np.ndarray | None = None,
+    *,
+    iq2ks_search: str = "fast",
+    threads: int | None = None,
+) -> np.ndarray:
+    """Encode float32 (nrows, ne0) as ``gtype``: raw bytes, uint8 (nrows, row_bytes)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if gtype.id == F32:
+        return x.view(np.uint8)
+    if gtype.id == F16:
+        return x.astype(np.float16).view(np.uint8)
+    if gtype.id == BF16:
+        return f32_to_bf16(x).view(np.uint8)
+    if not gtype.in_core:
+        raise NotImplementedError(f"quantizing to {gtype.name} is not supported")
+    import iqk_rs
+
+    return iqk_rs.quantize(
+        x, gtype.name, imatrix, iq2ks_search=iq2ks_search, threads=threads
+    )

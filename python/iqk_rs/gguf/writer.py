@@ -1,0 +1,194 @@
+"""Streaming GGUF v3 writer.
+
+Header, metadata and every tensor's info are written first (sizes are known
+from type and shape), then tensor data one tensor - or one chunk of rows - at a
+time, so memory stays bounded by the largest chunk, not the model.
+
+The output goes to a hidden temporary file in the destination directory and is
+renamed into place only by ``commit()``; any exception (including Ctrl-C) or a
+missing commit removes it, so a failed run never leaves a partial model behind.
+
+Why not ``gguf.GGUFWriter``: it cannot write empty or nested typed arrays, picks
+value types from Python types, and sizes uint8 payloads from its own table
+(wrong for ik's KS types). Encoding GGUF metadata is ~50 lines; constants and
+value types still come from the ``gguf`` package.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gguf import GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUFValueType
+
+from .ggml_types import GGMLType
+from .reader import _SCALARS, KV
+
+
+class GGUFWriteError(RuntimeError):
+    pass
+
+
+def _pack_string(s: str | bytes) -> bytes:
+    b = s if isinstance(s, bytes) else s.encode("utf-8", errors="surrogateescape")
+    return struct.pack("<Q", len(b)) + b
+
+
+def _pack_value(vtype: GGUFValueType, value: Any, sub_type: GGUFValueType | None) -> bytes:
+    if vtype in _SCALARS:
+        fmt = _SCALARS[vtype][0]
+        return struct.pack(fmt, bool(value) if vtype == GGUFValueType.BOOL else value)
+    if vtype == GGUFValueType.STRING:
+        return _pack_string(value)
+    if vtype != GGUFValueType.ARRAY or sub_type is None:
+        raise GGUFWriteError(f"cannot encode metadata value of type {vtype!r}")
+    head = struct.pack("<IQ", int(sub_type), len(value))
+    if sub_type in _SCALARS:
+        dt = _SCALARS[sub_type][1]
+        return head + np.asarray(value).astype(dt, copy=False).tobytes()
+    if sub_type == GGUFValueType.STRING:
+        return head + b"".join(_pack_string(s) for s in value)
+    # nested arrays: items are KV objects carrying their own sub_type
+    return head + b"".join(_pack_value(it.vtype, it.value, it.sub_type) for it in value)
+
+
+def encode_kv(kv: KV) -> bytes:
+    return (
+        _pack_string(kv.key)
+        + struct.pack("<I", int(kv.vtype))
+        + _pack_value(kv.vtype, kv.value, kv.sub_type)
+    )
+
+
+def _pad(n: int, align: int) -> int:
+    return -(-n // align) * align
+
+
+class GGUFStreamWriter:
+    """Write a GGUF file tensor by tensor, in the declared order.
+
+    >>> with GGUFStreamWriter(path, kvs, [("w", f32_type, (4, 2))]) as w:
+    ...     w.write_tensor("w", data)
+    ...     w.commit()
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        kvs: Iterable[KV],
+        tensors: Iterable[tuple[str, GGMLType, tuple[int, ...]]],
+        alignment: int = GGUF_DEFAULT_ALIGNMENT,
+    ):
+        if alignment <= 0 or alignment & (alignment - 1):
+            raise GGUFWriteError(f"alignment must be a power of two, got {alignment}")
+        self.path = Path(path)
+        self.alignment = alignment
+        self._plan: list[tuple[str, int]] = []  # (name, nbytes)
+        header = bytearray(struct.pack("<IIQQ", GGUF_MAGIC, 3, 0, 0))
+        kvs = list(kvs)
+        tensors = list(tensors)
+        struct.pack_into("<QQ", header, 8, len(tensors), len(kvs))
+        for kv in kvs:
+            header += encode_kv(kv)
+        offset = 0
+        seen = set()
+        for name, gtype, ne in tensors:
+            if name in seen:
+                raise GGUFWriteError(f"duplicate tensor name {name!r}")
+            seen.add(name)
+            nbytes = gtype.nbytes(ne)
+            header += _pack_string(name) + struct.pack("<I", len(ne))
+            header += struct.pack(f"<{len(ne)}Q", *ne) + struct.pack("<IQ", gtype.id, offset)
+            self._plan.append((name, nbytes))
+            offset = _pad(offset + nbytes, alignment)
+        header += bytes(_pad(len(header), alignment) - len(header))
+        self.total_bytes = len(header) + offset
+
+        directory = self.path.parent if str(self.path.parent) else Path(".")
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".partial", dir=directory)
+        self._tmp = Path(tmp)
+        self._f = os.fdopen(fd, "wb")
+        self._next = 0  # index into _plan of the tensor being written
+        self._written = 0  # bytes of the current tensor so far
+        self._done = False
+        try:
+            self._f.write(header)
+        except BaseException:
+            self.abort()
+            raise
+
+    # -- tensor data -------------------------------------------------------------
+    def write_chunk(self, name: str, data: np.ndarray | bytes | memoryview) -> None:
+        """Append bytes to tensor ``name`` (which must be the next declared one)."""
+        if self._next >= len(self._plan):
+            raise GGUFWriteError(f"tensor {name!r} was not declared (all tensors written)")
+        want, nbytes = self._plan[self._next]
+        if name != want:
+            raise GGUFWriteError(f"expected data for tensor {want!r}, got {name!r}")
+        if isinstance(data, np.ndarray):
+            data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+        buf = memoryview(data).cast("B")
+        n = buf.nbytes
+        if self._written + n > nbytes:
+            raise GGUFWriteError(f"tensor {name!r}: got more than its {nbytes} bytes")
+        self._f.write(buf)
+        self._written += n
+        if self._written == nbytes:
+            self._f.write(bytes(_pad(nbytes, self.alignment) - nbytes))
+            self._next += 1
+            self._written = 0
+
+    def write_tensor(self, name: str, data: np.ndarray | bytes | Iterable[np.ndarray]) -> None:
+        """Write a whole tensor, given as one buffer or an iterable of row chunks."""
+        if isinstance(data, (np.ndarray, bytes, bytearray, memoryview)):
+            data = [data]
+        start = self._next
+        for chunk in data:
+            self.write_chunk(name, chunk)
+        if self._next == start:
+            want = self._plan[start][1]
+            raise GGUFWriteError(f"tensor {name!r}: got {self._written} of {want} bytes")
+
+    # -- finishing -----------------------------------------------------------------
+    def commit(self) -> Path:
+        if self._next != len(self._plan):
+            missing = self._plan[self._next][0]
+            self.abort()
+            raise GGUFWriteError(f"cannot finish {self.path}: tensor {missing!r} was not written")
+        try:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+            # mkstemp creates 0600; give the model the mode a plain open() would
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self._tmp, 0o666 & ~umask)
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        return self.path
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            self._f.close()
+        finally:
+            try:
+                self._tmp.unlink()
+            except FileNotFoundError:
+                pass
+
+    def __enter__(self) -> GGUFStreamWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()  # no-op after a successful commit

@@ -1,0 +1,431 @@
+//! The scale searches of ggml-quants.c that the companion types use:
+//! `make_qx_quants` (symmetric, Q5_0/Q6_0/Q6_K), `make_qkx2_quants` (scale + min, f32,
+//! the K-quants without imatrix), `make_qkx3_quants` (scale + min, f64 sums, with imatrix)
+//! and `make_qp_quants` (positive super-block scales). Plain f32/f64 arithmetic in the
+//! association order of the C, which was built without FMA contraction.
+
+use super::util::nearest_int;
+
+/// ggml-quants.c `GROUP_MAX_EPS`.
+pub(super) const GROUP_MAX_EPS: f32 = 1e-15;
+
+/// Weighted least-squares fit of `x ≈ scale·l`, `l ∈ [-nmax, nmax-1]`, with `rmse_type = 1`
+/// (weights `qw`, or `x²` when absent). Stores `l + nmax` in `out` and returns the scale.
+/// This is ggml-quants.c's version: it also tries the `(nmax-1)/max` family of scales and
+/// ends with a greedy one-step coordinate descent.
+pub(super) fn make_qx_quants(nmax: i32, x: &[f32], out: &mut [i8], qw: Option<&[f32]>) -> f32 {
+    let n = x.len();
+    let mut max = 0f32;
+    let mut amax = 0f32;
+    for &v in x {
+        let ax = v.abs();
+        if ax > amax {
+            amax = ax;
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        out[..n].fill(0);
+        return 0.0;
+    }
+    let w = |i: usize| match qw {
+        Some(q) => q[i],
+        None => x[i] * x[i],
+    };
+    let q = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
+    let nmaxf = nmax as f32;
+
+    let iscale = -nmaxf / max;
+    let mut sumlx = 0f32;
+    let mut suml2 = 0f32;
+    for i in 0..n {
+        let l = q(iscale, x[i]);
+        out[i] = (l + nmax) as i8;
+        let lf = l as f32;
+        sumlx += w(i) * x[i] * lf;
+        suml2 += w(i) * lf * lf;
+    }
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut best = scale * sumlx;
+    let mut best_sumlx = sumlx;
+    let mut best_suml2 = suml2;
+    for is in -9..=9 {
+        let fis = 0.1f32 * is as f32;
+        for iscale in [-(nmaxf + fis) / max, ((nmax - 1) as f32 + fis) / max] {
+            let mut sumlx = 0f32;
+            let mut suml2 = 0f32;
+            for i in 0..n {
+                let lf = q(iscale, x[i]) as f32;
+                sumlx += w(i) * x[i] * lf;
+                suml2 += w(i) * lf * lf;
+            }
+            if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+                for i in 0..n {
+                    out[i] = (q(iscale, x[i]) + nmax) as i8;
+                }
+                scale = sumlx / suml2;
+                best = scale * sumlx;
+                best_sumlx = sumlx;
+                best_suml2 = suml2;
+            }
+        }
+    }
+
+    let mut sumlx = best_sumlx;
+    let mut suml2 = best_suml2;
+    for _ in 0..n * (2 * nmax as usize - 1) {
+        let mut abs_gmax = 0f32;
+        let mut gmax = 0f32;
+        let mut best_j = None;
+        for j in 0..n {
+            let l = out[j] as i32 - nmax;
+            let g = scale * w(j) * (x[j] - scale * l as f32);
+            if (g > 0.0 && l < nmax - 1) || (g < 0.0 && l > -nmax) {
+                let ag = g.abs();
+                if ag > abs_gmax {
+                    abs_gmax = ag;
+                    gmax = g;
+                    best_j = Some(j);
+                }
+            }
+        }
+        let Some(j) = best_j else { break };
+        let wj = w(j);
+        let mut l = out[j] as i32 - nmax;
+        let (mut new_sumlx, mut new_suml2) = (sumlx, suml2);
+        if gmax > 0.0 {
+            new_sumlx += wj * x[j];
+            new_suml2 += wj * (2 * l + 1) as f32;
+            l += 1;
+        } else {
+            new_sumlx -= wj * x[j];
+            new_suml2 -= wj * (2 * l - 1) as f32;
+            l -= 1;
+        }
+        if new_suml2 > 0.0 && new_sumlx * new_sumlx > best * new_suml2 {
+            sumlx = new_sumlx;
+            suml2 = new_suml2;
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+            out[j] = (l + nmax) as i8;
+        } else {
+            break;
+        }
+    }
+    scale
+}
+
+/// Affine fit `x ≈ scale·l − min`, `l ∈ [0, nmax]`, scanning `nstep+1` inverse scales
+/// (`make_qkx2_quants`, all f32). Returns `(scale, the_min)` where `the_min ≥ 0` is the
+/// value subtracted.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn make_qkx2_quants(
+    nmax: i32,
+    x: &[f32],
+    weights: &[f32],
+    out: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+) -> (f32, f32) {
+    let n = x.len();
+    let mut laux = [0u8; 32];
+    let mut min = x[0];
+    let mut max = x[0];
+    let mut sum_w = weights[0];
+    let mut sum_x = sum_w * x[0];
+    for i in 1..n {
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
+        let w = weights[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max - min < 1e-10 {
+        out[..n].fill(0);
+        return (0.0, -min);
+    }
+    let err = |d: f32| if use_mad { d.abs() } else { d * d };
+    // note: `min` changes inside the scan below and later steps see the new value
+    let q = |iscale: f32, v: f32, min: f32| nearest_int(iscale * (v - min)).clamp(0, nmax) as u8;
+    let iscale = nmax as f32 / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best_mad = 0f32;
+    for i in 0..n {
+        out[i] = q(iscale, x[i], min);
+        let diff = scale * out[i] as f32 + min - x[i];
+        best_mad += weights[i] * err(diff);
+    }
+    if nstep < 1 {
+        return (scale, -min);
+    }
+    for is in 0..=nstep {
+        let iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
+        for i in 0..n {
+            let l = q(iscale, x[i], min);
+            laux[i] = l;
+            let lf = l as f32;
+            let w = weights[i];
+            sum_l += w * lf;
+            sum_l2 += w * lf * lf;
+            sum_xl += w * lf * x[i];
+        }
+        let d = sum_w * sum_l2 - sum_l * sum_l;
+        if d > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let mut mad = 0f32;
+            for i in 0..n {
+                let diff = this_scale * laux[i] as f32 + this_min - x[i];
+                mad += weights[i] * err(diff);
+            }
+            if mad < best_mad {
+                out[..n].copy_from_slice(&laux[..n]);
+                best_mad = mad;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, -min)
+}
+
+/// `make_qkx3_quants` with explicit weights and `use_mad = false`: like
+/// [`make_qkx2_quants`] but with f64 sums, a closed-form error, and a final greedy
+/// refinement of single quants. Returns `(scale, the_min)`.
+pub(super) fn make_qkx3_quants(
+    nmax: i32,
+    x: &[f32],
+    weights: &[f32],
+    out: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+) -> (f32, f32) {
+    let n = x.len();
+    let mut laux = [0u8; 32];
+    let mut min = x[0];
+    let mut max = x[0];
+    let mut sum_w = weights[0] as f64;
+    let mut sum_x = sum_w * x[0] as f64;
+    let mut sum_x2 = sum_w * x[0] as f64 * x[0] as f64;
+    for i in 1..n {
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
+        let w = weights[i] as f64;
+        let xi = x[i] as f64;
+        sum_w += w;
+        sum_x += w * xi;
+        sum_x2 += w * xi * xi;
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max - min < 1e-10 {
+        out[..n].fill(0);
+        return (0.0, -min);
+    }
+    let iscale = nmax as f32 / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best_mad = 0f64;
+    for i in 0..n {
+        let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+        out[i] = l as u8;
+        let diff = scale as f64 * l as f64 + min as f64 - x[i] as f64;
+        best_mad += weights[i] as f64 * (diff * diff);
+    }
+    if nstep >= 1 {
+        for is in 0..=nstep {
+            let iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
+            let (mut sum_l, mut sum_l2, mut sum_xl) = (0f64, 0f64, 0f64);
+            for i in 0..n {
+                let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+                laux[i] = l as u8;
+                let w = weights[i] as f64;
+                let lf = l as f64;
+                sum_l += w * lf;
+                sum_l2 += w * lf * lf;
+                sum_xl += w * lf * x[i] as f64;
+            }
+            let d = sum_w * sum_l2 - sum_l * sum_l;
+            if d > 0.0 {
+                let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
+                let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
+                if this_min > 0.0 {
+                    this_min = 0.0;
+                    this_scale = sum_xl / sum_l2;
+                }
+                let mad = sum_x2 - 2.0 * this_scale * sum_xl - 2.0 * this_min * sum_x
+                    + 2.0 * this_scale * this_min * sum_l
+                    + this_scale * this_scale * sum_l2
+                    + this_min * this_min * sum_w;
+                if mad < best_mad {
+                    out[..n].copy_from_slice(&laux[..n]);
+                    best_mad = mad;
+                    scale = this_scale as f32;
+                    min = this_min as f32;
+                }
+            }
+        }
+    } else {
+        return (scale, -min);
+    }
+
+    let (mut sum_l, mut sum_l2, mut sum_xl) = (0f64, 0f64, 0f64);
+    for i in 0..n {
+        let w = weights[i] as f64;
+        let lf = out[i] as f64;
+        sum_l += w * lf;
+        sum_l2 += w * lf * lf;
+        sum_xl += w * lf * x[i] as f64;
+    }
+    let (s, m) = (scale as f64, min as f64);
+    let mut best =
+        2.0 * s * sum_xl + 2.0 * m * sum_x - 2.0 * s * m * sum_l - s * s * sum_l2 - m * m * sum_w;
+    let mut last: Option<(usize, i32)> = None;
+    for _ in 0..nmax as usize * n {
+        let mut gmax = 0f32;
+        let mut pick: Option<(usize, i32)> = None;
+        for j in 0..n {
+            let g = x[j] - scale * out[j] as f32 - min;
+            if g > 0.0 && (out[j] as i32) < nmax && g > gmax {
+                gmax = g;
+                pick = Some((j, 1));
+            } else if g < 0.0 && out[j] > 0 && -g > gmax {
+                gmax = -g;
+                pick = Some((j, -1));
+            }
+        }
+        let Some((j, dir)) = pick else { break };
+        if let Some((lj, ldir)) = last {
+            if lj == j && dir == -ldir {
+                break;
+            }
+        }
+        let w = weights[j] as f64;
+        sum_l += w * dir as f64;
+        sum_l2 += w * (2 * out[j] as i32 * dir + 1) as f64;
+        sum_xl += w * x[j] as f64 * dir as f64;
+        let d = sum_w * sum_l2 - sum_l * sum_l;
+        if d <= 0.0 {
+            break;
+        }
+        let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
+        let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
+        if this_min > 0.0 {
+            this_min = 0.0;
+            this_scale = sum_xl / sum_l2;
+        }
+        if this_scale < 0.0 {
+            break;
+        }
+        let score = 2.0 * this_scale * sum_xl + 2.0 * this_min * sum_x
+            - 2.0 * this_scale * this_min * sum_l
+            - this_scale * this_scale * sum_l2
+            - this_min * this_min * sum_w;
+        if score <= best {
+            break;
+        }
+        best = score;
+        scale = this_scale as f32;
+        min = this_min as f32;
+        out[j] = (out[j] as i32 + dir) as u8;
+        last = Some((j, dir));
+    }
+    (scale, -min)
+}
+
+/// Quantize non-negative super-block scales/mins `x` to `l ∈ [0, nmax]` with weights
+/// `qw` (`make_qp_quants`). Stores `l` (as the C's `uint8_t`) and returns the scale.
+pub(super) fn make_qp_quants(nmax: i32, x: &[f32], out: &mut [u8], qw: &[f32]) -> f32 {
+    let n = x.len();
+    let mut max = 0f32;
+    for &v in x {
+        max = if max > v { max } else { v };
+    }
+    if max < 1e-16 {
+        out[..n].fill(0);
+        return 0.0;
+    }
+    let nmaxf = nmax as f32;
+    let mut iscale = nmaxf / max;
+    for i in 0..n {
+        out[i] = nearest_int(iscale * x[i]) as u8;
+    }
+    let scale = 1.0 / iscale;
+    let mut best_mse = 0f32;
+    for i in 0..n {
+        let diff = x[i] - scale * out[i] as f32;
+        best_mse += qw[i] * diff * diff;
+    }
+    for is in -4..=4 {
+        if is == 0 {
+            continue;
+        }
+        let iscale_is = (0.1f32 * is as f32 + nmaxf) / max;
+        let scale_is = 1.0 / iscale_is;
+        let mut mse = 0f32;
+        for i in 0..n {
+            let l = nearest_int(iscale_is * x[i]).min(nmax);
+            let diff = x[i] - scale_is * l as f32;
+            mse += qw[i] * diff * diff;
+        }
+        if mse < best_mse {
+            best_mse = mse;
+            iscale = iscale_is;
+        }
+    }
+    let mut sumlx = 0f32;
+    let mut suml2 = 0f32;
+    for i in 0..n {
+        let l = nearest_int(iscale * x[i]).min(nmax);
+        out[i] = l as u8;
+        let lf = l as f32;
+        sumlx += qw[i] * x[i] * lf;
+        suml2 += qw[i] * lf * lf;
+    }
+    for _ in 0..5 {
+        let mut n_changed = 0;
+        for i in 0..n {
+            let w = qw[i];
+            let li = out[i] as f32;
+            let mut slx = sumlx - w * x[i] * li;
+            let mut sl2 = suml2 - w * li * li;
+            if slx > 0.0 && sl2 > 0.0 {
+                let new_l = nearest_int(x[i] * sl2 / slx).min(nmax);
+                if new_l != out[i] as i32 {
+                    let nl = new_l as f32;
+                    slx += w * x[i] * nl;
+                    sl2 += w * nl * nl;
+                    if slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        out[i] = new_l as u8;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        n_changed += 1;
+                    }
+                }
+            }
+        }
+        if n_changed == 0 {
+            break;
+        }
+    }
+    sumlx / suml2
+}
