@@ -367,7 +367,12 @@ mod avx2 {
     /// `[Σwq·x, Σwq·q]` for the `+` and the `-` sign fits at scale `d`, lane sums reduced.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn candidate_sums(d: f32, x: &[f32], w: &[f32], values: &[i8]) -> [f32; 4] {
-        let t = [values[0] as f32, values[1] as f32, values[2] as f32, values[3] as f32];
+        let t = [
+            values[0] as f32,
+            values[1] as f32,
+            values[2] as f32,
+            values[3] as f32,
+        ];
         let scaled = [
             _mm256_set1_ps(d * t[0]),
             _mm256_set1_ps(d * t[1]),
@@ -407,8 +412,19 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn block_error(dl: f32, x: &[f32], w: &[f32], values: &[i8], idx: &mut [u8; SUB]) -> f32 {
-        let t = [values[0] as f32, values[1] as f32, values[2] as f32, values[3] as f32];
+    pub unsafe fn block_error(
+        dl: f32,
+        x: &[f32],
+        w: &[f32],
+        values: &[i8],
+        idx: &mut [u8; SUB],
+    ) -> f32 {
+        let t = [
+            values[0] as f32,
+            values[1] as f32,
+            values[2] as f32,
+            values[3] as f32,
+        ];
         let scaled = t.map(|v| _mm256_set1_ps(dl * v));
         let q = t.map(|v| _mm256_set1_ps(v));
         let neg_dl = _mm256_set1_ps(-dl);
