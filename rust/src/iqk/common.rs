@@ -135,6 +135,43 @@ pub struct PartitionSearch {
     pub min_i3: usize,
 }
 
+/// Running best of the IQ2 partition search: ik's accept rule, in ik's candidate order.
+#[derive(Clone, Copy)]
+struct Best {
+    score: f32,
+    d: f32,
+    shifted: bool,
+}
+
+impl Best {
+    #[inline(always)]
+    fn offer(&mut self, sumqx: f32, sumq2: f32, shifted: bool) {
+        if sumq2 > 0.0 && sumqx * sumqx > self.score * sumq2 {
+            self.d = sumqx / sumq2;
+            self.score = self.d * sumqx;
+            self.shifted = shifted;
+        }
+    }
+}
+
+/// Prefix sums over the sorted block (padded so SIMD loads past the end stay in bounds).
+struct Prefix {
+    n: usize,
+    sumx: [f32; 48],
+    sumw: [f32; 48],
+}
+
+/// The four level orders tried per split: base, shifted, base reversed, shifted reversed.
+fn candidates(grid: &[i8; 8]) -> [([f32; 4], bool); 4] {
+    let f = |i: usize| grid[i] as f32;
+    [
+        ([f(0), f(1), f(2), f(3)], false),
+        ([f(4), f(5), f(6), f(7)], true),
+        ([f(3), f(2), f(1), f(0)], false),
+        ([f(7), f(6), f(5), f(4)], true),
+    ]
+}
+
 impl PartitionSearch {
     pub fn run(&self, x: &[f32], w: &[f32], grid: &[i8; 8]) -> (f32, bool) {
         let n = x.len();
@@ -145,19 +182,31 @@ impl PartitionSearch {
         }
         // Ascending by value, ties by position (-0 equals +0), as std::sort on (x, j) pairs.
         order.sort_unstable_by(|&a, &b| x[a].partial_cmp(&x[b]).unwrap().then(a.cmp(&b)));
-        let (mut sumx, mut sumw) = ([0.0f32; 33], [0.0f32; 33]);
+        let mut p = Prefix {
+            n,
+            sumx: [0.0; 48],
+            sumw: [0.0; 48],
+        };
         for (k, &j) in order.iter().enumerate() {
-            sumw[k + 1] = sumw[k] + w[j];
-            sumx[k + 1] = sumx[k] + w[j] * x[j];
+            p.sumw[k + 1] = p.sumw[k] + w[j];
+            p.sumx[k + 1] = p.sumx[k] + w[j] * x[j];
         }
-        let f = |v: i8| v as f32;
-        let candidates: [([f32; 4], bool); 4] = [
-            ([f(grid[0]), f(grid[1]), f(grid[2]), f(grid[3])], false),
-            ([f(grid[4]), f(grid[5]), f(grid[6]), f(grid[7])], true),
-            ([f(grid[3]), f(grid[2]), f(grid[1]), f(grid[0])], false),
-            ([f(grid[7]), f(grid[6]), f(grid[5]), f(grid[4])], true),
-        ];
-        let (mut best, mut d, mut is_shifted) = (0.0f32, 0.0f32, false);
+        let cands = candidates(grid);
+        #[cfg(target_arch = "x86_64")]
+        if crate::cpu::quantize_path() == crate::cpu::Path::Avx2 {
+            // SAFETY: the Avx2 path is only chosen on CPUs with AVX2.
+            return unsafe { self.search_avx2(&p, &cands) };
+        }
+        self.search_scalar(&p, &cands)
+    }
+
+    fn search_scalar(&self, p: &Prefix, cands: &[([f32; 4], bool); 4]) -> (f32, bool) {
+        let (n, sumx, sumw) = (p.n, &p.sumx, &p.sumw);
+        let mut best = Best {
+            score: 0.0,
+            d: 0.0,
+            shifted: false,
+        };
         for i1 in 0..self.max_i1 {
             for i2 in i1..n {
                 for i3 in i2.max(self.min_i3)..n {
@@ -173,22 +222,94 @@ impl PartitionSearch {
                         sumw[i3] - sumw[i2],
                         sumw[n] - sumw[i3],
                     ];
-                    for (v, shifted) in &candidates {
+                    for (v, shifted) in cands {
                         let sumqx = gx[0] * v[0] + gx[1] * v[1] + gx[2] * v[2] + gx[3] * v[3];
                         let sumq2 = gw[0] * v[0] * v[0]
                             + gw[1] * v[1] * v[1]
                             + gw[2] * v[2] * v[2]
                             + gw[3] * v[3] * v[3];
-                        if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
-                            d = sumqx / sumq2;
-                            best = d * sumqx;
-                            is_shifted = *shifted;
-                        }
+                        best.offer(sumqx, sumq2, *shifted);
                     }
                 }
             }
         }
-        (d, is_shifted)
+        (best.d, best.shifted)
+    }
+
+    /// Eight consecutive i3 per vector, the same f32 operations per lane as `search_scalar`.
+    /// A vector none of whose 32 candidates passes the accept test against the current best
+    /// changes nothing and is skipped; otherwise its candidates are replayed in order.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn search_avx2(&self, p: &Prefix, cands: &[([f32; 4], bool); 4]) -> (f32, bool) {
+        use std::arch::x86_64::*;
+        let (n, sumx, sumw) = (p.n, &p.sumx, &p.sumw);
+        let mut best = Best {
+            score: 0.0,
+            d: 0.0,
+            shifted: false,
+        };
+        let lane_ids = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let zero = _mm256_setzero_ps();
+        let v = cands.map(|(v, _)| v.map(|c| _mm256_set1_ps(c)));
+        let (xn, wn) = (_mm256_set1_ps(sumx[n]), _mm256_set1_ps(sumw[n]));
+        let mut qx = [[0.0f32; 8]; 4];
+        let mut q2 = [[0.0f32; 8]; 4];
+        for i1 in 0..self.max_i1 {
+            for i2 in i1..n {
+                let g0x = _mm256_set1_ps(sumx[i1] - sumx[0]);
+                let g1x = _mm256_set1_ps(sumx[i2] - sumx[i1]);
+                let g0w = _mm256_set1_ps(sumw[i1] - sumw[0]);
+                let g1w = _mm256_set1_ps(sumw[i2] - sumw[i1]);
+                let (x2, w2) = (_mm256_set1_ps(sumx[i2]), _mm256_set1_ps(sumw[i2]));
+                let mut i3 = i2.max(self.min_i3);
+                while i3 < n {
+                    let valid = _mm256_cmpgt_epi32(_mm256_set1_epi32((n - i3) as i32), lane_ids);
+                    let sx = _mm256_loadu_ps(sumx.as_ptr().add(i3));
+                    let sw = _mm256_loadu_ps(sumw.as_ptr().add(i3));
+                    let (g2x, g3x) = (_mm256_sub_ps(sx, x2), _mm256_sub_ps(xn, sx));
+                    let (g2w, g3w) = (_mm256_sub_ps(sw, w2), _mm256_sub_ps(wn, sw));
+                    let score = _mm256_set1_ps(best.score);
+                    let mut any = _mm256_setzero_si256();
+                    for (c, vc) in v.iter().enumerate() {
+                        let sumqx = _mm256_add_ps(
+                            _mm256_add_ps(
+                                _mm256_add_ps(_mm256_mul_ps(g0x, vc[0]), _mm256_mul_ps(g1x, vc[1])),
+                                _mm256_mul_ps(g2x, vc[2]),
+                            ),
+                            _mm256_mul_ps(g3x, vc[3]),
+                        );
+                        let term = |g: __m256, v: __m256| _mm256_mul_ps(_mm256_mul_ps(g, v), v);
+                        let sumq2 = _mm256_add_ps(
+                            _mm256_add_ps(
+                                _mm256_add_ps(term(g0w, vc[0]), term(g1w, vc[1])),
+                                term(g2w, vc[2]),
+                            ),
+                            term(g3w, vc[3]),
+                        );
+                        let pass = _mm256_and_ps(
+                            _mm256_cmp_ps::<_CMP_GT_OQ>(sumq2, zero),
+                            _mm256_cmp_ps::<_CMP_GT_OQ>(
+                                _mm256_mul_ps(sumqx, sumqx),
+                                _mm256_mul_ps(score, sumq2),
+                            ),
+                        );
+                        any = _mm256_or_si256(any, _mm256_castps_si256(pass));
+                        _mm256_storeu_ps(qx[c].as_mut_ptr(), sumqx);
+                        _mm256_storeu_ps(q2[c].as_mut_ptr(), sumq2);
+                    }
+                    if _mm256_testz_si256(_mm256_and_si256(any, valid), valid) == 0 {
+                        for l in 0..8.min(n - i3) {
+                            for (c, (_, shifted)) in cands.iter().enumerate() {
+                                best.offer(qx[c][l], q2[c][l], *shifted);
+                            }
+                        }
+                    }
+                    i3 += 8;
+                }
+            }
+        }
+        (best.d, best.shifted)
     }
 }
 
@@ -219,4 +340,76 @@ pub fn low2_position(i: usize) -> (usize, u32) {
 #[inline(always)]
 pub fn high1_position(i: usize) -> (usize, u32) {
     (i % 32, (i / 32) as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tables::IQ2NL;
+
+    fn rng(seed: &mut u32) -> f32 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 17;
+        *seed ^= *seed << 5;
+        (*seed >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+    }
+
+    /// The vectorised partition search picks exactly the scalar search's scale and grid half.
+    #[test]
+    fn partition_search_simd_equals_scalar() {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            let mut seed = 99u32;
+            for trial in 0..400 {
+                let (n, search) = if trial % 2 == 0 {
+                    (
+                        16usize,
+                        PartitionSearch {
+                            max_i1: 16,
+                            min_i3: 0,
+                        },
+                    )
+                } else {
+                    (
+                        32,
+                        PartitionSearch {
+                            max_i1: 24,
+                            min_i3: 8,
+                        },
+                    )
+                };
+                let amp = 10f32.powi(trial % 9 - 4);
+                let x: Vec<f32> = (0..n)
+                    .map(|j| {
+                        if (j + trial as usize) % 7 == 0 {
+                            0.0
+                        } else {
+                            amp * rng(&mut seed)
+                        }
+                    })
+                    .collect();
+                let w: Vec<f32> = (0..n).map(|_| rng(&mut seed).abs() + 1e-3).collect();
+                let mut p = Prefix {
+                    n,
+                    sumx: [0.0; 48],
+                    sumw: [0.0; 48],
+                };
+                let mut order: Vec<usize> = (0..n).collect();
+                order.sort_by(|&a, &b| x[a].partial_cmp(&x[b]).unwrap().then(a.cmp(&b)));
+                for (k, &j) in order.iter().enumerate() {
+                    p.sumw[k + 1] = p.sumw[k] + w[j];
+                    p.sumx[k + 1] = p.sumx[k] + w[j] * x[j];
+                }
+                let cands = candidates(&IQ2NL);
+                let scalar = search.search_scalar(&p, &cands);
+                // SAFETY: AVX2 is present (checked above).
+                let simd = unsafe { search.search_avx2(&p, &cands) };
+                assert_eq!(
+                    (scalar.0.to_bits(), scalar.1),
+                    (simd.0.to_bits(), simd.1),
+                    "trial {trial}"
+                );
+            }
+        }
+    }
 }
