@@ -181,17 +181,9 @@ fn nearest_scaled(values: &[i8], d: f32, x: f32) -> (usize, usize) {
 
 /// ik's `compute_1block_iq2ks`: fit the block at scale `d` with both signs; returns the better
 /// fit's (scale, score), or None when neither has a positive denominator.
-fn evaluate_candidate(d: f32, x: &[f32], w: &[f32], values: &[i8]) -> Option<(f32, f32)> {
-    #[cfg(target_arch = "x86_64")]
-    if crate::cpu::quantize_path() == crate::cpu::Path::Avx2 {
-        // SAFETY: the Avx2 path is only chosen on CPUs with AVX2 and FMA.
-        let [sqx_p, sq2_p, sqx_m, sq2_m] = unsafe { avx2::candidate_sums(d, x, w, values) };
-        return best_of_signs(sqx_p, sq2_p, sqx_m, sq2_m);
-    }
-    evaluate_candidate_scalar(d, x, w, values)
-}
-
-fn evaluate_candidate_scalar(d: f32, x: &[f32], w: &[f32], values: &[i8]) -> Option<(f32, f32)> {
+/// ik's `compute_1block_iq2ks` sums: `[Σwq·x, Σwq·q]` for the `+` and the `-` sign fits at
+/// scale `d`, in 8 fused lanes (lane l takes elements l, l+8, ...) reduced as `hsum_float_8`.
+fn candidate_sums_scalar(d: f32, x: &[f32], w: &[f32], values: &[i8]) -> [f32; 4] {
     let (mut sqx_p, mut sq2_p, mut sqx_m, mut sq2_m) =
         ([0.0f32; 8], [0.0f32; 8], [0.0f32; 8], [0.0f32; 8]);
     for (j, (&v, &wj)) in x.iter().zip(w).enumerate() {
@@ -206,7 +198,7 @@ fn evaluate_candidate_scalar(d: f32, x: &[f32], w: &[f32], values: &[i8]) -> Opt
         sqx_m[lane] = wq.mul_add(v, sqx_m[lane]);
         sq2_m[lane] = wq.mul_add(q, sq2_m[lane]);
     }
-    best_of_signs(hsum8(&sqx_p), hsum8(&sq2_p), hsum8(&sqx_m), hsum8(&sq2_m))
+    [hsum8(&sqx_p), hsum8(&sq2_p), hsum8(&sqx_m), hsum8(&sq2_m)]
 }
 
 /// The better of the positive- and negative-scale fits, as ik's `compute_1block_iq2ks` picks.
@@ -245,10 +237,131 @@ fn block_error_scalar(dl: f32, x: &[f32], w: &[f32], values: &[i8], idx: &mut [u
     hsum8(&acc)
 }
 
+/// Number of candidate scales the fast search fits per block: a first guess on the base grid,
+/// then 27 per grid half (base first).
+const N_CANDIDATES: usize = 1 + 2 * 27;
+/// Candidates padded to whole 8-lane vectors.
+const N_PADDED: usize = 56;
+
+#[inline(always)]
+fn candidate_is_shifted(c: usize) -> bool {
+    c > 27
+}
+
+/// Denominators of the candidate scales `max / den[c]`, in ik's order.
+const fn candidate_denominators() -> [f32; N_PADDED] {
+    let mut den = [1.0f32; N_PADDED];
+    den[0] = IQ2NL[7] as f32;
+    let mut k = 0;
+    while k < 27 {
+        let half_steps = (k as i32 - 13) as f32 * 0.5;
+        den[1 + k] = IQ2NL[0] as f32 + half_steps;
+        den[28 + k] = IQ2NL[4] as f32 + half_steps;
+        k += 1;
+    }
+    den
+}
+const DENOMINATORS: [f32; N_PADDED] = candidate_denominators();
+
+/// The fits of all candidates of one block (structure of arrays, padded).
+struct Fits {
+    scale: [f32; N_PADDED],
+    sums: [[f32; 4]; N_PADDED],
+    /// max over the two signs of sqx²/sq2 (0 where sq2 <= 0): the score up to rounding.
+    approx: [f32; N_PADDED],
+}
+
+/// The fast search's scale for one block: fit every candidate scale (the heavy, branch-free
+/// part, batched so SIMD paths can overlap candidates), then replay ik's accept rule over the
+/// fits. `max` is the block's signed largest value.
+fn search_block(x: &[f32], w: &[f32], max: f32) -> (f32, bool) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::quantize_path() == crate::cpu::Path::Avx2 {
+        // SAFETY: the Avx2 path is only chosen on CPUs with AVX2 and FMA.
+        return replay(unsafe { &avx2::candidate_fits(x, w, max) });
+    }
+    let mut fits = Fits {
+        scale: [0.0; N_PADDED],
+        sums: [[0.0; 4]; N_PADDED],
+        approx: [0.0; N_PADDED],
+    };
+    for c in 0..N_CANDIDATES {
+        let d = max / DENOMINATORS[c];
+        let values = IQ2_GRIDS[candidate_is_shifted(c) as usize].values;
+        let sums = candidate_sums_scalar(d, x, w, values);
+        let [sqx_p, sq2_p, sqx_m, sq2_m] = sums;
+        let p = if sq2_p > 0.0 {
+            sqx_p * sqx_p / sq2_p
+        } else {
+            0.0
+        };
+        let m = if sq2_m > 0.0 {
+            sqx_m * sqx_m / sq2_m
+        } else {
+            0.0
+        };
+        fits.scale[c] = d;
+        fits.sums[c] = sums;
+        fits.approx[c] = if p > m { p } else { m };
+    }
+    replay(&fits)
+}
+
+/// ik's accept rule over the fits: keep the first candidate's fit, then any later one scoring
+/// strictly higher, so the winner is the first candidate with the highest score. A candidate
+/// whose approximate score is below the top one by more than 1e-5 (far more than the few ulps
+/// by which the rounded score sqx·(sqx/sq2) can differ from sqx²/sq2) can never win, so only
+/// the rest are replayed exactly. NaNs never satisfy the skip test, so they are replayed too.
+fn replay(fits: &Fits) -> (f32, bool) {
+    let top = fits.approx[..N_CANDIDATES]
+        .iter()
+        .fold(0.0f32, |a, &b| if b > a { b } else { a });
+    let threshold = top * (1.0 - 1e-5);
+    let mut d = fits.scale[0];
+    let mut best = 0.0f32;
+    let mut is_shifted = false;
+    for c in 0..N_CANDIDATES {
+        if c > 0 && fits.approx[c] < threshold {
+            continue;
+        }
+        let [sqx_p, sq2_p, sqx_m, sq2_m] = fits.sums[c];
+        if let Some((this_d, score)) = best_of_signs(sqx_p, sq2_p, sqx_m, sq2_m) {
+            if c == 0 || score > best {
+                best = score;
+                d = this_d;
+                is_shifted = candidate_is_shifted(c);
+            }
+        }
+    }
+    (d, is_shifted)
+}
+
+/// Add one block's final fit to the row's 8-lane sums (fused, lane l = elements l, l+8, ...).
+fn accumulate_fit(
+    ls: f32,
+    values: &[i8],
+    idx: &[u8; SUB],
+    x: &[f32],
+    w: &[f32],
+    sumqx: &mut [f32; 8],
+    sumq2: &mut [f32; 8],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::quantize_path() == crate::cpu::Path::Avx2 {
+        // SAFETY: the Avx2 path is only chosen on CPUs with AVX2 and FMA.
+        return unsafe { avx2::accumulate_fit(ls, values, idx, x, w, sumqx, sumq2) };
+    }
+    for (j, ((&v, &w), &ix)) in x.iter().zip(w).zip(idx).enumerate() {
+        let vq = ls * values[ix as usize] as f32;
+        let wvq = w * vq;
+        sumqx[j % 8] = wvq.mul_add(v, sumqx[j % 8]);
+        sumq2[j % 8] = wvq.mul_add(vq, sumq2[j % 8]);
+    }
+}
+
 fn fast(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], rs: &mut RowScales) {
     let mut weight = [0.0f32; SUB];
     let (_, blocks) = out.split_at_mut(ROW_META);
-    let [base, shifted] = [IQ2_GRIDS[0].values, IQ2_GRIDS[1].values];
     for (ibl, (xbl, y)) in x
         .chunks_exact(QK_K)
         .zip(blocks.chunks_exact_mut(BLOCK_BYTES))
@@ -270,27 +383,7 @@ fn fast(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], rs: &mut RowScales) {
             if amax < 1e-14 {
                 continue;
             }
-            let mut d = max / IQ2NL[7] as f32;
-            let mut best = 0.0f32;
-            if let Some((this_d, score)) = evaluate_candidate(d, xb, &weight, base) {
-                best = score;
-                d = this_d;
-            }
-            let mut is_shifted = false;
-            for (values, this_shifted) in [(base, false), (shifted, true)] {
-                for itry in -13..=13 {
-                    let candidate = max / (values[0] as f32 + 0.5 * itry as f32);
-                    if let Some((this_d, score)) =
-                        evaluate_candidate(candidate, xb, &weight, values)
-                    {
-                        if score > best {
-                            best = score;
-                            d = this_d;
-                            is_shifted = this_shifted;
-                        }
-                    }
-                }
-            }
+            let (d, is_shifted) = search_block(xb, &weight, max);
             rs.scales[k] = d;
             extra |= (is_shifted as u16) << ib;
         }
@@ -334,11 +427,8 @@ fn fast(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], rs: &mut RowScales) {
             }
             let code = rs.levels[k] as i32;
             let ls = (code - 16) as f32;
-            for (j, ((&v, &w), &ix)) in xb.iter().zip(&weight).zip(&idx).enumerate() {
-                let vq = ls * values[ix as usize] as f32;
-                let wvq = w * vq;
-                sumqx[j % 8] = wvq.mul_add(v, sumqx[j % 8]);
-                sumq2[j % 8] = wvq.mul_add(vq, sumq2[j % 8]);
+            accumulate_fit(ls, values, &idx, xb, &weight, &mut sumqx, &mut sumq2);
+            for (j, &ix) in idx.iter().enumerate() {
                 store_index(y, SUB * ib + j, ix as usize);
             }
             store_scale_code(y, ib, code);
@@ -355,7 +445,8 @@ fn fast(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], rs: &mut RowScales) {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{hsum8, SUB};
+    use super::{candidate_is_shifted, hsum8, Fits, DENOMINATORS, N_CANDIDATES, N_PADDED, SUB};
+    use crate::tables::IQ2_GRIDS;
 
     #[inline]
     unsafe fn lanes(v: __m256) -> [f32; 8] {
@@ -364,9 +455,36 @@ mod avx2 {
         out
     }
 
-    /// `[Σwq·x, Σwq·q]` for the `+` and the `-` sign fits at scale `d`, lane sums reduced.
+    /// ik's `hsum_float_8` of four vectors at once: lane s of the result is
+    /// `((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7))` of `v[s]`, the same additions in the same order.
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn candidate_sums(d: f32, x: &[f32], w: &[f32], values: &[i8]) -> [f32; 4] {
+    unsafe fn hsum8_x4(v: [__m256; 4]) -> [f32; 4] {
+        let b = v.map(|a| _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a)));
+        // Transpose so that c[k] holds element k of every b[s].
+        let t0 = _mm_unpacklo_ps(b[0], b[1]);
+        let t1 = _mm_unpacklo_ps(b[2], b[3]);
+        let t2 = _mm_unpackhi_ps(b[0], b[1]);
+        let t3 = _mm_unpackhi_ps(b[2], b[3]);
+        let c0 = _mm_movelh_ps(t0, t1);
+        let c1 = _mm_movehl_ps(t1, t0);
+        let c2 = _mm_movelh_ps(t2, t3);
+        let c3 = _mm_movehl_ps(t3, t2);
+        let r = _mm_add_ps(_mm_add_ps(c0, c2), _mm_add_ps(c1, c3));
+        let mut out = [0.0f32; 4];
+        _mm_storeu_ps(out.as_mut_ptr(), r);
+        out
+    }
+
+    /// `[Σwq·x, Σwq·q]` for the `+` and the `-` sign fits at scale `d`, lane sums reduced.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn candidate_sums(
+        d: f32,
+        xv: &[__m256; 4],
+        wv: &[__m256; 4],
+        values: &[i8],
+    ) -> [f32; 4] {
         let t = [
             values[0] as f32,
             values[1] as f32,
@@ -383,8 +501,7 @@ mod avx2 {
         let zero = _mm256_setzero_ps();
         let (mut sqx_p, mut sq2_p, mut sqx_m, mut sq2_m) = (zero, zero, zero, zero);
         for k in 0..SUB / 8 {
-            let xv = _mm256_loadu_ps(x.as_ptr().add(8 * k));
-            let wv = _mm256_loadu_ps(w.as_ptr().add(8 * k));
+            let (xv, wv) = (xv[k], wv[k]);
             let dp = _mm256_sub_ps(xv, scaled[0]);
             let dm = _mm256_add_ps(xv, scaled[0]);
             let (mut best_p, mut best_m) = (_mm256_mul_ps(dp, dp), _mm256_mul_ps(dm, dm));
@@ -408,7 +525,78 @@ mod avx2 {
             sqx_m = _mm256_fmadd_ps(wq, xv, sqx_m);
             sq2_m = _mm256_fmadd_ps(wq, qm, sq2_m);
         }
-        [sqx_p, sq2_p, sqx_m, sq2_m].map(|v| hsum8(&lanes(v)))
+        hsum8_x4([sqx_p, sq2_p, sqx_m, sq2_m])
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn candidate_fits(x: &[f32], w: &[f32], max: f32) -> Fits {
+        let mut fits = Fits {
+            scale: [0.0; N_PADDED],
+            sums: [[0.0; 4]; N_PADDED],
+            approx: [0.0; N_PADDED],
+        };
+        let maxv = _mm256_set1_ps(max);
+        for k in 0..N_PADDED / 8 {
+            let den = _mm256_loadu_ps(DENOMINATORS[8 * k..].as_ptr());
+            _mm256_storeu_ps(fits.scale[8 * k..].as_mut_ptr(), _mm256_div_ps(maxv, den));
+        }
+        let load = |s: &[f32], k: usize| _mm256_loadu_ps(s[8 * k..8 * k + 8].as_ptr());
+        let xv = [load(x, 0), load(x, 1), load(x, 2), load(x, 3)];
+        let wv = [load(w, 0), load(w, 1), load(w, 2), load(w, 3)];
+        for c in 0..N_CANDIDATES {
+            let values = IQ2_GRIDS[candidate_is_shifted(c) as usize].values;
+            fits.sums[c] = candidate_sums(fits.scale[c], &xv, &wv, values);
+        }
+        for (approx, sums) in fits.approx.iter_mut().zip(&fits.sums).take(N_CANDIDATES) {
+            let [sqx_p, sq2_p, sqx_m, sq2_m] = *sums;
+            let p = if sq2_p > 0.0 {
+                sqx_p * sqx_p / sq2_p
+            } else {
+                0.0
+            };
+            let m = if sq2_m > 0.0 {
+                sqx_m * sqx_m / sq2_m
+            } else {
+                0.0
+            };
+            *approx = if p > m { p } else { m };
+        }
+        fits
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn accumulate_fit(
+        ls: f32,
+        values: &[i8],
+        idx: &[u8; SUB],
+        x: &[f32],
+        w: &[f32],
+        sumqx: &mut [f32; 8],
+        sumq2: &mut [f32; 8],
+    ) {
+        let table = _mm256_setr_ps(
+            values[0] as f32,
+            values[1] as f32,
+            values[2] as f32,
+            values[3] as f32,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+        );
+        let lsv = _mm256_set1_ps(ls);
+        let mut acc_qx = _mm256_loadu_ps(sumqx.as_ptr());
+        let mut acc_q2 = _mm256_loadu_ps(sumq2.as_ptr());
+        for k in 0..SUB / 8 {
+            let ix = _mm256_cvtepu8_epi32(_mm_loadl_epi64(idx[8 * k..].as_ptr() as *const __m128i));
+            let vq = _mm256_mul_ps(lsv, _mm256_permutevar8x32_ps(table, ix));
+            let xv = _mm256_loadu_ps(x[8 * k..8 * k + 8].as_ptr());
+            let wvq = _mm256_mul_ps(_mm256_loadu_ps(w[8 * k..8 * k + 8].as_ptr()), vq);
+            acc_qx = _mm256_fmadd_ps(wvq, xv, acc_qx);
+            acc_q2 = _mm256_fmadd_ps(wvq, vq, acc_q2);
+        }
+        _mm256_storeu_ps(sumqx.as_mut_ptr(), acc_qx);
+        _mm256_storeu_ps(sumq2.as_mut_ptr(), acc_q2);
     }
 
     #[target_feature(enable = "avx2,fma")]
