@@ -181,24 +181,46 @@ fn q8_k_activations_are_bit_identical() {
     }
 }
 
+/// Every dot product equals the exact float64 value within 1e-6 relative. The one allowed
+/// exception is IQ4_KS: its reference rounds every dequantized weight (f32 row scale × code ×
+/// value) to f32, while the kernels compute the exact product of the stored integers; on rows
+/// whose terms nearly cancel that rounding shows, so there the bound is f32 rounding of the
+/// terms (2^-23 of Σ|w·a|) instead.
 #[test]
-fn scalar_dot_matches_exact_reference() {
+fn dot_products_match_exact_reference() {
+    let mut iq4ks_exceptions = 0;
     for case_name in CASES {
         let case = load(case_name);
         let a8 = read(case.name, "act.q8k.bin").unwrap();
+        let mut act = vec![0f32; case.ncols];
+        q8k::dequantize_row(&a8, &mut act);
         for (name, qtype) in TYPES {
             let q = read(case.name, &format!("{name}.im.bin")).unwrap();
             let want = f64s(&read(case.name, &format!("{name}.im.dot.f64")).unwrap());
             let row_size = qtype.row_size(case.ncols).unwrap();
             let got = ops::vec_dot(qtype, &q, row_size, &a8, None).unwrap();
+            let weights = ops::dequantize(qtype, &q, row_size, None).unwrap();
             for (row, (&g, &w)) in got.iter().zip(&want).enumerate() {
                 let err = (g as f64 - w).abs();
+                if err <= 1e-6 * w.abs() {
+                    continue;
+                }
+                let terms: f64 = weights[row * case.ncols..(row + 1) * case.ncols]
+                    .iter()
+                    .zip(&act)
+                    .map(|(&p, &a)| (p as f64 * a as f64).abs())
+                    .sum();
                 assert!(
-                    err <= 1e-6 * w.abs() || err <= 1e-30,
-                    "{}/{name}: row {row}: dot {g:e}, exact {w:e}",
+                    qtype == QuantType::Iq4Ks && err <= terms * 2f64.powi(-23),
+                    "{}/{name}: row {row}: dot {g:e}, exact {w:e} (Σ|terms| {terms:e})",
                     case.name
                 );
+                iq4ks_exceptions += 1;
             }
         }
     }
+    assert!(
+        iq4ks_exceptions <= 2,
+        "{iq4ks_exceptions} IQ4_KS rows beyond 1e-6 relative"
+    );
 }

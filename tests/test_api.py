@@ -230,3 +230,49 @@ def test_stubs_match_the_compiled_module():
         params = [a.arg for a in node.args.args]
         assert params == list(inspect.signature(getattr(_core, name)).parameters), name
     assert (Path(iqk_rs.__file__).with_name("py.typed")).exists()
+
+
+_PATH_PROBE = """
+import numpy as np, iqk_rs
+rng = np.random.default_rng(5)
+x = rng.normal(0, 0.02, (8, 1024)).astype(np.float32)
+im = rng.uniform(0.1, 2, 1024).astype(np.float32)
+out = [iqk_rs.simd_path()]
+for t in ["iq2_k", "iq3_k", "iq4_k", "iq2_ks", "iq3_ks", "iq4_ks"]:
+    for search in (["fast", "exhaustive"] if t == "iq2_ks" else ["fast"]):
+        q = iqk_rs.quantize(x, t, im, iq2ks_search=search)
+        out.append(q.tobytes().hex())
+        out.append(iqk_rs.matvec(q, t, x[1]).tobytes().hex())
+print("\\n".join(out))
+"""
+
+
+def test_every_simd_path_gives_identical_results():
+    """IQK_RS_SIMD pins the path; every path this CPU has gives the same bytes and dots."""
+    import os
+    import subprocess
+    import sys
+
+    results = {}
+    for path in ["scalar", "avx2", "avx512", "neon"]:
+        env = dict(os.environ, IQK_RS_SIMD=path)
+        run = subprocess.run(
+            [sys.executable, "-c", _PATH_PROBE], env=env, capture_output=True, text=True, check=True
+        )
+        active, *values = run.stdout.split("\n")
+        if active != path:
+            assert "not" in run.stderr or "lacks" in run.stderr  # unavailable: warned, fell back
+            continue
+        results[path] = values
+    assert "scalar" in results
+    for path, values in results.items():
+        assert values == results["scalar"], path
+
+
+def test_matmul_shapes_and_errors():
+    q = iqk_rs.quantize(np.ones((3, 512), np.float32), "iq4_k")
+    assert iqk_rs.matmul(q, "iq4_k", np.ones((2, 512), np.float32)).shape == (2, 3)
+    assert iqk_rs.matmul(q, "iq4_k", np.ones(512, np.float32)).shape == (1, 3)
+    with pytest.raises(ValueError, match="x has rows of 256 values"):
+        iqk_rs.matmul(q, "iq4_k", np.ones((2, 256), np.float32))
+    assert iqk_rs.simd_path() in {"scalar", "avx2", "avx512", "neon"}

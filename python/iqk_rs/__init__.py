@@ -5,7 +5,17 @@ an importance matrix), dequantize them, and take dot products against Q8_K activ
 """
 
 from ._core import IqkValueError, __version__
-from .api import dequantize, matvec, quantize, quantize_q8_k, row_size, type_table, vec_dot
+from .api import (
+    dequantize,
+    matmul,
+    matvec,
+    quantize,
+    quantize_q8_k,
+    row_size,
+    simd_path,
+    type_table,
+    vec_dot,
+)
 from .types import QuantType
 
 __all__ = [
@@ -13,10 +23,12 @@ __all__ = [
     "QuantType",
     "__version__",
     "dequantize",
+    "matmul",
     "matvec",
     "quantize",
     "quantize_q8_k",
     "row_size",
+    "simd_path",
     "type_table",
     "vec_dot",
 ]

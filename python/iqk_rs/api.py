@@ -94,6 +94,25 @@ def matvec(
     return _core.matvec(_bytes(q, "q"), qt.value, _floats(x, "x", (1,)), _threads(threads))
 
 
+def matmul(
+    q: npt.ArrayLike, qtype: QuantType | str, x: npt.ArrayLike, *, threads: int | None = None
+) -> np.ndarray:
+    """``x @ W.T`` for a batch: each row of ``x`` (batch, n_per_row) is quantized to Q8_K and
+    dotted with every weight row of ``q``; returns float32 (batch, nrows)."""
+    qt = as_quant_type(qtype)
+    arr = _floats(x, "x", (1, 2))
+    rows = arr.reshape(1, -1) if arr.ndim == 1 else arr
+    return _core.matmul(_bytes(q, "q"), qt.value, rows, _threads(threads))
+
+
+def simd_path() -> str:
+    """The SIMD path the kernels use: ``"scalar"``, ``"avx2"``, ``"avx512"`` or ``"neon"``.
+
+    Chosen once per process by CPU detection; ``IQK_RS_SIMD=scalar|avx2|avx512|neon|auto`` set
+    before import overrides it (AVX-512 is used only when asked for)."""
+    return str(_core.simd_path())
+
+
 def row_size(qtype: QuantType | str, n_per_row: int) -> int:
     """Bytes of one row of ``n_per_row`` weights (the KS types' row scale included)."""
     return int(_core.row_size(as_quant_type(qtype).value, n_per_row))

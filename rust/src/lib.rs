@@ -3,7 +3,8 @@
 //! against Q8_K activations.
 //!
 //! Layers, bottom up: [`numeric`] and [`tables`] (shared arithmetic and value grids),
-//! [`iqk`] (the six IQK types), [`companion`] (the other types of ik's mixes), [`q8k`] (activations), [`registry`] (ids and
+//! [`iqk`] (the six IQK types), [`companion`] (the other types of ik's mixes), [`simd`] (dot
+//! products against Q8_K on every instruction set, chosen at run time), [`q8k`] (activations), [`registry`] (ids and
 //! sizes of every type), [`ops`] (validated, parallel whole-tensor operations). The Python
 //! binding lives in `py` behind the `python` feature.
 
@@ -15,6 +16,7 @@ pub mod numeric;
 pub mod ops;
 pub mod q8k;
 pub mod registry;
+pub mod simd;
 pub mod tables;
 
 #[cfg(feature = "python")]
@@ -22,5 +24,5 @@ mod py;
 
 pub use error::{IqkError, Result};
 pub use iqk::iq2_ks::Iq2KsSearch;
-pub use ops::{dequantize, matvec, quantize, quantize_q8_k, vec_dot, QuantizeOptions};
+pub use ops::{dequantize, matmul, matvec, quantize, quantize_q8_k, vec_dot, QuantizeOptions};
 pub use registry::{QuantType, TypeInfo, QK_K, TYPES};

@@ -13,6 +13,7 @@ use crate::iqk::{iq2_k, iq2_ks, iq3_k, iq3_ks, iq4_k, iq4_ks};
 use crate::numeric::sanitized_row_weights;
 use crate::q8k;
 use crate::registry::{QuantType, QK_K};
+use crate::simd::{self, DotType};
 
 /// Options of [`quantize`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -76,13 +77,13 @@ fn check_finite(what: &'static str, data: &[f32], n_per_row: usize) -> Result<()
 
 fn check_rows(qtype: QuantType, len: usize, n_per_row: usize) -> Result<usize> {
     let t = qtype.info();
-    if n_per_row == 0 || n_per_row % t.block_size != 0 {
+    if n_per_row == 0 || !n_per_row.is_multiple_of(t.block_size) {
         return Err(IqkError::Shape(format!(
             "row length {n_per_row} is not a positive multiple of {}'s block size {}",
             t.name, t.block_size
         )));
     }
-    if len % n_per_row != 0 {
+    if !len.is_multiple_of(n_per_row) {
         return Err(IqkError::Shape(format!(
             "{len} values do not make whole rows of {n_per_row}"
         )));
@@ -256,7 +257,7 @@ fn dequantize_row(qtype: QuantType, row: &[u8], out: &mut [f32]) {
 /// Row length of `row_bytes`-byte rows, checking that `len` bytes are whole rows.
 pub fn rows_of_bytes(qtype: QuantType, len: usize, row_bytes: usize) -> Result<(usize, usize)> {
     let n_per_row = qtype.n_per_row_for_bytes(row_bytes)?;
-    if len % row_bytes != 0 {
+    if !len.is_multiple_of(row_bytes) {
         return Err(IqkError::Shape(format!(
             "{len} bytes are not whole {} rows of {row_bytes} bytes",
             qtype.name()
@@ -310,7 +311,7 @@ pub fn dequantize(
 
 /// Quantize activations to Q8_K (length a multiple of 256).
 pub fn quantize_q8_k(x: &[f32]) -> Result<Vec<u8>> {
-    if x.len() % QK_K != 0 {
+    if !x.len().is_multiple_of(QK_K) {
         return Err(IqkError::Shape(format!(
             "Q8_K needs a multiple of {QK_K} values, got {}",
             x.len()
@@ -322,25 +323,23 @@ pub fn quantize_q8_k(x: &[f32]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// A dot product of one quantized row with Q8_K activations.
-pub type DotFn = fn(&[u8], &[u8]) -> f32;
-
-/// The scalar reference dot product of `qtype` against Q8_K.
-pub fn scalar_dot_fn(qtype: QuantType) -> Result<DotFn> {
-    Ok(match qtype {
-        QuantType::Iq2K => iq2_k::vec_dot_q8k,
-        QuantType::Iq3K => iq3_k::vec_dot_q8k,
-        QuantType::Iq4K => iq4_k::vec_dot_q8k,
-        QuantType::Iq2Ks => iq2_ks::vec_dot_q8k,
-        QuantType::Iq3Ks => iq3_ks::vec_dot_q8k,
-        QuantType::Iq4Ks => iq4_ks::vec_dot_q8k,
+/// The dot-product kernel of `qtype` on the active SIMD path.
+pub fn dot_kernel(qtype: QuantType) -> Result<simd::DotFn> {
+    let kind = match qtype {
+        QuantType::Iq2K => DotType::Iq2K,
+        QuantType::Iq3K => DotType::Iq3K,
+        QuantType::Iq4K => DotType::Iq4K,
+        QuantType::Iq2Ks => DotType::Iq2Ks,
+        QuantType::Iq3Ks => DotType::Iq3Ks,
+        QuantType::Iq4Ks => DotType::Iq4Ks,
         _ => {
             return Err(IqkError::Unsupported {
                 qtype: qtype.name(),
                 op: "the Q8_K dot product",
             })
         }
-    })
+    };
+    Ok(simd::dot_fn(kind, simd::active_path()))
 }
 
 /// Dot every row of `q` (rows of `row_bytes`) with the Q8_K activations `a8`.
@@ -351,7 +350,7 @@ pub fn vec_dot(
     a8: &[u8],
     threads: Option<usize>,
 ) -> Result<Vec<f32>> {
-    let dot = scalar_dot_fn(qtype)?;
+    let dot = dot_kernel(qtype)?;
     if q.is_empty() {
         return Ok(Vec::new());
     }
@@ -368,6 +367,60 @@ pub fn vec_dot(
         out.par_iter_mut()
             .zip(q.par_chunks(row_bytes))
             .for_each(|(o, r)| *o = dot(r, a8))
+    })?;
+    Ok(out)
+}
+
+/// `X · Wᵀ` for a batch: quantize each of the `batch` rows of `x` (each `n_per_row` long) to
+/// Q8_K, then dot every weight row with every activation row. Returns `batch × nrows` values,
+/// row-major. Parallel over weight rows; every dot is deterministic, so the result does not
+/// depend on the thread count.
+pub fn matmul(
+    qtype: QuantType,
+    q: &[u8],
+    row_bytes: usize,
+    x: &[f32],
+    threads: Option<usize>,
+) -> Result<Vec<f32>> {
+    let dot = dot_kernel(qtype)?;
+    let (nrows, n_per_row) = if q.is_empty() {
+        (0, qtype.n_per_row_for_bytes(row_bytes)?)
+    } else {
+        rows_of_bytes(qtype, q.len(), row_bytes)?
+    };
+    if !x.len().is_multiple_of(n_per_row) {
+        return Err(IqkError::Shape(format!(
+            "activations have {} values, not whole rows of {n_per_row}",
+            x.len()
+        )));
+    }
+    let batch = x.len() / n_per_row;
+    check_finite("activations", x, n_per_row)?;
+    let a8_size = q8k::row_size(n_per_row);
+    let mut a8 = vec![0u8; batch * a8_size];
+    let mut out = vec![0.0f32; batch * nrows];
+    if batch == 0 || nrows == 0 {
+        return Ok(out);
+    }
+    with_threads(threads, || {
+        a8.par_chunks_mut(a8_size)
+            .zip(x.par_chunks(n_per_row))
+            .for_each(|(a, xr)| q8k::quantize_row(xr, a));
+        // Transposed (nrows × batch) so each task owns one weight row and streams it once.
+        let mut by_row = vec![0.0f32; nrows * batch];
+        by_row
+            .par_chunks_mut(batch)
+            .zip(q.par_chunks(row_bytes))
+            .for_each(|(o, w)| {
+                for (o, a) in o.iter_mut().zip(a8.chunks_exact(a8_size)) {
+                    *o = dot(w, a);
+                }
+            });
+        for (r, col) in by_row.chunks_exact(batch).enumerate() {
+            for (b, &v) in col.iter().enumerate() {
+                out[b * nrows + r] = v;
+            }
+        }
     })?;
     Ok(out)
 }

@@ -132,7 +132,7 @@ impl QuantType {
     /// Bytes of one row of `n_per_row` elements, the per-row prefix included.
     pub fn row_size(self, n_per_row: usize) -> Result<usize> {
         let t = self.info();
-        if n_per_row % t.block_size != 0 {
+        if !n_per_row.is_multiple_of(t.block_size) {
             return Err(IqkError::Shape(format!(
                 "row length {n_per_row} is not a multiple of {}'s block size {}",
                 t.name, t.block_size
@@ -145,7 +145,7 @@ impl QuantType {
     pub fn n_per_row_for_bytes(self, row_bytes: usize) -> Result<usize> {
         let t = self.info();
         let body = row_bytes.checked_sub(t.row_meta_size).unwrap_or(usize::MAX);
-        if row_bytes <= t.row_meta_size || body % t.type_size != 0 {
+        if row_bytes <= t.row_meta_size || !body.is_multiple_of(t.type_size) {
             return Err(IqkError::Shape(format!(
                 "{row_bytes} bytes is not a valid {} row size ({} + a multiple of {})",
                 t.name, t.row_meta_size, t.type_size

@@ -251,6 +251,4 @@ def f32_to_rows(
         raise NotImplementedError(f"quantizing to {gtype.name} is not supported")
     import iqk_rs
 
-    return iqk_rs.quantize(
-        x, gtype.name, imatrix, iq2ks_search=iq2ks_search, threads=threads
-    )
+    return iqk_rs.quantize(x, gtype.name, imatrix, iq2ks_search=iq2ks_search, threads=threads)

@@ -236,14 +236,34 @@ impl PartitionSearch {
         (best.d, best.shifted)
     }
 
-    /// Eight consecutive i3 per vector, the same f32 operations per lane as `search_scalar`.
-    /// A vector none of whose 32 candidates passes the accept test against the current best
-    /// changes nothing and is skipped; otherwise its candidates are replayed in order.
+    /// Eight splits per vector, the same f32 operations per lane as `search_scalar`. For each
+    /// i1 the splits are the (i2, i3) pairs with i2 >= i1: a suffix of one lexicographic pair
+    /// list, so vectors stay full and consecutive lanes are consecutive in ik's order. A vector
+    /// none of whose 32 candidates passes the accept test against the current best changes
+    /// nothing and is skipped; otherwise its candidates are replayed in order.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn search_avx2(&self, p: &Prefix, cands: &[([f32; 4], bool); 4]) -> (f32, bool) {
         use std::arch::x86_64::*;
         let (n, sumx, sumw) = (p.n, &p.sumx, &p.sumw);
+        let pairs = SplitPairs::get(n, self.min_i3);
+        let count = pairs.i2.len();
+        // Per pair, the partial sums that do not depend on i1, as search_scalar forms them.
+        let mut s2x = [0.0f32; MAX_PAIRS];
+        let mut s2w = [0.0f32; MAX_PAIRS];
+        let mut g2x = [0.0f32; MAX_PAIRS];
+        let mut g2w = [0.0f32; MAX_PAIRS];
+        let mut g3x = [0.0f32; MAX_PAIRS];
+        let mut g3w = [0.0f32; MAX_PAIRS];
+        for (k, (&i2, &i3)) in pairs.i2.iter().zip(&pairs.i3).enumerate() {
+            let (i2, i3) = (i2 as usize, i3 as usize);
+            s2x[k] = sumx[i2];
+            s2w[k] = sumw[i2];
+            g2x[k] = sumx[i3] - sumx[i2];
+            g2w[k] = sumw[i3] - sumw[i2];
+            g3x[k] = sumx[n] - sumx[i3];
+            g3w[k] = sumw[n] - sumw[i3];
+        }
         let mut best = Best {
             score: 0.0,
             d: 0.0,
@@ -252,64 +272,103 @@ impl PartitionSearch {
         let lane_ids = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         let zero = _mm256_setzero_ps();
         let v = cands.map(|(v, _)| v.map(|c| _mm256_set1_ps(c)));
-        let (xn, wn) = (_mm256_set1_ps(sumx[n]), _mm256_set1_ps(sumw[n]));
         let mut qx = [[0.0f32; 8]; 4];
         let mut q2 = [[0.0f32; 8]; 4];
+        let load = |a: &[f32; MAX_PAIRS], k: usize| _mm256_loadu_ps(a[k..k + 8].as_ptr());
         for i1 in 0..self.max_i1 {
-            for i2 in i1..n {
-                let g0x = _mm256_set1_ps(sumx[i1] - sumx[0]);
-                let g1x = _mm256_set1_ps(sumx[i2] - sumx[i1]);
-                let g0w = _mm256_set1_ps(sumw[i1] - sumw[0]);
-                let g1w = _mm256_set1_ps(sumw[i2] - sumw[i1]);
-                let (x2, w2) = (_mm256_set1_ps(sumx[i2]), _mm256_set1_ps(sumw[i2]));
-                let mut i3 = i2.max(self.min_i3);
-                while i3 < n {
-                    let valid = _mm256_cmpgt_epi32(_mm256_set1_epi32((n - i3) as i32), lane_ids);
-                    let sx = _mm256_loadu_ps(sumx.as_ptr().add(i3));
-                    let sw = _mm256_loadu_ps(sumw.as_ptr().add(i3));
-                    let (g2x, g3x) = (_mm256_sub_ps(sx, x2), _mm256_sub_ps(xn, sx));
-                    let (g2w, g3w) = (_mm256_sub_ps(sw, w2), _mm256_sub_ps(wn, sw));
-                    let score = _mm256_set1_ps(best.score);
-                    let mut any = _mm256_setzero_si256();
-                    for (c, vc) in v.iter().enumerate() {
-                        let sumqx = _mm256_add_ps(
-                            _mm256_add_ps(
-                                _mm256_add_ps(_mm256_mul_ps(g0x, vc[0]), _mm256_mul_ps(g1x, vc[1])),
-                                _mm256_mul_ps(g2x, vc[2]),
-                            ),
-                            _mm256_mul_ps(g3x, vc[3]),
-                        );
-                        let term = |g: __m256, v: __m256| _mm256_mul_ps(_mm256_mul_ps(g, v), v);
-                        let sumq2 = _mm256_add_ps(
-                            _mm256_add_ps(
-                                _mm256_add_ps(term(g0w, vc[0]), term(g1w, vc[1])),
-                                term(g2w, vc[2]),
-                            ),
-                            term(g3w, vc[3]),
-                        );
-                        let pass = _mm256_and_ps(
-                            _mm256_cmp_ps::<_CMP_GT_OQ>(sumq2, zero),
-                            _mm256_cmp_ps::<_CMP_GT_OQ>(
-                                _mm256_mul_ps(sumqx, sumqx),
-                                _mm256_mul_ps(score, sumq2),
-                            ),
-                        );
-                        any = _mm256_or_si256(any, _mm256_castps_si256(pass));
-                        _mm256_storeu_ps(qx[c].as_mut_ptr(), sumqx);
-                        _mm256_storeu_ps(q2[c].as_mut_ptr(), sumq2);
-                    }
-                    if _mm256_testz_si256(_mm256_and_si256(any, valid), valid) == 0 {
-                        for l in 0..8.min(n - i3) {
-                            for (c, (_, shifted)) in cands.iter().enumerate() {
-                                best.offer(qx[c][l], q2[c][l], *shifted);
-                            }
+            let g0x = _mm256_set1_ps(sumx[i1] - sumx[0]);
+            let g0w = _mm256_set1_ps(sumw[i1] - sumw[0]);
+            let (x1, w1) = (_mm256_set1_ps(sumx[i1]), _mm256_set1_ps(sumw[i1]));
+            let mut k = pairs.start[i1];
+            while k < count {
+                let valid = _mm256_cmpgt_epi32(_mm256_set1_epi32((count - k) as i32), lane_ids);
+                let g1x = _mm256_sub_ps(load(&s2x, k), x1);
+                let g1w = _mm256_sub_ps(load(&s2w, k), w1);
+                let (g2x, g3x) = (load(&g2x, k), load(&g3x, k));
+                let (g2w, g3w) = (load(&g2w, k), load(&g3w, k));
+                let score = _mm256_set1_ps(best.score);
+                let mut any = _mm256_setzero_si256();
+                for (c, vc) in v.iter().enumerate() {
+                    let sumqx = _mm256_add_ps(
+                        _mm256_add_ps(
+                            _mm256_add_ps(_mm256_mul_ps(g0x, vc[0]), _mm256_mul_ps(g1x, vc[1])),
+                            _mm256_mul_ps(g2x, vc[2]),
+                        ),
+                        _mm256_mul_ps(g3x, vc[3]),
+                    );
+                    let term = |g: __m256, v: __m256| _mm256_mul_ps(_mm256_mul_ps(g, v), v);
+                    let sumq2 = _mm256_add_ps(
+                        _mm256_add_ps(
+                            _mm256_add_ps(term(g0w, vc[0]), term(g1w, vc[1])),
+                            term(g2w, vc[2]),
+                        ),
+                        term(g3w, vc[3]),
+                    );
+                    let pass = _mm256_and_ps(
+                        _mm256_cmp_ps::<_CMP_GT_OQ>(sumq2, zero),
+                        _mm256_cmp_ps::<_CMP_GT_OQ>(
+                            _mm256_mul_ps(sumqx, sumqx),
+                            _mm256_mul_ps(score, sumq2),
+                        ),
+                    );
+                    any = _mm256_or_si256(any, _mm256_castps_si256(pass));
+                    _mm256_storeu_ps(qx[c].as_mut_ptr(), sumqx);
+                    _mm256_storeu_ps(q2[c].as_mut_ptr(), sumq2);
+                }
+                if _mm256_testz_si256(any, valid) == 0 {
+                    for l in 0..8.min(count - k) {
+                        for (c, (_, shifted)) in cands.iter().enumerate() {
+                            best.offer(qx[c][l], q2[c][l], *shifted);
                         }
                     }
-                    i3 += 8;
                 }
+                k += 8;
             }
         }
         (best.d, best.shifted)
+    }
+}
+
+/// Upper bound on (i2, i3) split pairs (n = 32: 492), plus a vector of padding.
+const MAX_PAIRS: usize = 512;
+
+/// The (i2, i3) pairs of a partition search in ik's loop order (i2 ascending, then i3 from
+/// max(i2, min_i3)), and for each i1 the index of the first pair with i2 >= i1.
+struct SplitPairs {
+    i2: Vec<u8>,
+    i3: Vec<u8>,
+    start: [usize; 33],
+}
+
+impl SplitPairs {
+    fn build(n: usize, min_i3: usize) -> Self {
+        let (mut i2s, mut i3s, mut start) = (Vec::new(), Vec::new(), [0usize; 33]);
+        for (i2, first) in start.iter_mut().enumerate().take(n) {
+            *first = i2s.len();
+            for i3 in i2.max(min_i3)..n {
+                i2s.push(i2 as u8);
+                i3s.push(i3 as u8);
+            }
+        }
+        start[n] = i2s.len();
+        assert!(i2s.len() + 8 <= MAX_PAIRS);
+        SplitPairs {
+            i2: i2s,
+            i3: i3s,
+            start,
+        }
+    }
+
+    /// The two configurations in use: IQ2_K (16, 0) and IQ2_KS (32, 8).
+    fn get(n: usize, min_i3: usize) -> &'static SplitPairs {
+        use std::sync::OnceLock;
+        static IQ2_K: OnceLock<SplitPairs> = OnceLock::new();
+        static IQ2_KS: OnceLock<SplitPairs> = OnceLock::new();
+        match (n, min_i3) {
+            (16, 0) => IQ2_K.get_or_init(|| SplitPairs::build(16, 0)),
+            (32, 8) => IQ2_KS.get_or_init(|| SplitPairs::build(32, 8)),
+            _ => unreachable!("no IQ2 type splits blocks of {n} with i3 >= {min_i3}"),
+        }
     }
 }
 
@@ -381,7 +440,7 @@ mod tests {
                 let amp = 10f32.powi(trial % 9 - 4);
                 let x: Vec<f32> = (0..n)
                     .map(|j| {
-                        if (j + trial as usize) % 7 == 0 {
+                        if (j + trial as usize).is_multiple_of(7) {
                             0.0
                         } else {
                             amp * rng(&mut seed)

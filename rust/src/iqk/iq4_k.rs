@@ -4,7 +4,6 @@
 
 use super::common::{read_u16, signed_max, write_u16, NlSearch, Weighting};
 use crate::numeric::{f16_to_f32, f32_to_f16, nearest_int};
-use crate::q8k::Q8kBlock;
 use crate::registry::QK_K;
 use crate::tables::IQ4_GRIDS;
 
@@ -123,13 +122,4 @@ pub fn dequantize_row(row: &[u8], out: &mut [f32]) {
             o[i] = d * s as f32 * values[idx] as f32
         });
     }
-}
-
-pub fn vec_dot_q8k(row: &[u8], q8k: &[u8]) -> f32 {
-    let mut acc = 0.0f64;
-    for (y, a) in row.chunks_exact(BLOCK_BYTES).zip(Q8kBlock::iter(q8k)) {
-        let d = f16_to_f32(read_u16(y, 0));
-        acc += a.d as f64 * super::dot_block(d, a.qs, |f| decode(y, f));
-    }
-    acc as f32
 }

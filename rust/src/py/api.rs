@@ -154,6 +154,36 @@ fn matvec<'py>(
 }
 
 #[pyfunction]
+#[pyo3(signature = (q, qtype, x, threads=None))]
+fn matmul<'py>(
+    py: Python<'py>,
+    q: PyReadonlyArray2<'py, u8>,
+    qtype: TypeArg,
+    x: PyReadonlyArray2<'py, f32>,
+    threads: Option<usize>,
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let qtype = resolve(qtype)?;
+    let [nrows, row_bytes] = [q.shape()[0], q.shape()[1]];
+    let [batch, n_in] = [x.shape()[0], x.shape()[1]];
+    let n_per_row = qtype.n_per_row_for_bytes(row_bytes)?;
+    if n_in != n_per_row {
+        return Err(IqkError::Shape(format!(
+            "x has rows of {n_in} values but the weight rows have {n_per_row}"
+        ))
+        .into());
+    }
+    let (data, act) = (contiguous("q", &q)?, contiguous("x", &x)?);
+    let out = py.detach(|| ops::matmul(qtype, data, row_bytes, act, threads))?;
+    reshape2(py, out, batch, nrows)
+}
+
+/// The SIMD path the kernels use (`scalar`, `avx2`, `avx512`, `neon`).
+#[pyfunction]
+fn simd_path() -> &'static str {
+    crate::simd::active_path().name()
+}
+
+#[pyfunction]
 fn row_size(qtype: TypeArg, n_per_row: usize) -> PyResult<usize> {
     Ok(resolve(qtype)?.row_size(n_per_row)?)
 }
@@ -184,6 +214,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(quantize_q8_k, m)?)?;
     m.add_function(wrap_pyfunction!(vec_dot, m)?)?;
     m.add_function(wrap_pyfunction!(matvec, m)?)?;
+    m.add_function(wrap_pyfunction!(matmul, m)?)?;
+    m.add_function(wrap_pyfunction!(simd_path, m)?)?;
     m.add_function(wrap_pyfunction!(row_size, m)?)?;
     m.add_function(wrap_pyfunction!(type_table, m)?)?;
     Ok(())

@@ -1,0 +1,150 @@
+"""Quantization throughput per type: ours (best SIMD path and scalar), single- and all-thread,
+and, when available, ik_llama.cpp's own quantizer on the same data in the same run.
+
+    python benches/bench_quantize.py [--rows 256] [--cols 4096] [--repeat 3]
+
+Data: normal(0, 0.02) weights with a chi-square(2) importance matrix (as the speed issue's facts).
+Ratios are against baselines measured in this run: the scalar path (a subprocess with
+IQK_RS_SIMD=scalar) and ik_llama.cpp. For the latter, point IQK_BENCH_IK_LIB at a shared library
+built from ik_llama.cpp's ggml-quants.c and iqk/iqk_quantize.cpp that exports its
+`quantize_<type>(src, dst, nrows, n_per_row, imatrix, user_data)` functions; the benchmark then
+also checks that both produce the same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+TYPES = ["iq2_k", "iq3_k", "iq4_k", "iq2_ks:fast", "iq2_ks:exhaustive", "iq3_ks", "iq4_ks"]
+# Slow searches get fewer rows so the run stays short; throughput is per weight either way.
+ROW_SHARE = {"iq2_k": 4, "iq2_ks:exhaustive": 4}
+
+
+def data(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 0.02, (rows, cols)).astype(np.float32)
+    im = (rng.chisquare(2, cols) + 1e-3).astype(np.float32)
+    return x, im
+
+
+def best_time(fn, repeat: int, clock=time.perf_counter) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = clock()
+        fn()
+        best = min(best, clock() - start)
+    return best
+
+
+def measure_ours(rows: int, cols: int, repeat: int) -> dict[str, dict[str, float]]:
+    """Mweights/s of this process's SIMD path, single thread (CPU time) and all threads."""
+    import iqk_rs
+
+    x, im = data(rows, cols)
+    out = {}
+    for spec in TYPES:
+        name, _, search = spec.partition(":")
+        xs = x[: max(1, rows // ROW_SHARE.get(spec, 1))]
+        kw = {"iq2ks_search": search or "fast"}
+        one = best_time(
+            lambda: iqk_rs.quantize(xs, name, im, threads=1, **kw), repeat, time.process_time
+        )
+        many = best_time(lambda: iqk_rs.quantize(xs, name, im, **kw), repeat)
+        out[spec] = {"one": xs.size / one / 1e6, "all": xs.size / many / 1e6}
+    return out
+
+
+def measure_ik(lib_path: str, rows: int, cols: int, repeat: int) -> dict[str, dict[str, float]]:
+    import iqk_rs
+
+    class UserData(ctypes.Structure):
+        _fields_ = [("symmetric_q4_0", ctypes.c_bool), ("slow_iq2_ks", ctypes.c_bool)]
+
+    lib = ctypes.CDLL(lib_path)
+    x, im = data(rows, cols)
+    out = {}
+    for spec in TYPES:
+        name, _, search = spec.partition(":")
+        xs = np.ascontiguousarray(x[: max(1, rows // ROW_SHARE.get(spec, 1))])
+        fn = getattr(lib, f"quantize_{name}")
+        fn.restype = ctypes.c_size_t
+        fn.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_int64,
+            ctypes.c_int64,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]
+        # ik takes its IQ2_KS fast path only when given user data (as llama-quantize does).
+        user = ctypes.byref(UserData(False, False)) if search == "fast" else None
+        dst = np.zeros((xs.shape[0], iqk_rs.row_size(name, cols)), np.uint8)
+
+        def run(xs=xs, dst=dst, fn=fn, user=user):
+            fn(xs.ctypes.data, dst.ctypes.data, xs.shape[0], cols, im.ctypes.data, user)
+
+        t = best_time(run, repeat, time.process_time)
+        ours = iqk_rs.quantize(xs, name, im, iq2ks_search=search or "fast")
+        out[spec] = {"one": xs.size / t / 1e6, "same_bytes": bool(np.array_equal(ours, dst))}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=256)
+    ap.add_argument("--cols", type=int, default=4096)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(measure_ours(args.rows, args.cols, args.repeat)))
+        return
+
+    ours = measure_ours(args.rows, args.cols, args.repeat)
+    env = dict(os.environ, IQK_RS_SIMD="scalar")
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--rows",
+        str(args.rows),
+        "--cols",
+        str(args.cols),
+        "--repeat",
+        str(args.repeat),
+    ]
+    scalar = json.loads(
+        subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    )
+    lib = os.environ.get("IQK_BENCH_IK_LIB")
+    ik = measure_ik(lib, args.rows, args.cols, args.repeat) if lib else {}
+
+    print(f"quantization, {args.rows} x {args.cols} weights with imatrix, Mweights/s")
+    head = (
+        f"{'type':18} {'ours 1T':>8} {'scalar 1T':>9} {'x scalar':>8} {'ours allT':>9} {'x 1T':>6}"
+    )
+    if ik:
+        head += f" {'ik 1T':>7} {'x ik':>6} {'same bytes':>10}"
+    print(head)
+    for spec in TYPES:
+        o, s = ours[spec], scalar[spec]
+        line = (
+            f"{spec:18} {o['one']:8.2f} {s['one']:9.2f} {o['one'] / s['one']:8.2f} "
+            f"{o['all']:9.2f} {o['all'] / o['one']:6.2f}"
+        )
+        if ik:
+            k = ik[spec]
+            line += f" {k['one']:7.2f} {o['one'] / k['one']:6.2f} {str(k['same_bytes']):>10}"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+//! Dot-product kernel benchmarks: every type × every SIMD path this CPU has, as a
+//! matrix-vector product (one Q8_K activation row against every weight row).
+//!
+//! `cargo bench --bench kernels` runs the criterion benchmarks (throughput in weights/s) and
+//! then prints a summary table: per type and path, Gweights/s and GB/s for a cache-resident
+//! 256 × 4096 matrix and a memory-resident 4096 × 16384 matrix, single thread and all
+//! threads, with the ratio to the scalar path and to a memory-bandwidth baseline measured in
+//! the same run (streaming reads of the same bytes).
+//!
+//! Env: `IQK_BENCH=table` (only the table), `IQK_BENCH=criterion` (only criterion).
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use iqk_rs::simd::{self, DotFn, DotType, SimdPath, Q8K_BLOCK_BYTES};
+use rayon::prelude::*;
+
+struct Mat {
+    nrows: usize,
+    ncols: usize,
+    row_bytes: usize,
+    data: Vec<u8>,
+    q8: Vec<u8>,
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Random block bytes with sane scales (fp16 1/16 per block, row scale 1/16).
+fn make(kind: DotType, nrows: usize, ncols: usize) -> Mat {
+    let nb = ncols / 256;
+    let meta = match kind {
+        DotType::Iq2Ks | DotType::Iq3Ks => 2,
+        DotType::Iq4Ks => 4,
+        _ => 0,
+    };
+    let bb = match kind {
+        DotType::Iq2K => 76,
+        DotType::Iq3K => 110,
+        DotType::Iq4K => 144,
+        DotType::Iq2Ks => 70,
+        DotType::Iq3Ks => 102,
+        DotType::Iq4Ks => 136,
+    };
+    let row_bytes = meta + nb * bb;
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (kind as u64 + 1));
+    let mut data = vec![0u8; nrows * row_bytes];
+    for w in data.chunks_mut(8) {
+        let r = rng.next().to_le_bytes();
+        w.copy_from_slice(&r[..w.len()]);
+    }
+    for row in data.chunks_exact_mut(row_bytes) {
+        match meta {
+            2 => row[0..2].copy_from_slice(&0x2c00u16.to_le_bytes()),
+            4 => row[0..4].copy_from_slice(&0.0625f32.to_le_bytes()),
+            _ => {
+                for b in row.chunks_exact_mut(bb) {
+                    b[0..2].copy_from_slice(&0x2c00u16.to_le_bytes());
+                }
+            }
+        }
+    }
+    let mut q8 = vec![0u8; nb * Q8K_BLOCK_BYTES];
+    for y in q8.chunks_exact_mut(Q8K_BLOCK_BYTES) {
+        y[0..4].copy_from_slice(&0.01f32.to_le_bytes());
+        for k in 0..16 {
+            let mut s = 0i32;
+            for j in 0..16 {
+                let q = (rng.next() % 255) as i32 - 127;
+                y[8 + 16 * k + j] = q as i8 as u8;
+                s += q;
+            }
+            y[264 + 2 * k..266 + 2 * k].copy_from_slice(&(s as i16).to_le_bytes());
+        }
+    }
+    Mat {
+        nrows,
+        ncols,
+        row_bytes,
+        data,
+        q8,
+    }
+}
+
+fn matvec(f: DotFn, m: &Mat, out: &mut [f32]) {
+    for (o, row) in out.iter_mut().zip(m.data.chunks_exact(m.row_bytes)) {
+        *o = f(row, &m.q8);
+    }
+}
+
+fn matvec_par(f: DotFn, m: &Mat, out: &mut [f32]) {
+    out.par_chunks_mut(16)
+        .zip(m.data.par_chunks(16 * m.row_bytes))
+        .for_each(|(o, rows)| {
+            for (o, row) in o.iter_mut().zip(rows.chunks_exact(m.row_bytes)) {
+                *o = f(row, &m.q8);
+            }
+        });
+}
+
+/// Bandwidth baseline: read every byte once (sum of u64 lanes, vectorized by the compiler).
+fn stream(buf: &[u8]) -> u64 {
+    let mut acc = [0u64; 8];
+    let mut chunks = buf.chunks_exact(64);
+    for c in &mut chunks {
+        for (k, a) in acc.iter_mut().enumerate() {
+            let w = u64::from_le_bytes(c[8 * k..8 * k + 8].try_into().unwrap());
+            *a = a.wrapping_add(w);
+        }
+    }
+    acc.iter()
+        .fold(chunks.remainder().len() as u64, |x, y| x.wrapping_add(*y))
+}
+
+fn stream_par(buf: &[u8]) -> u64 {
+    buf.par_chunks(1 << 16)
+        .map(stream)
+        .reduce(|| 0, u64::wrapping_add)
+}
+
+/// Best time of `f` over ~`budget` (at least 3 runs).
+fn best_of(budget: Duration, mut f: impl FnMut()) -> f64 {
+    f();
+    let start = Instant::now();
+    let mut best = f64::INFINITY;
+    let mut runs = 0;
+    while runs < 3 || start.elapsed() < budget {
+        let t = Instant::now();
+        f();
+        best = best.min(t.elapsed().as_secs_f64());
+        runs += 1;
+    }
+    best
+}
+
+const CACHE: (usize, usize) = (256, 4096);
+const MEMORY: (usize, usize) = (4096, 16384);
+
+fn criterion_benches(c: &mut Criterion) {
+    let paths = simd::available_paths();
+    for (label, (nrows, ncols)) in [("cache_256x4096", CACHE), ("memory_4096x16384", MEMORY)] {
+        let mut g = c.benchmark_group(format!("matvec_{label}"));
+        g.warm_up_time(Duration::from_millis(300));
+        g.measurement_time(Duration::from_secs(if nrows == 256 { 1 } else { 3 }));
+        g.sample_size(10);
+        g.throughput(Throughput::Elements((nrows * ncols) as u64));
+        for kind in DotType::ALL {
+            let m = make(kind, nrows, ncols);
+            let mut out = vec![0f32; nrows];
+            for &p in &paths {
+                let f = simd::dot_fn(kind, p);
+                g.bench_function(BenchmarkId::new(kind.name(), p.name()), |b| {
+                    b.iter(|| matvec(f, black_box(&m), &mut out))
+                });
+            }
+            g.bench_function(BenchmarkId::new(kind.name(), "stream_baseline"), |b| {
+                b.iter(|| stream(black_box(&m.data)))
+            });
+        }
+        g.finish();
+    }
+}
+
+fn table() {
+    let paths = simd::available_paths();
+    let threads = rayon::current_num_threads();
+    println!();
+    println!(
+        "Summary (best of repeated runs; Gw/s = 1e9 weights/s, GB/s of weight bytes; x-scalar and \
+         x-bw = ratio to the scalar path and to streaming the same bytes in the same run; \
+         all-threads = {threads} rayon threads)"
+    );
+    println!(
+        "{:<7} {:<7} | {:>22} | {:>22} | {:>26}",
+        "type", "path", "cache 256x4096 1T", "memory 4096x16384 1T", "memory 4096x16384 all-T"
+    );
+    println!(
+        "{:<7} {:<7} | {:>7} {:>6} {:>7} | {:>7} {:>6} {:>7} | {:>7} {:>6} {:>6} {:>4}",
+        "", "", "Gw/s", "GB/s", "x-scal", "Gw/s", "GB/s", "x-bw", "Gw/s", "GB/s", "x-bw", ""
+    );
+    for kind in DotType::ALL {
+        let mc = make(kind, CACHE.0, CACHE.1);
+        let mm = make(kind, MEMORY.0, MEMORY.1);
+        let mut out_c = vec![0f32; mc.nrows];
+        let mut out_m = vec![0f32; mm.nrows];
+        let bw1 = mm.data.len() as f64
+            / best_of(Duration::from_millis(400), || {
+                black_box(stream(black_box(&mm.data)));
+            });
+        let bwn = mm.data.len() as f64
+            / best_of(Duration::from_millis(400), || {
+                black_box(stream_par(black_box(&mm.data)));
+            });
+        let mut scalar_c = 0.0;
+        for &p in &paths {
+            let f = simd::dot_fn(kind, p);
+            let tc = best_of(Duration::from_millis(300), || matvec(f, &mc, &mut out_c));
+            let tm = best_of(Duration::from_millis(600), || matvec(f, &mm, &mut out_m));
+            let tp = best_of(Duration::from_millis(600), || {
+                matvec_par(f, &mm, &mut out_m)
+            });
+            let nc = (mc.nrows * mc.ncols) as f64;
+            let nm = (mm.nrows * mm.ncols) as f64;
+            let bytes_m = mm.data.len() as f64;
+            if p == SimdPath::Scalar {
+                scalar_c = tc;
+            }
+            println!(
+                "{:<7} {:<7} | {:>7.2} {:>6.2} {:>7.2} | {:>7.2} {:>6.2} {:>7.2} | {:>7.2} {:>6.2} {:>6.2} {:>4}",
+                kind.name(),
+                p.name(),
+                nc / tc / 1e9,
+                mc.data.len() as f64 / tc / 1e9,
+                scalar_c / tc,
+                nm / tm / 1e9,
+                bytes_m / tm / 1e9,
+                bytes_m / tm / bw1,
+                nm / tp / 1e9,
+                bytes_m / tp / 1e9,
+                bytes_m / tp / bwn,
+                ""
+            );
+        }
+        println!(
+            "{:<7} {:<7} | {:>22} | {:>7} {:>6.2} {:>7} | {:>7} {:>6.2} {:>6} {:>4}",
+            kind.name(),
+            "stream",
+            "",
+            "",
+            bw1 / 1e9,
+            "",
+            "",
+            bwn / 1e9,
+            "",
+            ""
+        );
+    }
+}
+
+fn main() {
+    let mode = std::env::var("IQK_BENCH").unwrap_or_default();
+    // `cargo test --benches` / `--list` only smoke-test the harness.
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list") {
+        return;
+    }
+    if args.iter().any(|a| a == "--test") || !args.iter().any(|a| a == "--bench") {
+        for kind in DotType::ALL {
+            let m = make(kind, 4, 1024);
+            let mut out = vec![0f32; 4];
+            for p in simd::available_paths() {
+                matvec(simd::dot_fn(kind, p), &m, &mut out);
+            }
+        }
+        println!("kernels bench: smoke test ok (run with `cargo bench --bench kernels`)");
+        return;
+    }
+    eprintln!(
+        "SIMD paths: {:?}, active {}",
+        simd::available_paths()
+            .iter()
+            .map(|p| p.name())
+            .collect::<Vec<_>>(),
+        simd::active_path()
+    );
+    if mode != "table" {
+        let mut c = Criterion::default().configure_from_args();
+        criterion_benches(&mut c);
+        c.final_summary();
+    }
+    if mode != "criterion" {
+        table();
+    }
+}

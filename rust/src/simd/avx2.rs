@@ -1,0 +1,490 @@
+//! AVX2 kernels (x86-64). Each superblock's exact integer sum is formed in 8 × i32 lanes,
+//! reduced horizontally (exact), and folded into the shared f64 accumulator of
+//! `scalar.rs`, so results are bit-identical to the scalar twins.
+//!
+//! Techniques (after ik_llama.cpp's AVX2 kernels, re-derived here):
+//! * 2/3-bit types look values up with `pshufb` in the *base* table offset to unsigned
+//!   (`iq2nl + 32`, `iq3nl + 64`), multiply with `maddubs` (pair sums stay below 2^15), and
+//!   remove the offset and the shifted-table constant (+5 / +4) through the Q8_K block sums.
+//! * 4-bit types use the signed table with the sign moved onto the *weights*:
+//!   `maddubs(|q8|, sign(v, q8))`, which stays exact for every int8 activation, -128 included
+//!   (`|v| <= 127`, `|q8| <= 128`, pair sums <= 32512). The shifted-table constant (+4) again
+//!   goes through the block sums.
+//! * Sub-block scales multiply the int16 pair sums with `madd` (int32 results).
+
+#![allow(clippy::missing_safety_doc)]
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use super::scalar::{
+    acc_k, acc_ks, check_lens, finish_k, finish_ks, row_scale, DotType, IQ2KS_BYTES, IQ2K_BYTES,
+    IQ3KS_BYTES, IQ3K_BYTES, IQ4K, IQ4KS_BYTES, IQ4K_BYTES, Q8K_BSUMS, Q8K_BYTES, Q8K_QS,
+};
+
+/// Even sub-blocks first, then odd ones.
+const EO_SHUFFLE: [i8; 16] = [0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15];
+
+#[inline]
+unsafe fn rd16(p: *const u8) -> u16 {
+    u16::from_le_bytes([*p, *p.add(1)])
+}
+
+#[inline]
+unsafe fn rd32(p: *const u8) -> u32 {
+    u32::from_le_bytes([*p, *p.add(1), *p.add(2), *p.add(3)])
+}
+
+#[inline]
+unsafe fn rdf32(p: *const u8) -> f32 {
+    f32::from_bits(rd32(p))
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn loadu256(p: *const u8) -> __m256i {
+    _mm256_loadu_si256(p as *const __m256i)
+}
+
+/// 16 bytes, byte k = -1 if bit k of `bits` is set, else 0.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn bits16(bits: u16) -> __m128i {
+    let rep = 0x0101_0101_0101_0101u64;
+    let e = _mm_set_epi64x(
+        ((bits >> 8) as u64 * rep) as i64,
+        ((bits & 0xff) as u64 * rep) as i64,
+    );
+    let m = _mm_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    _mm_cmpeq_epi8(_mm_and_si128(e, m), m)
+}
+
+/// Bytes 0..8: -1 if bit k of `bits` is set, else 0 (bytes 8..16 repeat them).
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn bits8(bits: u8) -> __m128i {
+    let e = _mm_set1_epi64x((bits as u64 * 0x0101_0101_0101_0101u64) as i64);
+    let m = _mm_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    _mm_cmpeq_epi8(_mm_and_si128(e, m), m)
+}
+
+/// Low and high nibbles of 8 bytes interleaved: (lo0, hi0, lo1, hi1, ...).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn nibbles8(p: *const u8) -> __m128i {
+    let b = _mm_loadl_epi64(p as *const __m128i);
+    let m = _mm_set1_epi8(0x0f);
+    _mm_unpacklo_epi8(
+        _mm_and_si128(b, m),
+        _mm_and_si128(_mm_srli_epi16::<4>(b), m),
+    )
+}
+
+/// Per-superblock state of a type with 16 sub-blocks of 16.
+pub(crate) struct K16 {
+    /// Low lane: i16 scales of the even sub-blocks; high lane: of the odd ones.
+    pub eo: __m256i,
+    /// `eo` with every i16 doubled: chunks 0..4 (`dup[0]`) and 4..8 (`dup[1]`); chunk c's
+    /// scales are dword c % 4 of `dup[c / 4]` (one `vpshufd`).
+    pub dup: [__m256i; 2],
+    /// Σ_sub s_sub · c_sub · bsum_sub in 8 × i32 (the offset / shifted-table part).
+    pub mins: __m256i,
+}
+
+/// `nat`: the 16 signed sub-block scales (i8, natural order); `m8`: the per-sub-block
+/// constant (i8) to multiply with scale and block sum.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn k16(nat: __m128i, m8: __m128i, y: *const u8) -> K16 {
+    let eo_ctl = _mm_loadu_si128(EO_SHUFFLE.as_ptr() as *const __m128i);
+    let eo = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(nat, eo_ctl));
+    let mins16 = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(nat), _mm256_cvtepi8_epi16(m8));
+    let mins = _mm256_madd_epi16(mins16, loadu256(y.add(Q8K_BSUMS)));
+    K16 {
+        eo,
+        dup: [_mm256_unpacklo_epi16(eo, eo), _mm256_unpackhi_epi16(eo, eo)],
+        mins,
+    }
+}
+
+/// Per-superblock state of a type with 8 sub-blocks of 32.
+pub(crate) struct K32 {
+    /// The 8 i16 scales, in both lanes.
+    pub sc: __m256i,
+    /// `sc` with every i16 doubled (as `K16::dup`).
+    pub dup: [__m256i; 2],
+    pub mins: __m256i,
+}
+
+/// `s16`: 8 × i16 scales; `m16`: 8 × i16 per-block constants.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn k32(s16: __m128i, m16: __m128i, y: *const u8) -> K32 {
+    let mins16 = _mm_mullo_epi16(s16, m16);
+    let dup = _mm256_set_m128i(
+        _mm_unpackhi_epi16(mins16, mins16),
+        _mm_unpacklo_epi16(mins16, mins16),
+    );
+    let sc = _mm256_broadcastsi128_si256(s16);
+    K32 {
+        sc,
+        dup: [_mm256_unpacklo_epi16(sc, sc), _mm256_unpackhi_epi16(sc, sc)],
+        mins: _mm256_madd_epi16(dup, loadu256(y.add(Q8K_BSUMS))),
+    }
+}
+
+/// Dword `c % 4` of `dup[c / 4]` broadcast within each lane: chunk c's scales.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn chunk_scale(dup: &[__m256i; 2], c: usize) -> __m256i {
+    let v = dup[c / 4];
+    match c % 4 {
+        0 => _mm256_shuffle_epi32::<0x00>(v),
+        1 => _mm256_shuffle_epi32::<0x55>(v),
+        2 => _mm256_shuffle_epi32::<0xaa>(v),
+        _ => _mm256_shuffle_epi32::<0xff>(v),
+    }
+}
+
+/// fp16 → f32 with F16C (exact, like `f16_to_f32`).
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn f16c(h: u16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+}
+
+// ---------------------------------------------------------------- per-type scale decoding
+
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn prep_iq2k(x: *const u8, y: *const u8) -> K16 {
+    let nat = _mm_sub_epi8(nibbles8(x.add(4)), _mm_set1_epi8(8));
+    let sh = bits16(rd16(x.add(2)));
+    let m8 = _mm_add_epi8(_mm_and_si128(sh, _mm_set1_epi8(5)), _mm_set1_epi8(-32));
+    k16(nat, m8, y)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn prep_iq3k(x: *const u8, y: *const u8) -> K16 {
+    let m = _mm_add_epi8(
+        _mm_add_epi8(nibbles8(x.add(6)), nibbles8(x.add(6))),
+        _mm_set1_epi8(1),
+    );
+    let neg = bits16(rd16(x.add(4)));
+    let nat = _mm_sub_epi8(_mm_xor_si128(m, neg), neg);
+    let sh = bits16(rd16(x.add(2)));
+    let m8 = _mm_add_epi8(_mm_and_si128(sh, _mm_set1_epi8(4)), _mm_set1_epi8(-64));
+    k16(nat, m8, y)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn prep_iq4k(x: *const u8, y: *const u8) -> K16 {
+    let lo = nibbles8(x.add(8));
+    let rep = _mm_shuffle_epi8(
+        _mm_cvtsi32_si128(rd32(x.add(4)) as i32),
+        _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
+    );
+    let ma = _mm_set1_epi32(0x4010_0401);
+    let mb = _mm_set1_epi32(0x8020_0802u32 as i32);
+    let b4 = _mm_and_si128(
+        _mm_cmpeq_epi8(_mm_and_si128(rep, ma), ma),
+        _mm_set1_epi8(16),
+    );
+    let b5 = _mm_and_si128(
+        _mm_cmpeq_epi8(_mm_and_si128(rep, mb), mb),
+        _mm_set1_epi8(32),
+    );
+    let nat = _mm_sub_epi8(_mm_or_si128(lo, _mm_or_si128(b4, b5)), _mm_set1_epi8(32));
+    let m8 = _mm_and_si128(bits16(rd16(x.add(2))), _mm_set1_epi8(4));
+    k16(nat, m8, y)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn prep_iq2ks(x: *const u8, y: *const u8) -> K32 {
+    let extra = rd16(x);
+    let b = _mm_cvtsi32_si128(rd32(x.add(2)) as i32);
+    let m = _mm_set1_epi8(0x0f);
+    let nib = _mm_unpacklo_epi8(
+        _mm_and_si128(b, m),
+        _mm_and_si128(_mm_srli_epi16::<4>(b), m),
+    );
+    let b4 = _mm_and_si128(bits8((extra >> 8) as u8), _mm_set1_epi8(16));
+    let s16 = _mm_cvtepi8_epi16(_mm_sub_epi8(_mm_or_si128(nib, b4), _mm_set1_epi8(16)));
+    let sh = bits8(extra as u8);
+    let m8 = _mm_add_epi8(_mm_and_si128(sh, _mm_set1_epi8(5)), _mm_set1_epi8(-32));
+    k32(s16, _mm_cvtepi8_epi16(m8), y)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn prep_iq3ks(x: *const u8, y: *const u8) -> K32 {
+    let extra = rd16(x);
+    let b = _mm_cvtsi32_si128(rd32(x.add(2)) as i32);
+    let m = _mm_set1_epi8(0x0f);
+    let nib = _mm_unpacklo_epi32(
+        _mm_and_si128(b, m),
+        _mm_and_si128(_mm_srli_epi16::<4>(b), m),
+    );
+    let b4 = _mm_and_si128(bits8(extra as u8), _mm_set1_epi8(16));
+    let s16 = _mm_cvtepi8_epi16(_mm_sub_epi8(_mm_or_si128(nib, b4), _mm_set1_epi8(16)));
+    let sh = bits8((extra >> 8) as u8);
+    let m8 = _mm_add_epi8(_mm_and_si128(sh, _mm_set1_epi8(4)), _mm_set1_epi8(-64));
+    k32(s16, _mm_cvtepi8_epi16(m8), y)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn prep_iq4ks(x: *const u8, y: *const u8) -> K32 {
+    let b = _mm_cvtepu8_epi16(_mm_loadl_epi64(x as *const __m128i));
+    let s16 = _mm_sub_epi16(_mm_and_si128(b, _mm_set1_epi16(0xfe)), _mm_set1_epi16(127));
+    let m16 = _mm_slli_epi16::<2>(_mm_and_si128(b, _mm_set1_epi16(1)));
+    k32(s16, m16, y)
+}
+
+// ---------------------------------------------------------------- value tables
+
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn tab_iq2() -> __m256i {
+    _mm256_broadcastsi128_si256(_mm_setr_epi8(
+        1, 19, 33, 49, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ))
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn tab_iq3() -> __m256i {
+    _mm256_broadcastsi128_si256(_mm_setr_epi8(
+        1, 24, 41, 54, 65, 77, 92, 111, 0, 0, 0, 0, 0, 0, 0, 0,
+    ))
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn tab_iq4() -> __m256i {
+    _mm256_broadcastsi128_si256(_mm_loadu_si128(IQ4K.as_ptr() as *const __m128i))
+}
+
+// ---------------------------------------------------------------- superblock bodies
+
+/// Q2_K-style 2-bit (+ optional third bit) indices: `f(c, idx)` for chunk c = 0..8 of 32.
+macro_rules! for_chunks_2bit {
+    ($qs:expr, $qh:expr, |$c:ident, $idx:ident| $body:block) => {{
+        let m3 = _mm256_set1_epi8(3);
+        let m4 = _mm256_set1_epi8(4);
+        let mut h = match $qh {
+            Some(p) => loadu256(p),
+            None => _mm256_setzero_si256(),
+        };
+        for half in 0..2usize {
+            let mut bits = loadu256($qs.add(32 * half));
+            for p in 0..4usize {
+                let $c = 4 * half + p;
+                let mut $idx = _mm256_and_si256(bits, m3);
+                if $qh.is_some() {
+                    $idx = _mm256_or_si256($idx, _mm256_and_si256(_mm256_slli_epi16::<2>(h), m4));
+                    h = _mm256_srli_epi16::<1>(h);
+                }
+                bits = _mm256_srli_epi16::<2>(bits);
+                $body
+            }
+        }
+    }};
+}
+
+/// 4-bit indices, 16 bytes per 32 weights: `f(c, idx)` for chunk c = 0..8.
+macro_rules! for_chunks_4bit {
+    ($qs:expr, |$c:ident, $idx:ident| $body:block) => {{
+        let m = _mm256_set1_epi8(0x0f);
+        for k in 0..4usize {
+            let b = loadu256($qs.add(32 * k));
+            let lo = _mm256_and_si256(b, m);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(b), m);
+            {
+                let $c = 2 * k;
+                let $idx = _mm256_permute2x128_si256::<0x20>(lo, hi);
+                $body
+            }
+            {
+                let $c = 2 * k + 1;
+                let $idx = _mm256_permute2x128_si256::<0x31>(lo, hi);
+                $body
+            }
+        }
+    }};
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_unsigned(u: __m256i, y: *const u8, c: usize) -> __m256i {
+    _mm256_maddubs_epi16(u, loadu256(y.add(Q8K_QS + 32 * c)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_signed(v: __m256i, y: *const u8, c: usize) -> __m256i {
+    let q = loadu256(y.add(Q8K_QS + 32 * c));
+    _mm256_maddubs_epi16(_mm256_abs_epi8(q), _mm256_sign_epi8(v, q))
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn sb_iq2k(x: *const u8, y: *const u8, tab: __m256i) -> i32 {
+    let st = prep_iq2k(x, y);
+    let mut acc = st.mins;
+    for_chunks_2bit!(x.add(12), None::<*const u8>, |c, idx| {
+        let p = dot_unsigned(_mm256_shuffle_epi8(tab, idx), y, c);
+        let s = chunk_scale(&st.dup, c);
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
+    });
+    hsum_i32(acc)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn sb_iq3k(x: *const u8, y: *const u8, tab: __m256i) -> i32 {
+    let st = prep_iq3k(x, y);
+    let mut acc = st.mins;
+    for_chunks_2bit!(x.add(14), Some(x.add(78)), |c, idx| {
+        let p = dot_unsigned(_mm256_shuffle_epi8(tab, idx), y, c);
+        let s = chunk_scale(&st.dup, c);
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
+    });
+    hsum_i32(acc)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn sb_iq4k(x: *const u8, y: *const u8, tab: __m256i) -> i32 {
+    let st = prep_iq4k(x, y);
+    let mut acc = st.mins;
+    for_chunks_4bit!(x.add(16), |c, idx| {
+        let p = dot_signed(_mm256_shuffle_epi8(tab, idx), y, c);
+        let s = chunk_scale(&st.dup, c);
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
+    });
+    hsum_i32(acc)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn sb_iq2ks(x: *const u8, y: *const u8, tab: __m256i) -> i32 {
+    let st = prep_iq2ks(x, y);
+    let mut acc = st.mins;
+    for_chunks_2bit!(x.add(6), None::<*const u8>, |c, idx| {
+        let p = dot_unsigned(_mm256_shuffle_epi8(tab, idx), y, c);
+        let s = chunk_scale(&st.dup, c);
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
+    });
+    hsum_i32(acc)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn sb_iq3ks(x: *const u8, y: *const u8, tab: __m256i) -> i32 {
+    let st = prep_iq3ks(x, y);
+    let mut acc = st.mins;
+    for_chunks_2bit!(x.add(6), Some(x.add(70)), |c, idx| {
+        let p = dot_unsigned(_mm256_shuffle_epi8(tab, idx), y, c);
+        let s = chunk_scale(&st.dup, c);
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
+    });
+    hsum_i32(acc)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn sb_iq4ks(x: *const u8, y: *const u8, tab: __m256i) -> i32 {
+    let st = prep_iq4ks(x, y);
+    let mut acc = st.mins;
+    for_chunks_4bit!(x.add(8), |c, idx| {
+        let p = dot_signed(_mm256_shuffle_epi8(tab, idx), y, c);
+        let s = chunk_scale(&st.dup, c);
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
+    });
+    hsum_i32(acc)
+}
+
+// ---------------------------------------------------------------- row entry points
+
+macro_rules! row_k {
+    ($name:ident, $kind:expr, $bytes:expr, $sb:ident, $tab:ident) => {
+        /// One row (K type) against Q8_K activations.
+        ///
+        /// # Safety
+        /// The CPU must support AVX2, FMA and F16C.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $name(row: &[u8], q8k: &[u8]) -> f32 {
+            let nb = check_lens($kind, row, q8k);
+            let tab = $tab();
+            let mut acc = 0.0f64;
+            for i in 0..nb {
+                let x = row.as_ptr().add(i * $bytes);
+                let y = q8k.as_ptr().add(i * Q8K_BYTES);
+                let sumi = $sb(x, y, tab);
+                acc = acc_k(acc, f16c(rd16(x)), rdf32(y), sumi);
+            }
+            finish_k(acc)
+        }
+    };
+}
+
+macro_rules! row_ks {
+    ($name:ident, $kind:expr, $bytes:expr, $sb:ident, $tab:ident) => {
+        /// One row (KS type, row scale first) against Q8_K activations.
+        ///
+        /// # Safety
+        /// The CPU must support AVX2, FMA and F16C.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $name(row: &[u8], q8k: &[u8]) -> f32 {
+            let nb = check_lens($kind, row, q8k);
+            let tab = $tab();
+            let meta = $kind.row_meta();
+            let mut acc = 0.0f64;
+            for i in 0..nb {
+                let x = row.as_ptr().add(meta + i * $bytes);
+                let y = q8k.as_ptr().add(i * Q8K_BYTES);
+                let sumi = $sb(x, y, tab);
+                acc = acc_ks(acc, rdf32(y), sumi);
+            }
+            finish_ks(acc, row_scale($kind, row))
+        }
+    };
+}
+
+row_k!(vec_dot_iq2k, DotType::Iq2K, IQ2K_BYTES, sb_iq2k, tab_iq2);
+row_k!(vec_dot_iq3k, DotType::Iq3K, IQ3K_BYTES, sb_iq3k, tab_iq3);
+row_k!(vec_dot_iq4k, DotType::Iq4K, IQ4K_BYTES, sb_iq4k, tab_iq4);
+row_ks!(
+    vec_dot_iq2ks,
+    DotType::Iq2Ks,
+    IQ2KS_BYTES,
+    sb_iq2ks,
+    tab_iq2
+);
+row_ks!(
+    vec_dot_iq3ks,
+    DotType::Iq3Ks,
+    IQ3KS_BYTES,
+    sb_iq3ks,
+    tab_iq3
+);
+row_ks!(
+    vec_dot_iq4ks,
+    DotType::Iq4Ks,
+    IQ4KS_BYTES,
+    sb_iq4ks,
+    tab_iq4
+);

@@ -1,0 +1,291 @@
+//! SIMD dot products of IQK weight rows with Q8_K activations, chosen at run time.
+//!
+//! Paths: [`SimdPath::Scalar`] (portable, everywhere), [`SimdPath::Avx2`] (x86-64 with
+//! AVX2 + FMA + F16C), [`SimdPath::Avx512`] (x86-64 with AVX-512 F/BW/VL/VNNI), [`SimdPath::Neon`]
+//! (aarch64; uses the `dotprod` instructions when the CPU has them). [`active_path`] picks
+//! the best one once, by CPU detection; the environment variable `IQK_RS_SIMD`
+//! (`scalar|avx2|avx512|neon|auto`) overrides it, and a path the CPU lacks falls back with
+//! a warning on stderr. No `target-cpu=native` is needed: kernels are `#[target_feature]`
+//! functions that are only ever called after detection.
+//!
+//! Every path computes each superblock's integer sum exactly and folds it into an `f64`
+//! accumulator in the same order (see `scalar.rs`), so all paths return bit-identical
+//! results: the mathematical dot product rounded once per superblock in f64, then to f32.
+//!
+//! The kernel files (`scalar.rs`, `avx2.rs`, `avx512.rs`, `neon.rs`) use nothing from the
+//! crate; `scalar.rs` and `neon.rs` also build with Rust 1.63 so the NEON tests can be
+//! compiled standalone for aarch64 (`scripts/neon_test.sh`, harness in `neon_harness.rs`).
+
+use std::sync::OnceLock;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(target_arch = "aarch64")]
+mod neon;
+mod scalar;
+
+pub use scalar::DotType;
+
+/// Bytes of one Q8_K block (ik_llama.cpp's layout: f32 d, f32 sum, 256 × i8, 16 × i16).
+pub const Q8K_BLOCK_BYTES: usize = scalar::Q8K_BYTES;
+
+/// One family of kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SimdPath {
+    Scalar,
+    Avx2,
+    Avx512,
+    Neon,
+}
+
+impl SimdPath {
+    pub const ALL: [SimdPath; 4] = [
+        SimdPath::Scalar,
+        SimdPath::Avx2,
+        SimdPath::Avx512,
+        SimdPath::Neon,
+    ];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            SimdPath::Scalar => "scalar",
+            SimdPath::Avx2 => "avx2",
+            SimdPath::Avx512 => "avx512",
+            SimdPath::Neon => "neon",
+        }
+    }
+
+    /// Parses `scalar|avx2|avx512|neon` (case-insensitive).
+    pub fn from_name(name: &str) -> Option<SimdPath> {
+        let n = name.trim().to_ascii_lowercase();
+        SimdPath::ALL.into_iter().find(|p| p.name() == n)
+    }
+
+    /// Whether this CPU can run the path (detected once).
+    pub fn is_available(&self) -> bool {
+        let caps = caps();
+        match self {
+            SimdPath::Scalar => true,
+            SimdPath::Avx2 => caps.avx2,
+            SimdPath::Avx512 => caps.avx512,
+            SimdPath::Neon => caps.neon,
+        }
+    }
+}
+
+impl std::fmt::Display for SimdPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Caps {
+    avx2: bool,
+    avx512: bool,
+    neon: bool,
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    dotprod: bool,
+}
+
+fn caps() -> Caps {
+    static CAPS: OnceLock<Caps> = OnceLock::new();
+    *CAPS.get_or_init(detect)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect() -> Caps {
+    let avx2 = is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c");
+    Caps {
+        avx2,
+        avx512: avx2
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni"),
+        ..Caps::default()
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+fn detect() -> Caps {
+    Caps {
+        neon: std::arch::is_aarch64_feature_detected!("neon"),
+        dotprod: std::arch::is_aarch64_feature_detected!("dotprod"),
+        ..Caps::default()
+    }
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn detect() -> Caps {
+    Caps::default()
+}
+
+/// Paths this CPU supports, slowest first (always starts with `Scalar`).
+pub fn available_paths() -> Vec<SimdPath> {
+    SimdPath::ALL
+        .into_iter()
+        .filter(|p| p.is_available())
+        .collect()
+}
+
+/// The path `auto` picks: the fastest this CPU supports, except that AVX-512 is only used when
+/// asked for (`IQK_RS_SIMD=avx512`): its kernels pass the same tests as the others wherever
+/// the test machine has AVX-512, but have not yet run on such hardware in this project's CI.
+pub fn best_path() -> SimdPath {
+    available_paths()
+        .into_iter()
+        .rfind(|p| *p != SimdPath::Avx512)
+        .unwrap_or(SimdPath::Scalar)
+}
+
+/// Whether the NEON path uses the `dotprod` (SDOT) kernels on this CPU.
+pub fn neon_dotprod() -> bool {
+    caps().dotprod
+}
+
+/// The path used by the crate, chosen once: `IQK_RS_SIMD` if set (and available), else the
+/// best the CPU has.
+pub fn active_path() -> SimdPath {
+    static ACTIVE: OnceLock<SimdPath> = OnceLock::new();
+    *ACTIVE.get_or_init(|| choose_path(std::env::var("IQK_RS_SIMD").ok().as_deref()))
+}
+
+/// The choice [`active_path`] makes for a given value of `IQK_RS_SIMD`.
+pub fn choose_path(env: Option<&str>) -> SimdPath {
+    let best = best_path();
+    let want = match env.map(str::trim) {
+        None | Some("") => return best,
+        Some(v) if v.eq_ignore_ascii_case("auto") => return best,
+        Some(v) => v,
+    };
+    match SimdPath::from_name(want) {
+        Some(p) if p.is_available() => p,
+        Some(p) => {
+            eprintln!("iqk_rs: IQK_RS_SIMD={want}: this CPU lacks the {p} path; using {best}");
+            best
+        }
+        None => {
+            eprintln!(
+                "iqk_rs: IQK_RS_SIMD={want} is not one of scalar|avx2|avx512|neon|auto; using {best}"
+            );
+            best
+        }
+    }
+}
+
+/// A dot-product kernel: one row's bytes (KS types start with the row scale) and that many
+/// Q8_K blocks.
+pub type DotFn = fn(&[u8], &[u8]) -> f32;
+
+/// The kernel for `kind` on `path`. Panics if the CPU lacks `path` (check
+/// [`SimdPath::is_available`] or use [`active_path`]).
+pub fn dot_fn(kind: DotType, path: SimdPath) -> DotFn {
+    assert!(
+        path.is_available(),
+        "SIMD path {path} is not available on this CPU"
+    );
+    match path {
+        SimdPath::Scalar => scalar_fn(kind),
+        #[cfg(target_arch = "x86_64")]
+        SimdPath::Avx2 => x86::avx2_fn(kind),
+        #[cfg(target_arch = "x86_64")]
+        SimdPath::Avx512 => x86::avx512_fn(kind),
+        #[cfg(target_arch = "aarch64")]
+        SimdPath::Neon => arm::neon_fn(kind, caps().dotprod),
+        #[allow(unreachable_patterns)]
+        _ => unreachable!("{path} reported available on an architecture without it"),
+    }
+}
+
+/// Dot product of one row with Q8_K activations on `path`: `row` is one row's bytes exactly
+/// as stored (KS types begin with their row scale), `q8k` as many 296-byte Q8_K blocks as
+/// the row has 256-weight blocks. Panics on mismatched lengths or a path the CPU lacks.
+/// All paths return bit-identical results.
+pub fn vec_dot(kind: DotType, path: SimdPath, row: &[u8], q8k: &[u8]) -> f32 {
+    dot_fn(kind, path)(row, q8k)
+}
+
+fn scalar_fn(kind: DotType) -> DotFn {
+    match kind {
+        DotType::Iq2K => |r, q| scalar::vec_dot(DotType::Iq2K, r, q),
+        DotType::Iq3K => |r, q| scalar::vec_dot(DotType::Iq3K, r, q),
+        DotType::Iq4K => |r, q| scalar::vec_dot(DotType::Iq4K, r, q),
+        DotType::Iq2Ks => |r, q| scalar::vec_dot(DotType::Iq2Ks, r, q),
+        DotType::Iq3Ks => |r, q| scalar::vec_dot(DotType::Iq3Ks, r, q),
+        DotType::Iq4Ks => |r, q| scalar::vec_dot(DotType::Iq4Ks, r, q),
+    }
+}
+
+/// Safe wrappers around the `#[target_feature]` kernels. They are private and only handed
+/// out by [`dot_fn`] after the CPU check, which is what makes the `unsafe` calls sound.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{avx2, avx512, DotFn, DotType};
+
+    macro_rules! wrap {
+        ($m:ident, $f:ident) => {
+            |r: &[u8], q: &[u8]| -> f32 {
+                // SAFETY: only reachable through `dot_fn`, which checked the CPU features.
+                unsafe { $m::$f(r, q) }
+            }
+        };
+    }
+
+    pub(super) fn avx2_fn(kind: DotType) -> DotFn {
+        match kind {
+            DotType::Iq2K => wrap!(avx2, vec_dot_iq2k),
+            DotType::Iq3K => wrap!(avx2, vec_dot_iq3k),
+            DotType::Iq4K => wrap!(avx2, vec_dot_iq4k),
+            DotType::Iq2Ks => wrap!(avx2, vec_dot_iq2ks),
+            DotType::Iq3Ks => wrap!(avx2, vec_dot_iq3ks),
+            DotType::Iq4Ks => wrap!(avx2, vec_dot_iq4ks),
+        }
+    }
+
+    pub(super) fn avx512_fn(kind: DotType) -> DotFn {
+        match kind {
+            DotType::Iq2K => wrap!(avx512, vec_dot_iq2k),
+            DotType::Iq3K => wrap!(avx512, vec_dot_iq3k),
+            DotType::Iq4K => wrap!(avx512, vec_dot_iq4k),
+            DotType::Iq2Ks => wrap!(avx512, vec_dot_iq2ks),
+            DotType::Iq3Ks => wrap!(avx512, vec_dot_iq3ks),
+            DotType::Iq4Ks => wrap!(avx512, vec_dot_iq4ks),
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use super::{neon, DotFn, DotType};
+
+    macro_rules! wrap {
+        ($f:ident) => {
+            |r: &[u8], q: &[u8]| -> f32 {
+                // SAFETY: only reachable through `dot_fn`, which checked the CPU features.
+                unsafe { neon::$f(r, q) }
+            }
+        };
+    }
+
+    pub(super) fn neon_fn(kind: DotType, dotprod: bool) -> DotFn {
+        match (kind, dotprod) {
+            (DotType::Iq2K, false) => wrap!(vec_dot_iq2k),
+            (DotType::Iq3K, false) => wrap!(vec_dot_iq3k),
+            (DotType::Iq4K, false) => wrap!(vec_dot_iq4k),
+            (DotType::Iq2Ks, false) => wrap!(vec_dot_iq2ks),
+            (DotType::Iq3Ks, false) => wrap!(vec_dot_iq3ks),
+            (DotType::Iq4Ks, false) => wrap!(vec_dot_iq4ks),
+            (DotType::Iq2K, true) => wrap!(vec_dot_iq2k_dotprod),
+            (DotType::Iq3K, true) => wrap!(vec_dot_iq3k_dotprod),
+            (DotType::Iq4K, true) => wrap!(vec_dot_iq4k_dotprod),
+            (DotType::Iq2Ks, true) => wrap!(vec_dot_iq2ks_dotprod),
+            (DotType::Iq3Ks, true) => wrap!(vec_dot_iq3ks_dotprod),
+            (DotType::Iq4Ks, true) => wrap!(vec_dot_iq4ks_dotprod),
+        }
+    }
+}

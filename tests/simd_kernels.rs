@@ -1,0 +1,285 @@
+//! Every SIMD path this CPU supports against the scalar twins (bit-identical), and the scalar
+//! twins against the exact float64 dot products of the golden vectors.
+//!
+//! NEON is exercised on x86-64 machines by `scripts/neon_test.sh` (qemu), which runs the same
+//! generators through `rust/src/simd/neon_harness.rs`.
+
+use iqk_rs::simd::{self, DotType, SimdPath};
+
+#[allow(dead_code, unused_imports)]
+#[path = "../rust/src/simd/scalar.rs"]
+mod scalar;
+#[path = "../rust/src/simd/testgen.rs"]
+mod testgen;
+
+use testgen::{random_case, read_f64s, same, Rng, GOLDEN_CASES};
+
+fn golden_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/golden")
+}
+
+fn to_scalar_kind(kind: DotType) -> scalar::DotType {
+    match kind {
+        DotType::Iq2K => scalar::DotType::Iq2K,
+        DotType::Iq3K => scalar::DotType::Iq3K,
+        DotType::Iq4K => scalar::DotType::Iq4K,
+        DotType::Iq2Ks => scalar::DotType::Iq2Ks,
+        DotType::Iq3Ks => scalar::DotType::Iq3Ks,
+        DotType::Iq4Ks => scalar::DotType::Iq4Ks,
+    }
+}
+
+fn simd_paths() -> Vec<SimdPath> {
+    simd::available_paths()
+        .into_iter()
+        .filter(|p| *p != SimdPath::Scalar)
+        .collect()
+}
+
+#[test]
+fn reports_paths() {
+    let paths = simd::available_paths();
+    assert_eq!(paths[0], SimdPath::Scalar);
+    eprintln!(
+        "available SIMD paths: {:?}; active: {}",
+        paths.iter().map(|p| p.name()).collect::<Vec<_>>(),
+        simd::active_path()
+    );
+    assert!(simd::active_path().is_available());
+    #[cfg(target_arch = "x86_64")]
+    assert!(
+        paths.contains(&SimdPath::Avx2) || !std::is_x86_feature_detected!("avx2"),
+        "AVX2 CPU without the AVX2 path"
+    );
+}
+
+#[test]
+fn env_override_and_fallback() {
+    let best = simd::best_path();
+    assert_eq!(simd::choose_path(None), best);
+    assert_eq!(simd::choose_path(Some("auto")), best);
+    assert_eq!(simd::choose_path(Some("")), best);
+    assert_eq!(simd::choose_path(Some("scalar")), SimdPath::Scalar);
+    assert_eq!(simd::choose_path(Some(" SCALAR ")), SimdPath::Scalar);
+    assert_eq!(simd::choose_path(Some("bogus")), best);
+    for p in SimdPath::ALL {
+        let got = simd::choose_path(Some(p.name()));
+        if p.is_available() {
+            assert_eq!(got, p);
+        } else {
+            assert_eq!(got, best, "{p} unavailable must fall back");
+        }
+        assert_eq!(SimdPath::from_name(p.name()), Some(p));
+    }
+}
+
+#[test]
+#[should_panic(expected = "does not match")]
+fn length_mismatch_panics() {
+    let row = vec![0u8; 76];
+    let q8 = vec![0u8; 2 * simd::Q8K_BLOCK_BYTES];
+    simd::vec_dot(DotType::Iq2K, SimdPath::Scalar, &row, &q8);
+}
+
+#[test]
+fn unavailable_path_panics() {
+    for p in SimdPath::ALL {
+        if !p.is_available() {
+            let r = std::panic::catch_unwind(|| simd::dot_fn(DotType::Iq4K, p));
+            assert!(
+                r.is_err(),
+                "{p} is unavailable but dot_fn returned a kernel"
+            );
+        }
+    }
+}
+
+/// Randomized block bytes: sweeps of every header byte value (all scale codes, shift bits,
+/// sign bits), random bytes, special fp16 / f32 scales (±0, subnormals, ±65504, ±inf, NaN),
+/// extreme activations (-128 / 127 only, all -128, all 127).
+#[test]
+fn random_blocks_every_path_equals_scalar() {
+    let paths = simd_paths();
+    eprintln!("checking paths {:?}", paths);
+    for kind in DotType::ALL {
+        let mut rng = Rng::new(0x1234_5678 ^ kind as u64);
+        let mut checked = 0usize;
+        for case in 0..3000 {
+            let (row, q8) = random_case(to_scalar_kind(kind), &mut rng, case);
+            let want = simd::vec_dot(kind, SimdPath::Scalar, &row, &q8);
+            let twin = scalar::vec_dot(to_scalar_kind(kind), &row, &q8);
+            assert!(same(want, twin));
+            for &p in &paths {
+                let got = simd::vec_dot(kind, p, &row, &q8);
+                assert!(
+                    same(got, want),
+                    "{kind:?} {p} case {case}: {got:e} != scalar {want:e} (row {} bytes)",
+                    row.len()
+                );
+                checked += 1;
+            }
+        }
+        eprintln!("{kind:?}: {checked} randomized kernel results bit-identical to scalar");
+    }
+}
+
+/// Exact integer arithmetic: the scalar twin equals an independent i64/f64 evaluation of the
+/// decoded weights (`scalar::sumi_*` are the decoders) with no overflow for maximal inputs.
+#[test]
+fn extreme_inputs_do_not_overflow() {
+    // All-zero quant bytes select each table's most negative value; header bytes 0x00 / 0xff
+    // give the largest |scale| of both signs; activations all -128 or all 127.
+    for kind in DotType::ALL {
+        let sk = to_scalar_kind(kind);
+        for header in [0x00u8, 0xff, 0xfe, 0x55, 0xaa] {
+            for act in [testgen::Act::AllMin, testgen::Act::AllMax] {
+                let mut rng = Rng::new(header as u64);
+                let mut row = testgen::make_row(sk, &mut rng, 2, &|_| testgen::Fill::Sweep(header));
+                // Sane scales so the result is finite and comparable.
+                let (dend, _, _) = testgen::layout(sk);
+                let meta = kind_meta(kind);
+                if dend == 2 {
+                    for b in 0..2 {
+                        let off = meta + b * sk.block_bytes();
+                        row[off..off + 2].copy_from_slice(&0x3c00u16.to_le_bytes());
+                    }
+                }
+                match kind {
+                    DotType::Iq2Ks | DotType::Iq3Ks => {
+                        row[0..2].copy_from_slice(&0x3c00u16.to_le_bytes())
+                    }
+                    DotType::Iq4Ks => row[0..4].copy_from_slice(&1.0f32.to_le_bytes()),
+                    _ => {}
+                }
+                let mut q8 = testgen::make_q8k(&mut rng, 2, &|_| act);
+                for y in q8.chunks_exact_mut(simd::Q8K_BLOCK_BYTES) {
+                    y[0..4].copy_from_slice(&1.0f32.to_le_bytes());
+                }
+                let want = simd::vec_dot(kind, SimdPath::Scalar, &row, &q8);
+                assert!(want.is_finite());
+                for p in simd_paths() {
+                    let got = simd::vec_dot(kind, p, &row, &q8);
+                    assert!(
+                        same(got, want),
+                        "{kind:?} {p} header {header:#x} {act:?}: {got} != {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn kind_meta(kind: DotType) -> usize {
+    to_scalar_kind(kind).row_meta()
+}
+
+fn type_file(kind: DotType) -> &'static str {
+    to_scalar_kind(kind).name()
+}
+
+/// ik_llama.cpp's dequantized dot, emulated: weights `fl32(fl32(d·s)·v)` as ik's
+/// dequantizers compute them, activations `d8·q` and products in f64 (how `*.im.dot.f64`
+/// was made). Returns (that dot, the exact mathematical dot with unrounded weights, Σ|terms|).
+fn emulate_ik_dot(kind: DotType, row: &[u8], q8: &[u8]) -> (f64, f64, f64) {
+    let sk = to_scalar_kind(kind);
+    let meta = sk.row_meta();
+    let bb = sk.block_bytes();
+    let d_row = scalar::row_scale(sk, row);
+    let mut dec = scalar::Decoded::new();
+    let (mut dot, mut math, mut mag) = (0.0f64, 0.0f64, 0.0f64);
+    for (i, y) in q8.chunks_exact(simd::Q8K_BLOCK_BYTES).enumerate() {
+        let x = &row[meta + i * bb..meta + (i + 1) * bb];
+        scalar::decode(sk, x, &mut dec);
+        let dw = if meta == 0 {
+            scalar::block_scale(sk, x)
+        } else {
+            d_row
+        };
+        let d8 = scalar::rd_f32(y, 0);
+        let mut sumi = 0i64;
+        for j in 0..256 {
+            let w = (dw * dec.scales[j / 16] as f32) * dec.values[j] as f32;
+            let q = (y[8 + j] as i8) as i64;
+            let t = w as f64 * (d8 as f64 * q as f64);
+            dot += t;
+            mag += t.abs();
+            sumi += dec.scales[j / 16] as i64 * dec.values[j] as i64 * q;
+        }
+        // dw·d8 is exact in f64 (11 + 24 bits, or 24 + 24); one rounding for ·sumi.
+        math += dw as f64 * d8 as f64 * sumi as f64;
+    }
+    (dot, math, mag)
+}
+
+/// The golden vectors. (1) The decoders reproduce ik's dequantization: the emulated dot
+/// equals `*.im.dot.f64` to 1e-12 of the row's Σ|terms|. (2) The scalar kernel is within
+/// 1e-6 relative of the exact mathematical dot; that differs from `*.im.dot.f64` only by the
+/// f32 rounding ik's dequantizer applies to each weight (IQ4_KS: f32 row scale × 7-bit
+/// scale × value), <= 1.5·2^-23 of Σ|terms|. (3) Every SIMD path is bit-identical to scalar.
+#[test]
+fn golden_cases() {
+    let dir = golden_dir();
+    let paths = simd_paths();
+    let (mut worst_emu, mut worst_rel, mut worst_vs_file, mut rows) =
+        (0.0f64, 0.0f64, 0.0f64, 0usize);
+    for (case, nrows, ncols) in GOLDEN_CASES {
+        let q8 = std::fs::read(dir.join(case).join("act.q8k.bin")).unwrap();
+        assert_eq!(q8.len(), ncols / 256 * simd::Q8K_BLOCK_BYTES);
+        for kind in DotType::ALL {
+            let t = type_file(kind);
+            let data = std::fs::read(dir.join(case).join(format!("{t}.im.bin"))).unwrap();
+            let exact =
+                read_f64s(&std::fs::read(dir.join(case).join(format!("{t}.im.dot.f64"))).unwrap());
+            let rb = to_scalar_kind(kind).row_bytes(ncols);
+            assert_eq!(data.len(), nrows * rb, "{case} {t}");
+            assert_eq!(exact.len(), nrows);
+            for r in 0..nrows {
+                let row = &data[r * rb..(r + 1) * rb];
+                let e = exact[r];
+                let (emu, math, mag) = emulate_ik_dot(kind, row, &q8);
+                worst_emu = worst_emu.max((emu - e).abs() / mag.max(f64::MIN_POSITIVE));
+                assert!(
+                    (emu - e).abs() <= 1e-12 * mag,
+                    "{case} {t} row {r}: decoded dot {emu:e} != ik's {e:e}"
+                );
+                // ik's per-weight f32 rounding is the only difference between math and e.
+                assert!((math - e).abs() <= 1.5 * f32::EPSILON as f64 * mag);
+                let got = simd::vec_dot(kind, SimdPath::Scalar, row, &q8);
+                let err = (got as f64 - math).abs();
+                assert!(
+                    err <= 1e-6 * math.abs(),
+                    "{case} {t} row {r}: scalar {got:e} vs exact {math:e}"
+                );
+                if math != 0.0 {
+                    worst_rel = worst_rel.max(err / math.abs());
+                    worst_vs_file = worst_vs_file.max((got as f64 - e).abs() / e.abs());
+                }
+                rows += 1;
+                for &p in &paths {
+                    let g = simd::vec_dot(kind, p, row, &q8);
+                    assert!(
+                        same(g, got),
+                        "{case} {t} row {r} {p}: {g:e} != scalar {got:e}"
+                    );
+                }
+            }
+        }
+    }
+    eprintln!(
+        "golden: {rows} rows; decoded-vs-ik worst {worst_emu:e} of Σ|terms|; \
+         scalar vs exact math worst relative {worst_rel:e}; vs *.im.dot.f64 {worst_vs_file:e}"
+    );
+}
+
+/// Kernels handed out by `dot_fn` are the same as `vec_dot`.
+#[test]
+fn dot_fn_matches_vec_dot() {
+    let mut rng = Rng::new(99);
+    for kind in DotType::ALL {
+        let (row, q8) = random_case(to_scalar_kind(kind), &mut rng, 2);
+        for p in simd::available_paths() {
+            let f = simd::dot_fn(kind, p);
+            assert!(same(f(&row, &q8), simd::vec_dot(kind, p, &row, &q8)));
+        }
+    }
+}
