@@ -53,11 +53,11 @@ def measure_ours(rows: int, cols: int, repeat: int) -> dict[str, dict[str, float
     for spec in TYPES:
         name, _, search = spec.partition(":")
         xs = x[: max(1, rows // ROW_SHARE.get(spec, 1))]
-        kw = {"iq2ks_search": search or "fast"}
-        one = best_time(
-            lambda: iqk_rs.quantize(xs, name, im, threads=1, **kw), repeat, time.process_time
-        )
-        many = best_time(lambda: iqk_rs.quantize(xs, name, im, **kw), repeat)
+        def run(threads, xs=xs, name=name, search=search or "fast"):
+            return iqk_rs.quantize(xs, name, im, iq2ks_search=search, threads=threads)
+
+        one = best_time(lambda: run(1), repeat, time.process_time)
+        many = best_time(lambda: run(None), repeat)
         out[spec] = {"one": xs.size / one / 1e6, "all": xs.size / many / 1e6}
     return out
 
