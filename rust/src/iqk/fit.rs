@@ -63,9 +63,12 @@ mod avx2 {
     /// values v[1..n-1] broadcast, for counting how many lie at or below x.
     /// `N` is the number of grid values (4, 8 or 16), a constant so the loops unroll.
     struct GridRegs<const N: usize> {
-        lo32: *const i32,
-        v0: __m256i,
-        last_k: __m256i,
+        /// Branch-free lower bound over u_1..u_{N-1} (u_i = v_i for i <= N-2, u_{N-1} = +inf):
+        /// the broadcast pivots of the first two steps and the permute tables of the last two.
+        pivot_half: __m256,
+        pivot_quarter: [__m256; 2],
+        pivots_eighth: __m256,
+        pivots_odd: __m256,
         low: __m256,
         high: __m256,
         interior: [__m256; 14],
@@ -83,10 +86,34 @@ mod avx2 {
         for (i, slot) in interior.iter_mut().enumerate().take(n - 2) {
             *slot = _mm256_set1_ps(vals[i + 1]);
         }
+        let u = |i: usize| if i <= n - 2 { vals[i] } else { f32::INFINITY };
+        let (pivot_half, pivot_quarter, pivots_eighth, pivots_odd) = if n == 16 {
+            (
+                _mm256_set1_ps(u(8)),
+                [_mm256_set1_ps(u(4)), _mm256_set1_ps(u(12))],
+                _mm256_setr_ps(u(2), u(6), u(10), u(14), 0.0, 0.0, 0.0, 0.0),
+                _mm256_setr_ps(u(1), u(3), u(5), u(7), u(9), u(11), u(13), u(15)),
+            )
+        } else {
+            // n == 8: steps 4, 2, 1 (n == 4 counts directly and uses none of these).
+            let z = _mm256_setzero_ps();
+            let odd = if n == 8 {
+                _mm256_setr_ps(u(1), u(3), u(5), u(7), 0.0, 0.0, 0.0, 0.0)
+            } else {
+                z
+            };
+            let quarter = if n == 8 {
+                [_mm256_set1_ps(u(2)), _mm256_set1_ps(u(6))]
+            } else {
+                [z, z]
+            };
+            (_mm256_set1_ps(u(n.min(8) / 2)), quarter, z, odd)
+        };
         GridRegs {
-            lo32: grid.lo32.as_ptr(),
-            v0: _mm256_set1_epi32(grid.values[0] as i32),
-            last_k: _mm256_set1_epi32(grid.lo32.len() as i32 - 1),
+            pivot_half,
+            pivot_quarter,
+            pivots_eighth,
+            pivots_odd,
             low: _mm256_loadu_ps(vals.as_ptr()),
             high: _mm256_loadu_ps(vals.as_ptr().add(8)),
             interior,
@@ -110,19 +137,38 @@ mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn nearest_value<const N: usize>(g: &GridRegs<N>, x: __m256) -> __m256 {
-        // lo = the last value <= x, clamped to [0, n-2]: for 16 values a table look-up by
-        // floor(x) (as Grid::nearest does); for fewer, counting interior values <= x is cheaper.
+        // lo = the last value <= x, clamped to [0, n-2] = the number of v_1..v_{n-2} <= x:
+        // a branch-free binary search (pivots compared as floats: exact, values are integers).
+        let le = |pivot: __m256| _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(pivot, x));
+        let step = |mask: __m256i, size: i32| _mm256_and_si256(mask, _mm256_set1_epi32(size));
         let lo = if N == 16 {
-            let t = _mm256_cvttps_epi32(x);
-            let above = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_cvtepi32_ps(t), x));
-            let k = _mm256_sub_epi32(_mm256_add_epi32(t, above), g.v0);
-            let k = _mm256_min_epi32(_mm256_max_epi32(k, _mm256_setzero_si256()), g.last_k);
-            _mm256_i32gather_epi32::<4>(g.lo32, k)
+            let m8 = le(g.pivot_half);
+            let mut pos = step(m8, 8);
+            let q = _mm256_blendv_ps(
+                g.pivot_quarter[0],
+                g.pivot_quarter[1],
+                _mm256_castsi256_ps(m8),
+            );
+            pos = _mm256_add_epi32(pos, step(le(q), 4));
+            let e = _mm256_permutevar8x32_ps(g.pivots_eighth, _mm256_srli_epi32::<2>(pos));
+            pos = _mm256_add_epi32(pos, step(le(e), 2));
+            let o = _mm256_permutevar8x32_ps(g.pivots_odd, _mm256_srli_epi32::<1>(pos));
+            _mm256_add_epi32(pos, step(le(o), 1))
+        } else if N == 8 {
+            let m4 = le(g.pivot_half);
+            let mut pos = step(m4, 4);
+            let q = _mm256_blendv_ps(
+                g.pivot_quarter[0],
+                g.pivot_quarter[1],
+                _mm256_castsi256_ps(m4),
+            );
+            pos = _mm256_add_epi32(pos, step(le(q), 2));
+            let o = _mm256_permutevar8x32_ps(g.pivots_odd, _mm256_srli_epi32::<1>(pos));
+            _mm256_add_epi32(pos, step(le(o), 1))
         } else {
             let mut lo = _mm256_setzero_si256();
             for b in &g.interior[..N - 2] {
-                let le = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(*b, x));
-                lo = _mm256_sub_epi32(lo, le);
+                lo = _mm256_sub_epi32(lo, le(*b));
             }
             lo
         };
