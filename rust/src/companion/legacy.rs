@@ -11,6 +11,7 @@
 
 use super::search::{make_qx_quants, GROUP_MAX_EPS};
 use super::util::{build_nl_index, c_trunc_i32, read_f16, resolve_nl, write_f16};
+use crate::iqk::fit::fit_many;
 
 const QK: usize = 32;
 
@@ -237,38 +238,35 @@ pub(super) fn quantize_iq4_nl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]
         let scale = if amax < GROUP_MAX_EPS {
             0.0
         } else {
-            let sums = |id: f32| {
-                let (mut sqx, mut sq2) = (0f32, 0f32);
-                for j in 0..QK {
-                    let q = v[best_index_iq4nl(id * xb[j])];
-                    sqx += weight[j] * q * xb[j];
-                    sq2 += weight[j] * q * q;
-                }
-                (sqx, sq2)
-            };
+            // The 31 candidate fits are independent of the accept decisions: fit them in
+            // batches (SIMD lanes across candidates, see iqk::fit), then replay ik's order.
             let d0 = -max / v[0];
-            let id = 1.0 / d0;
-            for j in 0..QK {
-                lb[j] = best_index_iq4nl(id * xb[j]) as u8;
+            let mut ids = [0f32; 31];
+            ids[0] = 1.0 / d0;
+            for (k, itry) in (-7..=7).enumerate() {
+                ids[1 + 2 * k] = (itry + vi(0)) as f32 / max;
+                ids[2 + 2 * k] = (itry + vi(15)) as f32 / max;
             }
-            let (sqx, sq2) = sums(id);
+            let mut fits = [[0f32; 4]; 32];
+            let grid = &crate::tables::IQ4_GRIDS[0];
+            fit_many(grid, &ids[..16], xb, &weight, &mut fits[..16]);
+            fit_many(grid, &ids[16..], xb, &weight, &mut fits[16..]);
+            let (sqx, sq2) = (fits[0][0], fits[0][1]);
             let mut d = sqx / sq2;
             let mut best = d * sqx;
-            let (mut best_sqx, mut best_sq2) = (sqx, sq2);
-            for itry in -7..=7 {
-                for base in [vi(0), vi(15)] {
-                    let id = (itry + base) as f32 / max;
-                    let (sqx, sq2) = sums(id);
-                    if sq2 > 0.0 && sqx * sqx > best * sq2 {
-                        d = sqx / sq2;
-                        best = d * sqx;
-                        best_sqx = sqx;
-                        best_sq2 = sq2;
-                        for j in 0..QK {
-                            lb[j] = best_index_iq4nl(id * xb[j]) as u8;
-                        }
-                    }
+            let (mut best_sqx, mut best_sq2, mut best_id) = (sqx, sq2, ids[0]);
+            for (c, &id) in ids.iter().enumerate().skip(1) {
+                let (sqx, sq2) = (fits[c][0], fits[c][1]);
+                if sq2 > 0.0 && sqx * sqx > best * sq2 {
+                    d = sqx / sq2;
+                    best = d * sqx;
+                    best_sqx = sqx;
+                    best_sq2 = sq2;
+                    best_id = id;
                 }
+            }
+            for j in 0..QK {
+                lb[j] = best_index_iq4nl(best_id * xb[j]) as u8;
             }
             let (mut sqx, mut sq2) = (best_sqx, best_sq2);
             for _ in 0..32 * QK {
