@@ -44,31 +44,15 @@ pub fn quantize_row(x: &[f32], out: &mut [u8]) {
     }
 }
 
-/// A borrowed view of one Q8_K block.
-pub struct Q8kBlock<'a> {
-    pub d: f32,
-    pub qs: &'a [i8],
-}
-
-impl<'a> Q8kBlock<'a> {
-    pub fn new(bytes: &'a [u8]) -> Self {
-        let d = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-        let qs = &bytes[QS..QS + QK_K];
-        // SAFETY: i8 and u8 have the same size and alignment; every bit pattern is valid.
-        let qs = unsafe { std::slice::from_raw_parts(qs.as_ptr() as *const i8, QK_K) };
-        Q8kBlock { d, qs }
-    }
-
-    pub fn iter(bytes: &'a [u8]) -> impl Iterator<Item = Q8kBlock<'a>> {
-        bytes.chunks_exact(BLOCK_BYTES).map(Q8kBlock::new)
-    }
-}
-
-/// Dequantize Q8_K bytes (used by tests to build the exact float64 reference dot).
+/// Dequantize Q8_K bytes (d·q per value); the tests build exact reference dots from it.
 pub fn dequantize_row(bytes: &[u8], out: &mut [f32]) {
-    for (b, o) in Q8kBlock::iter(bytes).zip(out.chunks_exact_mut(QK_K)) {
-        for (o, &q) in o.iter_mut().zip(b.qs) {
-            *o = b.d * q as f32;
+    for (b, o) in bytes
+        .chunks_exact(BLOCK_BYTES)
+        .zip(out.chunks_exact_mut(QK_K))
+    {
+        let d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        for (o, &q) in o.iter_mut().zip(&b[QS..QS + QK_K]) {
+            *o = d * q as i8 as f32;
         }
     }
 }
