@@ -276,3 +276,14 @@ def test_matmul_shapes_and_errors():
     with pytest.raises(ValueError, match="x has rows of 256 values"):
         iqk_rs.matmul(q, "iq4_k", np.ones((2, 256), np.float32))
     assert iqk_rs.simd_path() in {"scalar", "avx2", "avx512", "neon"}
+
+
+@pytest.mark.parametrize("scale", [3e38, 1e30, 1e-30, 1e-45])
+def test_extreme_finite_values_do_not_crash(scale):
+    """Squares that overflow or underflow must not panic; the output keeps its shape."""
+    x = (np.random.default_rng(3).uniform(-1, 1, size=(2, 512)) * scale).astype(np.float32)
+    x[:, :7] = np.float32(scale)
+    for t in iqk_rs.type_table():
+        q = iqk_rs.quantize(x, t["name"])
+        assert q.shape == (2, iqk_rs.row_size(t["name"], 512))
+        assert iqk_rs.dequantize(q, t["name"]).shape == x.shape
