@@ -53,6 +53,7 @@ def measure_ours(rows: int, cols: int, repeat: int) -> dict[str, dict[str, float
     for spec in TYPES:
         name, _, search = spec.partition(":")
         xs = x[: max(1, rows // ROW_SHARE.get(spec, 1))]
+
         def run(threads, xs=xs, name=name, search=search or "fast"):
             return iqk_rs.quantize(xs, name, im, iq2ks_search=search, threads=threads)
 
