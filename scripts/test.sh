@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --quiet
-IQK_RS_SIMD=scalar cargo test --quiet --test golden
+IQK_RS_SIMD=scalar cargo test --quiet --test golden --test companion_golden
 python -m pytest -q "$@"

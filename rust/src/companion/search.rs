@@ -9,6 +9,76 @@ use super::util::nearest_int;
 /// ggml-quants.c `GROUP_MAX_EPS`.
 pub(super) const GROUP_MAX_EPS: f32 = 1e-15;
 
+/// Candidate inverse scales of `make_qx_quants`: two families of 19.
+const N_ISCALES: usize = 38;
+
+/// `(Σ (w·x)·l, Σ (w·l)·l)` for every inverse scale, `l = clamp(nearest_int(iscale·x))`.
+fn level_sums(
+    nmax: i32,
+    iscales: &[f32; N_ISCALES],
+    x: &[f32],
+    w: &[f32],
+    wx: &[f32],
+) -> ([f32; N_ISCALES], [f32; N_ISCALES]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::quantize_path() == crate::cpu::Path::Avx2 {
+        // SAFETY: the Avx2 path is only chosen on CPUs with AVX2.
+        return unsafe { level_sums_avx2(nmax, iscales, x, w, wx) };
+    }
+    let (mut sumlx, mut suml2) = ([0f32; N_ISCALES], [0f32; N_ISCALES]);
+    for (c, &iscale) in iscales.iter().enumerate() {
+        for i in 0..x.len() {
+            let lf = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1) as f32;
+            sumlx[c] += wx[i] * lf;
+            suml2[c] += w[i] * lf * lf;
+        }
+    }
+    (sumlx, suml2)
+}
+
+/// [`level_sums`] with 8 candidates per vector; `nearest_int` is the same float-add bit trick.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn level_sums_avx2(
+    nmax: i32,
+    iscales: &[f32; N_ISCALES],
+    x: &[f32],
+    w: &[f32],
+    wx: &[f32],
+) -> ([f32; N_ISCALES], [f32; N_ISCALES]) {
+    use std::arch::x86_64::*;
+    const GROUPS: usize = N_ISCALES.div_ceil(8);
+    let mut padded = [0f32; 8 * GROUPS];
+    padded[..N_ISCALES].copy_from_slice(iscales);
+    let magic = _mm256_set1_ps(12_582_912.0);
+    let (mant, bias) = (
+        _mm256_set1_epi32(0x007f_ffff),
+        _mm256_set1_epi32(0x0040_0000),
+    );
+    let (lo, hi) = (_mm256_set1_epi32(-nmax), _mm256_set1_epi32(nmax - 1));
+    let mut out = ([0f32; 8 * GROUPS], [0f32; 8 * GROUPS]);
+    for g in 0..GROUPS {
+        let is = _mm256_loadu_ps(padded[8 * g..].as_ptr());
+        let (mut slx, mut sl2) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for i in 0..x.len() {
+            let v = _mm256_add_ps(_mm256_mul_ps(is, _mm256_set1_ps(x[i])), magic);
+            let l = _mm256_sub_epi32(_mm256_and_si256(_mm256_castps_si256(v), mant), bias);
+            let lf = _mm256_cvtepi32_ps(_mm256_min_epi32(_mm256_max_epi32(l, lo), hi));
+            slx = _mm256_add_ps(slx, _mm256_mul_ps(_mm256_set1_ps(wx[i]), lf));
+            sl2 = _mm256_add_ps(
+                sl2,
+                _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(w[i]), lf), lf),
+            );
+        }
+        _mm256_storeu_ps(out.0[8 * g..].as_mut_ptr(), slx);
+        _mm256_storeu_ps(out.1[8 * g..].as_mut_ptr(), sl2);
+    }
+    let mut res = ([0f32; N_ISCALES], [0f32; N_ISCALES]);
+    res.0.copy_from_slice(&out.0[..N_ISCALES]);
+    res.1.copy_from_slice(&out.1[..N_ISCALES]);
+    res
+}
+
 /// Weighted least-squares fit of `x ≈ scale·l`, `l ∈ [-nmax, nmax-1]`, with `rmse_type = 1`
 /// (weights `qw`, or `x²` when absent). Stores `l + nmax` in `out` and returns the scale.
 /// This is ggml-quants.c's version: it also tries the `(nmax-1)/max` family of scales and
@@ -49,25 +119,31 @@ pub(super) fn make_qx_quants(nmax: i32, x: &[f32], out: &mut [i8], qw: Option<&[
     let mut best = scale * sumlx;
     let mut best_sumlx = sumlx;
     let mut best_suml2 = suml2;
-    for is in -9..=9 {
+    // The 38 candidate fits do not depend on the accept decisions: compute them first (SIMD
+    // lanes across candidates, each lane summing in element order), then replay the order.
+    let mut iscales = [0f32; N_ISCALES];
+    for (k, is) in (-9..=9).enumerate() {
         let fis = 0.1f32 * is as f32;
-        for iscale in [-(nmaxf + fis) / max, ((nmax - 1) as f32 + fis) / max] {
-            let mut sumlx = 0f32;
-            let mut suml2 = 0f32;
+        iscales[2 * k] = -(nmaxf + fis) / max;
+        iscales[2 * k + 1] = ((nmax - 1) as f32 + fis) / max;
+    }
+    let mut wts = [0f32; 32];
+    let mut wx = [0f32; 32];
+    for i in 0..n {
+        wts[i] = w(i);
+        wx[i] = w(i) * x[i];
+    }
+    let (all_sumlx, all_suml2) = level_sums(nmax, &iscales, x, &wts[..n], &wx[..n]);
+    for (c, &iscale) in iscales.iter().enumerate() {
+        let (sumlx, suml2) = (all_sumlx[c], all_suml2[c]);
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
             for i in 0..n {
-                let lf = q(iscale, x[i]) as f32;
-                sumlx += w(i) * x[i] * lf;
-                suml2 += w(i) * lf * lf;
+                out[i] = (q(iscale, x[i]) + nmax) as i8;
             }
-            if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
-                for i in 0..n {
-                    out[i] = (q(iscale, x[i]) + nmax) as i8;
-                }
-                scale = sumlx / suml2;
-                best = scale * sumlx;
-                best_sumlx = sumlx;
-                best_suml2 = suml2;
-            }
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+            best_sumlx = sumlx;
+            best_suml2 = suml2;
         }
     }
 
