@@ -287,3 +287,15 @@ def test_extreme_finite_values_do_not_crash(scale):
         q = iqk_rs.quantize(x, t["name"])
         assert q.shape == (2, iqk_rs.row_size(t["name"], 512))
         assert iqk_rs.dequantize(q, t["name"]).shape == x.shape
+
+
+def test_quant_type_stub_lists_exactly_the_registry():
+    stub = Path(iqk_rs.__file__).with_name("types.pyi").read_text()
+    tree = ast.parse(stub)
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "QuantType")
+    stubbed = {
+        t.targets[0].id: t.value.value
+        for t in cls.body
+        if isinstance(t, ast.Assign) and isinstance(t.value, ast.Constant)
+    }
+    assert stubbed == {m.name: m.value for m in QuantType}
