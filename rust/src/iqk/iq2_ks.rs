@@ -266,8 +266,6 @@ const DENOMINATORS: [f32; N_PADDED] = candidate_denominators();
 struct Fits {
     scale: [f32; N_PADDED],
     sums: [[f32; 4]; N_PADDED],
-    /// max over the two signs of sqx²/sq2 (0 where sq2 <= 0): the score up to rounding.
-    approx: [f32; N_PADDED],
 }
 
 /// The fast search's scale for one block: fit every candidate scale (the heavy, branch-free
@@ -282,26 +280,12 @@ fn search_block(x: &[f32], w: &[f32], max: f32) -> (f32, bool) {
     let mut fits = Fits {
         scale: [0.0; N_PADDED],
         sums: [[0.0; 4]; N_PADDED],
-        approx: [0.0; N_PADDED],
     };
     for c in 0..N_CANDIDATES {
         let d = max / DENOMINATORS[c];
         let values = IQ2_GRIDS[candidate_is_shifted(c) as usize].values;
-        let sums = candidate_sums_scalar(d, x, w, values);
-        let [sqx_p, sq2_p, sqx_m, sq2_m] = sums;
-        let p = if sq2_p > 0.0 {
-            sqx_p * sqx_p / sq2_p
-        } else {
-            0.0
-        };
-        let m = if sq2_m > 0.0 {
-            sqx_m * sqx_m / sq2_m
-        } else {
-            0.0
-        };
         fits.scale[c] = d;
-        fits.sums[c] = sums;
-        fits.approx[c] = if p > m { p } else { m };
+        fits.sums[c] = candidate_sums_scalar(d, x, w, values);
     }
     replay(&fits)
 }
@@ -312,7 +296,25 @@ fn search_block(x: &[f32], w: &[f32], max: f32) -> (f32, bool) {
 /// by which the rounded score sqx·(sqx/sq2) can differ from sqx²/sq2) can never win, so only
 /// the rest are replayed exactly. NaNs never satisfy the skip test, so they are replayed too.
 fn replay(fits: &Fits) -> (f32, bool) {
-    let top = fits.approx[..N_CANDIDATES]
+    // max over the two signs of sqx²/sq2 (0 where sq2 <= 0): each fit's score up to rounding.
+    let approx = fits.sums.map(|[sqx_p, sq2_p, sqx_m, sq2_m]| {
+        let p = if sq2_p > 0.0 {
+            sqx_p * sqx_p / sq2_p
+        } else {
+            0.0
+        };
+        let m = if sq2_m > 0.0 {
+            sqx_m * sqx_m / sq2_m
+        } else {
+            0.0
+        };
+        if p > m {
+            p
+        } else {
+            m
+        }
+    });
+    let top = approx[..N_CANDIDATES]
         .iter()
         .fold(0.0f32, |a, &b| if b > a { b } else { a });
     let threshold = top * (1.0 - 1e-5);
@@ -320,7 +322,7 @@ fn replay(fits: &Fits) -> (f32, bool) {
     let mut best = 0.0f32;
     let mut is_shifted = false;
     for c in 0..N_CANDIDATES {
-        if c > 0 && fits.approx[c] < threshold {
+        if c > 0 && approx[c] < threshold {
             continue;
         }
         let [sqx_p, sq2_p, sqx_m, sq2_m] = fits.sums[c];
@@ -532,7 +534,6 @@ mod avx2 {
         let mut fits = Fits {
             scale: [0.0; N_PADDED],
             sums: [[0.0; 4]; N_PADDED],
-            approx: [0.0; N_PADDED],
         };
         let maxv = _mm256_set1_ps(max);
         for k in 0..N_PADDED / 8 {
@@ -545,20 +546,6 @@ mod avx2 {
         for c in 0..N_CANDIDATES {
             let values = IQ2_GRIDS[candidate_is_shifted(c) as usize].values;
             fits.sums[c] = candidate_sums(fits.scale[c], &xv, &wv, values);
-        }
-        for (approx, sums) in fits.approx.iter_mut().zip(&fits.sums).take(N_CANDIDATES) {
-            let [sqx_p, sq2_p, sqx_m, sq2_m] = *sums;
-            let p = if sq2_p > 0.0 {
-                sqx_p * sqx_p / sq2_p
-            } else {
-                0.0
-            };
-            let m = if sq2_m > 0.0 {
-                sqx_m * sqx_m / sq2_m
-            } else {
-                0.0
-            };
-            *approx = if p > m { p } else { m };
         }
         fits
     }
