@@ -321,11 +321,12 @@ fn replay(fits: &Fits) -> (f32, bool) {
     let mut d = fits.scale[0];
     let mut best = 0.0f32;
     let mut is_shifted = false;
-    for c in 0..N_CANDIDATES {
-        if c > 0 && approx[c] < threshold {
+    for (c, (&[sqx_p, sq2_p, sqx_m, sq2_m], &approx)) in
+        fits.sums.iter().zip(&approx).enumerate().take(N_CANDIDATES)
+    {
+        if c > 0 && approx < threshold {
             continue;
         }
-        let [sqx_p, sq2_p, sqx_m, sq2_m] = fits.sums[c];
         if let Some((this_d, score)) = best_of_signs(sqx_p, sq2_p, sqx_m, sq2_m) {
             if c == 0 || score > best {
                 best = score;
