@@ -19,8 +19,6 @@ pub struct Grid {
     pub values: &'static [i8],
     /// For integer k = floor(x) - values[0]: the last index i <= n-2 with values[i] <= floor(x).
     lo: &'static [u8],
-    /// The same table widened to i32, for SIMD gathers.
-    pub lo32: &'static [i32],
 }
 
 impl Grid {
@@ -58,16 +56,6 @@ const fn build_lo<const SPAN: usize>(values: &[i8]) -> [u8; SPAN] {
     lut
 }
 
-const fn widen<const SPAN: usize>(lo: &[u8; SPAN]) -> [i32; SPAN] {
-    let mut out = [0i32; SPAN];
-    let mut k = 0;
-    while k < SPAN {
-        out[k] = lo[k] as i32;
-        k += 1;
-    }
-    out
-}
-
 const fn span(values: &[i8]) -> usize {
     (values[values.len() - 1] as i32 - values[0] as i32 + 1) as usize
 }
@@ -79,18 +67,14 @@ macro_rules! grids {
             const SHIFTED: &[i8] = $table.split_at($n).1;
             static LO_BASE: [u8; span(BASE)] = build_lo(BASE);
             static LO_SHIFTED: [u8; span(SHIFTED)] = build_lo(SHIFTED);
-            static LO32_BASE: [i32; span(BASE)] = widen(&LO_BASE);
-            static LO32_SHIFTED: [i32; span(SHIFTED)] = widen(&LO_SHIFTED);
             [
                 Grid {
                     values: BASE,
                     lo: &LO_BASE,
-                    lo32: &LO32_BASE,
                 },
                 Grid {
                     values: SHIFTED,
                     lo: &LO_SHIFTED,
-                    lo32: &LO32_SHIFTED,
                 },
             ]
         };

@@ -59,9 +59,9 @@ mod avx2 {
     use super::MAX_CANDIDATES;
     use crate::tables::Grid;
 
-    /// A grid half held in registers: values as f32 in two 8-lane halves, and the interior
-    /// values v[1..n-1] broadcast, for counting how many lie at or below x.
-    /// `N` is the number of grid values (4, 8 or 16), a constant so the loops unroll.
+    /// A grid half held in registers: values as f32 in two 8-lane halves, and what the
+    /// nearest-interval search needs (binary-search pivots; for 4 values, the two interior
+    /// values to count against). `N` is the number of grid values (4, 8 or 16), a constant.
     struct GridRegs<const N: usize> {
         /// Branch-free lower bound over u_1..u_{N-1} (u_i = v_i for i <= N-2, u_{N-1} = +inf):
         /// the broadcast pivots of the first two steps and the permute tables of the last two.
@@ -71,7 +71,7 @@ mod avx2 {
         pivots_odd: __m256,
         low: __m256,
         high: __m256,
-        interior: [__m256; 14],
+        interior: [__m256; 2],
     }
 
     #[target_feature(enable = "avx2")]
@@ -82,10 +82,7 @@ mod avx2 {
         for (v, &g) in vals.iter_mut().zip(grid.values) {
             *v = g as f32;
         }
-        let mut interior = [_mm256_setzero_ps(); 14];
-        for (i, slot) in interior.iter_mut().enumerate().take(n - 2) {
-            *slot = _mm256_set1_ps(vals[i + 1]);
-        }
+        let interior = [_mm256_set1_ps(vals[1]), _mm256_set1_ps(vals[2])];
         let u = |i: usize| if i <= n - 2 { vals[i] } else { f32::INFINITY };
         let (pivot_half, pivot_quarter, pivots_eighth, pivots_odd) = if n == 16 {
             (
@@ -167,7 +164,7 @@ mod avx2 {
             _mm256_add_epi32(pos, step(le(o), 1))
         } else {
             let mut lo = _mm256_setzero_si256();
-            for b in &g.interior[..N - 2] {
+            for b in &g.interior {
                 lo = _mm256_sub_epi32(lo, le(*b));
             }
             lo
