@@ -8,12 +8,19 @@
 //! the same run (streaming reads of the same bytes).
 //!
 //! Env: `IQK_BENCH=table` (only the table), `IQK_BENCH=criterion` (only criterion).
+//! `IQK_BENCH_TYPES=iq2_k,iq4_ks` limits the table to those types.
+//! `IQK_BENCH_IK_GGML=/path/to/libggml.so` adds ik_llama.cpp's own kernels (its exported
+//! `iqk_mul_mat`, as built for this CPU) as an `ik` row on the same bytes, with the largest
+//! relative difference of its results from ours.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
+use std::ffi::{c_int, c_long, c_void};
+
 use iqk_rs::simd::{self, DotFn, DotType, SimdPath, Q8K_BLOCK_BYTES};
+use iqk_rs::QuantType;
 use rayon::prelude::*;
 
 struct Mat {
@@ -141,6 +148,108 @@ fn best_of(budget: Duration, mut f: impl FnMut()) -> f64 {
     best
 }
 
+/// ik_llama.cpp's `iqk_mul_mat(Nx, Ny, ne00, typeA, A, strideA, typeB, B, strideB, C,
+/// stride_C, ith, nth)`.
+type IkMulMat = unsafe extern "C" fn(
+    c_long,
+    c_long,
+    c_long,
+    c_int,
+    *const c_void,
+    c_long,
+    c_int,
+    *const c_void,
+    c_long,
+    *mut f32,
+    c_long,
+    c_int,
+    c_int,
+) -> bool;
+
+const GGML_TYPE_Q8_K: c_int = 15;
+
+struct IkBaseline {
+    _lib: libloading::Library,
+    mul_mat: IkMulMat,
+}
+
+impl IkBaseline {
+    fn load() -> Option<IkBaseline> {
+        let path = std::env::var("IQK_BENCH_IK_GGML").ok()?;
+        // SAFETY: loading a library the user named runs its initializers; that is the point.
+        unsafe {
+            let lib = libloading::Library::new(&path)
+                .unwrap_or_else(|e| panic!("IQK_BENCH_IK_GGML={path}: {e}"));
+            let mul_mat = *lib
+                .get::<IkMulMat>(b"iqk_mul_mat\0")
+                .unwrap_or_else(|e| panic!("{path} has no iqk_mul_mat: {e}"));
+            // ggml_init fills the global tables some of ik's kernels read.
+            #[repr(C)]
+            struct InitParams {
+                mem_size: usize,
+                mem_buffer: *mut c_void,
+                no_alloc: bool,
+            }
+            let init = *lib
+                .get::<unsafe extern "C" fn(InitParams) -> *mut c_void>(b"ggml_init\0")
+                .unwrap_or_else(|e| panic!("{path} has no ggml_init: {e}"));
+            let ctx = init(InitParams {
+                mem_size: 1 << 16,
+                mem_buffer: std::ptr::null_mut(),
+                no_alloc: true,
+            });
+            assert!(!ctx.is_null(), "ggml_init failed");
+            Some(IkBaseline { _lib: lib, mul_mat })
+        }
+    }
+
+    /// Rows `ith`, `ith + nth`, ... (ik's own split) of the matrix-vector product.
+    fn matvec_part(&self, kind: DotType, m: &Mat, out: *mut f32, ith: usize, nth: usize) {
+        let type_a = QuantType::from_name(kind.name()).unwrap().info().ggml_id as c_int;
+        // SAFETY: `m` holds nrows rows of `row_bytes` and one Q8_K row of `ncols`; `out` has
+        // nrows floats, and ik writes only its own share of them.
+        let ok = unsafe {
+            (self.mul_mat)(
+                m.nrows as c_long,
+                1,
+                m.ncols as c_long,
+                type_a,
+                m.data.as_ptr().cast(),
+                m.row_bytes as c_long,
+                GGML_TYPE_Q8_K,
+                m.q8.as_ptr().cast(),
+                m.q8.len() as c_long,
+                out,
+                m.nrows as c_long,
+                ith as c_int,
+                nth as c_int,
+            )
+        };
+        assert!(ok, "iqk_mul_mat refused {}", kind.name());
+    }
+
+    fn matvec(&self, kind: DotType, m: &Mat, out: &mut [f32]) {
+        self.matvec_part(kind, m, out.as_mut_ptr(), 0, 1);
+    }
+
+    fn matvec_par(&self, kind: DotType, m: &Mat, out: &mut [f32]) {
+        let ptr = out.as_mut_ptr() as usize;
+        rayon::broadcast(|ctx| {
+            self.matvec_part(kind, m, ptr as *mut f32, ctx.index(), ctx.num_threads())
+        });
+    }
+}
+
+/// Largest relative difference, scaled by the largest magnitude (single results may cancel).
+fn max_rel_diff(a: &[f32], b: &[f32]) -> f64 {
+    let scale = a.iter().fold(0f64, |m, &v| m.max(v.abs() as f64));
+    let diff = a
+        .iter()
+        .zip(b)
+        .fold(0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()));
+    diff / scale.max(f64::MIN_POSITIVE)
+}
+
 const CACHE: (usize, usize) = (256, 4096);
 const MEMORY: (usize, usize) = (4096, 16384);
 
@@ -171,6 +280,7 @@ fn criterion_benches(c: &mut Criterion) {
 
 fn table() {
     let paths = simd::available_paths();
+    let ik = IkBaseline::load();
     let threads = rayon::current_num_threads();
     println!();
     println!(
@@ -186,7 +296,11 @@ fn table() {
         "{:<7} {:<7} | {:>7} {:>6} {:>7} | {:>7} {:>6} {:>7} | {:>7} {:>6} {:>6} {:>4}",
         "", "", "Gw/s", "GB/s", "x-scal", "Gw/s", "GB/s", "x-bw", "Gw/s", "GB/s", "x-bw", ""
     );
-    for kind in DotType::ALL {
+    let wanted = std::env::var("IQK_BENCH_TYPES").unwrap_or_default();
+    let kinds = DotType::ALL
+        .into_iter()
+        .filter(|k| wanted.is_empty() || wanted.split(',').any(|w| w.trim() == k.name()));
+    for kind in kinds {
         let mc = make(kind, CACHE.0, CACHE.1);
         let mm = make(kind, MEMORY.0, MEMORY.1);
         let mut out_c = vec![0f32; mc.nrows];
@@ -227,6 +341,33 @@ fn table() {
                 bytes_m / tp / 1e9,
                 bytes_m / tp / bwn,
                 ""
+            );
+        }
+        if let Some(ik) = &ik {
+            let ours = out_c.clone();
+            let tc = best_of(Duration::from_millis(300), || ik.matvec(kind, &mc, &mut out_c));
+            let diff = max_rel_diff(&ours, &out_c);
+            let tm = best_of(Duration::from_millis(600), || ik.matvec(kind, &mm, &mut out_m));
+            let tp = best_of(Duration::from_millis(600), || {
+                ik.matvec_par(kind, &mm, &mut out_m)
+            });
+            let nc = (mc.nrows * mc.ncols) as f64;
+            let nm = (mm.nrows * mm.ncols) as f64;
+            let bytes_m = mm.data.len() as f64;
+            println!(
+                "{:<7} {:<7} | {:>7.2} {:>6.2} {:>7.2} | {:>7.2} {:>6.2} {:>7.2} | {:>7.2} {:>6.2} {:>6.2} diff {:.1e}",
+                kind.name(),
+                "ik",
+                nc / tc / 1e9,
+                mc.data.len() as f64 / tc / 1e9,
+                scalar_c / tc,
+                nm / tm / 1e9,
+                bytes_m / tm / 1e9,
+                bytes_m / tm / bw1,
+                nm / tp / 1e9,
+                bytes_m / tp / 1e9,
+                bytes_m / tp / bwn,
+                diff
             );
         }
         println!(

@@ -49,21 +49,38 @@ pub(crate) unsafe fn hsum_i32(v: __m256i) -> i32 {
     _mm_cvtsi128_si32(s)
 }
 
+/// The horizontal sums of four vectors, in order: [Σa, Σb, Σc, Σd] (exact, wrapping i32).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn hsum4_i32(a: __m256i, b: __m256i, c: __m256i, d: __m256i) -> __m128i {
+    let ab = _mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(a, b),
+        _mm256_permute2x128_si256::<0x31>(a, b),
+    );
+    let cd = _mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(c, d),
+        _mm256_permute2x128_si256::<0x31>(c, d),
+    );
+    // Low lane: [a01, a23, c01, c23], high lane: [b01, b23, d01, d23].
+    let h = _mm256_hadd_epi32(ab, cd);
+    // Low lane: [a, c, a, c], high lane: [b, d, b, d].
+    let h = _mm256_hadd_epi32(h, h);
+    _mm_unpacklo_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h))
+}
+
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn loadu256(p: *const u8) -> __m256i {
     _mm256_loadu_si256(p as *const __m256i)
 }
 
-/// 16 bytes, byte k = -1 if bit k of `bits` is set, else 0.
+/// 16 bytes, byte k = -1 if bit k of `bits` is set, else 0. (Byte-broadcast in the vector
+/// unit: the multiply-by-0x0101... form costs twice the instructions and GPR round trips.)
 #[inline]
 #[target_feature(enable = "avx2")]
 pub(crate) unsafe fn bits16(bits: u16) -> __m128i {
-    let rep = 0x0101_0101_0101_0101u64;
-    let e = _mm_set_epi64x(
-        ((bits >> 8) as u64 * rep) as i64,
-        ((bits & 0xff) as u64 * rep) as i64,
-    );
+    let spread = _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    let e = _mm_shuffle_epi8(_mm_cvtsi32_si128(bits as i32), spread);
     let m = _mm_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
     _mm_cmpeq_epi8(_mm_and_si128(e, m), m)
 }
@@ -72,7 +89,7 @@ pub(crate) unsafe fn bits16(bits: u16) -> __m128i {
 #[inline]
 #[target_feature(enable = "avx2")]
 pub(crate) unsafe fn bits8(bits: u8) -> __m128i {
-    let e = _mm_set1_epi64x((bits as u64 * 0x0101_0101_0101_0101u64) as i64);
+    let e = _mm_shuffle_epi8(_mm_cvtsi32_si128(bits as i32), _mm_setzero_si128());
     let m = _mm_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
     _mm_cmpeq_epi8(_mm_and_si128(e, m), m)
 }
@@ -93,9 +110,6 @@ unsafe fn nibbles8(p: *const u8) -> __m128i {
 pub(crate) struct K16 {
     /// Low lane: i16 scales of the even sub-blocks; high lane: of the odd ones.
     pub eo: __m256i,
-    /// `eo` with every i16 doubled: chunks 0..4 (`dup[0]`) and 4..8 (`dup[1]`); chunk c's
-    /// scales are dword c % 4 of `dup[c / 4]` (one `vpshufd`).
-    pub dup: [__m256i; 2],
     /// Σ_sub s_sub · c_sub · bsum_sub in 8 × i32 (the offset / shifted-table part).
     pub mins: __m256i,
 }
@@ -109,19 +123,13 @@ pub(crate) unsafe fn k16(nat: __m128i, m8: __m128i, y: *const u8) -> K16 {
     let eo = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(nat, eo_ctl));
     let mins16 = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(nat), _mm256_cvtepi8_epi16(m8));
     let mins = _mm256_madd_epi16(mins16, loadu256(y.add(Q8K_BSUMS)));
-    K16 {
-        eo,
-        dup: [_mm256_unpacklo_epi16(eo, eo), _mm256_unpackhi_epi16(eo, eo)],
-        mins,
-    }
+    K16 { eo, mins }
 }
 
 /// Per-superblock state of a type with 8 sub-blocks of 32.
 pub(crate) struct K32 {
     /// The 8 i16 scales, in both lanes.
     pub sc: __m256i,
-    /// `sc` with every i16 doubled (as `K16::dup`).
-    pub dup: [__m256i; 2],
     pub mins: __m256i,
 }
 
@@ -137,22 +145,50 @@ pub(crate) unsafe fn k32(s16: __m128i, m16: __m128i, y: *const u8) -> K32 {
     let sc = _mm256_broadcastsi128_si256(s16);
     K32 {
         sc,
-        dup: [_mm256_unpacklo_epi16(sc, sc), _mm256_unpackhi_epi16(sc, sc)],
         mins: _mm256_madd_epi16(dup, loadu256(y.add(Q8K_BSUMS))),
     }
 }
 
-/// Dword `c % 4` of `dup[c / 4]` broadcast within each lane: chunk c's scales.
+/// `vpshufb` controls that broadcast i16 element c within each 128-bit lane.
+#[repr(align(32))]
+struct ChunkShuffles([[u8; 32]; 8]);
+
+static CHUNK_SHUFFLES: ChunkShuffles = {
+    let mut t = [[0u8; 32]; 8];
+    let mut c = 0;
+    while c < 8 {
+        let mut k = 0;
+        while k < 16 {
+            t[c][2 * k] = 2 * c as u8;
+            t[c][2 * k + 1] = 2 * c as u8 + 1;
+            k += 1;
+        }
+        c += 1;
+    }
+    ChunkShuffles(t)
+};
+
+/// Chunk c's scales from `K16::eo` / `K32::sc`: i16 element c of each lane, broadcast in its
+/// lane. One `vpshufb` with a constant control (a pair of word shuffles would cost two).
 #[inline]
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn chunk_scale(dup: &[__m256i; 2], c: usize) -> __m256i {
-    let v = dup[c / 4];
-    match c % 4 {
-        0 => _mm256_shuffle_epi32::<0x00>(v),
-        1 => _mm256_shuffle_epi32::<0x55>(v),
-        2 => _mm256_shuffle_epi32::<0xaa>(v),
-        _ => _mm256_shuffle_epi32::<0xff>(v),
-    }
+pub(crate) unsafe fn chunk_scale(scales: __m256i, c: usize) -> __m256i {
+    // A volatile read keeps the control opaque: LLVM would otherwise rewrite this shuffle
+    // of a widened vector into two word shuffles.
+    let ctl = std::ptr::read_volatile(CHUNK_SHUFFLES.0[c].as_ptr() as *const __m256i);
+    _mm256_shuffle_epi8(scales, ctl)
+}
+
+/// `acc + p[0] + p[1] + p[2] + p[3]`, added left to right (the scalar twin's order).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn fold4(acc: f64, p: __m256d) -> f64 {
+    let lo = _mm256_castpd256_pd128(p);
+    let hi = _mm256_extractf128_pd::<1>(p);
+    let acc = acc + _mm_cvtsd_f64(lo);
+    let acc = acc + _mm_cvtsd_f64(_mm_unpackhi_pd(lo, lo));
+    let acc = acc + _mm_cvtsd_f64(hi);
+    acc + _mm_cvtsd_f64(_mm_unpackhi_pd(hi, hi))
 }
 
 /// fp16 → f32 with F16C (exact, like `f16_to_f32`).
@@ -341,84 +377,87 @@ unsafe fn dot_signed(v: __m256i, y: *const u8, c: usize) -> __m256i {
 
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn sb_iq2k(x: *const u8, y: *const u8, tab: __m256i) -> i32 {
+unsafe fn sb_iq2k(x: *const u8, y: *const u8, tab: __m256i) -> __m256i {
     let st = prep_iq2k(x, y);
     let mut acc = st.mins;
     for_chunks_2bit!(x.add(12), None::<*const u8>, |c, idx| {
         let p = dot_unsigned(_mm256_shuffle_epi8(tab, idx), y, c);
-        let s = chunk_scale(&st.dup, c);
+        let s = chunk_scale(st.eo, c);
         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
     });
-    hsum_i32(acc)
+    acc
 }
 
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn sb_iq3k(x: *const u8, y: *const u8, tab: __m256i) -> i32 {
+unsafe fn sb_iq3k(x: *const u8, y: *const u8, tab: __m256i) -> __m256i {
     let st = prep_iq3k(x, y);
     let mut acc = st.mins;
     for_chunks_2bit!(x.add(14), Some(x.add(78)), |c, idx| {
         let p = dot_unsigned(_mm256_shuffle_epi8(tab, idx), y, c);
-        let s = chunk_scale(&st.dup, c);
+        let s = chunk_scale(st.eo, c);
         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
     });
-    hsum_i32(acc)
+    acc
 }
 
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn sb_iq4k(x: *const u8, y: *const u8, tab: __m256i) -> i32 {
+unsafe fn sb_iq4k(x: *const u8, y: *const u8, tab: __m256i) -> __m256i {
     let st = prep_iq4k(x, y);
     let mut acc = st.mins;
     for_chunks_4bit!(x.add(16), |c, idx| {
         let p = dot_signed(_mm256_shuffle_epi8(tab, idx), y, c);
-        let s = chunk_scale(&st.dup, c);
+        let s = chunk_scale(st.eo, c);
         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
     });
-    hsum_i32(acc)
+    acc
 }
 
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn sb_iq2ks(x: *const u8, y: *const u8, tab: __m256i) -> i32 {
+unsafe fn sb_iq2ks(x: *const u8, y: *const u8, tab: __m256i) -> __m256i {
     let st = prep_iq2ks(x, y);
     let mut acc = st.mins;
     for_chunks_2bit!(x.add(6), None::<*const u8>, |c, idx| {
         let p = dot_unsigned(_mm256_shuffle_epi8(tab, idx), y, c);
-        let s = chunk_scale(&st.dup, c);
+        let s = chunk_scale(st.sc, c);
         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
     });
-    hsum_i32(acc)
+    acc
 }
 
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn sb_iq3ks(x: *const u8, y: *const u8, tab: __m256i) -> i32 {
+unsafe fn sb_iq3ks(x: *const u8, y: *const u8, tab: __m256i) -> __m256i {
     let st = prep_iq3ks(x, y);
     let mut acc = st.mins;
     for_chunks_2bit!(x.add(6), Some(x.add(70)), |c, idx| {
         let p = dot_unsigned(_mm256_shuffle_epi8(tab, idx), y, c);
-        let s = chunk_scale(&st.dup, c);
+        let s = chunk_scale(st.sc, c);
         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
     });
-    hsum_i32(acc)
+    acc
 }
 
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn sb_iq4ks(x: *const u8, y: *const u8, tab: __m256i) -> i32 {
+unsafe fn sb_iq4ks(x: *const u8, y: *const u8, tab: __m256i) -> __m256i {
     let st = prep_iq4ks(x, y);
     let mut acc = st.mins;
     for_chunks_4bit!(x.add(8), |c, idx| {
         let p = dot_signed(_mm256_shuffle_epi8(tab, idx), y, c);
-        let s = chunk_scale(&st.dup, c);
+        let s = chunk_scale(st.sc, c);
         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
     });
-    hsum_i32(acc)
+    acc
 }
 
 // ---------------------------------------------------------------- row entry points
 
+/// Superblocks go in groups of four: one horizontal reduction gives the four exact integer
+/// sums, and their f64 products are formed together; the products are then added to the
+/// accumulator one at a time, in superblock order, exactly as the scalar twin does.
 macro_rules! row_k {
     ($name:ident, $kind:expr, $bytes:expr, $sb:ident, $tab:ident) => {
         /// One row (K type) against Q8_K activations.
@@ -429,12 +468,38 @@ macro_rules! row_k {
         pub unsafe fn $name(row: &[u8], q8k: &[u8]) -> f32 {
             let nb = check_lens($kind, row, q8k);
             let tab = $tab();
+            let xs = row.as_ptr();
+            let ys = q8k.as_ptr();
             let mut acc = 0.0f64;
-            for i in 0..nb {
-                let x = row.as_ptr().add(i * $bytes);
-                let y = q8k.as_ptr().add(i * Q8K_BYTES);
-                let sumi = $sb(x, y, tab);
-                acc = acc_k(acc, f16c(rd16(x)), rdf32(y), sumi);
+            let mut i = 0;
+            while i + 4 <= nb {
+                let x = |k: usize| xs.add((i + k) * $bytes);
+                let y = |k: usize| ys.add((i + k) * Q8K_BYTES);
+                let sums = hsum4_i32(
+                    $sb(x(0), y(0), tab),
+                    $sb(x(1), y(1), tab),
+                    $sb(x(2), y(2), tab),
+                    $sb(x(3), y(3), tab),
+                );
+                let dw = _mm_cvtph_ps(_mm_setr_epi16(
+                    rd16(x(0)) as i16,
+                    rd16(x(1)) as i16,
+                    rd16(x(2)) as i16,
+                    rd16(x(3)) as i16,
+                    0,
+                    0,
+                    0,
+                    0,
+                ));
+                let d8 = _mm_setr_ps(rdf32(y(0)), rdf32(y(1)), rdf32(y(2)), rdf32(y(3)));
+                let scale = _mm256_mul_pd(_mm256_cvtps_pd(dw), _mm256_cvtps_pd(d8));
+                acc = fold4(acc, _mm256_mul_pd(scale, _mm256_cvtepi32_pd(sums)));
+                i += 4;
+            }
+            for i in i..nb {
+                let x = xs.add(i * $bytes);
+                let y = ys.add(i * Q8K_BYTES);
+                acc = acc_k(acc, f16c(rd16(x)), rdf32(y), hsum_i32($sb(x, y, tab)));
             }
             finish_k(acc)
         }
@@ -451,13 +516,27 @@ macro_rules! row_ks {
         pub unsafe fn $name(row: &[u8], q8k: &[u8]) -> f32 {
             let nb = check_lens($kind, row, q8k);
             let tab = $tab();
-            let meta = $kind.row_meta();
+            let xs = row.as_ptr().add($kind.row_meta());
+            let ys = q8k.as_ptr();
             let mut acc = 0.0f64;
-            for i in 0..nb {
-                let x = row.as_ptr().add(meta + i * $bytes);
-                let y = q8k.as_ptr().add(i * Q8K_BYTES);
-                let sumi = $sb(x, y, tab);
-                acc = acc_ks(acc, rdf32(y), sumi);
+            let mut i = 0;
+            while i + 4 <= nb {
+                let x = |k: usize| xs.add((i + k) * $bytes);
+                let y = |k: usize| ys.add((i + k) * Q8K_BYTES);
+                let sums = hsum4_i32(
+                    $sb(x(0), y(0), tab),
+                    $sb(x(1), y(1), tab),
+                    $sb(x(2), y(2), tab),
+                    $sb(x(3), y(3), tab),
+                );
+                let d8 = _mm_setr_ps(rdf32(y(0)), rdf32(y(1)), rdf32(y(2)), rdf32(y(3)));
+                acc = fold4(acc, _mm256_mul_pd(_mm256_cvtps_pd(d8), _mm256_cvtepi32_pd(sums)));
+                i += 4;
+            }
+            for i in i..nb {
+                let x = xs.add(i * $bytes);
+                let y = ys.add(i * Q8K_BYTES);
+                acc = acc_ks(acc, rdf32(y), hsum_i32($sb(x, y, tab)));
             }
             finish_ks(acc, row_scale($kind, row))
         }
