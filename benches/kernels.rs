@@ -345,9 +345,13 @@ fn table() {
         }
         if let Some(ik) = &ik {
             let ours = out_c.clone();
-            let tc = best_of(Duration::from_millis(300), || ik.matvec(kind, &mc, &mut out_c));
+            let tc = best_of(Duration::from_millis(300), || {
+                ik.matvec(kind, &mc, &mut out_c)
+            });
             let diff = max_rel_diff(&ours, &out_c);
-            let tm = best_of(Duration::from_millis(600), || ik.matvec(kind, &mm, &mut out_m));
+            let tm = best_of(Duration::from_millis(600), || {
+                ik.matvec(kind, &mm, &mut out_m)
+            });
             let tp = best_of(Duration::from_millis(600), || {
                 ik.matvec_par(kind, &mm, &mut out_m)
             });

@@ -270,7 +270,6 @@ impl PartitionSearch {
             shifted: false,
         };
         let lane_ids = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        let zero = _mm256_setzero_ps();
         let v = cands.map(|(v, _)| v.map(|c| _mm256_set1_ps(c)));
         let mut qx = [[0.0f32; 8]; 4];
         let mut q2 = [[0.0f32; 8]; 4];
@@ -304,12 +303,10 @@ impl PartitionSearch {
                         ),
                         term(g3w, vc[3]),
                     );
-                    let pass = _mm256_and_ps(
-                        _mm256_cmp_ps::<_CMP_GT_OQ>(sumq2, zero),
-                        _mm256_cmp_ps::<_CMP_GT_OQ>(
-                            _mm256_mul_ps(sumqx, sumqx),
-                            _mm256_mul_ps(score, sumq2),
-                        ),
+                    // A superset of the accept test (`sumq2 > 0` is left to the replay).
+                    let pass = _mm256_cmp_ps::<_CMP_GT_OQ>(
+                        _mm256_mul_ps(sumqx, sumqx),
+                        _mm256_mul_ps(score, sumq2),
                     );
                     any = _mm256_or_si256(any, _mm256_castps_si256(pass));
                     _mm256_storeu_ps(qx[c].as_mut_ptr(), sumqx);

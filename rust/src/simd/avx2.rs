@@ -246,6 +246,40 @@ pub(crate) unsafe fn prep_iq4k(x: *const u8, y: *const u8) -> K16 {
     k16(nat, m8, y)
 }
 
+/// IQ4_K's sub-block scales alone: the AVX2 kernel applies the shifted table directly (see
+/// `tabs_iq4`), so nothing goes through the block sums.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn scales_iq4k(x: *const u8) -> __m256i {
+    let lo = nibbles8(x.add(8));
+    let rep = _mm_shuffle_epi8(
+        _mm_cvtsi32_si128(rd32(x.add(4)) as i32),
+        _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
+    );
+    let ma = _mm_set1_epi32(0x4010_0401);
+    let mb = _mm_set1_epi32(0x8020_0802u32 as i32);
+    let b4 = _mm_and_si128(
+        _mm_cmpeq_epi8(_mm_and_si128(rep, ma), ma),
+        _mm_set1_epi8(16),
+    );
+    let b5 = _mm_and_si128(
+        _mm_cmpeq_epi8(_mm_and_si128(rep, mb), mb),
+        _mm_set1_epi8(32),
+    );
+    let nat = _mm_sub_epi8(_mm_or_si128(lo, _mm_or_si128(b4, b5)), _mm_set1_epi8(32));
+    let eo_ctl = _mm_loadu_si128(EO_SHUFFLE.as_ptr() as *const __m128i);
+    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(nat, eo_ctl))
+}
+
+/// IQ4_KS's eight scales (i16, in both lanes), without the shift bits.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn scales_iq4ks(x: *const u8) -> __m256i {
+    let b = _mm_cvtepu8_epi16(_mm_loadl_epi64(x as *const __m128i));
+    let s16 = _mm_sub_epi16(_mm_and_si128(b, _mm_set1_epi16(0xfe)), _mm_set1_epi16(127));
+    _mm256_broadcastsi128_si256(s16)
+}
+
 #[inline]
 #[target_feature(enable = "avx2")]
 pub(crate) unsafe fn prep_iq2ks(x: *const u8, y: *const u8) -> K32 {
@@ -311,6 +345,33 @@ pub(crate) unsafe fn tab_iq3() -> __m256i {
 #[target_feature(enable = "avx2")]
 pub(crate) unsafe fn tab_iq4() -> __m256i {
     _mm256_broadcastsi128_si256(_mm_loadu_si128(IQ4K.as_ptr() as *const __m128i))
+}
+
+/// The IQ4 value tables per lane pair, indexed by two shift bits (bit 0: low lane shifted,
+/// bit 1: high lane shifted). Picking the table per chunk costs one L1 load and spares the
+/// block-sum correction of the shifted half.
+#[repr(align(32))]
+pub(crate) struct Iq4Tables([[i8; 32]; 4]);
+
+pub(crate) static IQ4_TABLES: Iq4Tables = {
+    let mut t = [[0i8; 32]; 4];
+    let mut sel = 0;
+    while sel < 4 {
+        let mut k = 0;
+        while k < 16 {
+            t[sel][k] = IQ4K[k + 16 * (sel & 1)];
+            t[sel][16 + k] = IQ4K[k + 16 * (sel >> 1)];
+            k += 1;
+        }
+        sel += 1;
+    }
+    Iq4Tables(t)
+};
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn tab_iq4_pair(sel: usize) -> __m256i {
+    _mm256_load_si256(IQ4_TABLES.0[sel].as_ptr() as *const __m256i)
 }
 
 // ---------------------------------------------------------------- superblock bodies
@@ -403,12 +464,14 @@ unsafe fn sb_iq3k(x: *const u8, y: *const u8, tab: __m256i) -> __m256i {
 
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn sb_iq4k(x: *const u8, y: *const u8, tab: __m256i) -> __m256i {
-    let st = prep_iq4k(x, y);
-    let mut acc = st.mins;
+unsafe fn sb_iq4k(x: *const u8, y: *const u8, _tab: __m256i) -> __m256i {
+    let eo = scales_iq4k(x);
+    let extra = rd16(x.add(2)) as usize;
+    let mut acc = _mm256_setzero_si256();
     for_chunks_4bit!(x.add(16), |c, idx| {
+        let tab = tab_iq4_pair((extra >> (2 * c)) & 3);
         let p = dot_signed(_mm256_shuffle_epi8(tab, idx), y, c);
-        let s = chunk_scale(st.eo, c);
+        let s = chunk_scale(eo, c);
         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
     });
     acc
@@ -442,12 +505,14 @@ unsafe fn sb_iq3ks(x: *const u8, y: *const u8, tab: __m256i) -> __m256i {
 
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn sb_iq4ks(x: *const u8, y: *const u8, tab: __m256i) -> __m256i {
-    let st = prep_iq4ks(x, y);
-    let mut acc = st.mins;
+unsafe fn sb_iq4ks(x: *const u8, y: *const u8, _tab: __m256i) -> __m256i {
+    let sc = scales_iq4ks(x);
+    let mut acc = _mm256_setzero_si256();
     for_chunks_4bit!(x.add(8), |c, idx| {
+        // Bit 0 of the scale byte: this 32-weight sub-block uses the shifted table (both lanes).
+        let tab = tab_iq4_pair(3 * (*x.add(c) & 1) as usize);
         let p = dot_signed(_mm256_shuffle_epi8(tab, idx), y, c);
-        let s = chunk_scale(st.sc, c);
+        let s = chunk_scale(sc, c);
         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
     });
     acc
@@ -530,7 +595,10 @@ macro_rules! row_ks {
                     $sb(x(3), y(3), tab),
                 );
                 let d8 = _mm_setr_ps(rdf32(y(0)), rdf32(y(1)), rdf32(y(2)), rdf32(y(3)));
-                acc = fold4(acc, _mm256_mul_pd(_mm256_cvtps_pd(d8), _mm256_cvtepi32_pd(sums)));
+                acc = fold4(
+                    acc,
+                    _mm256_mul_pd(_mm256_cvtps_pd(d8), _mm256_cvtepi32_pd(sums)),
+                );
                 i += 4;
             }
             for i in i..nb {
