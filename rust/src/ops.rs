@@ -54,6 +54,30 @@ pub fn with_threads<T: Send>(threads: Option<usize>, work: impl FnOnce() -> T + 
     Ok(pool.install(work))
 }
 
+/// `f(scratch, out_chunk, in_chunk)` over paired chunks of `out` and `input`, in parallel on
+/// `threads` workers. One thread runs on the calling thread: handing a small matrix to a
+/// pool worker (and waking it) can cost more than the work itself.
+fn zip_rows<O: Send, I: Sync, S>(
+    threads: Option<usize>,
+    (out, out_len): (&mut [O], usize),
+    (input, in_len): (&[I], usize),
+    init: impl Fn() -> S + Sync + Send,
+    f: impl Fn(&mut S, &mut [O], &[I]) + Sync + Send,
+) -> Result<()> {
+    if threads == Some(1) {
+        let mut scratch = init();
+        for (o, i) in out.chunks_mut(out_len).zip(input.chunks(in_len)) {
+            f(&mut scratch, o, i);
+        }
+        return Ok(());
+    }
+    with_threads(threads, || {
+        out.par_chunks_mut(out_len)
+            .zip(input.par_chunks(in_len))
+            .for_each_init(&init, |s, (o, i)| f(s, o, i))
+    })
+}
+
 /// Column block of ik's imatrix sanitising (`QHelper`) for each IQK type.
 fn sanitize_block(qtype: QuantType) -> Option<usize> {
     match qtype {
@@ -174,20 +198,19 @@ pub fn quantize_into(
         return quantize_companion(kind, x, n_per_row, imatrix, opts.threads, out);
     }
     let block = sanitize_block(qtype).expect("every non-companion type is an IQK type");
-    with_threads(opts.threads, || {
-        out.par_chunks_mut(row_size)
-            .zip(x.par_chunks(n_per_row))
-            .for_each_init(
-                || vec![0.0f32; if imatrix.is_some() { n_per_row } else { 0 }],
-                |weights, (out_row, x_row)| {
-                    let w = imatrix.map(|im| {
-                        sanitized_row_weights(im, x_row, block, weights);
-                        &weights[..]
-                    });
-                    quantize_iqk_row(qtype, x_row, w, out_row, opts.iq2ks_search);
-                },
-            )
-    })
+    zip_rows(
+        opts.threads,
+        (out, row_size),
+        (x, n_per_row),
+        || vec![0.0f32; if imatrix.is_some() { n_per_row } else { 0 }],
+        |weights, out_row, x_row| {
+            let w = imatrix.map(|im| {
+                sanitized_row_weights(im, x_row, block, weights);
+                &weights[..]
+            });
+            quantize_iqk_row(qtype, x_row, w, out_row, opts.iq2ks_search);
+        },
+    )
 }
 
 fn quantize_companion(
@@ -205,11 +228,13 @@ fn quantize_companion(
         return Ok(());
     }
     let row_size = kind.row_size(n_per_row);
-    with_threads(threads, || {
-        out.par_chunks_mut(row_size)
-            .zip(x.par_chunks(n_per_row))
-            .for_each(|(o, r)| companion::quantize_row(kind, r, imatrix, o))
-    })
+    zip_rows(
+        threads,
+        (out, row_size),
+        (x, n_per_row),
+        || (),
+        |_, o, r| companion::quantize_row(kind, r, imatrix, o),
+    )
 }
 
 /// Quantize `x` (rows of `n_per_row`); returns `nrows · row_size` bytes.
@@ -285,11 +310,13 @@ pub fn dequantize_into(
             nrows * n_per_row
         )));
     }
-    with_threads(threads, || {
-        out.par_chunks_mut(n_per_row)
-            .zip(q.par_chunks(row_bytes))
-            .for_each(|(o, r)| dequantize_row(qtype, r, o))
-    })
+    zip_rows(
+        threads,
+        (out, n_per_row),
+        (q, row_bytes),
+        || (),
+        |_, o, r| dequantize_row(qtype, r, o),
+    )
 }
 
 pub fn dequantize(
@@ -363,11 +390,13 @@ pub fn vec_dot(
         )));
     }
     let mut out = vec![0.0f32; nrows];
-    with_threads(threads, || {
-        out.par_iter_mut()
-            .zip(q.par_chunks(row_bytes))
-            .for_each(|(o, r)| *o = dot(r, a8))
-    })?;
+    zip_rows(
+        threads,
+        (&mut out, 1),
+        (q, row_bytes),
+        || (),
+        |_, o, r| o[0] = dot(r, a8),
+    )?;
     Ok(out)
 }
 
@@ -402,26 +431,31 @@ pub fn matmul(
     if batch == 0 || nrows == 0 {
         return Ok(out);
     }
-    with_threads(threads, || {
-        a8.par_chunks_mut(a8_size)
-            .zip(x.par_chunks(n_per_row))
-            .for_each(|(a, xr)| q8k::quantize_row(xr, a));
-        // Transposed (nrows × batch) so each task owns one weight row and streams it once.
-        let mut by_row = vec![0.0f32; nrows * batch];
-        by_row
-            .par_chunks_mut(batch)
-            .zip(q.par_chunks(row_bytes))
-            .for_each(|(o, w)| {
-                for (o, a) in o.iter_mut().zip(a8.chunks_exact(a8_size)) {
-                    *o = dot(w, a);
-                }
-            });
-        for (r, col) in by_row.chunks_exact(batch).enumerate() {
-            for (b, &v) in col.iter().enumerate() {
-                out[b * nrows + r] = v;
+    zip_rows(
+        threads,
+        (&mut a8, a8_size),
+        (x, n_per_row),
+        || (),
+        |_, a, xr| q8k::quantize_row(xr, a),
+    )?;
+    // Transposed (nrows × batch) so each task owns one weight row and streams it once.
+    let mut by_row = vec![0.0f32; nrows * batch];
+    zip_rows(
+        threads,
+        (&mut by_row, batch),
+        (q, row_bytes),
+        || (),
+        |_, o, w| {
+            for (o, a) in o.iter_mut().zip(a8.chunks_exact(a8_size)) {
+                *o = dot(w, a);
             }
+        },
+    )?;
+    for (r, col) in by_row.chunks_exact(batch).enumerate() {
+        for (b, &v) in col.iter().enumerate() {
+            out[b * nrows + r] = v;
         }
-    })?;
+    }
     Ok(out)
 }
 
