@@ -203,7 +203,7 @@ impl IkBaseline {
         }
     }
 
-    /// Rows `ith`, `ith + nth`, ... (ik's own split) of the matrix-vector product.
+    /// Thread `ith` of `nth`'s share of the matrix-vector product (ik splits the rows).
     fn matvec_part(&self, kind: DotType, m: &Mat, out: *mut f32, ith: usize, nth: usize) {
         let type_a = QuantType::from_name(kind.name()).unwrap().info().ggml_id as c_int;
         // SAFETY: `m` holds nrows rows of `row_bytes` and one Q8_K row of `ncols`; `out` has
@@ -344,6 +344,7 @@ fn table() {
             );
         }
         if let Some(ik) = &ik {
+            // Every path gives bit-identical results, so the last one stands for ours.
             let ours = out_c.clone();
             let tc = best_of(Duration::from_millis(300), || {
                 ik.matvec(kind, &mc, &mut out_c)

@@ -1,6 +1,7 @@
 //! AVX2 kernels (x86-64). Each superblock's exact integer sum is formed in 8 × i32 lanes,
-//! reduced horizontally (exact), and folded into the shared f64 accumulator of
-//! `scalar.rs`, so results are bit-identical to the scalar twins.
+//! reduced horizontally (exact, four superblocks per reduction), and folded into the f64
+//! accumulator in superblock order with the scalar twins' operations, so results are
+//! bit-identical to `scalar.rs`.
 //!
 //! Techniques (after ik_llama.cpp's AVX2 kernels, re-derived here):
 //! * 2/3-bit types look values up with `pshufb` in the *base* table offset to unsigned
@@ -8,9 +9,11 @@
 //!   remove the offset and the shifted-table constant (+5 / +4) through the Q8_K block sums.
 //! * 4-bit types use the signed table with the sign moved onto the *weights*:
 //!   `maddubs(|q8|, sign(v, q8))`, which stays exact for every int8 activation, -128 included
-//!   (`|v| <= 127`, `|q8| <= 128`, pair sums <= 32512). The shifted-table constant (+4) again
-//!   goes through the block sums.
-//! * Sub-block scales multiply the int16 pair sums with `madd` (int32 results).
+//!   (`|v| <= 127`, `|q8| <= 128`, pair sums <= 32512). Each chunk loads the table whose
+//!   lanes hold the base or shifted half its two sub-blocks use, so no block-sum correction
+//!   is needed.
+//! * Sub-block scales multiply the int16 pair sums with `madd` (int32 results); each chunk's
+//!   scales come from one `vpshufb`.
 
 #![allow(clippy::missing_safety_doc)]
 
@@ -247,7 +250,7 @@ pub(crate) unsafe fn prep_iq4k(x: *const u8, y: *const u8) -> K16 {
 }
 
 /// IQ4_K's sub-block scales alone: the AVX2 kernel applies the shifted table directly (see
-/// `tabs_iq4`), so nothing goes through the block sums.
+/// `IQ4_TABLES`), so nothing goes through the block sums.
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn scales_iq4k(x: *const u8) -> __m256i {
@@ -351,9 +354,9 @@ pub(crate) unsafe fn tab_iq4() -> __m256i {
 /// bit 1: high lane shifted). Picking the table per chunk costs one L1 load and spares the
 /// block-sum correction of the shifted half.
 #[repr(align(32))]
-pub(crate) struct Iq4Tables([[i8; 32]; 4]);
+struct Iq4Tables([[i8; 32]; 4]);
 
-pub(crate) static IQ4_TABLES: Iq4Tables = {
+static IQ4_TABLES: Iq4Tables = {
     let mut t = [[0i8; 32]; 4];
     let mut sel = 0;
     while sel < 4 {
@@ -464,7 +467,7 @@ unsafe fn sb_iq3k(x: *const u8, y: *const u8, tab: __m256i) -> __m256i {
 
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn sb_iq4k(x: *const u8, y: *const u8, _tab: __m256i) -> __m256i {
+unsafe fn sb_iq4k(x: *const u8, y: *const u8, _base_table: __m256i) -> __m256i {
     let eo = scales_iq4k(x);
     let extra = rd16(x.add(2)) as usize;
     let mut acc = _mm256_setzero_si256();
@@ -505,7 +508,7 @@ unsafe fn sb_iq3ks(x: *const u8, y: *const u8, tab: __m256i) -> __m256i {
 
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn sb_iq4ks(x: *const u8, y: *const u8, _tab: __m256i) -> __m256i {
+unsafe fn sb_iq4ks(x: *const u8, y: *const u8, _base_table: __m256i) -> __m256i {
     let sc = scales_iq4ks(x);
     let mut acc = _mm256_setzero_si256();
     for_chunks_4bit!(x.add(8), |c, idx| {
