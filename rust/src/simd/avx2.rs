@@ -21,8 +21,8 @@
 use std::arch::x86_64::*;
 
 use super::scalar::{
-    acc_k, acc_ks, check_lens, finish_k, finish_ks, row_scale, DotType, IQ2KS_BYTES, IQ2K_BYTES,
-    IQ3KS_BYTES, IQ3K_BYTES, IQ4K, IQ4KS_BYTES, IQ4K_BYTES, Q8K_BSUMS, Q8K_BYTES, Q8K_QS,
+    acc_k, acc_ks, check_lens, finish_ks, row_scale, DotType, IQ2KS_BYTES, IQ2K_BYTES, IQ3KS_BYTES,
+    IQ3K_BYTES, IQ4K, IQ4KS_BYTES, IQ4K_BYTES, Q8K_BSUMS, Q8K_BYTES, Q8K_QS,
 };
 
 /// Even sub-blocks first, then odd ones.
@@ -523,60 +523,58 @@ unsafe fn sb_iq4ks(x: *const u8, y: *const u8, _base_table: __m256i) -> __m256i 
 
 // ---------------------------------------------------------------- row entry points
 
-/// Superblocks go in groups of four: one horizontal reduction gives the four exact integer
-/// sums, and their f64 products are formed together; the products are then added to the
-/// accumulator one at a time, in superblock order, exactly as the scalar twin does.
-macro_rules! row_k {
-    ($name:ident, $kind:expr, $bytes:expr, $sb:ident, $tab:ident) => {
-        /// One row (K type) against Q8_K activations.
-        ///
-        /// # Safety
-        /// The CPU must support AVX2, FMA and F16C.
-        #[target_feature(enable = "avx2,fma,f16c")]
-        pub unsafe fn $name(row: &[u8], q8k: &[u8]) -> f32 {
-            let nb = check_lens($kind, row, q8k);
-            let tab = $tab();
-            let xs = row.as_ptr();
-            let ys = q8k.as_ptr();
-            let mut acc = 0.0f64;
-            let mut i = 0;
-            while i + 4 <= nb {
-                let x = |k: usize| xs.add((i + k) * $bytes);
-                let y = |k: usize| ys.add((i + k) * Q8K_BYTES);
-                let sums = hsum4_i32(
-                    $sb(x(0), y(0), tab),
-                    $sb(x(1), y(1), tab),
-                    $sb(x(2), y(2), tab),
-                    $sb(x(3), y(3), tab),
-                );
-                let dw = _mm_cvtph_ps(_mm_setr_epi16(
-                    rd16(x(0)) as i16,
-                    rd16(x(1)) as i16,
-                    rd16(x(2)) as i16,
-                    rd16(x(3)) as i16,
-                    0,
-                    0,
-                    0,
-                    0,
-                ));
-                let d8 = _mm_setr_ps(rdf32(y(0)), rdf32(y(1)), rdf32(y(2)), rdf32(y(3)));
-                let scale = _mm256_mul_pd(_mm256_cvtps_pd(dw), _mm256_cvtps_pd(d8));
-                acc = fold4(acc, _mm256_mul_pd(scale, _mm256_cvtepi32_pd(sums)));
-                i += 4;
-            }
-            for i in i..nb {
-                let x = xs.add(i * $bytes);
-                let y = ys.add(i * Q8K_BYTES);
-                acc = acc_k(acc, f16c(rd16(x)), rdf32(y), hsum_i32($sb(x, y, tab)));
-            }
-            finish_k(acc)
-        }
-    };
+/// Four superblocks' fold factors in f64 (K types: block fp16 scale × activation scale, as
+/// `acc_k` forms them).
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn scales4_k(x: [*const u8; 4], y: [*const u8; 4]) -> __m256d {
+    let dw = _mm_cvtph_ps(_mm_setr_epi16(
+        rd16(x[0]) as i16,
+        rd16(x[1]) as i16,
+        rd16(x[2]) as i16,
+        rd16(x[3]) as i16,
+        0,
+        0,
+        0,
+        0,
+    ));
+    _mm256_mul_pd(_mm256_cvtps_pd(dw), _mm256_cvtps_pd(d8_4(y)))
 }
 
-macro_rules! row_ks {
-    ($name:ident, $kind:expr, $bytes:expr, $sb:ident, $tab:ident) => {
-        /// One row (KS type, row scale first) against Q8_K activations.
+/// KS types: the activation scale alone (`acc_ks`; the row scale comes at the end).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn scales4_ks(_x: [*const u8; 4], y: [*const u8; 4]) -> __m256d {
+    _mm256_cvtps_pd(d8_4(y))
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn d8_4(y: [*const u8; 4]) -> __m128 {
+    _mm_setr_ps(rdf32(y[0]), rdf32(y[1]), rdf32(y[2]), rdf32(y[3]))
+}
+
+/// One superblock folded in by the scalar twin's own rule (the tail of a row).
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn fold1_k(acc: f64, x: *const u8, y: *const u8, sumi: i32) -> f64 {
+    acc_k(acc, f16c(rd16(x)), rdf32(y), sumi)
+}
+
+#[inline]
+unsafe fn fold1_ks(acc: f64, _x: *const u8, y: *const u8, sumi: i32) -> f64 {
+    acc_ks(acc, rdf32(y), sumi)
+}
+
+/// One row against Q8_K activations. Superblocks go in groups of four: one horizontal
+/// reduction gives the four exact integer sums, and their f64 products are formed together;
+/// the products are then added to the accumulator one at a time, in superblock order, exactly
+/// as the scalar twin does (`acc + scale · sumi`). `$scales4` gives four superblocks' factors,
+/// `$fold1` folds a single one; the row scale (1 for K types, where `finish_ks` equals
+/// `finish_k`) is applied last.
+macro_rules! row {
+    ($name:ident, $kind:expr, $bytes:expr, $sb:ident, $tab:ident, $scales4:ident, $fold1:ident) => {
+        /// One row against Q8_K activations.
         ///
         /// # Safety
         /// The CPU must support AVX2, FMA and F16C.
@@ -589,52 +587,79 @@ macro_rules! row_ks {
             let mut acc = 0.0f64;
             let mut i = 0;
             while i + 4 <= nb {
-                let x = |k: usize| xs.add((i + k) * $bytes);
-                let y = |k: usize| ys.add((i + k) * Q8K_BYTES);
+                let x = [0, 1, 2, 3].map(|k| xs.add((i + k) * $bytes));
+                let y = [0, 1, 2, 3].map(|k| ys.add((i + k) * Q8K_BYTES));
                 let sums = hsum4_i32(
-                    $sb(x(0), y(0), tab),
-                    $sb(x(1), y(1), tab),
-                    $sb(x(2), y(2), tab),
-                    $sb(x(3), y(3), tab),
+                    $sb(x[0], y[0], tab),
+                    $sb(x[1], y[1], tab),
+                    $sb(x[2], y[2], tab),
+                    $sb(x[3], y[3], tab),
                 );
-                let d8 = _mm_setr_ps(rdf32(y(0)), rdf32(y(1)), rdf32(y(2)), rdf32(y(3)));
-                acc = fold4(
-                    acc,
-                    _mm256_mul_pd(_mm256_cvtps_pd(d8), _mm256_cvtepi32_pd(sums)),
-                );
+                let products = _mm256_mul_pd($scales4(x, y), _mm256_cvtepi32_pd(sums));
+                acc = fold4(acc, products);
                 i += 4;
             }
             for i in i..nb {
                 let x = xs.add(i * $bytes);
                 let y = ys.add(i * Q8K_BYTES);
-                acc = acc_ks(acc, rdf32(y), hsum_i32($sb(x, y, tab)));
+                acc = $fold1(acc, x, y, hsum_i32($sb(x, y, tab)));
             }
             finish_ks(acc, row_scale($kind, row))
         }
     };
 }
 
-row_k!(vec_dot_iq2k, DotType::Iq2K, IQ2K_BYTES, sb_iq2k, tab_iq2);
-row_k!(vec_dot_iq3k, DotType::Iq3K, IQ3K_BYTES, sb_iq3k, tab_iq3);
-row_k!(vec_dot_iq4k, DotType::Iq4K, IQ4K_BYTES, sb_iq4k, tab_iq4);
-row_ks!(
+row!(
+    vec_dot_iq2k,
+    DotType::Iq2K,
+    IQ2K_BYTES,
+    sb_iq2k,
+    tab_iq2,
+    scales4_k,
+    fold1_k
+);
+row!(
+    vec_dot_iq3k,
+    DotType::Iq3K,
+    IQ3K_BYTES,
+    sb_iq3k,
+    tab_iq3,
+    scales4_k,
+    fold1_k
+);
+row!(
+    vec_dot_iq4k,
+    DotType::Iq4K,
+    IQ4K_BYTES,
+    sb_iq4k,
+    tab_iq4,
+    scales4_k,
+    fold1_k
+);
+row!(
     vec_dot_iq2ks,
     DotType::Iq2Ks,
     IQ2KS_BYTES,
     sb_iq2ks,
-    tab_iq2
+    tab_iq2,
+    scales4_ks,
+    fold1_ks
 );
-row_ks!(
+row!(
     vec_dot_iq3ks,
     DotType::Iq3Ks,
     IQ3KS_BYTES,
     sb_iq3ks,
-    tab_iq3
+    tab_iq3,
+    scales4_ks,
+    fold1_ks
 );
-row_ks!(
+row!(
     vec_dot_iq4ks,
     DotType::Iq4Ks,
     IQ4KS_BYTES,
     sb_iq4ks,
-    tab_iq4
+    tab_iq4,
+    scales4_ks,
+    fold1_ks
 );
