@@ -250,6 +250,54 @@ fn max_rel_diff(a: &[f32], b: &[f32]) -> f64 {
     diff / scale.max(f64::MIN_POSITIVE)
 }
 
+/// One type's matrices and bandwidth baselines, for timing and printing a table row.
+struct RowContext<'a> {
+    kind: DotType,
+    mc: &'a Mat,
+    mm: &'a Mat,
+    bw1: f64,
+    bwn: f64,
+}
+
+impl RowContext<'_> {
+    /// Best seconds of: the cache-resident matrix on one thread, the memory-resident one on
+    /// one thread, and on all threads.
+    fn time(
+        &self,
+        out_c: &mut [f32],
+        out_m: &mut [f32],
+        mut one: impl FnMut(&Mat, &mut [f32]),
+        mut all: impl FnMut(&Mat, &mut [f32]),
+    ) -> [f64; 3] {
+        [
+            best_of(Duration::from_millis(300), || one(self.mc, out_c)),
+            best_of(Duration::from_millis(600), || one(self.mm, out_m)),
+            best_of(Duration::from_millis(600), || all(self.mm, out_m)),
+        ]
+    }
+
+    fn print(&self, label: &str, [tc, tm, tp]: [f64; 3], scalar_c: f64, note: &str) {
+        let (mc, mm) = (self.mc, self.mm);
+        let nc = (mc.nrows * mc.ncols) as f64;
+        let nm = (mm.nrows * mm.ncols) as f64;
+        let bytes_m = mm.data.len() as f64;
+        println!(
+            "{:<7} {:<7} | {:>7.2} {:>6.2} {:>7.2} | {:>7.2} {:>6.2} {:>7.2} | {:>7.2} {:>6.2} {:>6.2} {note}",
+            self.kind.name(),
+            label,
+            nc / tc / 1e9,
+            mc.data.len() as f64 / tc / 1e9,
+            scalar_c / tc,
+            nm / tm / 1e9,
+            bytes_m / tm / 1e9,
+            bytes_m / tm / self.bw1,
+            nm / tp / 1e9,
+            bytes_m / tp / 1e9,
+            bytes_m / tp / self.bwn,
+        );
+    }
+}
+
 const CACHE: (usize, usize) = (256, 4096);
 const MEMORY: (usize, usize) = (4096, 16384);
 
@@ -313,67 +361,38 @@ fn table() {
             / best_of(Duration::from_millis(400), || {
                 black_box(stream_par(black_box(&mm.data)));
             });
+        let ctx = RowContext {
+            kind,
+            mc: &mc,
+            mm: &mm,
+            bw1,
+            bwn,
+        };
         let mut scalar_c = 0.0;
         for &p in &paths {
             let f = simd::dot_fn(kind, p);
-            let tc = best_of(Duration::from_millis(300), || matvec(f, &mc, &mut out_c));
-            let tm = best_of(Duration::from_millis(600), || matvec(f, &mm, &mut out_m));
-            let tp = best_of(Duration::from_millis(600), || {
-                matvec_par(f, &mm, &mut out_m)
-            });
-            let nc = (mc.nrows * mc.ncols) as f64;
-            let nm = (mm.nrows * mm.ncols) as f64;
-            let bytes_m = mm.data.len() as f64;
-            if p == SimdPath::Scalar {
-                scalar_c = tc;
-            }
-            println!(
-                "{:<7} {:<7} | {:>7.2} {:>6.2} {:>7.2} | {:>7.2} {:>6.2} {:>7.2} | {:>7.2} {:>6.2} {:>6.2} {:>4}",
-                kind.name(),
-                p.name(),
-                nc / tc / 1e9,
-                mc.data.len() as f64 / tc / 1e9,
-                scalar_c / tc,
-                nm / tm / 1e9,
-                bytes_m / tm / 1e9,
-                bytes_m / tm / bw1,
-                nm / tp / 1e9,
-                bytes_m / tp / 1e9,
-                bytes_m / tp / bwn,
-                ""
+            let t = ctx.time(
+                &mut out_c,
+                &mut out_m,
+                |m, out| matvec(f, m, out),
+                |m, out| matvec_par(f, m, out),
             );
+            if p == SimdPath::Scalar {
+                scalar_c = t[0];
+            }
+            ctx.print(p.name(), t, scalar_c, "");
         }
         if let Some(ik) = &ik {
             // Every path gives bit-identical results, so the last one stands for ours.
             let ours = out_c.clone();
-            let tc = best_of(Duration::from_millis(300), || {
-                ik.matvec(kind, &mc, &mut out_c)
-            });
-            let diff = max_rel_diff(&ours, &out_c);
-            let tm = best_of(Duration::from_millis(600), || {
-                ik.matvec(kind, &mm, &mut out_m)
-            });
-            let tp = best_of(Duration::from_millis(600), || {
-                ik.matvec_par(kind, &mm, &mut out_m)
-            });
-            let nc = (mc.nrows * mc.ncols) as f64;
-            let nm = (mm.nrows * mm.ncols) as f64;
-            let bytes_m = mm.data.len() as f64;
-            println!(
-                "{:<7} {:<7} | {:>7.2} {:>6.2} {:>7.2} | {:>7.2} {:>6.2} {:>7.2} | {:>7.2} {:>6.2} {:>6.2} diff {:.1e}",
-                kind.name(),
-                "ik",
-                nc / tc / 1e9,
-                mc.data.len() as f64 / tc / 1e9,
-                scalar_c / tc,
-                nm / tm / 1e9,
-                bytes_m / tm / 1e9,
-                bytes_m / tm / bw1,
-                nm / tp / 1e9,
-                bytes_m / tp / 1e9,
-                bytes_m / tp / bwn,
-                diff
+            let t = ctx.time(
+                &mut out_c,
+                &mut out_m,
+                |m, out| ik.matvec(kind, m, out),
+                |m, out| ik.matvec_par(kind, m, out),
             );
+            let diff = max_rel_diff(&ours, &out_c);
+            ctx.print("ik", t, scalar_c, &format!("diff {diff:.1e}"));
         }
         println!(
             "{:<7} {:<7} | {:>22} | {:>7} {:>6.2} {:>7} | {:>7} {:>6.2} {:>6} {:>4}",
