@@ -127,12 +127,16 @@ impl NlSearch {
 /// Exhaustive search of the IQ2 types: sort the block, split it into four runs (one per grid
 /// level) at every allowed (i1, i2, i3), and score each split against the base and shifted
 /// grids in both orders. Returns the best scale and whether the shifted half won.
-/// `order` and the prefix-sum buffers are scratch of length n, n+1, n+1.
 pub struct PartitionSearch {
     /// i1 ranges over [0, max_i1).
-    pub max_i1: usize,
+    max_i1: usize,
     /// i3 starts at max(i2, min_i3).
-    pub min_i3: usize,
+    min_i3: usize,
+    pairs: &'static SplitPairs,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    /// SIMD scratch: per (i2, i3) pair, the partial sums that do not depend on i1 (see
+    /// `search_avx2`), `TAIL_ROWS` rows of `ROW_STRIDE`.
+    tails: Vec<f32>,
 }
 
 /// Running best of the IQ2 partition search: ik's accept rule, in ik's candidate order.
@@ -161,6 +165,31 @@ struct Prefix {
     sumw: [f32; 48],
 }
 
+impl Prefix {
+    /// `sumqx` and `sumq2` of the split (i1, i2, i3) with levels `v`, in ik's operation order
+    /// (every SIMD path forms the same products and adds them in this order).
+    #[inline(always)]
+    fn split_sums(&self, i1: usize, i2: usize, i3: usize, v: &[f32; 4]) -> (f32, f32) {
+        let (n, sumx, sumw) = (self.n, &self.sumx, &self.sumw);
+        let gx = [
+            sumx[i1] - sumx[0],
+            sumx[i2] - sumx[i1],
+            sumx[i3] - sumx[i2],
+            sumx[n] - sumx[i3],
+        ];
+        let gw = [
+            sumw[i1] - sumw[0],
+            sumw[i2] - sumw[i1],
+            sumw[i3] - sumw[i2],
+            sumw[n] - sumw[i3],
+        ];
+        let sumqx = gx[0] * v[0] + gx[1] * v[1] + gx[2] * v[2] + gx[3] * v[3];
+        let sumq2 =
+            gw[0] * v[0] * v[0] + gw[1] * v[1] * v[1] + gw[2] * v[2] * v[2] + gw[3] * v[3] * v[3];
+        (sumqx, sumq2)
+    }
+}
+
 /// The four level orders tried per split: base, shifted, base reversed, shifted reversed.
 fn candidates(grid: &[i8; 8]) -> [([f32; 4], bool); 4] {
     let f = |i: usize| grid[i] as f32;
@@ -172,22 +201,47 @@ fn candidates(grid: &[i8; 8]) -> [([f32; 4], bool); 4] {
     ]
 }
 
+/// Rows of `PartitionSearch::tails`, one value per (i2, i3) pair: the prefix sums at i2 (x, w),
+/// the sums of runs 2 and 3 (x2, w2, x3, w3), then from `PRODUCT_ROWS` on, per candidate, the
+/// products of runs 2 and 3 with its levels (x2·v2, x3·v3, w2·v2·v2, w3·v3·v3).
+const PRODUCT_ROWS: usize = 6;
+const TAIL_ROWS: usize = PRODUCT_ROWS + 4 * 4;
+/// Row length: room for every pair plus a vector of padding, and an odd number of cache lines
+/// so that the rows, read side by side, do not all map to the same L1 sets.
+const ROW_STRIDE: usize = MAX_PAIRS + 16;
+
 impl PartitionSearch {
-    pub fn run(&self, x: &[f32], w: &[f32], grid: &[i8; 8]) -> (f32, bool) {
-        let n = x.len();
-        let mut order = [0usize; 32];
-        let order = &mut order[..n];
-        for (i, o) in order.iter_mut().enumerate() {
-            *o = i;
+    /// The search over blocks of `block_len` with i1 < max_i1 and i3 >= min_i3.
+    pub fn new(block_len: usize, max_i1: usize, min_i3: usize) -> Self {
+        PartitionSearch {
+            max_i1,
+            min_i3,
+            pairs: SplitPairs::get(block_len, min_i3),
+            tails: vec![0.0; TAIL_ROWS * ROW_STRIDE],
         }
-        // Ascending by value, ties by position (-0 equals +0), as std::sort on (x, j) pairs.
-        order.sort_unstable_by(|&a, &b| x[a].partial_cmp(&x[b]).unwrap().then(a.cmp(&b)));
+    }
+
+    pub fn run(&mut self, x: &[f32], w: &[f32], grid: &[i8; 8]) -> (f32, bool) {
+        let n = x.len();
+        assert_eq!(
+            n, self.pairs.n,
+            "partition search built for another block length"
+        );
+        // Ascending by value, ties by position (-0 equals +0), as std::sort on (x, j) pairs:
+        // one u64 key per element, the value's order-preserving bits above the position.
+        let mut keys = [0u64; 32];
+        let keys = &mut keys[..n];
+        for (j, (key, &v)) in keys.iter_mut().zip(x).enumerate() {
+            *key = (ordered_bits(v + 0.0) as u64) << 32 | j as u64;
+        }
+        keys.sort_unstable();
+        let order = keys.iter().map(|&key| key as u32 as usize);
         let mut p = Prefix {
             n,
             sumx: [0.0; 48],
             sumw: [0.0; 48],
         };
-        for (k, &j) in order.iter().enumerate() {
+        for (k, j) in order.enumerate() {
             p.sumw[k + 1] = p.sumw[k] + w[j];
             p.sumx[k + 1] = p.sumx[k] + w[j] * x[j];
         }
@@ -201,7 +255,7 @@ impl PartitionSearch {
     }
 
     fn search_scalar(&self, p: &Prefix, cands: &[([f32; 4], bool); 4]) -> (f32, bool) {
-        let (n, sumx, sumw) = (p.n, &p.sumx, &p.sumw);
+        let n = p.n;
         let mut best = Best {
             score: 0.0,
             d: 0.0,
@@ -210,24 +264,8 @@ impl PartitionSearch {
         for i1 in 0..self.max_i1 {
             for i2 in i1..n {
                 for i3 in i2.max(self.min_i3)..n {
-                    let gx = [
-                        sumx[i1] - sumx[0],
-                        sumx[i2] - sumx[i1],
-                        sumx[i3] - sumx[i2],
-                        sumx[n] - sumx[i3],
-                    ];
-                    let gw = [
-                        sumw[i1] - sumw[0],
-                        sumw[i2] - sumw[i1],
-                        sumw[i3] - sumw[i2],
-                        sumw[n] - sumw[i3],
-                    ];
                     for (v, shifted) in cands {
-                        let sumqx = gx[0] * v[0] + gx[1] * v[1] + gx[2] * v[2] + gx[3] * v[3];
-                        let sumq2 = gw[0] * v[0] * v[0]
-                            + gw[1] * v[1] * v[1]
-                            + gw[2] * v[2] * v[2]
-                            + gw[3] * v[3] * v[3];
+                        let (sumqx, sumq2) = p.split_sums(i1, i2, i3, v);
                         best.offer(sumqx, sumq2, *shifted);
                     }
                 }
@@ -238,84 +276,106 @@ impl PartitionSearch {
 
     /// Eight splits per vector, the same f32 operations per lane as `search_scalar`. For each
     /// i1 the splits are the (i2, i3) pairs with i2 >= i1: a suffix of one lexicographic pair
-    /// list, so vectors stay full and consecutive lanes are consecutive in ik's order. A vector
-    /// none of whose 32 candidates passes the accept test against the current best changes
-    /// nothing and is skipped; otherwise its candidates are replayed in order.
+    /// list, so vectors stay full and consecutive lanes are consecutive in ik's order. The
+    /// products of runs 2 and 3 do not depend on i1, so they are formed once per pair up
+    /// front; per i1 only run 1's product and the additions remain. A vector none of whose 32
+    /// candidates passes the accept test against the current best changes nothing and is
+    /// skipped; otherwise its candidates are recomputed and replayed in order.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn search_avx2(&self, p: &Prefix, cands: &[([f32; 4], bool); 4]) -> (f32, bool) {
+    unsafe fn search_avx2(&mut self, p: &Prefix, cands: &[([f32; 4], bool); 4]) -> (f32, bool) {
         use std::arch::x86_64::*;
         let (n, sumx, sumw) = (p.n, &p.sumx, &p.sumw);
-        let pairs = SplitPairs::get(n, self.min_i3);
+        let pairs = self.pairs;
         let count = pairs.i2.len();
-        // Per pair, the partial sums that do not depend on i1, as search_scalar forms them.
-        let mut s2x = [0.0f32; MAX_PAIRS];
-        let mut s2w = [0.0f32; MAX_PAIRS];
-        let mut g2x = [0.0f32; MAX_PAIRS];
-        let mut g2w = [0.0f32; MAX_PAIRS];
-        let mut g3x = [0.0f32; MAX_PAIRS];
-        let mut g3w = [0.0f32; MAX_PAIRS];
+        let v = cands.map(|(v, _)| v.map(|c| _mm256_set1_ps(c)));
+        let tails = &mut self.tails;
         for (k, (&i2, &i3)) in pairs.i2.iter().zip(&pairs.i3).enumerate() {
             let (i2, i3) = (i2 as usize, i3 as usize);
-            s2x[k] = sumx[i2];
-            s2w[k] = sumw[i2];
-            g2x[k] = sumx[i3] - sumx[i2];
-            g2w[k] = sumw[i3] - sumw[i2];
-            g3x[k] = sumx[n] - sumx[i3];
-            g3w[k] = sumw[n] - sumw[i3];
+            tails[k] = sumx[i2];
+            tails[ROW_STRIDE + k] = sumw[i2];
+            tails[2 * ROW_STRIDE + k] = sumx[i3] - sumx[i2];
+            tails[3 * ROW_STRIDE + k] = sumw[i3] - sumw[i2];
+            tails[4 * ROW_STRIDE + k] = sumx[n] - sumx[i3];
+            tails[5 * ROW_STRIDE + k] = sumw[n] - sumw[i3];
         }
+        let row_at = |r: usize, k: usize| r * ROW_STRIDE + k;
+        for k in (0..count).step_by(8) {
+            let load = |r: usize| _mm256_loadu_ps(tails[row_at(r, k)..][..8].as_ptr());
+            let (g2x, g2w, g3x, g3w) = (load(2), load(3), load(4), load(5));
+            let term = |g: __m256, v: __m256| _mm256_mul_ps(_mm256_mul_ps(g, v), v);
+            for (c, vc) in v.iter().enumerate() {
+                let products = [
+                    _mm256_mul_ps(g2x, vc[2]),
+                    _mm256_mul_ps(g3x, vc[3]),
+                    term(g2w, vc[2]),
+                    term(g3w, vc[3]),
+                ];
+                for (r, value) in products.into_iter().enumerate() {
+                    let at = row_at(PRODUCT_ROWS + 4 * c + r, k);
+                    _mm256_storeu_ps(tails[at..][..8].as_mut_ptr(), value);
+                }
+            }
+        }
+        // Unchecked loads in the hot loop: k + 8 <= count + 8 <= MAX_PAIRS < ROW_STRIDE (asserted
+        // in SplitPairs::build) and every row index is below TAIL_ROWS.
+        let base = self.tails.as_ptr();
+        let row = |r: usize, k: usize| _mm256_loadu_ps(base.add(row_at(r, k)));
         let mut best = Best {
             score: 0.0,
             d: 0.0,
             shifted: false,
         };
-        let lane_ids = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        let v = cands.map(|(v, _)| v.map(|c| _mm256_set1_ps(c)));
-        let mut qx = [[0.0f32; 8]; 4];
-        let mut q2 = [[0.0f32; 8]; 4];
-        let load = |a: &[f32; MAX_PAIRS], k: usize| _mm256_loadu_ps(a[k..k + 8].as_ptr());
+        let valid_lanes = |left: usize| if left >= 8 { 0xff } else { (1u32 << left) - 1 };
         for i1 in 0..self.max_i1 {
-            let g0x = _mm256_set1_ps(sumx[i1] - sumx[0]);
-            let g0w = _mm256_set1_ps(sumw[i1] - sumw[0]);
             let (x1, w1) = (_mm256_set1_ps(sumx[i1]), _mm256_set1_ps(sumw[i1]));
+            let (g0x, g0w) = (sumx[i1] - sumx[0], sumw[i1] - sumw[0]);
+            let head_x = cands.map(|(v, _)| _mm256_set1_ps(g0x * v[0]));
+            let head_w = cands.map(|(v, _)| _mm256_set1_ps(g0w * v[0] * v[0]));
             let mut k = pairs.start[i1];
             while k < count {
-                let valid = _mm256_cmpgt_epi32(_mm256_set1_epi32((count - k) as i32), lane_ids);
-                let g1x = _mm256_sub_ps(load(&s2x, k), x1);
-                let g1w = _mm256_sub_ps(load(&s2w, k), w1);
-                let (g2x, g3x) = (load(&g2x, k), load(&g3x, k));
-                let (g2w, g3w) = (load(&g2w, k), load(&g3w, k));
+                let g1x = _mm256_sub_ps(row(0, k), x1);
+                let g1w = _mm256_sub_ps(row(1, k), w1);
+                // Candidate c's sums on lanes k..k+8, added in split_sums' order.
+                let sums = |c: usize| {
+                    let (r, v1) = (PRODUCT_ROWS + 4 * c, v[c][1]);
+                    let head = _mm256_add_ps(head_x[c], _mm256_mul_ps(g1x, v1));
+                    let sumqx = _mm256_add_ps(_mm256_add_ps(head, row(r, k)), row(r + 1, k));
+                    let term1 = _mm256_mul_ps(_mm256_mul_ps(g1w, v1), v1);
+                    let head = _mm256_add_ps(head_w[c], term1);
+                    let sumq2 = _mm256_add_ps(_mm256_add_ps(head, row(r + 2, k)), row(r + 3, k));
+                    (sumqx, sumq2)
+                };
                 let score = _mm256_set1_ps(best.score);
-                let mut any = _mm256_setzero_si256();
-                for (c, vc) in v.iter().enumerate() {
-                    let sumqx = _mm256_add_ps(
-                        _mm256_add_ps(
-                            _mm256_add_ps(_mm256_mul_ps(g0x, vc[0]), _mm256_mul_ps(g1x, vc[1])),
-                            _mm256_mul_ps(g2x, vc[2]),
-                        ),
-                        _mm256_mul_ps(g3x, vc[3]),
-                    );
-                    let term = |g: __m256, v: __m256| _mm256_mul_ps(_mm256_mul_ps(g, v), v);
-                    let sumq2 = _mm256_add_ps(
-                        _mm256_add_ps(
-                            _mm256_add_ps(term(g0w, vc[0]), term(g1w, vc[1])),
-                            term(g2w, vc[2]),
-                        ),
-                        term(g3w, vc[3]),
-                    );
+                let passed: [u32; 4] = std::array::from_fn(|c| {
+                    let (sumqx, sumq2) = sums(c);
                     // A superset of the accept test (`sumq2 > 0` is left to the replay).
                     let pass = _mm256_cmp_ps::<_CMP_GT_OQ>(
                         _mm256_mul_ps(sumqx, sumqx),
                         _mm256_mul_ps(score, sumq2),
                     );
-                    any = _mm256_or_si256(any, _mm256_castps_si256(pass));
-                    _mm256_storeu_ps(qx[c].as_mut_ptr(), sumqx);
-                    _mm256_storeu_ps(q2[c].as_mut_ptr(), sumq2);
-                }
-                if _mm256_testz_si256(any, valid) == 0 {
-                    for l in 0..8.min(count - k) {
+                    _mm256_movemask_ps(pass) as u32
+                });
+                // Only candidates that pass against the score at the start of the vector can
+                // be accepted: the score only grows, and a larger score is a harder test for
+                // every candidate with sumq2 > 0 (the others are never accepted). Vectors
+                // with a pass are rare, so their sums are recomputed rather than kept.
+                let mut lanes =
+                    (passed[0] | passed[1] | passed[2] | passed[3]) & valid_lanes(count - k);
+                if lanes != 0 {
+                    let (mut qx, mut q2) = ([[0.0f32; 8]; 4], [[0.0f32; 8]; 4]);
+                    for c in 0..4 {
+                        let (sumqx, sumq2) = sums(c);
+                        _mm256_storeu_ps(qx[c].as_mut_ptr(), sumqx);
+                        _mm256_storeu_ps(q2[c].as_mut_ptr(), sumq2);
+                    }
+                    while lanes != 0 {
+                        let l = lanes.trailing_zeros() as usize;
+                        lanes &= lanes - 1;
                         for (c, (_, shifted)) in cands.iter().enumerate() {
-                            best.offer(qx[c][l], q2[c][l], *shifted);
+                            if passed[c] >> l & 1 == 1 {
+                                best.offer(qx[c][l], q2[c][l], *shifted);
+                            }
                         }
                     }
                 }
@@ -326,12 +386,25 @@ impl PartitionSearch {
     }
 }
 
+/// The bits of a non-NaN f32 as a u32 that orders like the value (+0 above -0; callers
+/// normalise -0 to +0 first).
+#[inline(always)]
+fn ordered_bits(v: f32) -> u32 {
+    let bits = v.to_bits();
+    if bits >> 31 == 1 {
+        !bits
+    } else {
+        bits | 1 << 31
+    }
+}
+
 /// Upper bound on (i2, i3) split pairs (n = 32: 492), plus a vector of padding.
 const MAX_PAIRS: usize = 512;
 
 /// The (i2, i3) pairs of a partition search in ik's loop order (i2 ascending, then i3 from
 /// max(i2, min_i3)), and for each i1 the index of the first pair with i2 >= i1.
 struct SplitPairs {
+    n: usize,
     i2: Vec<u8>,
     i3: Vec<u8>,
     start: [usize; 33],
@@ -350,6 +423,7 @@ impl SplitPairs {
         start[n] = i2s.len();
         assert!(i2s.len() + 8 <= MAX_PAIRS);
         SplitPairs {
+            n,
             i2: i2s,
             i3: i3s,
             start,
@@ -410,6 +484,33 @@ mod tests {
         (*seed >> 8) as f32 / (1u32 << 23) as f32 - 1.0
     }
 
+    /// The u64 sort keys order elements as std::sort on (x, j) pairs: by value, -0 equal to
+    /// +0, ties by position.
+    #[test]
+    fn sort_keys_order_like_value_then_position() {
+        let mut seed = 7u32;
+        for trial in 0..200usize {
+            let x: Vec<f32> = (0..32usize)
+                .map(|j| match (j + trial) % 5 {
+                    0 => 0.0,
+                    1 => -0.0,
+                    2 => (rng(&mut seed) * 4.0).round(),
+                    _ => rng(&mut seed) * 10f32.powi(trial as i32 % 7 - 3),
+                })
+                .collect();
+            let mut keys: Vec<u64> = x
+                .iter()
+                .enumerate()
+                .map(|(j, &v)| (ordered_bits(v + 0.0) as u64) << 32 | j as u64)
+                .collect();
+            keys.sort_unstable();
+            let by_keys: Vec<usize> = keys.iter().map(|&k| k as u32 as usize).collect();
+            let mut expected: Vec<usize> = (0..x.len()).collect();
+            expected.sort_by(|&a, &b| x[a].partial_cmp(&x[b]).unwrap().then(a.cmp(&b)));
+            assert_eq!(by_keys, expected, "trial {trial}");
+        }
+    }
+
     /// The vectorised partition search picks exactly the scalar search's scale and grid half.
     #[test]
     fn partition_search_simd_equals_scalar() {
@@ -417,22 +518,10 @@ mod tests {
         if std::is_x86_feature_detected!("avx2") {
             let mut seed = 99u32;
             for trial in 0..400 {
-                let (n, search) = if trial % 2 == 0 {
-                    (
-                        16usize,
-                        PartitionSearch {
-                            max_i1: 16,
-                            min_i3: 0,
-                        },
-                    )
+                let (n, mut search) = if trial % 2 == 0 {
+                    (16usize, PartitionSearch::new(16, 16, 0))
                 } else {
-                    (
-                        32,
-                        PartitionSearch {
-                            max_i1: 24,
-                            min_i3: 8,
-                        },
-                    )
+                    (32, PartitionSearch::new(32, 24, 8))
                 };
                 let amp = 10f32.powi(trial % 9 - 4);
                 let x: Vec<f32> = (0..n)

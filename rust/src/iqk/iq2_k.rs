@@ -14,10 +14,7 @@ const QS: usize = 12;
 const WEIGHTING: Weighting = Weighting::Broad;
 
 pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
-    let search = PartitionSearch {
-        max_i1: SUB,
-        min_i3: 0,
-    };
+    let mut search = PartitionSearch::new(SUB, SUB, 0);
     for (ibl, (xbl, y)) in x
         .chunks_exact(QK_K)
         .zip(out.chunks_exact_mut(BLOCK_BYTES))

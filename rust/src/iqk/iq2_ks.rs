@@ -68,10 +68,7 @@ fn block_slices<'a>(
 }
 
 fn exhaustive(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], rs: &mut RowScales) {
-    let search = PartitionSearch {
-        max_i1: 3 * SUB / 4,
-        min_i3: SUB / 4,
-    };
+    let mut search = PartitionSearch::new(SUB, 3 * SUB / 4, SUB / 4);
     let mut weight = [0.0f32; SUB];
     let (_, blocks) = out.split_at_mut(ROW_META);
     for (ibl, (xbl, y)) in x
