@@ -11,7 +11,7 @@
 
 use super::search::{make_qx_quants, GROUP_MAX_EPS};
 use super::util::{build_nl_index, c_trunc_i32, read_f16, resolve_nl, write_f16};
-use crate::iqk::fit::fit_many;
+use crate::iqk::fit::fit_many_plus;
 
 const QK: usize = 32;
 
@@ -249,8 +249,7 @@ pub(super) fn quantize_iq4_nl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]
             }
             let mut fits = [[0f32; 4]; 32];
             let grid = &crate::tables::IQ4_GRIDS[0];
-            fit_many(grid, &ids[..16], xb, &weight, &mut fits[..16]);
-            fit_many(grid, &ids[16..], xb, &weight, &mut fits[16..]);
+            fit_many_plus(grid, &ids, xb, &weight, &mut fits);
             let (sqx, sq2) = (fits[0][0], fits[0][1]);
             let mut d = sqx / sq2;
             let mut best = d * sqx;

@@ -134,38 +134,30 @@ pub(super) fn make_qx_quants(nmax: i32, x: &[f32], out: &mut [i8], qw: Option<&[
         wx[i] = w(i) * x[i];
     }
     let (all_sumlx, all_suml2) = level_sums(nmax, &iscales, x, &wts[..n], &wx[..n]);
+    let mut best_iscale = None;
     for (c, &iscale) in iscales.iter().enumerate() {
         let (sumlx, suml2) = (all_sumlx[c], all_suml2[c]);
         if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
-            for i in 0..n {
-                out[i] = (q(iscale, x[i]) + nmax) as i8;
-            }
+            best_iscale = Some(iscale);
             scale = sumlx / suml2;
             best = scale * sumlx;
             best_sumlx = sumlx;
             best_suml2 = suml2;
         }
     }
+    // Only the last accepted scale's levels survive, so they are written once.
+    if let Some(iscale) = best_iscale {
+        for i in 0..n {
+            out[i] = (q(iscale, x[i]) + nmax) as i8;
+        }
+    }
 
     let mut sumlx = best_sumlx;
     let mut suml2 = best_suml2;
     for _ in 0..n * (2 * nmax as usize - 1) {
-        let mut abs_gmax = 0f32;
-        let mut gmax = 0f32;
-        let mut best_j = None;
-        for j in 0..n {
-            let l = out[j] as i32 - nmax;
-            let g = scale * w(j) * (x[j] - scale * l as f32);
-            if (g > 0.0 && l < nmax - 1) || (g < 0.0 && l > -nmax) {
-                let ag = g.abs();
-                if ag > abs_gmax {
-                    abs_gmax = ag;
-                    gmax = g;
-                    best_j = Some(j);
-                }
-            }
-        }
-        let Some(j) = best_j else { break };
+        let Some((j, gmax)) = steepest_level(nmax, scale, x, &wts[..n], &out[..n]) else {
+            break;
+        };
         let wj = w(j);
         let mut l = out[j] as i32 - nmax;
         let (mut new_sumlx, mut new_suml2) = (sumlx, suml2);
@@ -189,6 +181,99 @@ pub(super) fn make_qx_quants(nmax: i32, x: &[f32], out: &mut [i8], qw: Option<&[
         }
     }
     scale
+}
+
+/// The coordinate descent step of `make_qx_quants`: the first level (of `levels`, stored as
+/// `l + nmax`) with the largest gradient magnitude `|scale·w·(x − scale·l)|` among those that
+/// can still move in the gradient's direction, with that gradient.
+fn steepest_level(
+    nmax: i32,
+    scale: f32,
+    x: &[f32],
+    w: &[f32],
+    levels: &[i8],
+) -> Option<(usize, f32)> {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::quantize_path() == crate::cpu::Path::Avx2 && x.len().is_multiple_of(8) {
+        // SAFETY: the Avx2 path is only chosen on CPUs with AVX2.
+        return unsafe { steepest_level_avx2(nmax, scale, x, w, levels) };
+    }
+    steepest_level_scalar(nmax, scale, x, w, levels)
+}
+
+fn steepest_level_scalar(
+    nmax: i32,
+    scale: f32,
+    x: &[f32],
+    w: &[f32],
+    levels: &[i8],
+) -> Option<(usize, f32)> {
+    let mut abs_gmax = 0f32;
+    let mut best = None;
+    for j in 0..x.len() {
+        let l = levels[j] as i32 - nmax;
+        let g = scale * w[j] * (x[j] - scale * l as f32);
+        if (g > 0.0 && l < nmax - 1) || (g < 0.0 && l > -nmax) {
+            let ag = g.abs();
+            if ag > abs_gmax {
+                abs_gmax = ag;
+                best = Some((j, g));
+            }
+        }
+    }
+    best
+}
+
+/// [`steepest_level_scalar`] eight levels per vector: the same gradients, ineligible ones
+/// zeroed (a zero never beats the strict `>`), then the first lane holding the maximum.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn steepest_level_avx2(
+    nmax: i32,
+    scale: f32,
+    x: &[f32],
+    w: &[f32],
+    levels: &[i8],
+) -> Option<(usize, f32)> {
+    use std::arch::x86_64::*;
+    let n = x.len();
+    let scale_v = _mm256_set1_ps(scale);
+    let (offset, top) = (_mm256_set1_epi32(nmax), _mm256_set1_epi32(nmax - 1));
+    let bottom = _mm256_set1_epi32(-nmax);
+    let (zero, sign) = (_mm256_setzero_ps(), _mm256_set1_ps(-0.0));
+    let mut grads = [0f32; 32];
+    let mut mags = [0f32; 32];
+    let mut max = zero;
+    for k in (0..n).step_by(8) {
+        let stored = _mm_loadl_epi64(levels[k..k + 8].as_ptr() as *const __m128i);
+        let l = _mm256_sub_epi32(_mm256_cvtepi8_epi32(stored), offset);
+        let diff = _mm256_sub_ps(
+            _mm256_loadu_ps(x[k..k + 8].as_ptr()),
+            _mm256_mul_ps(scale_v, _mm256_cvtepi32_ps(l)),
+        );
+        let sw = _mm256_mul_ps(scale_v, _mm256_loadu_ps(w[k..k + 8].as_ptr()));
+        let g = _mm256_mul_ps(sw, diff);
+        let up = _mm256_and_ps(
+            _mm256_cmp_ps::<_CMP_GT_OQ>(g, zero),
+            _mm256_castsi256_ps(_mm256_cmpgt_epi32(top, l)),
+        );
+        let down = _mm256_and_ps(
+            _mm256_cmp_ps::<_CMP_LT_OQ>(g, zero),
+            _mm256_castsi256_ps(_mm256_cmpgt_epi32(l, bottom)),
+        );
+        let mag = _mm256_and_ps(_mm256_andnot_ps(sign, g), _mm256_or_ps(up, down));
+        max = _mm256_max_ps(max, mag);
+        _mm256_storeu_ps(grads[k..].as_mut_ptr(), g);
+        _mm256_storeu_ps(mags[k..].as_mut_ptr(), mag);
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), max);
+    let top_mag = lanes.iter().fold(0f32, |a, &b| a.max(b));
+    if top_mag <= 0.0 {
+        return None;
+    }
+    let j = mags[..n].iter().position(|&m| m == top_mag)?;
+    Some((j, grads[j]))
 }
 
 /// Affine fit `x ≈ scale·l − min`, `l ∈ [0, nmax]`, scanning `nstep+1` inverse scales
@@ -504,4 +589,59 @@ pub(super) fn make_qp_quants(nmax: i32, x: &[f32], out: &mut [u8], qw: &[f32]) -
         }
     }
     sumlx / suml2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rng(seed: &mut u32) -> f32 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 17;
+        *seed ^= *seed << 5;
+        (*seed >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+    }
+
+    /// The vectorised coordinate-descent pick equals the scalar one: same level, same gradient
+    /// bits, including levels at both ends, zero weights and exact ties.
+    #[test]
+    fn steepest_level_simd_equals_scalar() {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            let mut seed = 4242u32;
+            for trial in 0..2000usize {
+                let (nmax, n) = [(16, 32), (32, 32), (32, 16), (4, 16)][trial % 4];
+                let scale = rng(&mut seed) * 10f32.powi(trial as i32 % 5 - 3);
+                let x: Vec<f32> = (0..n)
+                    .map(|j| match (j + trial) % 6 {
+                        0 => 0.0,
+                        1 => scale * ((j % 5) as f32 - 2.0), // exact multiples: gradient ties
+                        _ => rng(&mut seed) * scale.abs() * nmax as f32,
+                    })
+                    .collect();
+                let w: Vec<f32> = (0..n)
+                    .map(|j| {
+                        if (j + trial) % 7 == 0 {
+                            0.0
+                        } else {
+                            rng(&mut seed).abs()
+                        }
+                    })
+                    .collect();
+                let levels: Vec<i8> = (0..n)
+                    .map(|j| match (j + trial) % 5 {
+                        0 => 0,
+                        1 => (2 * nmax - 1) as i8,
+                        _ => ((rng(&mut seed).abs() * (2 * nmax) as f32) as i32).min(2 * nmax - 1)
+                            as i8,
+                    })
+                    .collect();
+                let scalar = steepest_level_scalar(nmax, scale, &x, &w, &levels);
+                // SAFETY: AVX2 is present (checked above).
+                let simd = unsafe { steepest_level_avx2(nmax, scale, &x, &w, &levels) };
+                let bits = |r: Option<(usize, f32)>| r.map(|(j, g)| (j, g.to_bits()));
+                assert_eq!(bits(scalar), bits(simd), "trial {trial}");
+            }
+        }
+    }
 }

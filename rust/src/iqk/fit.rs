@@ -6,33 +6,65 @@
 use crate::tables::Grid;
 
 /// At most this many candidates are fitted in one call.
-pub const MAX_CANDIDATES: usize = 16;
+pub const MAX_CANDIDATES: usize = 32;
+
+/// Which fits to form: both signs (the IQK types), or only the `+` fit (IQ4_NL, whose search
+/// never uses the `-` one; its two sums are then left at zero).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signs {
+    Both,
+    PlusOnly,
+}
 
 /// `(Σ w·q·x, Σ w·q², Σ w·q'·x, Σ w·q'²)` of one block, q = grid value nearest to `id·x`,
 /// q' = grid value nearest to `-id·x`. Products associate as in ik: `(w·q)·x`, `(w·q)·q`.
 #[inline(always)]
-pub fn fit_both_signs(grid: &Grid, id: f32, x: &[f32], w: &[f32]) -> [f32; 4] {
+pub fn fit_one(grid: &Grid, signs: Signs, id: f32, x: &[f32], w: &[f32]) -> [f32; 4] {
     let (mut sp, mut qp, mut sm, mut qm) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
     for (&v, &wj) in x.iter().zip(w) {
         let al = id * v;
         let q = grid.values[grid.nearest(al)] as f32;
         sp += wj * q * v;
         qp += wj * q * q;
-        let q = grid.values[grid.nearest(-al)] as f32;
-        sm += wj * q * v;
-        qm += wj * q * q;
+        if signs == Signs::Both {
+            let q = grid.values[grid.nearest(-al)] as f32;
+            sm += wj * q * v;
+            qm += wj * q * q;
+        }
     }
     [sp, qp, sm, qm]
 }
 
-/// `fit_both_signs` for every id in `ids` (at most [`MAX_CANDIDATES`]), into `out`.
+/// `fit_one` (both signs) for every id in `ids` (at most [`MAX_CANDIDATES`]), into `out`.
 pub fn fit_many(grid: &Grid, ids: &[f32], x: &[f32], w: &[f32], out: &mut [[f32; 4]]) {
-    fit_many_on(crate::cpu::quantize_path(), grid, ids, x, w, out)
+    fit_many_on(
+        crate::cpu::quantize_path(),
+        Signs::Both,
+        grid,
+        ids,
+        x,
+        w,
+        out,
+    )
 }
 
-/// [`fit_many`] on a given path (which must be available on this CPU).
+/// [`fit_many`] with the `+` fits only.
+pub fn fit_many_plus(grid: &Grid, ids: &[f32], x: &[f32], w: &[f32], out: &mut [[f32; 4]]) {
+    fit_many_on(
+        crate::cpu::quantize_path(),
+        Signs::PlusOnly,
+        grid,
+        ids,
+        x,
+        w,
+        out,
+    )
+}
+
+/// The batched fits on a given path (which must be available on this CPU).
 pub fn fit_many_on(
     path: crate::cpu::Path,
+    signs: Signs,
     grid: &Grid,
     ids: &[f32],
     x: &[f32],
@@ -44,11 +76,16 @@ pub fn fit_many_on(
     if path == crate::cpu::Path::Avx2 {
         assert!(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"));
         // SAFETY: the CPU has AVX2 (asserted above).
-        unsafe { avx2::fit_many(grid, ids, x, w, out) };
+        unsafe {
+            match signs {
+                Signs::Both => avx2::fit_many::<true>(grid, ids, x, w, out),
+                Signs::PlusOnly => avx2::fit_many::<false>(grid, ids, x, w, out),
+            }
+        }
         return;
     }
     for (o, &id) in out.iter_mut().zip(ids) {
-        *o = fit_both_signs(grid, id, x, w);
+        *o = fit_one(grid, signs, id, x, w);
     }
 }
 
@@ -181,17 +218,42 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2")]
-    pub unsafe fn fit_many(grid: &Grid, ids: &[f32], x: &[f32], w: &[f32], out: &mut [[f32; 4]]) {
+    pub unsafe fn fit_many<const BOTH_SIGNS: bool>(
+        grid: &Grid,
+        ids: &[f32],
+        x: &[f32],
+        w: &[f32],
+        out: &mut [[f32; 4]],
+    ) {
         match grid.values.len() {
-            4 => fit_many_n::<4>(grid, ids, x, w, out),
-            8 => fit_many_n::<8>(grid, ids, x, w, out),
-            16 => fit_many_n::<16>(grid, ids, x, w, out),
+            4 => by_groups::<4, BOTH_SIGNS>(grid, ids, x, w, out),
+            8 => by_groups::<8, BOTH_SIGNS>(grid, ids, x, w, out),
+            16 => by_groups::<16, BOTH_SIGNS>(grid, ids, x, w, out),
             n => unreachable!("grids have 4, 8 or 16 values, not {n}"),
         }
     }
 
+    /// The number of 8-candidate groups as a constant, so that every group's sums stay in
+    /// registers and the groups interleave (independent dependency chains per element).
     #[target_feature(enable = "avx2")]
-    unsafe fn fit_many_n<const N: usize>(
+    unsafe fn by_groups<const N: usize, const BOTH_SIGNS: bool>(
+        grid: &Grid,
+        ids: &[f32],
+        x: &[f32],
+        w: &[f32],
+        out: &mut [[f32; 4]],
+    ) {
+        match ids.len().div_ceil(8) {
+            0 => {}
+            1 => fit_many_n::<N, BOTH_SIGNS, 1>(grid, ids, x, w, out),
+            2 => fit_many_n::<N, BOTH_SIGNS, 2>(grid, ids, x, w, out),
+            3 => fit_many_n::<N, BOTH_SIGNS, 3>(grid, ids, x, w, out),
+            _ => fit_many_n::<N, BOTH_SIGNS, 4>(grid, ids, x, w, out),
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn fit_many_n<const N: usize, const BOTH_SIGNS: bool, const GROUPS: usize>(
         grid: &Grid,
         ids: &[f32],
         x: &[f32],
@@ -201,30 +263,29 @@ mod avx2 {
         let g = load::<N>(grid);
         let mut padded = [0.0f32; MAX_CANDIDATES];
         padded[..ids.len()].copy_from_slice(ids);
-        let groups = ids.len().div_ceil(8);
         let sign = _mm256_set1_ps(-0.0);
-        let mut id = [_mm256_setzero_ps(); 2];
-        let mut sums = [[_mm256_setzero_ps(); 4]; 2];
-        for (k, v) in id.iter_mut().enumerate().take(groups) {
-            *v = _mm256_loadu_ps(padded.as_ptr().add(8 * k));
-        }
+        let id: [__m256; GROUPS] =
+            std::array::from_fn(|k| _mm256_loadu_ps(padded.as_ptr().add(8 * k)));
+        let mut sums = [[_mm256_setzero_ps(); 4]; GROUPS];
         for (&xj, &wj) in x.iter().zip(w) {
             let (xv, wv) = (_mm256_set1_ps(xj), _mm256_set1_ps(wj));
-            for k in 0..groups {
+            for k in 0..GROUPS {
                 let al = _mm256_mul_ps(id[k], xv);
                 let s = &mut sums[k];
                 let q = nearest_value(&g, al);
                 let wq = _mm256_mul_ps(wv, q);
                 s[0] = _mm256_add_ps(s[0], _mm256_mul_ps(wq, xv));
                 s[1] = _mm256_add_ps(s[1], _mm256_mul_ps(wq, q));
-                let q = nearest_value(&g, _mm256_xor_ps(al, sign));
-                let wq = _mm256_mul_ps(wv, q);
-                s[2] = _mm256_add_ps(s[2], _mm256_mul_ps(wq, xv));
-                s[3] = _mm256_add_ps(s[3], _mm256_mul_ps(wq, q));
+                if BOTH_SIGNS {
+                    let q = nearest_value(&g, _mm256_xor_ps(al, sign));
+                    let wq = _mm256_mul_ps(wv, q);
+                    s[2] = _mm256_add_ps(s[2], _mm256_mul_ps(wq, xv));
+                    s[3] = _mm256_add_ps(s[3], _mm256_mul_ps(wq, q));
+                }
             }
         }
         let mut lanes = [[0.0f32; 8]; 4];
-        for (k, group) in sums.iter().enumerate().take(groups) {
+        for (k, group) in sums.iter().enumerate() {
             for (s, lane) in group.iter().zip(lanes.iter_mut()) {
                 _mm256_storeu_ps(lane.as_mut_ptr(), *s);
             }
@@ -281,11 +342,12 @@ mod tests {
                 let ids: Vec<f32> = (0..ncand)
                     .map(|k| (k as f32 - 7.0 - 120.0 * rng(&mut seed)) / max.max(1e-30))
                     .collect();
-                for grid in IQ2_GRIDS.iter().chain(&IQ3_GRIDS).chain(&IQ4_GRIDS) {
+                let grids = IQ2_GRIDS.iter().chain(&IQ3_GRIDS).chain(&IQ4_GRIDS);
+                for (grid, signs) in grids.flat_map(|g| [(g, Signs::Both), (g, Signs::PlusOnly)]) {
                     let mut scalar = [[0f32; 4]; MAX_CANDIDATES];
                     let mut simd = [[0f32; 4]; MAX_CANDIDATES];
-                    fit_many_on(Path::Scalar, grid, &ids, &x, &w, &mut scalar);
-                    fit_many_on(Path::Avx2, grid, &ids, &x, &w, &mut simd);
+                    fit_many_on(Path::Scalar, signs, grid, &ids, &x, &w, &mut scalar);
+                    fit_many_on(Path::Avx2, signs, grid, &ids, &x, &w, &mut simd);
                     for c in 0..ncand {
                         let bits = |f: [f32; 4]| f.map(f32::to_bits);
                         assert_eq!(
