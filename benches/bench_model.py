@@ -10,8 +10,13 @@ against the largest tensor (f32 working copy included) and the sum of tensor siz
     python benches/bench_model.py                      # the bundled tiny model, six types
     python benches/bench_model.py MODEL.gguf -t IQ4_K -t IQ2_KS --threads 2 --json out.json
     python benches/bench_model.py SmolLM2-135M-Instruct.Q4_1.gguf -- --allow-requantize
+    python benches/bench_model.py smol-f16.gguf --imatrix smol.imatrix.dat --threads 2 \
+        --ik-quantize ik_llama.cpp/build/bin/llama-quantize
 
-Arguments after ``--`` are passed to ``iqk quantize`` (e.g. --custom-q, --imatrix).
+``--imatrix`` goes to both tools. With ``--ik-quantize``, ik_llama.cpp's llama-quantize runs
+on the same model, type, imatrix and thread count right after ours, and each row adds its
+wall time, peak memory and our time as a fraction of it (``x ik``). Arguments after ``--``
+are passed to ``iqk quantize`` only (e.g. --custom-q).
 """
 
 from __future__ import annotations
@@ -31,14 +36,17 @@ SIX = ["IQ2_K", "IQ3_K", "IQ4_K", "IQ2_KS", "IQ3_KS", "IQ4_KS"]
 
 def run_child(args: list[str]) -> tuple[float, int, int]:
     """(wall seconds, peak RSS bytes, exit status) of one child process."""
-    t0 = time.perf_counter()
-    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t0
-    p.returncode = os.waitstatus_to_exitcode(status)
-    err = p.stderr.read().decode(errors="replace") if p.stderr else ""
-    if p.returncode:
-        sys.stderr.write(err)
+    # stderr goes to a file, not a pipe: a chatty child (llama-quantize logs every tensor)
+    # would otherwise block on a full pipe that is only read after it exits.
+    with tempfile.TemporaryFile() as err_file:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err_file)
+        _, status, usage = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        if p.returncode:
+            err_file.seek(0)
+            sys.stderr.write(err_file.read().decode(errors="replace")[-4000:])
     return wall, usage.ru_maxrss * 1024, p.returncode  # ru_maxrss is KiB on Linux
 
 
@@ -62,6 +70,8 @@ def main() -> int:
     ap.add_argument("model", nargs="?", default=str(ROOT / "tests/data/tiny-llama-f16.gguf"))
     ap.add_argument("-t", "--type", action="append", dest="types", help="target (repeatable)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--imatrix", type=Path, help="importance matrix for both tools")
+    ap.add_argument("--ik-quantize", type=Path, help="ik_llama.cpp's llama-quantize binary")
     ap.add_argument("--json", type=Path, help="also write the results here")
     a = ap.parse_args(argv)
     model = Path(a.model)
@@ -71,13 +81,16 @@ def main() -> int:
     print(f"model {model.name}: {total / 2**20:.1f} MiB of tensors; largest tensor "
           f"{largest / 2**20:.1f} MiB ({largest_f32 / 2**20:.1f} MiB as f32); "
           f"baseline RSS {base_rss / 2**20:.0f} MiB; {os.cpu_count()} CPUs")  # fmt: skip
+    ik_head = f" {'ik wall s':>10} {'ik peak MiB':>12} {'x ik':>6}" if a.ik_quantize else ""
     print(f"{'type':8} {'wall s':>8} {'MiB/s':>8} {'peak MiB':>9} {'+MiB':>8} "
-          f"{'+/largest f32':>14} {'out MiB':>8}")  # fmt: skip
+          f"{'+/largest f32':>14} {'out MiB':>8}{ik_head}")  # fmt: skip
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for t in a.types or SIX:
             out = Path(tmp) / f"{t}.gguf"
             cmd = [py, "-m", "iqk_rs.cli", "quantize", str(model), str(out), t, "-q", *extra]
+            if a.imatrix:
+                cmd += ["--imatrix", str(a.imatrix)]
             if a.threads:
                 cmd += ["--threads", str(a.threads)]
             wall, peak, rc = run_child(cmd)
@@ -86,11 +99,25 @@ def main() -> int:
                 continue
             added = max(peak - base_rss, 0)
             size = out.stat().st_size
-            rows.append(dict(type=t, wall_s=wall, peak_rss=peak, added_rss=added, out_bytes=size))
+            row = dict(type=t, wall_s=wall, peak_rss=peak, added_rss=added, out_bytes=size)
+            out.unlink()
+            ik_cols = ""
+            if a.ik_quantize:
+                ik_cmd = [str(a.ik_quantize)]
+                if a.imatrix:
+                    ik_cmd += ["--imatrix", str(a.imatrix)]
+                ik_cmd += [str(model), str(out), t, str(a.threads or os.cpu_count())]
+                ik_wall, ik_peak, ik_rc = run_child(ik_cmd)
+                if ik_rc:
+                    print(f"{t:8} ik_llama.cpp failed (exit {ik_rc})")
+                else:
+                    row.update(ik_wall_s=ik_wall, ik_peak_rss=ik_peak)
+                    ik_cols = f" {ik_wall:10.2f} {ik_peak / 2**20:12.0f} {wall / ik_wall:6.2f}"
+                out.unlink(missing_ok=True)
+            rows.append(row)
             print(f"{t:8} {wall:8.2f} {total / 2**20 / wall:8.1f} {peak / 2**20:9.0f} "
                   f"{added / 2**20:8.0f} {added / largest_f32:14.2f} "
-                  f"{size / 2**20:8.1f}")  # fmt: skip
-            out.unlink()
+                  f"{size / 2**20:8.1f}{ik_cols}", flush=True)  # fmt: skip
     if a.json:
         a.json.write_text(json.dumps(
             dict(model=str(model), tensor_bytes=total, largest_tensor_bytes=largest,

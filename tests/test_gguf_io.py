@@ -19,10 +19,10 @@ from iqk_rs.gguf import (
     type_by_id,
     type_by_name,
 )
-from iqk_rs.gguf.ggml_types import bf16_to_f32, f32_to_bf16
+from iqk_rs.gguf.ggml_types import f32_to_bf16, rows_to_f32
 
 TINY = Path(__file__).parent / "data" / "tiny-llama-f16.gguf"
-F32, F16 = type_by_name("f32"), type_by_name("f16")
+F32, F16, BF16 = type_by_name("f32"), type_by_name("f16"), type_by_name("bf16")
 
 
 def _write(path: Path, kvs, tensors: dict[str, tuple], alignment: int = 32) -> Path:
@@ -117,11 +117,27 @@ def test_sizes_agree_with_core() -> None:
 def test_bf16_conversion() -> None:
     x = np.array([1.0, -2.5, 1.00390625, 1.01171875, 3e38, np.inf, np.nan], np.float32)
     b = f32_to_bf16(x)
-    y = bf16_to_f32(b)
+    y = rows_to_f32(b.reshape(1, -1), BF16, b.size)[0]
     assert y[0] == 1.0 and y[1] == -2.5
     assert y[2] == 1.0  # tie rounds to even
     assert y[3] == 1.015625  # tie rounds up to even
     assert np.isinf(y[5]) and np.isnan(y[6])
+
+
+@pytest.mark.parametrize("threads", [1, None])
+def test_half_widening_is_exact_for_every_bit_pattern(threads: int | None) -> None:
+    """F16 and BF16 tensors widen (in Rust, SIMD and parallel) to exactly the f32 that numpy
+    and the bf16 definition give, for all 65536 patterns (NaN payloads: NaN stays NaN)."""
+    bits = np.arange(1 << 16, dtype=np.uint16).reshape(256, 256)
+    for gtype, expected in [
+        (F16, bits.view(np.float16).astype(np.float32)),
+        (BF16, (bits.astype(np.uint32) << 16).view(np.float32)),
+    ]:
+        got = rows_to_f32(bits.view(np.uint8), gtype, 256, threads)
+        assert got.dtype == np.float32 and got.shape == (256, 256)
+        nan = np.isnan(expected)
+        assert np.array_equal(np.isnan(got), nan)
+        assert np.array_equal(got[~nan].view(np.uint32), expected[~nan].view(np.uint32))
 
 
 # -- round trips --------------------------------------------------------------------------

@@ -17,6 +17,9 @@ def quantize(
 def dequantize(
     q: npt.NDArray[np.uint8], qtype: int | str, threads: int | None = None
 ) -> npt.NDArray[np.float32]: ...
+def widen_to_f32(
+    bits: npt.NDArray[np.uint16], format: str, threads: int | None = None
+) -> npt.NDArray[np.float32]: ...
 def quantize_q8_k(x: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]: ...
 def vec_dot(
     q: npt.NDArray[np.uint8],

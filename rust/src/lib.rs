@@ -4,8 +4,9 @@
 //!
 //! Layers, bottom up: [`numeric`] and [`tables`] (shared arithmetic and value grids),
 //! [`iqk`] (the six IQK types), [`companion`] (the other types of ik's mixes), [`simd`] (dot
-//! products against Q8_K on every instruction set, chosen at run time), [`q8k`] (activations), [`registry`] (ids and
-//! sizes of every type), [`ops`] (validated, parallel whole-tensor operations). The Python
+//! products against Q8_K on every instruction set, chosen at run time), [`q8k`]
+//! (activations), [`registry`] (ids and sizes of every type), [`widen`] (f16/bf16 inputs to
+//! f32), [`ops`] (validated, parallel whole-tensor operations). The Python
 //! binding lives in `py` behind the `python` feature.
 
 pub mod companion;
@@ -18,6 +19,7 @@ pub mod q8k;
 pub mod registry;
 pub mod simd;
 pub mod tables;
+pub mod widen;
 
 #[cfg(feature = "python")]
 mod py;

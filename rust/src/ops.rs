@@ -14,6 +14,7 @@ use crate::numeric::sanitized_row_weights;
 use crate::q8k;
 use crate::registry::{QuantType, QK_K};
 use crate::simd::{self, DotType};
+use crate::widen::{widen, HalfFormat};
 
 /// Options of [`quantize`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -235,6 +236,21 @@ fn quantize_companion(
         || (),
         |_, o, r| companion::quantize_row(kind, r, imatrix, o),
     )
+}
+
+/// Widen f16 or bf16 values to f32, in parallel (exact, so independent of the thread count).
+pub fn widen_to_f32(format: HalfFormat, src: &[u16], threads: Option<usize>) -> Result<Vec<f32>> {
+    // Chunks large enough to amortise scheduling, small enough to share out.
+    const CHUNK: usize = 1 << 16;
+    let mut out = vec![0f32; src.len()];
+    zip_rows(
+        threads,
+        (&mut out, CHUNK),
+        (src, CHUNK),
+        || (),
+        |_, o, i| widen(format, i, o),
+    )?;
+    Ok(out)
 }
 
 /// Quantize `x` (rows of `n_per_row`); returns `nrows · row_size` bytes.

@@ -189,10 +189,6 @@ def all_types() -> list[GGMLType]:
 # --- float conversions (numpy, no core needed) ---------------------------------
 
 
-def bf16_to_f32(u16: np.ndarray) -> np.ndarray:
-    return (np.asarray(u16, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
-
-
 def f32_to_bf16(x: np.ndarray) -> np.ndarray:
     """Round to nearest even, NaN kept quiet: ggml_compute_fp32_to_bf16."""
     u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
@@ -207,10 +203,11 @@ def rows_to_f32(
     """Decode a 2-D block of raw rows (uint8, or the float dtype itself) to float32 (nrows, ne0)."""
     if gtype.id == F32:
         return np.ascontiguousarray(rows).view(np.float32).reshape(-1, ne0)
-    if gtype.id == F16:
-        return np.ascontiguousarray(rows).view(np.float16).reshape(-1, ne0).astype(np.float32)
-    if gtype.id == BF16:
-        return bf16_to_f32(np.ascontiguousarray(rows).view(np.uint16).reshape(-1, ne0))
+    if gtype.id in (F16, BF16):
+        from iqk_rs import _core
+
+        bits = np.ascontiguousarray(rows).view(np.uint16).reshape(-1, ne0)
+        return _core.widen_to_f32(bits, "f16" if gtype.id == F16 else "bf16", threads)
     raw = np.ascontiguousarray(rows).view(np.uint8).reshape(rows.shape[0], -1)
     if gtype.in_core:
         import iqk_rs

@@ -97,6 +97,9 @@ class TensorInfo:
         return max(n, 1)
 
 
+_U64 = struct.Struct("<Q")
+
+
 class _Cursor:
     def __init__(self, buf: memoryview, path: Path):
         self.buf = buf
@@ -121,12 +124,34 @@ class _Cursor:
 
     def string(self, what: str, limit: int = MAX_STRING_LEN) -> str:
         n = self.unpack("<Q", f"{what} length")
-        if n > limit:
-            raise self.fail(f"{what} is {n} bytes long, more than the limit of {limit}")
-        self.need(n, what)
+        self.string_check(n, what, limit)
         s = bytes(self.buf[self.pos : self.pos + n]).decode("utf-8", errors="surrogateescape")
         self.pos += n
         return s
+
+    def strings(self, n: int, what: str) -> list[str]:
+        """n strings in a row: `string` unrolled, as vocabularies hold 10^5 of them."""
+        buf, pos, end = self.buf, self.pos, len(self.buf)
+        length = _U64.unpack_from
+        items = []
+        for i in range(n):
+            if pos + 8 > end:
+                self.pos = pos
+                self.need(8, f"{what}[{i}] length")
+            (m,) = length(buf, pos)
+            pos += 8
+            if m > MAX_STRING_LEN or pos + m > end:
+                self.pos = pos
+                self.string_check(m, f"{what}[{i}]", MAX_STRING_LEN)
+            items.append(str(buf[pos : pos + m], "utf-8", "surrogateescape"))
+            pos += m
+        self.pos = pos
+        return items
+
+    def string_check(self, n: int, what: str, limit: int) -> None:
+        if n > limit:
+            raise self.fail(f"{what} is {n} bytes long, more than the limit of {limit}")
+        self.need(n, what)
 
     def value(self, vtype: int, what: str, depth: int = 0) -> KV:
         try:
@@ -160,7 +185,7 @@ class _Cursor:
         # strings or nested arrays: each item takes at least 8 bytes
         self.need(n * 8, f"{what} array data")
         if st == GGUFValueType.STRING:
-            items: list = [self.string(f"{what}[{i}]") for i in range(n)]
+            items: list = self.strings(n, what)
         else:
             items = [self.value(int(st), f"{what}[{i}]", depth + 1) for i in range(n)]
         return KV(what, vt, items, st)

@@ -13,6 +13,7 @@ use crate::error::IqkError;
 use crate::iqk::iq2_ks::Iq2KsSearch;
 use crate::ops::{self, QuantizeOptions};
 use crate::registry::{QuantType, TYPES};
+use crate::widen::HalfFormat;
 
 /// A type given as a name (any case) or a ggml id.
 #[derive(FromPyObject)]
@@ -88,6 +89,23 @@ fn quantize<'py>(
     let row_size = qtype.row_size(n_per_row)?;
     let out = py.detach(|| ops::quantize(qtype, data, n_per_row, im, &opts))?;
     reshape2(py, out, nrows, row_size)
+}
+
+#[pyfunction]
+#[pyo3(signature = (bits, format, threads=None))]
+fn widen_to_f32<'py>(
+    py: Python<'py>,
+    bits: PyReadonlyArray2<'py, u16>,
+    format: &str,
+    threads: Option<usize>,
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let fmt = HalfFormat::from_name(format).ok_or_else(|| {
+        IqkError::InvalidArgument(format!("format must be 'f16' or 'bf16', not {format:?}"))
+    })?;
+    let [nrows, ncols] = [bits.shape()[0], bits.shape()[1]];
+    let data = contiguous("bits", &bits)?;
+    let out = py.detach(|| ops::widen_to_f32(fmt, data, threads))?;
+    reshape2(py, out, nrows, ncols)
 }
 
 #[pyfunction]
@@ -211,6 +229,7 @@ fn type_table(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(quantize, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize, m)?)?;
+    m.add_function(wrap_pyfunction!(widen_to_f32, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_q8_k, m)?)?;
     m.add_function(wrap_pyfunction!(vec_dot, m)?)?;
     m.add_function(wrap_pyfunction!(matvec, m)?)?;
