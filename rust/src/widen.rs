@@ -52,7 +52,8 @@ pub fn widen_on(path: Path, format: HalfFormat, src: &[u16], dst: &mut [f32]) {
             HalfFormat::F16 => {}
         }
     }
-    let _ = path;
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = path; // only x86-64 has a vector path
     match format {
         HalfFormat::F16 => {
             for (d, &s) in dst.iter_mut().zip(src) {

@@ -133,9 +133,9 @@ pub struct PartitionSearch {
     /// i3 starts at max(i2, min_i3).
     min_i3: usize,
     pairs: &'static SplitPairs,
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     /// SIMD scratch: per (i2, i3) pair, the partial sums that do not depend on i1 (see
-    /// `search_avx2`), `TAIL_ROWS` rows of `ROW_STRIDE`.
+    /// `fill_tails_avx2`), `TAIL_ROWS` rows of `ROW_STRIDE`.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     tails: Vec<f32>,
 }
 
@@ -209,6 +209,12 @@ const TAIL_ROWS: usize = PRODUCT_ROWS + 4 * 4;
 /// Row length: room for every pair plus a vector of padding, and an odd number of cache lines
 /// so that the rows, read side by side, do not all map to the same L1 sets.
 const ROW_STRIDE: usize = MAX_PAIRS + 16;
+
+/// Where pair k's value of row r lives in `PartitionSearch::tails`.
+#[inline(always)]
+const fn tail_index(row: usize, k: usize) -> usize {
+    row * ROW_STRIDE + k
+}
 
 impl PartitionSearch {
     /// The search over blocks of `block_len` with i1 < max_i1 and i3 >= min_i3.
@@ -285,42 +291,15 @@ impl PartitionSearch {
     #[target_feature(enable = "avx2")]
     unsafe fn search_avx2(&mut self, p: &Prefix, cands: &[([f32; 4], bool); 4]) -> (f32, bool) {
         use std::arch::x86_64::*;
-        let (n, sumx, sumw) = (p.n, &p.sumx, &p.sumw);
+        let (sumx, sumw) = (&p.sumx, &p.sumw);
         let pairs = self.pairs;
         let count = pairs.i2.len();
         let v = cands.map(|(v, _)| v.map(|c| _mm256_set1_ps(c)));
-        let tails = &mut self.tails;
-        for (k, (&i2, &i3)) in pairs.i2.iter().zip(&pairs.i3).enumerate() {
-            let (i2, i3) = (i2 as usize, i3 as usize);
-            tails[k] = sumx[i2];
-            tails[ROW_STRIDE + k] = sumw[i2];
-            tails[2 * ROW_STRIDE + k] = sumx[i3] - sumx[i2];
-            tails[3 * ROW_STRIDE + k] = sumw[i3] - sumw[i2];
-            tails[4 * ROW_STRIDE + k] = sumx[n] - sumx[i3];
-            tails[5 * ROW_STRIDE + k] = sumw[n] - sumw[i3];
-        }
-        let row_at = |r: usize, k: usize| r * ROW_STRIDE + k;
-        for k in (0..count).step_by(8) {
-            let load = |r: usize| _mm256_loadu_ps(tails[row_at(r, k)..][..8].as_ptr());
-            let (g2x, g2w, g3x, g3w) = (load(2), load(3), load(4), load(5));
-            let term = |g: __m256, v: __m256| _mm256_mul_ps(_mm256_mul_ps(g, v), v);
-            for (c, vc) in v.iter().enumerate() {
-                let products = [
-                    _mm256_mul_ps(g2x, vc[2]),
-                    _mm256_mul_ps(g3x, vc[3]),
-                    term(g2w, vc[2]),
-                    term(g3w, vc[3]),
-                ];
-                for (r, value) in products.into_iter().enumerate() {
-                    let at = row_at(PRODUCT_ROWS + 4 * c + r, k);
-                    _mm256_storeu_ps(tails[at..][..8].as_mut_ptr(), value);
-                }
-            }
-        }
+        self.fill_tails_avx2(p, &v);
         // Unchecked loads in the hot loop: k + 8 <= count + 8 <= MAX_PAIRS < ROW_STRIDE (asserted
         // in SplitPairs::build) and every row index is below TAIL_ROWS.
         let base = self.tails.as_ptr();
-        let row = |r: usize, k: usize| _mm256_loadu_ps(base.add(row_at(r, k)));
+        let row = |r: usize, k: usize| _mm256_loadu_ps(base.add(tail_index(r, k)));
         let mut best = Best {
             score: 0.0,
             d: 0.0,
@@ -383,6 +362,48 @@ impl PartitionSearch {
             }
         }
         (best.d, best.shifted)
+    }
+
+    /// Fill `tails` (see `TAIL_ROWS`) for the prefix sums `p` and candidate levels `v`: the
+    /// same f32 differences and products as `Prefix::split_sums`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn fill_tails_avx2(&mut self, p: &Prefix, v: &[[std::arch::x86_64::__m256; 4]; 4]) {
+        use std::arch::x86_64::*;
+        let (n, sumx, sumw) = (p.n, &p.sumx, &p.sumw);
+        let pairs = self.pairs;
+        let tails = &mut self.tails;
+        for (k, (&i2, &i3)) in pairs.i2.iter().zip(&pairs.i3).enumerate() {
+            let (i2, i3) = (i2 as usize, i3 as usize);
+            let rows = [
+                sumx[i2],
+                sumw[i2],
+                sumx[i3] - sumx[i2],
+                sumw[i3] - sumw[i2],
+                sumx[n] - sumx[i3],
+                sumw[n] - sumw[i3],
+            ];
+            for (r, value) in rows.into_iter().enumerate() {
+                tails[tail_index(r, k)] = value;
+            }
+        }
+        for k in (0..pairs.i2.len()).step_by(8) {
+            let load = |r: usize| _mm256_loadu_ps(tails[tail_index(r, k)..][..8].as_ptr());
+            let (g2x, g2w, g3x, g3w) = (load(2), load(3), load(4), load(5));
+            let term = |g: __m256, v: __m256| _mm256_mul_ps(_mm256_mul_ps(g, v), v);
+            for (c, vc) in v.iter().enumerate() {
+                let products = [
+                    _mm256_mul_ps(g2x, vc[2]),
+                    _mm256_mul_ps(g3x, vc[3]),
+                    term(g2w, vc[2]),
+                    term(g3w, vc[3]),
+                ];
+                for (r, value) in products.into_iter().enumerate() {
+                    let at = tail_index(PRODUCT_ROWS + 4 * c + r, k);
+                    _mm256_storeu_ps(tails[at..][..8].as_mut_ptr(), value);
+                }
+            }
+        }
     }
 }
 
