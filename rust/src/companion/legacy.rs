@@ -11,6 +11,7 @@
 
 use super::search::{make_qx_quants, GROUP_MAX_EPS};
 use super::util::{build_nl_index, c_trunc_i32, read_f16, resolve_nl, write_f16};
+use crate::iqk::common::Weighting;
 use crate::iqk::fit::fit_many_plus;
 
 const QK: usize = 32;
@@ -90,9 +91,7 @@ pub(super) fn quantize_q5_0(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) 
                 .zip(qw.chunks_exact(QK))
                 .zip(out.chunks_exact_mut(22))
             {
-                for j in 0..QK {
-                    weight[j] = qb[j] * (sigma2 + xb[j] * xb[j]).sqrt();
-                }
+                Weighting::Narrow.fill(sigma2, xb, Some(qb), &mut weight);
                 let d = make_qx_quants(16, xb, &mut l, Some(&weight));
                 write_f16(y, 0, d);
                 pack_q5_0(&l, y);
@@ -138,19 +137,9 @@ pub(super) fn quantize_q6_0(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) 
     let mut weight = [0f32; QK];
     let mut l = [0i8; QK];
     for (ib, (xb, y)) in x.chunks_exact(QK).zip(out.chunks_exact_mut(26)).enumerate() {
-        match imatrix {
-            Some(qw) => {
-                let qb = &qw[ib * QK..(ib + 1) * QK];
-                for j in 0..QK {
-                    weight[j] = qb[j] * (sigma2 + xb[j] * xb[j]).sqrt();
-                }
-            }
-            None => {
-                for j in 0..QK {
-                    weight[j] = xb[j] * xb[j];
-                }
-            }
-        }
+        // qw·sqrt(σ² + x²), or x² without an imatrix: the IQ4 types' weighting.
+        let qb = imatrix.map(|qw| &qw[ib * QK..(ib + 1) * QK]);
+        Weighting::Narrow.fill(sigma2, xb, qb, &mut weight);
         let d = make_qx_quants(32, xb, &mut l, Some(&weight));
         write_f16(y, 0, d);
         y[2..10].fill(0);
@@ -215,19 +204,9 @@ pub(super) fn quantize_iq4_nl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]
         }
         sigma2 *= 2.0 / QK as f32;
         y.fill(0);
-        match imatrix {
-            Some(qw) => {
-                let qb = &qw[ib * QK..(ib + 1) * QK];
-                for j in 0..QK {
-                    weight[j] = qb[j] * (sigma2 + xb[j] * xb[j]).sqrt();
-                }
-            }
-            None => {
-                for j in 0..QK {
-                    weight[j] = xb[j] * xb[j];
-                }
-            }
-        }
+        // qw·sqrt(σ² + x²), or x² without an imatrix: the IQ4 types' weighting.
+        let qb = imatrix.map(|qw| &qw[ib * QK..(ib + 1) * QK]);
+        Weighting::Narrow.fill(sigma2, xb, qb, &mut weight);
         let (mut amax, mut max) = (0f32, 0f32);
         for &t in xb {
             if t.abs() > amax {
