@@ -19,6 +19,11 @@ pub struct Grid {
     pub values: &'static [i8],
     /// For integer k = floor(x) - values[0]: the last index i <= n-2 with values[i] <= floor(x).
     lo: &'static [u8],
+    /// `thresholds[i]`: the least f32 that [`Grid::nearest`] sends past value i (to i + 1 or
+    /// beyond); +inf past the last pair. The nearest index of a sane x is the number of
+    /// thresholds `<= x`, which the SIMD searches count. These sit within a few ulps of the
+    /// midpoints, not on them: near a midpoint close to zero the f32 differences round.
+    pub thresholds: [f32; 15],
 }
 
 impl Grid {
@@ -39,6 +44,38 @@ impl Grid {
         let below = x - (self.values[lo] as f32) < self.values[lo + 1] as f32 - x;
         lo + (!below) as usize
     }
+}
+
+/// See [`Grid::thresholds`]. `nearest`'s test `(x - a) < (b - x)` is monotone in x, so walk
+/// from the midpoint to the first f32 that fails it.
+const fn build_thresholds(values: &[i8]) -> [f32; 15] {
+    const fn goes_up(a: f32, b: f32, x: f32) -> bool {
+        (x - a) >= (b - x) // no NaN here: the negation of `nearest`'s "below"
+    }
+    // Next f32 toward +inf / -inf, for the finite, nonzero midpoint neighbourhoods walked here.
+    const fn step(x: f32, up: bool) -> f32 {
+        let bits = x.to_bits();
+        let away_from_zero = up == (x > 0.0);
+        f32::from_bits(if away_from_zero { bits + 1 } else { bits - 1 })
+    }
+    let mut t = [f32::INFINITY; 15];
+    let mut i = 0;
+    while i + 1 < values.len() {
+        let (a, b) = (values[i] as f32, values[i + 1] as f32);
+        let mut x = 0.5 * (a + b);
+        if goes_up(a, b, x) {
+            while goes_up(a, b, step(x, false)) {
+                x = step(x, false);
+            }
+        } else {
+            while !goes_up(a, b, x) {
+                x = step(x, true);
+            }
+        }
+        t[i] = x;
+        i += 1;
+    }
+    t
 }
 
 const fn build_lo<const SPAN: usize>(values: &[i8]) -> [u8; SPAN] {
@@ -71,10 +108,12 @@ macro_rules! grids {
                 Grid {
                     values: BASE,
                     lo: &LO_BASE,
+                    thresholds: build_thresholds(BASE),
                 },
                 Grid {
                     values: SHIFTED,
                     lo: &LO_SHIFTED,
+                    thresholds: build_thresholds(SHIFTED),
                 },
             ]
         };

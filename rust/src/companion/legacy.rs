@@ -10,9 +10,9 @@
 //! Nibble packing (all four): byte j holds element j (low) and element j+16 (high).
 
 use super::search::{make_qx_quants, GROUP_MAX_EPS};
-use super::util::{build_nl_index, c_trunc_i32, read_f16, resolve_nl, write_f16};
+use super::util::{c_trunc_i32, read_f16, write_f16};
 use crate::iqk::common::Weighting;
-use crate::iqk::fit::fit_many_plus;
+use crate::iqk::fit::{fit_many_plus, nearest_indices};
 
 const QK: usize = 32;
 
@@ -180,19 +180,12 @@ const IQ4NL_F: [f32; 16] = {
     }
     v
 };
-static IQ4NL_INDEX: [u8; 241] = build_nl_index::<16, 241>(&IQ4NL_VALUES);
-
-/// ik's `best_index_iq4nl`: bucket by `(int)x`, ties resolved by f32 comparison.
-#[inline]
-fn best_index_iq4nl(x: f32) -> usize {
-    let ix = c_trunc_i32(x).wrapping_sub(IQ4NL_VALUES[0] as i32);
-    resolve_nl(&IQ4NL_INDEX, &IQ4NL_F, 16, 241, ix, x)
-}
 
 /// `quantize_iq4_nl` → `quantize_row_iq4_nl_impl(32, 32, .., ntry = 7)` per block:
 /// weights `qw·sqrt(σ² + x²)` (σ² = 2Σx²/32 over the block) or `x²`, a scan of 15 + 15
 /// inverse scales around ±127/max and ±113/max, then greedy single-index moves.
 pub(super) fn quantize_iq4_nl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+    let grid = &crate::tables::IQ4_GRIDS[0];
     let v = &IQ4NL_F;
     let vi = |k: usize| IQ4NL_VALUES[k] as i32;
     let mut weight = [0f32; QK];
@@ -227,7 +220,6 @@ pub(super) fn quantize_iq4_nl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]
                 ids[2 + 2 * k] = (itry + vi(15)) as f32 / max;
             }
             let mut fits = [[0f32; 4]; 32];
-            let grid = &crate::tables::IQ4_GRIDS[0];
             fit_many_plus(grid, &ids, xb, &weight, &mut fits);
             let (sqx, sq2) = (fits[0][0], fits[0][1]);
             let mut d = sqx / sq2;
@@ -243,32 +235,12 @@ pub(super) fn quantize_iq4_nl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]
                     best_id = id;
                 }
             }
-            for j in 0..QK {
-                lb[j] = best_index_iq4nl(best_id * xb[j]) as u8;
-            }
+            nearest_indices(grid, best_id, xb, &mut lb);
             let (mut sqx, mut sq2) = (best_sqx, best_sq2);
             for _ in 0..32 * QK {
-                let mut min_step = f32::INFINITY;
-                let mut pick: Option<(usize, i32)> = None;
-                for j in 0..QK {
-                    let w = weight[j];
-                    let k = lb[j] as usize;
-                    let g = d * w * (xb[j] - d * v[k]);
-                    if g > 0.0 && k < 15 {
-                        let step = (vi(k + 1) - vi(k)) as f32 / g;
-                        if step < min_step {
-                            min_step = step;
-                            pick = Some((j, 1));
-                        }
-                    } else if g < 0.0 && k > 0 {
-                        let step = (vi(k - 1) - vi(k)) as f32 / g;
-                        if step < min_step {
-                            min_step = step;
-                            pick = Some((j, -1));
-                        }
-                    }
-                }
-                let Some((j, dir)) = pick else { break };
+                let Some((j, dir)) = cheapest_move(d, xb, &weight, &lb) else {
+                    break;
+                };
                 let w = weight[j];
                 let k = lb[j] as usize;
                 let kn = (k as i32 + dir) as usize;
@@ -288,13 +260,111 @@ pub(super) fn quantize_iq4_nl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]
         };
         write_f16(y, 0, scale);
         let id = if scale != 0.0 { 1.0 / scale } else { 0.0 };
-        for j in 0..QK {
-            lb[j] = best_index_iq4nl(id * xb[j]) as u8;
-        }
+        nearest_indices(grid, id, xb, &mut lb);
         for j in 0..16 {
             y[2 + j] = lb[j] | (lb[j + 16] << 4);
         }
     }
+}
+
+/// One greedy move of the IQ4_NL refinement: the element whose step to the neighbouring
+/// value in its gradient's direction needs the smallest scale change
+/// `Δv / (d·w·(x − d·v))`, the first such element on ties, and the direction (±1).
+fn cheapest_move(d: f32, x: &[f32], w: &[f32], lb: &[u8; QK]) -> Option<(usize, i32)> {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::quantize_path() == crate::cpu::Path::Avx2 {
+        // SAFETY: the Avx2 path is only chosen on CPUs with AVX2.
+        return unsafe { cheapest_move_avx2(d, x, w, lb) };
+    }
+    cheapest_move_scalar(d, x, w, lb)
+}
+
+fn cheapest_move_scalar(d: f32, x: &[f32], w: &[f32], lb: &[u8; QK]) -> Option<(usize, i32)> {
+    let vi = |k: usize| IQ4NL_VALUES[k] as i32;
+    let mut min_step = f32::INFINITY;
+    let mut pick = None;
+    for j in 0..QK {
+        let k = lb[j] as usize;
+        let g = d * w[j] * (x[j] - d * IQ4NL_F[k]);
+        let (dir, ok) = if g > 0.0 {
+            (1, k < 15)
+        } else {
+            (-1, g < 0.0 && k > 0)
+        };
+        if ok {
+            let step = (vi((k as i32 + dir) as usize) - vi(k)) as f32 / g;
+            if step < min_step {
+                min_step = step;
+                pick = Some((j, dir));
+            }
+        }
+    }
+    pick
+}
+
+/// [`cheapest_move_scalar`] eight elements per vector: the same quotients (the value
+/// differences are small integers, exact in f32), ineligible ones set to +inf (never below
+/// the scalar's starting minimum), then the first lane holding the minimum.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn cheapest_move_avx2(d: f32, x: &[f32], w: &[f32], lb: &[u8; QK]) -> Option<(usize, i32)> {
+    use std::arch::x86_64::*;
+    let (x, w) = (&x[..QK], &w[..QK]);
+    let low = _mm256_loadu_ps(IQ4NL_F.as_ptr());
+    let high = _mm256_loadu_ps(IQ4NL_F.as_ptr().add(8));
+    let value = |k: __m256i| {
+        let use_high = _mm256_castsi256_ps(_mm256_cmpgt_epi32(k, _mm256_set1_epi32(7)));
+        _mm256_blendv_ps(
+            _mm256_permutevar8x32_ps(low, k),
+            _mm256_permutevar8x32_ps(high, k),
+            use_high,
+        )
+    };
+    let dv = _mm256_set1_ps(d);
+    let (zero, one, inf) = (
+        _mm256_setzero_ps(),
+        _mm256_set1_epi32(1),
+        _mm256_set1_ps(f32::INFINITY),
+    );
+    let mut steps = [0f32; QK];
+    let mut ups = [0i32; QK];
+    let mut min = inf;
+    for c in (0..QK).step_by(8) {
+        let k = _mm256_cvtepu8_epi32(_mm_loadl_epi64(lb[c..].as_ptr() as *const __m128i));
+        let vk = value(k);
+        let xv = _mm256_loadu_ps(x[c..].as_ptr());
+        let dw = _mm256_mul_ps(dv, _mm256_loadu_ps(w[c..].as_ptr()));
+        let g = _mm256_mul_ps(dw, _mm256_sub_ps(xv, _mm256_mul_ps(dv, vk)));
+        let up = _mm256_and_ps(
+            _mm256_cmp_ps::<_CMP_GT_OQ>(g, zero),
+            _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(15), k)),
+        );
+        let down = _mm256_and_ps(
+            _mm256_cmp_ps::<_CMP_LT_OQ>(g, zero),
+            _mm256_castsi256_ps(_mm256_cmpgt_epi32(k, _mm256_setzero_si256())),
+        );
+        let next = _mm256_castps_si256(_mm256_blendv_ps(
+            _mm256_castsi256_ps(_mm256_sub_epi32(k, one)),
+            _mm256_castsi256_ps(_mm256_add_epi32(k, one)),
+            up,
+        ));
+        let step = _mm256_div_ps(_mm256_sub_ps(value(next), vk), g);
+        let step = _mm256_blendv_ps(inf, step, _mm256_or_ps(up, down));
+        min = _mm256_min_ps(min, step);
+        _mm256_storeu_ps(steps[c..].as_mut_ptr(), step);
+        _mm256_storeu_si256(
+            ups[c..].as_mut_ptr() as *mut __m256i,
+            _mm256_castps_si256(up),
+        );
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), min);
+    let least = lanes.iter().fold(f32::INFINITY, |a, &b| a.min(b));
+    if least == f32::INFINITY {
+        return None;
+    }
+    let j = steps.iter().position(|&s| s == least)?;
+    Some((j, if ups[j] != 0 { 1 } else { -1 }))
 }
 
 pub(super) fn dequantize_iq4_nl(b: &[u8], out: &mut [f32]) {
@@ -303,6 +373,112 @@ pub(super) fn dequantize_iq4_nl(b: &[u8], out: &mut [f32]) {
         for j in 0..16 {
             ob[j] = d * IQ4NL_F[(y[2 + j] & 0x0f) as usize];
             ob[j + 16] = d * IQ4NL_F[(y[2 + j] >> 4) as usize];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::util::{build_nl_index, resolve_nl};
+    use super::*;
+
+    /// ik's `best_index_iq4nl`: bucket by `(int)x`, ties resolved by f32 comparison.
+    fn best_index_iq4nl(x: f32) -> usize {
+        static IQ4NL_INDEX: [u8; 241] = build_nl_index::<16, 241>(&IQ4NL_VALUES);
+        let ix = c_trunc_i32(x).wrapping_sub(IQ4NL_VALUES[0] as i32);
+        resolve_nl(&IQ4NL_INDEX, &IQ4NL_F, 16, 241, ix, x)
+    }
+
+    /// xorshift32 in [-1, 1).
+    fn rng(seed: &mut u32) -> f32 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 17;
+        *seed ^= *seed << 5;
+        (*seed >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+    }
+
+    /// The AVX2 move pick equals the scalar one on random blocks, levels (including the
+    /// end levels, which can only move inward) and scales, with ties and zero weights.
+    #[test]
+    fn cheapest_move_simd_equals_scalar() {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            let mut seed = 4242u32;
+            for trial in 0..3000usize {
+                let amp = 10f32.powi(trial as i32 % 5 - 2);
+                let x: Vec<f32> = (0..QK).map(|_| amp * rng(&mut seed)).collect();
+                let w: Vec<f32> = (0..QK)
+                    .map(|j| {
+                        if (trial + j) % 11 == 0 {
+                            0.0
+                        } else {
+                            rng(&mut seed).abs()
+                        }
+                    })
+                    .collect();
+                let mut lb = [0u8; QK];
+                for (j, l) in lb.iter_mut().enumerate() {
+                    *l = match (trial + j) % 7 {
+                        0 => 0,
+                        1 => 15,
+                        _ => (16.0 * (0.5 + 0.5 * rng(&mut seed))) as u8 % 16,
+                    };
+                }
+                if trial % 3 == 0 {
+                    // Equal steps in several lanes: the first must win.
+                    for j in (0..QK).step_by(5) {
+                        lb[j] = lb[0];
+                    }
+                    let (x0, w0) = (x[0], w[0]);
+                    let (mut x, mut w) = (x, w);
+                    for j in (0..QK).step_by(5) {
+                        x[j] = x0;
+                        w[j] = w0;
+                    }
+                    let d = amp * rng(&mut seed) / 64.0;
+                    // SAFETY: AVX2 detected above.
+                    let simd = unsafe { cheapest_move_avx2(d, &x, &w, &lb) };
+                    assert_eq!(simd, cheapest_move_scalar(d, &x, &w, &lb), "trial {trial}");
+                    continue;
+                }
+                let d = amp * rng(&mut seed) / 64.0;
+                // SAFETY: AVX2 detected above.
+                let simd = unsafe { cheapest_move_avx2(d, &x, &w, &lb) };
+                assert_eq!(simd, cheapest_move_scalar(d, &x, &w, &lb), "trial {trial}");
+            }
+        }
+    }
+
+    /// ik's IQ4_NL look-up (bucket by trunc) and the IQ4 base grid's `nearest` (bucket by
+    /// floor) agree on every f32 near each midpoint, on a sweep and on extremes; the
+    /// quantizer uses the grid's (SIMD) search.
+    #[test]
+    fn iq4nl_lookup_equals_grid_nearest() {
+        let grid = &crate::tables::IQ4_GRIDS[0];
+        assert_eq!(grid.values, &IQ4NL_VALUES);
+        let mut xs = vec![
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            2_147_483_648.0,
+            -2_147_483_648.0,
+            1e20,
+            -1e20,
+            0.0,
+            -0.0,
+        ];
+        xs.extend((-40_000..40_000).map(|i| i as f32 / 128.0 + 0.001));
+        for pair in IQ4NL_VALUES.windows(2) {
+            let mid = 0.5 * (pair[0] as f32 + pair[1] as f32);
+            let mut x = mid - 1.0 / 64.0;
+            while x <= mid + 1.0 / 64.0 {
+                xs.push(x);
+                let bits = x.to_bits();
+                x = f32::from_bits(if x > 0.0 { bits + 1 } else { bits - 1 });
+            }
+        }
+        for x in xs {
+            assert_eq!(best_index_iq4nl(x), grid.nearest(x), "x = {x:e}");
         }
     }
 }

@@ -89,6 +89,27 @@ pub fn fit_many_on(
     }
 }
 
+/// `out[j] = grid.nearest(id·x[j])` for every element of a block, on a given path (which must
+/// be available on this CPU).
+pub fn nearest_indices_on(path: crate::cpu::Path, grid: &Grid, id: f32, x: &[f32], out: &mut [u8]) {
+    assert!(out.len() >= x.len());
+    #[cfg(target_arch = "x86_64")]
+    if path == crate::cpu::Path::Avx2 {
+        assert!(std::is_x86_feature_detected!("avx2"));
+        // SAFETY: the CPU has AVX2 (asserted above).
+        unsafe { avx2::nearest_indices(grid, id, x, out) };
+        return;
+    }
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = grid.nearest(id * v) as u8;
+    }
+}
+
+/// [`nearest_indices_on`] on the active path.
+pub fn nearest_indices(grid: &Grid, id: f32, x: &[f32], out: &mut [u8]) {
+    nearest_indices_on(crate::cpu::quantize_path(), grid, id, x, out)
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
@@ -96,52 +117,58 @@ mod avx2 {
     use super::MAX_CANDIDATES;
     use crate::tables::Grid;
 
-    /// A grid half held in registers: values as f32 in two 8-lane halves, and what the
-    /// nearest-interval search needs (binary-search pivots; for 4 values, the two interior
-    /// values to count against). `N` is the number of grid values (4, 8 or 16), a constant.
-    struct GridRegs<const N: usize> {
-        /// Branch-free lower bound over u_1..u_{N-1} (u_i = v_i for i <= N-2, u_{N-1} = +inf):
-        /// the broadcast pivots of the first two steps and the permute tables of the last two.
+    /// A grid half held in registers: values as f32 in two 8-lane halves, and the pivots of a
+    /// branch-free binary search over the grid's thresholds (`Grid::thresholds`: the nearest
+    /// index is the number of thresholds `<= x`). `N` is the number of grid values (4, 8 or
+    /// 16), a constant.
+    pub(super) struct GridRegs<const N: usize> {
+        /// Pivots m_1..m_{N-1} (m_i = threshold between v_{i-1} and v_i): the broadcasts of
+        /// the first two steps and the permute tables of the last two.
         pivot_half: __m256,
         pivot_quarter: [__m256; 2],
         pivots_eighth: __m256,
         pivots_odd: __m256,
         low: __m256,
         high: __m256,
-        interior: [__m256; 2],
+        /// For N = 4: the three thresholds, counted directly.
+        thresholds4: [__m256; 3],
     }
 
     #[target_feature(enable = "avx2")]
-    unsafe fn load<const N: usize>(grid: &Grid) -> GridRegs<N> {
+    pub(super) unsafe fn load<const N: usize>(grid: &Grid) -> GridRegs<N> {
         let n = N;
         debug_assert_eq!(grid.values.len(), N);
         let mut vals = [0.0f32; 16];
         for (v, &g) in vals.iter_mut().zip(grid.values) {
             *v = g as f32;
         }
-        let interior = [_mm256_set1_ps(vals[1]), _mm256_set1_ps(vals[2])];
-        let u = |i: usize| if i <= n - 2 { vals[i] } else { f32::INFINITY };
+        let m = |i: usize| grid.thresholds[i - 1];
+        let thresholds4 = if n == 4 {
+            [
+                _mm256_set1_ps(m(1)),
+                _mm256_set1_ps(m(2)),
+                _mm256_set1_ps(m(3)),
+            ]
+        } else {
+            [_mm256_setzero_ps(); 3]
+        };
         let (pivot_half, pivot_quarter, pivots_eighth, pivots_odd) = if n == 16 {
             (
-                _mm256_set1_ps(u(8)),
-                [_mm256_set1_ps(u(4)), _mm256_set1_ps(u(12))],
-                _mm256_setr_ps(u(2), u(6), u(10), u(14), 0.0, 0.0, 0.0, 0.0),
-                _mm256_setr_ps(u(1), u(3), u(5), u(7), u(9), u(11), u(13), u(15)),
+                _mm256_set1_ps(m(8)),
+                [_mm256_set1_ps(m(4)), _mm256_set1_ps(m(12))],
+                _mm256_setr_ps(m(2), m(6), m(10), m(14), 0.0, 0.0, 0.0, 0.0),
+                _mm256_setr_ps(m(1), m(3), m(5), m(7), m(9), m(11), m(13), m(15)),
+            )
+        } else if n == 8 {
+            (
+                _mm256_set1_ps(m(4)),
+                [_mm256_set1_ps(m(2)), _mm256_set1_ps(m(6))],
+                _mm256_setzero_ps(),
+                _mm256_setr_ps(m(1), m(3), m(5), m(7), 0.0, 0.0, 0.0, 0.0),
             )
         } else {
-            // n == 8: steps 4, 2, 1 (n == 4 counts directly and uses none of these).
             let z = _mm256_setzero_ps();
-            let odd = if n == 8 {
-                _mm256_setr_ps(u(1), u(3), u(5), u(7), 0.0, 0.0, 0.0, 0.0)
-            } else {
-                z
-            };
-            let quarter = if n == 8 {
-                [_mm256_set1_ps(u(2)), _mm256_set1_ps(u(6))]
-            } else {
-                [z, z]
-            };
-            (_mm256_set1_ps(u(n.min(8) / 2)), quarter, z, odd)
+            (z, [z, z], z, z)
         };
         GridRegs {
             pivot_half,
@@ -150,7 +177,7 @@ mod avx2 {
             pivots_odd,
             low: _mm256_loadu_ps(vals.as_ptr()),
             high: _mm256_loadu_ps(vals.as_ptr().add(8)),
-            interior,
+            thresholds4,
         }
     }
 
@@ -167,15 +194,14 @@ mod avx2 {
         _mm256_blendv_ps(from_low, from_high, use_high)
     }
 
-    /// The grid value nearest to each lane of `x`, exactly as `Grid::nearest` picks it.
+    /// The index of the grid value nearest to each lane of `x`, exactly as `Grid::nearest`
+    /// picks it (NaN and |x| >= 2^31 give 0).
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn nearest_value<const N: usize>(g: &GridRegs<N>, x: __m256) -> __m256 {
-        // lo = the last value <= x, clamped to [0, n-2] = the number of v_1..v_{n-2} <= x:
-        // a branch-free binary search (pivots compared as floats: exact, values are integers).
+    pub(super) unsafe fn nearest_index<const N: usize>(g: &GridRegs<N>, x: __m256) -> __m256i {
         let le = |pivot: __m256| _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(pivot, x));
         let step = |mask: __m256i, size: i32| _mm256_and_si256(mask, _mm256_set1_epi32(size));
-        let lo = if N == 16 {
+        let count = if N == 16 {
             let m8 = le(g.pivot_half);
             let mut pos = step(m8, 8);
             let q = _mm256_blendv_ps(
@@ -187,7 +213,7 @@ mod avx2 {
             let e = _mm256_permutevar8x32_ps(g.pivots_eighth, _mm256_srli_epi32::<2>(pos));
             pos = _mm256_add_epi32(pos, step(le(e), 2));
             let o = _mm256_permutevar8x32_ps(g.pivots_odd, _mm256_srli_epi32::<1>(pos));
-            _mm256_add_epi32(pos, step(le(o), 1))
+            _mm256_sub_epi32(pos, le(o)) // a true mask is -1
         } else if N == 8 {
             let m4 = le(g.pivot_half);
             let mut pos = step(m4, 4);
@@ -198,23 +224,51 @@ mod avx2 {
             );
             pos = _mm256_add_epi32(pos, step(le(q), 2));
             let o = _mm256_permutevar8x32_ps(g.pivots_odd, _mm256_srli_epi32::<1>(pos));
-            _mm256_add_epi32(pos, step(le(o), 1))
+            _mm256_sub_epi32(pos, le(o)) // a true mask is -1
         } else {
-            let mut lo = _mm256_setzero_si256();
-            for b in &g.interior {
-                lo = _mm256_sub_epi32(lo, le(*b));
+            let mut count = _mm256_setzero_si256();
+            for m in &g.thresholds4 {
+                count = _mm256_sub_epi32(count, le(*m));
             }
-            lo
+            count
         };
-        let v_lo = select(g, lo);
-        let v_hi = select(g, _mm256_add_epi32(lo, _mm256_set1_epi32(1)));
-        // Take v_hi unless (x - v_lo) < (v_hi - x): ties go up, as in ik's code.
-        let below = _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_sub_ps(x, v_lo), _mm256_sub_ps(v_hi, x));
-        let q = _mm256_blendv_ps(v_hi, v_lo, below);
-        // NaN or |x| >= 2^31: ik's (int) conversion sends these to index 0.
-        let abs = _mm256_andnot_ps(_mm256_set1_ps(-0.0), x);
-        let sane = _mm256_cmp_ps::<_CMP_LT_OQ>(abs, _mm256_set1_ps(2_147_483_648.0));
-        _mm256_blendv_ps(select(g, _mm256_setzero_si256()), q, sane)
+        // NaN and x <= -2^31 already count 0; x >= 2^31 must too (ik's (int) conversion
+        // sends all of them there).
+        let below = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(2_147_483_648.0));
+        _mm256_and_si256(count, _mm256_castps_si256(below))
+    }
+
+    /// The grid value nearest to each lane of `x`, exactly as `Grid::nearest` picks it.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn nearest_value<const N: usize>(g: &GridRegs<N>, x: __m256) -> __m256 {
+        select(g, nearest_index(g, x))
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn nearest_indices(grid: &Grid, id: f32, x: &[f32], out: &mut [u8]) {
+        match grid.values.len() {
+            4 => nearest_indices_n::<4>(grid, id, x, out),
+            8 => nearest_indices_n::<8>(grid, id, x, out),
+            16 => nearest_indices_n::<16>(grid, id, x, out),
+            n => unreachable!("grids have 4, 8 or 16 values, not {n}"),
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn nearest_indices_n<const N: usize>(grid: &Grid, id: f32, x: &[f32], out: &mut [u8]) {
+        let g = load::<N>(grid);
+        let idv = _mm256_set1_ps(id);
+        let mut lanes = [0f32; 8];
+        let mut idx = [0i32; 8];
+        for (xs, os) in x.chunks(8).zip(out.chunks_mut(8)) {
+            lanes[..xs.len()].copy_from_slice(xs);
+            let al = _mm256_mul_ps(idv, _mm256_loadu_ps(lanes.as_ptr()));
+            _mm256_storeu_si256(idx.as_mut_ptr() as *mut __m256i, nearest_index(&g, al));
+            for (o, &i) in os.iter_mut().zip(&idx) {
+                *o = i as u8;
+            }
+        }
     }
 
     #[target_feature(enable = "avx2")]
@@ -356,6 +410,93 @@ mod tests {
                             "trial {trial}, candidate {c}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn simd_nearest_indices_equal_scalar() {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            let mut seed = 99u32;
+            for trial in 0..200 {
+                let n = 1 + trial % 40;
+                let x: Vec<f32> = (0..n).map(|_| 3.0 * rng(&mut seed)).collect();
+                let id = 60.0 * rng(&mut seed);
+                for grid in IQ2_GRIDS.iter().chain(&IQ3_GRIDS).chain(&IQ4_GRIDS) {
+                    let (mut scalar, mut simd) = (vec![0u8; n], vec![0u8; n]);
+                    nearest_indices_on(Path::Scalar, grid, id, &x, &mut scalar);
+                    nearest_indices_on(Path::Avx2, grid, id, &x, &mut simd);
+                    assert_eq!(scalar, simd, "trial {trial}");
+                }
+            }
+        }
+    }
+
+    /// The AVX2 threshold count equals `Grid::nearest` for every f32 within 2^-6 of every
+    /// midpoint of every grid (where rounding moves the decision off the midpoint), and for
+    /// random and extreme values elsewhere.
+    #[test]
+    fn threshold_count_equals_nearest() {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            use std::arch::x86_64::*;
+            fn check<const N: usize>(grid: &Grid, xs: &[f32]) {
+                // SAFETY: AVX2 was detected by the caller.
+                unsafe {
+                    let g = avx2::load::<N>(grid);
+                    for chunk in xs.chunks(8) {
+                        let mut lanes = [0f32; 8];
+                        lanes[..chunk.len()].copy_from_slice(chunk);
+                        let idx = avx2::nearest_index(&g, _mm256_loadu_ps(lanes.as_ptr()));
+                        let mut got = [0i32; 8];
+                        _mm256_storeu_si256(got.as_mut_ptr() as *mut __m256i, idx);
+                        for (&x, &i) in chunk.iter().zip(&got) {
+                            assert_eq!(
+                                i as usize,
+                                grid.nearest(x),
+                                "x = {x:e} ({:#x})",
+                                x.to_bits()
+                            );
+                        }
+                    }
+                }
+            }
+            let mut seed = 777u32;
+            let mut extremes = vec![
+                f32::NAN,
+                f32::INFINITY,
+                f32::NEG_INFINITY,
+                2_147_483_648.0,
+                -2_147_483_648.0,
+                2_147_483_520.0,
+                -2_147_483_520.0,
+                1e-30,
+                -0.0,
+                0.0,
+                f32::MAX,
+                f32::MIN_POSITIVE,
+            ];
+            extremes.extend((0..4000).map(|_| 300.0 * rng(&mut seed)));
+            let grids = IQ2_GRIDS.iter().chain(&IQ3_GRIDS).chain(&IQ4_GRIDS);
+            for grid in grids {
+                let mut xs = extremes.clone();
+                for pair in grid.values.windows(2) {
+                    let mid = 0.5 * (pair[0] as f32 + pair[1] as f32);
+                    let (lo, hi) = (mid - 1.0 / 64.0, mid + 1.0 / 64.0);
+                    let mut x = lo;
+                    while x <= hi {
+                        xs.push(x);
+                        // The next f32 up (no window contains zero).
+                        let bits = x.to_bits();
+                        x = f32::from_bits(if x > 0.0 { bits + 1 } else { bits - 1 });
+                    }
+                }
+                match grid.values.len() {
+                    4 => check::<4>(grid, &xs),
+                    8 => check::<8>(grid, &xs),
+                    _ => check::<16>(grid, &xs),
                 }
             }
         }
