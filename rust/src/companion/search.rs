@@ -36,7 +36,10 @@ fn level_sums(
     (sumlx, suml2)
 }
 
-/// [`level_sums`] with 8 candidates per vector; `nearest_int` is the same float-add bit trick.
+/// [`level_sums`] with 8 candidates per vector, all five vectors advancing together so that
+/// their ten sums are independent chains. `nearest_int` is the float-add trick; subtracting
+/// the magic constant back gives the same integer as the bit masking (|iscale·x| <= nmax + 1,
+/// far below 2^22), and clamping it as a float is exact.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn level_sums_avx2(
@@ -51,27 +54,26 @@ unsafe fn level_sums_avx2(
     let mut padded = [0f32; 8 * GROUPS];
     padded[..N_ISCALES].copy_from_slice(iscales);
     let magic = _mm256_set1_ps(12_582_912.0);
-    let (mant, bias) = (
-        _mm256_set1_epi32(0x007f_ffff),
-        _mm256_set1_epi32(0x0040_0000),
+    let (lo, hi) = (
+        _mm256_set1_ps(-nmax as f32),
+        _mm256_set1_ps((nmax - 1) as f32),
     );
-    let (lo, hi) = (_mm256_set1_epi32(-nmax), _mm256_set1_epi32(nmax - 1));
+    let is: [__m256; GROUPS] = std::array::from_fn(|g| _mm256_loadu_ps(padded[8 * g..].as_ptr()));
+    let mut slx = [_mm256_setzero_ps(); GROUPS];
+    let mut sl2 = [_mm256_setzero_ps(); GROUPS];
+    for ((&xi, &wi), &wxi) in x.iter().zip(w).zip(wx) {
+        let (xv, wv, wxv) = (_mm256_set1_ps(xi), _mm256_set1_ps(wi), _mm256_set1_ps(wxi));
+        for g in 0..GROUPS {
+            let rounded = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(is[g], xv), magic), magic);
+            let lf = _mm256_min_ps(_mm256_max_ps(rounded, lo), hi);
+            slx[g] = _mm256_add_ps(slx[g], _mm256_mul_ps(wxv, lf));
+            sl2[g] = _mm256_add_ps(sl2[g], _mm256_mul_ps(_mm256_mul_ps(wv, lf), lf));
+        }
+    }
     let mut out = ([0f32; 8 * GROUPS], [0f32; 8 * GROUPS]);
     for g in 0..GROUPS {
-        let is = _mm256_loadu_ps(padded[8 * g..].as_ptr());
-        let (mut slx, mut sl2) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        for i in 0..x.len() {
-            let v = _mm256_add_ps(_mm256_mul_ps(is, _mm256_set1_ps(x[i])), magic);
-            let l = _mm256_sub_epi32(_mm256_and_si256(_mm256_castps_si256(v), mant), bias);
-            let lf = _mm256_cvtepi32_ps(_mm256_min_epi32(_mm256_max_epi32(l, lo), hi));
-            slx = _mm256_add_ps(slx, _mm256_mul_ps(_mm256_set1_ps(wx[i]), lf));
-            sl2 = _mm256_add_ps(
-                sl2,
-                _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(w[i]), lf), lf),
-            );
-        }
-        _mm256_storeu_ps(out.0[8 * g..].as_mut_ptr(), slx);
-        _mm256_storeu_ps(out.1[8 * g..].as_mut_ptr(), sl2);
+        _mm256_storeu_ps(out.0[8 * g..].as_mut_ptr(), slx[g]);
+        _mm256_storeu_ps(out.1[8 * g..].as_mut_ptr(), sl2[g]);
     }
     let mut res = ([0f32; N_ISCALES], [0f32; N_ISCALES]);
     res.0.copy_from_slice(&out.0[..N_ISCALES]);
@@ -105,28 +107,21 @@ pub(super) fn make_qx_quants(nmax: i32, x: &[f32], out: &mut [i8], qw: Option<&[
     let q = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
     let nmaxf = nmax as f32;
 
-    let iscale = -nmaxf / max;
-    let mut sumlx = 0f32;
-    let mut suml2 = 0f32;
-    for i in 0..n {
-        let l = q(iscale, x[i]);
-        out[i] = (l + nmax) as i8;
-        let lf = l as f32;
-        sumlx += w(i) * x[i] * lf;
-        suml2 += w(i) * lf * lf;
-    }
-    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
-    let mut best = scale * sumlx;
-    let mut best_sumlx = sumlx;
-    let mut best_suml2 = suml2;
-    // The 38 candidate fits do not depend on the accept decisions: compute them first (SIMD
-    // lanes across candidates, each lane summing in element order), then replay the order.
+    // Every candidate fit is independent of the accept decisions: compute them all first
+    // (SIMD lanes across candidates, each lane summing in element order), then replay ik's
+    // order. Candidate `FIRST` (is = 0 of the -nmax family) is bit for bit ik's starting
+    // scale -nmax/max, so its sums are the starting point.
+    const FIRST: usize = 18;
     let mut iscales = [0f32; N_ISCALES];
     for (k, is) in (-9..=9).enumerate() {
         let fis = 0.1f32 * is as f32;
-        iscales[2 * k] = -(nmaxf + fis) / max;
-        iscales[2 * k + 1] = ((nmax - 1) as f32 + fis) / max;
+        iscales[2 * k] = -(nmaxf + fis);
+        iscales[2 * k + 1] = (nmax - 1) as f32 + fis;
     }
+    for is in &mut iscales {
+        *is /= max;
+    }
+    debug_assert_eq!(iscales[FIRST].to_bits(), (-nmaxf / max).to_bits());
     let mut wts = [0f32; 32];
     let mut wx = [0f32; 32];
     for i in 0..n {
@@ -134,6 +129,11 @@ pub(super) fn make_qx_quants(nmax: i32, x: &[f32], out: &mut [i8], qw: Option<&[
         wx[i] = w(i) * x[i];
     }
     let (all_sumlx, all_suml2) = level_sums(nmax, &iscales, x, &wts[..n], &wx[..n]);
+    let (sumlx, suml2) = (all_sumlx[FIRST], all_suml2[FIRST]);
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut best = scale * sumlx;
+    let mut best_sumlx = sumlx;
+    let mut best_suml2 = suml2;
     let mut best_iscale = None;
     for (c, &iscale) in iscales.iter().enumerate() {
         let (sumlx, suml2) = (all_sumlx[c], all_suml2[c]);
@@ -146,10 +146,9 @@ pub(super) fn make_qx_quants(nmax: i32, x: &[f32], out: &mut [i8], qw: Option<&[
         }
     }
     // Only the last accepted scale's levels survive, so they are written once.
-    if let Some(iscale) = best_iscale {
-        for i in 0..n {
-            out[i] = (q(iscale, x[i]) + nmax) as i8;
-        }
+    let iscale = best_iscale.unwrap_or(iscales[FIRST]);
+    for i in 0..n {
+        out[i] = (q(iscale, x[i]) + nmax) as i8;
     }
 
     let mut sumlx = best_sumlx;
