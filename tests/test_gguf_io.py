@@ -16,6 +16,7 @@ from iqk_rs.gguf import (
     GGUFReader,
     GGUFStreamWriter,
     GGUFWriteError,
+    StringArray,
     type_by_id,
     type_by_name,
 )
@@ -145,6 +146,7 @@ def test_half_widening_is_exact_for_every_bit_pattern(threads: int | None) -> No
 
 def _all_value_kvs() -> list[KV]:
     V = GGUFValueType
+    bad_utf8 = b"\xff\xfeok".decode("utf-8", "surrogateescape")
     return [
         KV("general.architecture", V.STRING, "llama"),
         KV("t.u8", V.UINT8, 200),
@@ -159,7 +161,7 @@ def _all_value_kvs() -> list[KV]:
         KV("t.i64", V.INT64, -(2**62)),
         KV("t.f64", V.FLOAT64, 1e300),
         KV("t.str", V.STRING, "héllo \x00 world"),
-        KV("t.badutf8", V.STRING, b"\xff\xfeok".decode("utf-8", "surrogateescape")),
+        KV("t.badutf8", V.STRING, bad_utf8),
         KV("t.arr_i32", V.ARRAY, np.array([1, -2, 3], np.int32), V.INT32),
         KV("t.arr_f32", V.ARRAY, np.array([0.25, 8.0], np.float32), V.FLOAT32),
         KV("t.arr_bool", V.ARRAY, np.array([True, False]), V.BOOL),
@@ -215,6 +217,26 @@ def test_roundtrip_metadata_and_tensors(tmp_path: Path) -> None:
         assert r.tensors["d"].nbytes == 828
         assert r.array("d").shape == (3, 276)
         assert all(t.offset % 64 == 0 for t in r.tensors.values())
+
+
+def test_string_arrays_are_copied_byte_for_byte(tmp_path: Path) -> None:
+    """Read string arrays stay encoded: rewriting them gives the same bytes, and their items
+    decode on demand like a list of str."""
+    items = ["a", "", "ü", b"\xff\xfeok".decode("utf-8", "surrogateescape")]
+    arr = StringArray.of(items)
+    assert len(arr) == 4 and arr == items and arr[2] == "ü" and arr[-1] == items[-1]
+    assert list(arr[1:3]) == ["", "ü"] and arr != ["a"]
+    assert arr.raw[:8] == (1).to_bytes(8, "little") and arr.raw[8:9] == b"a"
+    kvs = [
+        KV("general.architecture", GGUFValueType.STRING, "llama"),
+        KV("x.vocab", GGUFValueType.ARRAY, items, GGUFValueType.STRING),
+    ]
+    first = _write(tmp_path / "a.gguf", kvs, {})
+    with GGUFReader(first) as r:
+        got = r.kv["x.vocab"].value
+        assert isinstance(got, StringArray) and got.raw == arr.raw and got == items
+        second = _write(tmp_path / "b.gguf", list(r.kv.values()), {})
+    assert first.read_bytes() == second.read_bytes()
 
 
 def test_alignment_key_honoured(tmp_path: Path) -> None:

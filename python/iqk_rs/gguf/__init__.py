@@ -6,7 +6,7 @@
 """
 
 from .ggml_types import GGMLType, all_types, type_by_id, type_by_name
-from .reader import KV, GGUFError, GGUFReader, TensorInfo
+from .reader import KV, GGUFError, GGUFReader, StringArray, TensorInfo
 from .writer import GGUFStreamWriter, GGUFWriteError
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "GGUFStreamWriter",
     "GGUFWriteError",
     "KV",
+    "StringArray",
     "TensorInfo",
     "all_types",
     "type_by_id",

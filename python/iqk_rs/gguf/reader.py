@@ -13,6 +13,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,12 +53,66 @@ class GGUFError(ValueError):
     """A file is not a GGUF model this tool can read; the message says why."""
 
 
+class StringArray(Sequence[str]):
+    """A GGUF array of strings kept in its encoded form (u64 length + UTF-8 bytes per item).
+
+    Vocabularies hold 10^5 strings that a quantizing pass only copies: they are checked
+    when read, written back byte for byte, and decoded (undecodable bytes kept via
+    surrogateescape) only when an item is first asked for.
+    """
+
+    __slots__ = ("raw", "_n", "_items")
+
+    def __init__(self, raw: bytes, n: int):
+        self.raw = raw
+        self._n = n
+        self._items: list[str] | None = None
+
+    @classmethod
+    def of(cls, items: Sequence[str | bytes]) -> StringArray:
+        data = [s if isinstance(s, bytes) else s.encode("utf-8", "surrogateescape") for s in items]
+        lengths = np.fromiter(map(len, data), dtype="<u8", count=len(data)).tobytes()
+        parts = []
+        for k, b in enumerate(data):
+            parts += (lengths[8 * k : 8 * k + 8], b)
+        return cls(b"".join(parts), len(data))
+
+    def _decoded(self) -> list[str]:
+        if self._items is None:
+            raw, pos, items = self.raw, 0, []
+            for _ in range(self._n):
+                (m,) = _U64.unpack_from(raw, pos)
+                items.append(str(raw[pos + 8 : pos + 8 + m], "utf-8", "surrogateescape"))
+                pos += 8 + m
+            self._items = items
+        return self._items
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self._decoded()[i]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._decoded())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, StringArray):
+            return self.raw == other.raw and self._n == other._n
+        if isinstance(other, (list, tuple)):
+            return self._decoded() == list(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"StringArray({self._n} items, {len(self.raw)} bytes)"
+
+
 @dataclass
 class KV:
     """One metadata entry with its GGUF type, so it can be written back unchanged.
 
-    Arrays of numbers are numpy arrays, arrays of strings are lists of str
-    (undecodable bytes kept via surrogateescape), nested arrays are lists of KV.
+    Arrays of numbers are numpy arrays, arrays of strings are `StringArray`s (sequences of
+    str, undecodable bytes kept via surrogateescape), nested arrays are lists of KV.
     """
 
     key: str
@@ -129,11 +184,11 @@ class _Cursor:
         self.pos += n
         return s
 
-    def strings(self, n: int, what: str) -> list[str]:
-        """n strings in a row: `string` unrolled, as vocabularies hold 10^5 of them."""
-        buf, pos, end = self.buf, self.pos, len(self.buf)
+    def strings(self, n: int, what: str) -> StringArray:
+        """n strings in a row, checked but not decoded: vocabularies hold 10^5 of them."""
+        buf, start, end = self.buf, self.pos, len(self.buf)
+        pos = start
         length = _U64.unpack_from
-        items = []
         for i in range(n):
             if pos + 8 > end:
                 self.pos = pos
@@ -143,10 +198,9 @@ class _Cursor:
             if m > MAX_STRING_LEN or pos + m > end:
                 self.pos = pos
                 self.string_check(m, f"{what}[{i}]", MAX_STRING_LEN)
-            items.append(str(buf[pos : pos + m], "utf-8", "surrogateescape"))
             pos += m
         self.pos = pos
-        return items
+        return StringArray(bytes(buf[start:pos]), n)
 
     def string_check(self, n: int, what: str, limit: int) -> None:
         if n > limit:

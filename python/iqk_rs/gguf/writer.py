@@ -27,7 +27,7 @@ import numpy as np
 from gguf import GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUFValueType
 
 from .ggml_types import GGMLType
-from .reader import _SCALARS, KV
+from .reader import _SCALARS, KV, StringArray
 
 
 class GGUFWriteError(RuntimeError):
@@ -52,13 +52,8 @@ def _pack_value(vtype: GGUFValueType, value: Any, sub_type: GGUFValueType | None
         dt = _SCALARS[sub_type][1]
         return head + np.asarray(value).astype(dt, copy=False).tobytes()
     if sub_type == GGUFValueType.STRING:
-        # Vocabularies hold 10^5 strings: lengths packed in one numpy call.
-        data = [s if isinstance(s, bytes) else s.encode("utf-8", "surrogateescape") for s in value]
-        lengths = np.fromiter(map(len, data), dtype="<u8", count=len(data)).tobytes()
-        parts = [head]
-        for k, b in enumerate(data):
-            parts += (lengths[8 * k : 8 * k + 8], b)
-        return b"".join(parts)
+        strings = value if isinstance(value, StringArray) else StringArray.of(value)
+        return head + strings.raw  # read arrays go back byte for byte
     # nested arrays: items are KV objects carrying their own sub_type
     return head + b"".join(_pack_value(it.vtype, it.value, it.sub_type) for it in value)
 
