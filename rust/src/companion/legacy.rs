@@ -31,9 +31,19 @@ pub(super) fn quantize_q8_0(x: &[f32], out: &mut [u8]) {
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         write_f16(y, 0, d);
         for (q, &v) in y[2..].iter_mut().zip(xb) {
-            *q = c_trunc_i32((v * id).round()) as u8;
+            *q = round_half_away(v * id) as u8;
         }
     }
+}
+
+/// C's `roundf` for |p| < 2^23 (here |p| <= 127): truncate, then step away from zero when
+/// the (exact) remainder is at least one half. Unlike `f32::round` without SSE4.1, this
+/// vectorises.
+#[inline]
+fn round_half_away(p: f32) -> i32 {
+    let t = p as i32;
+    let rest = p - t as f32;
+    t + (rest >= 0.5) as i32 - (rest <= -0.5) as i32
 }
 
 pub(super) fn dequantize_q8_0(b: &[u8], out: &mut [f32]) {
@@ -395,6 +405,26 @@ mod tests {
         *seed ^= *seed >> 17;
         *seed ^= *seed << 5;
         (*seed >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+    }
+
+    #[test]
+    fn round_half_away_is_roundf() {
+        let mut seed = 5u32;
+        let mut ps: Vec<f32> = (0..100_000).map(|_| 130.0 * rng(&mut seed)).collect();
+        ps.extend((-260..=260).map(|k| k as f32 * 0.5));
+        ps.extend([
+            0.49999997,
+            -0.49999997,
+            0.5,
+            -0.5,
+            126.5,
+            -127.49999,
+            0.0,
+            -0.0,
+        ]);
+        for p in ps {
+            assert_eq!(round_half_away(p), p.round() as i32, "p = {p:e}");
+        }
     }
 
     /// The AVX2 move pick equals the scalar one on random blocks, levels (including the
