@@ -126,10 +126,12 @@ def test_wrong_number_of_dimensions():
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_non_finite_weights_name_row_and_column(bad):
+@pytest.mark.parametrize("row, col", [(2, 300), (0, 5), (2, 511)])
+def test_non_finite_weights_name_row_and_column(bad, row, col):
     x = np.ones((3, 512), np.float32)
-    x[2, 300] = bad
-    with pytest.raises(ValueError, match="row 2, column 300"):
+    x[row, col] = bad
+    x[2, 511] = bad  # a later one must not be the one reported
+    with pytest.raises(ValueError, match=f"row {row}, column {col}"):
         iqk_rs.quantize(x, "iq3_ks")
 
 

@@ -89,7 +89,20 @@ fn sanitize_block(qtype: QuantType) -> Option<usize> {
 }
 
 fn check_finite(what: &'static str, data: &[f32], n_per_row: usize) -> Result<()> {
-    if let Some(pos) = data.iter().position(|v| !v.is_finite()) {
+    // Whole chunks are tested without an early exit, a loop that vectorises; only a chunk
+    // holding a non-finite value is searched for its position.
+    const CHUNK: usize = 1024;
+    let first_bad_chunk = data
+        .chunks(CHUNK)
+        .position(|c| !c.iter().fold(true, |ok, v| ok & v.is_finite()));
+    let found = first_bad_chunk.and_then(|k| {
+        let chunk = &data[k * CHUNK..];
+        chunk
+            .iter()
+            .position(|v| !v.is_finite())
+            .map(|i| k * CHUNK + i)
+    });
+    if let Some(pos) = found {
         return Err(IqkError::NonFinite {
             what,
             row: pos / n_per_row.max(1),
