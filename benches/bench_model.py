@@ -15,7 +15,9 @@ against the largest tensor (f32 working copy included) and the sum of tensor siz
 
 ``--imatrix`` goes to both tools. With ``--ik-quantize``, ik_llama.cpp's llama-quantize runs
 on the same model, type, imatrix and thread count right after ours, and each row adds its
-wall time, peak memory and our time as a fraction of it (``x ik``). Arguments after ``--``
+wall time, peak memory and our time as a fraction of it (``x ik``). ``--repeat N`` runs each
+tool N times, alternating, and reports the fastest wall time (and the largest peak) of each:
+on a shared or noisy machine single runs vary by 10-30 %. Arguments after ``--``
 are passed to ``iqk quantize`` only (e.g. --custom-q).
 """
 
@@ -50,6 +52,17 @@ def run_child(args: list[str]) -> tuple[float, int, int]:
     return wall, usage.ru_maxrss * 1024, p.returncode  # ru_maxrss is KiB on Linux
 
 
+class Runs:
+    """Repeated runs of one command: the fastest wall time, the largest peak, any failure."""
+
+    def __init__(self) -> None:
+        self.wall, self.peak, self.rc = float("inf"), 0, 0
+
+    def add(self, wall: float, peak: int, rc: int) -> None:
+        self.wall, self.peak = min(self.wall, wall), max(self.peak, peak)
+        self.rc = self.rc or rc
+
+
 def model_sizes(path: Path) -> tuple[int, int, int]:
     from iqk_rs.gguf import GGUFReader
 
@@ -72,6 +85,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--imatrix", type=Path, help="importance matrix for both tools")
     ap.add_argument("--ik-quantize", type=Path, help="ik_llama.cpp's llama-quantize binary")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per tool; the fastest counts")
     ap.add_argument("--json", type=Path, help="also write the results here")
     a = ap.parse_args(argv)
     model = Path(a.model)
@@ -93,27 +107,34 @@ def main() -> int:
                 cmd += ["--imatrix", str(a.imatrix)]
             if a.threads:
                 cmd += ["--threads", str(a.threads)]
-            wall, peak, rc = run_child(cmd)
-            if rc:
-                print(f"{t:8} failed (exit {rc})")
-                continue
-            added = max(peak - base_rss, 0)
-            size = out.stat().st_size
-            row = dict(type=t, wall_s=wall, peak_rss=peak, added_rss=added, out_bytes=size)
-            out.unlink()
-            ik_cols = ""
+            ik_cmd = None
             if a.ik_quantize:
                 ik_cmd = [str(a.ik_quantize)]
                 if a.imatrix:
                     ik_cmd += ["--imatrix", str(a.imatrix)]
                 ik_cmd += [str(model), str(out), t, str(a.threads or os.cpu_count())]
-                ik_wall, ik_peak, ik_rc = run_child(ik_cmd)
-                if ik_rc:
-                    print(f"{t:8} ik_llama.cpp failed (exit {ik_rc})")
-                else:
-                    row.update(ik_wall_s=ik_wall, ik_peak_rss=ik_peak)
-                    ik_cols = f" {ik_wall:10.2f} {ik_peak / 2**20:12.0f} {wall / ik_wall:6.2f}"
-                out.unlink(missing_ok=True)
+            ours, ik = Runs(), Runs()
+            for _ in range(max(a.repeat, 1)):
+                ours.add(*run_child(cmd))
+                if ours.rc:
+                    break
+                size = out.stat().st_size
+                out.unlink()
+                if ik_cmd:
+                    ik.add(*run_child(ik_cmd))
+                    out.unlink(missing_ok=True)
+            if ours.rc:
+                print(f"{t:8} failed (exit {ours.rc})")
+                continue
+            wall, peak = ours.wall, ours.peak
+            added = max(peak - base_rss, 0)
+            row = dict(type=t, wall_s=wall, peak_rss=peak, added_rss=added, out_bytes=size)
+            ik_cols = ""
+            if ik_cmd and ik.rc:
+                print(f"{t:8} ik_llama.cpp failed (exit {ik.rc})")
+            elif ik_cmd:
+                row.update(ik_wall_s=ik.wall, ik_peak_rss=ik.peak)
+                ik_cols = f" {ik.wall:10.2f} {ik.peak / 2**20:12.0f} {wall / ik.wall:6.2f}"
             rows.append(row)
             print(f"{t:8} {wall:8.2f} {total / 2**20 / wall:8.1f} {peak / 2**20:9.0f} "
                   f"{added / 2**20:8.0f} {added / largest_f32:14.2f} "
@@ -121,7 +142,8 @@ def main() -> int:
     if a.json:
         a.json.write_text(json.dumps(
             dict(model=str(model), tensor_bytes=total, largest_tensor_bytes=largest,
-                 baseline_rss=base_rss, threads=a.threads, cpus=os.cpu_count(), runs=rows),
+                 baseline_rss=base_rss, threads=a.threads, cpus=os.cpu_count(),
+                 repeat=a.repeat, runs=rows),
             indent=1))  # fmt: skip
     return 0 if rows else 1
 
