@@ -412,17 +412,28 @@ pub(super) fn make_qkx3_quants(
         best_mad += weights[i] as f64 * (diff * diff);
     }
     if nstep >= 1 {
+        // Per candidate: the levels in one loop that vectorises, then the f64 sums in element
+        // order. Each product is exact in f64 (24-bit w and x, levels of at most 5 bits), so
+        // only the order of the additions matters, and it is the C's.
+        let mut wide_w = [0f64; 32];
+        let mut wide_x = [0f64; 32];
+        for i in 0..n {
+            wide_w[i] = weights[i] as f64;
+            wide_x[i] = x[i] as f64;
+        }
+        debug_assert!(nmax <= 31);
         for is in 0..=nstep {
             let iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
+            for i in 0..n {
+                laux[i] = nearest_int(iscale * (x[i] - min)).clamp(0, nmax) as u8;
+            }
             let (mut sum_l, mut sum_l2, mut sum_xl) = (0f64, 0f64, 0f64);
             for i in 0..n {
-                let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
-                laux[i] = l as u8;
-                let w = weights[i] as f64;
-                let lf = l as f64;
+                let w = wide_w[i];
+                let lf = laux[i] as f64;
                 sum_l += w * lf;
                 sum_l2 += w * lf * lf;
-                sum_xl += w * lf * x[i] as f64;
+                sum_xl += w * lf * wide_x[i];
             }
             let d = sum_w * sum_l2 - sum_l * sum_l;
             if d > 0.0 {
