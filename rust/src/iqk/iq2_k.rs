@@ -2,6 +2,7 @@
 //! sub-block scales (offset 8), 64 bytes of 2-bit grid indices. Sub-blocks of 16.
 
 use super::common::{low2_position, read_u16, signed_max, write_u16, PartitionSearch, Weighting};
+use super::fit::nearest_indices;
 use crate::numeric::{f16_to_f32, f32_to_f16, make_qx_quants, nearest_int};
 use crate::registry::QK_K;
 use crate::tables::{IQ2NL, IQ2_GRIDS};
@@ -76,8 +77,10 @@ pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
                 &mut weight,
             );
             let idl = 1.0 / dl;
-            for (j, (&v, &w)) in xb.iter().zip(&weight).enumerate() {
-                let idx = grid.nearest(idl * v);
+            let mut indices = [0u8; SUB];
+            nearest_indices(grid, idl, xb, &mut indices);
+            for (j, ((&v, &w), &idx)) in xb.iter().zip(&weight).zip(&indices).enumerate() {
+                let idx = idx as usize;
                 let (byte, shift) = low2_position(SUB * ib + j);
                 y[QS + byte] |= (idx as u8) << shift;
                 let q = (values[idx] as i32 * ls) as f32;

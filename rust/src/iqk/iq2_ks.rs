@@ -8,6 +8,7 @@
 //! where ik's AVX2 code does, so its bytes do not depend on the CPU we run on.
 
 use super::common::{low2_position, read_u16, signed_max, write_u16, PartitionSearch, Weighting};
+use super::fit::nearest_indices;
 use crate::numeric::{f16_to_f32, f32_to_f16, make_qx_quants};
 use crate::registry::QK_K;
 use crate::tables::{IQ2NL, IQ2_GRIDS};
@@ -120,8 +121,10 @@ fn exhaustive(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], rs: &mut RowScales)
             let (xb, qwb) = block_slices(x, qw, ibl, ib);
             WEIGHTING.fill(sigma2, xb, qwb, &mut weight);
             let idl = 1.0 / dl;
-            for (j, (&v, &w)) in xb.iter().zip(&weight).enumerate() {
-                let idx = grid.nearest(idl * v);
+            let mut indices = [0u8; SUB];
+            nearest_indices(grid, idl, xb, &mut indices);
+            for (j, ((&v, &w), &idx)) in xb.iter().zip(&weight).zip(&indices).enumerate() {
+                let idx = idx as usize;
                 store_index(y, SUB * ib + j, idx);
                 let q = (values[idx] as i32 * ls) as f32;
                 sumqx += w * q * v;

@@ -5,6 +5,7 @@
 use super::common::{
     high1_position, low2_position, read_u16, signed_max, write_u16, NlSearch, Weighting,
 };
+use super::fit::nearest_indices;
 use crate::numeric::{f16_to_f32, f32_to_f16, nearest_int};
 use crate::registry::QK_K;
 use crate::tables::IQ3_GRIDS;
@@ -57,8 +58,10 @@ pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
             let values = grid.values;
             let id = 1.0 / d;
             let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
-            for (&v, &w) in xb.iter().zip(&weight) {
-                let q = values[grid.nearest(id * v)] as f32;
+            let mut indices = [0u8; SUB];
+            nearest_indices(grid, id, xb, &mut indices);
+            for ((&v, &w), &idx) in xb.iter().zip(&weight).zip(&indices) {
+                let q = values[idx as usize] as f32;
                 sumqx += w * q * v;
                 sumq2 += w * q * q;
             }
@@ -99,8 +102,10 @@ pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
                 &mut weight,
             );
             let idl = 1.0 / dl;
-            for (j, (&v, &w)) in xb.iter().zip(&weight).enumerate() {
-                let idx = grid.nearest(idl * v);
+            let mut indices = [0u8; SUB];
+            nearest_indices(grid, idl, xb, &mut indices);
+            for (j, ((&v, &w), &idx)) in xb.iter().zip(&weight).zip(&indices).enumerate() {
+                let idx = idx as usize;
                 let i = SUB * ib + j;
                 let (byte, shift) = low2_position(i);
                 y[QS + byte] |= ((idx & 3) as u8) << shift;

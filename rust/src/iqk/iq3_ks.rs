@@ -6,6 +6,7 @@
 use super::common::{
     high1_position, low2_position, read_u16, signed_max, write_u16, NlSearch, Weighting,
 };
+use super::fit::nearest_indices;
 use crate::numeric::{f16_to_f32, f32_to_f16, nearest_int};
 use crate::registry::QK_K;
 use crate::tables::IQ3_GRIDS;
@@ -85,8 +86,10 @@ pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
             let range = SUB * ib..SUB * (ib + 1);
             let xb = &xbl[range.clone()];
             WEIGHTING.fill(sigma2, xb, qw.map(|w| &w[ibl * QK_K..][range]), &mut weight);
-            for (j, (&v, &w)) in xb.iter().zip(&weight).enumerate() {
-                let idx = grid.nearest(idl * v);
+            let mut indices = [0u8; SUB];
+            nearest_indices(grid, idl, xb, &mut indices);
+            for (j, ((&v, &w), &idx)) in xb.iter().zip(&weight).zip(&indices).enumerate() {
+                let idx = idx as usize;
                 let i = SUB * ib + j;
                 let (byte, shift) = low2_position(i);
                 y[QS + byte] |= ((idx & 3) as u8) << shift;

@@ -3,6 +3,7 @@
 //! Sub-blocks of 16.
 
 use super::common::{read_u16, signed_max, write_u16, NlSearch, Weighting};
+use super::fit::nearest_indices;
 use crate::numeric::{f16_to_f32, f32_to_f16, nearest_int};
 use crate::registry::QK_K;
 use crate::tables::IQ4_GRIDS;
@@ -79,8 +80,10 @@ pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
                 qwbl.map(|w| &w[SUB * ib..SUB * (ib + 1)]),
                 &mut weight,
             );
-            for (j, (&v, &w)) in xb.iter().zip(&weight).enumerate() {
-                let idx = grid.nearest(idl * v);
+            let mut indices = [0u8; SUB];
+            nearest_indices(grid, idl, xb, &mut indices);
+            for (j, ((&v, &w), &idx)) in xb.iter().zip(&weight).zip(&indices).enumerate() {
+                let idx = idx as usize;
                 let (byte, shift) = nibble_position(SUB * ib + j);
                 y[QS + byte] |= (idx as u8) << shift;
                 let q = (values[idx] as i32 * l) as f32;

@@ -3,6 +3,7 @@
 //! index nibbles per 32-block (low nibbles first 16 elements, high nibbles the next 16).
 
 use super::common::{read_f32, signed_max, NlSearch, Weighting};
+use super::fit::nearest_indices;
 use crate::numeric::nearest_int;
 use crate::registry::QK_K;
 use crate::tables::IQ4_GRIDS;
@@ -73,10 +74,11 @@ pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
             let xb = &xbl[range.clone()];
             WEIGHTING.fill(sigma2, xb, qw.map(|w| &w[ibl * QK_K..][range]), &mut weight);
             let qs = &mut y[QS + 16 * ib..QS + 16 * (ib + 1)];
+            let mut indices = [0u8; SUB];
+            nearest_indices(grid, idl, xb, &mut indices);
             for j in 0..SUB / 2 {
                 let (x1, x2) = (xb[j], xb[j + SUB / 2]);
-                let i1 = grid.nearest(idl * x1);
-                let i2 = grid.nearest(idl * x2);
+                let (i1, i2) = (indices[j] as usize, indices[j + SUB / 2] as usize);
                 qs[j] = i1 as u8 | (i2 as u8) << 4;
                 let (w1, w2) = (weight[j], weight[j + SUB / 2]);
                 let q1 = (values[i1] as i32 * l) as f32;
