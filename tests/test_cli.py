@@ -184,6 +184,16 @@ def test_threads_and_search_are_deterministic(tmp_path: Path) -> None:
     run("quantize", TINY, tmp_path / "d.gguf", "IQ2_KS", "--threads", "0", expect=2)
 
 
+def test_row_chunking_changes_no_byte(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tensors are streamed in row chunks; chunks of a few rows give the same file."""
+    whole = quantize(tmp_path, "IQ4_KS", name="whole.gguf")
+    monkeypatch.setattr(cv, "MIN_CHUNK_VALUES", 3000)
+    monkeypatch.setattr(cv, "CHUNK_VALUES_PER_THREAD", 1000)
+    assert cv._chunk_values(2) == 3000 and cv._chunk_values(5) == 5000
+    chunked = quantize(tmp_path, "IQ4_KS", name="chunked.gguf")
+    assert chunked.read_bytes() == whole.read_bytes()
+
+
 def test_custom_q_first_match_wins(tmp_path: Path) -> None:
     rules = [r"attn_q=iq2_k,attn=iq3_ks", r"ffn_down=f16,output\.weight=iq4_k,attn_v=iq4_k"]
     out = quantize(tmp_path, "IQ4_KS", "--custom-q", rules[0], "--custom-q", rules[1])

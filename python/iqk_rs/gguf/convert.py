@@ -24,7 +24,11 @@ from .reader import KV, GGUFReader, TensorInfo
 from .writer import GGUFStreamWriter
 
 GGML_QNT_VERSION = 2
-CHUNK_VALUES = 1 << 23  # values per row chunk: 32 MiB as float32
+# Values per row chunk and worker thread (at least one MiB of values per chunk): enough rows
+# for every worker, while the f32 working copy and the output stay small enough to be
+# recycled by the allocator instead of being faulted in afresh for every chunk.
+CHUNK_VALUES_PER_THREAD = 1 << 19
+MIN_CHUNK_VALUES = 1 << 20
 
 
 class ConvertError(RuntimeError):
@@ -141,8 +145,20 @@ def _matrices(reader: GGUFReader, t: TensorInfo) -> Iterator[tuple[int, np.ndarr
         yield e, rows[e * per : (e + 1) * per]
 
 
-def _row_chunks(rows: np.ndarray, ne0: int) -> Iterator[np.ndarray]:
-    step = max(1, CHUNK_VALUES // max(ne0, 1))
+def _chunk_values(threads: int | None) -> int:
+    if threads:
+        workers = threads
+    elif hasattr(os, "sched_getaffinity"):  # the CPUs this process may use (Linux)
+        workers = len(os.sched_getaffinity(0))
+    else:
+        workers = os.cpu_count() or 1
+    return max(MIN_CHUNK_VALUES, workers * CHUNK_VALUES_PER_THREAD)
+
+
+def _row_chunks(
+    rows: np.ndarray, ne0: int, chunk_values: int = MIN_CHUNK_VALUES
+) -> Iterator[np.ndarray]:
+    step = max(1, chunk_values // max(ne0, 1))
     for i in range(0, rows.shape[0], step):
         yield rows[i : i + step]
 
@@ -175,6 +191,7 @@ def _stream(
     progress: Progress,
 ) -> None:
     tensors = [(p.name, p.out_type, p.info.ne) for p in plans]
+    chunk_values = _chunk_values(threads)
     progress.start(plans)
     with GGUFStreamWriter(out, kvs, tensors, reader.alignment) as w:
         for p in plans:
@@ -182,7 +199,7 @@ def _stream(
             progress.tensor_start(p)
             t = p.info
             if p.action != "quantize":
-                for chunk in _row_chunks(reader.raw(t.name), t.ne[0] * 4):
+                for chunk in _row_chunks(reader.raw(t.name), t.ne[0] * 4, chunk_values):
                     w.write_chunk(t.name, chunk)
                     progress.advance(chunk.nbytes)
             else:
@@ -190,7 +207,7 @@ def _stream(
                     imat = None
                     if p.imatrix is not None:
                         imat = np.ascontiguousarray(p.imatrix[e * t.ne[0] : (e + 1) * t.ne[0]])
-                    for chunk in _row_chunks(rows, t.ne[0]):
+                    for chunk in _row_chunks(rows, t.ne[0], chunk_values):
                         try:
                             x = rows_to_f32(chunk, t.type, t.ne[0], threads)
                             q = f32_to_rows(
