@@ -10,8 +10,8 @@
 //! Nibble packing (all four): byte j holds element j (low) and element j+16 (high).
 
 use super::search::{make_qx_quants, GROUP_MAX_EPS};
-use super::util::{c_trunc_i32, read_f16, write_f16};
-use crate::iqk::common::Weighting;
+use super::util::{read_f16, write_f16};
+use crate::iqk::common::{signed_max, Weighting};
 use crate::iqk::fit::{fit_many_plus, nearest_indices};
 
 const QK: usize = 32;
@@ -62,8 +62,9 @@ fn pack_q5_0(l: &[i8], y: &mut [u8]) {
     for j in 0..16 {
         let (a, b) = (l[j] as u8, l[j + 16] as u8);
         y[6 + j] = (a & 0x0f) | ((b & 0x0f) << 4);
-        qh |= (((a & 0x10) >> 4) as u32) << j;
-        qh |= (((b & 0x10) >> 4) as u32) << (j + 16);
+    }
+    for (j, &v) in l[..QK].iter().enumerate() {
+        qh |= ((v as u32 >> 4) & 1) << j;
     }
     y[2..6].copy_from_slice(&qh.to_le_bytes());
 }
@@ -76,19 +77,13 @@ pub(super) fn quantize_q5_0(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) 
     match imatrix {
         None => {
             for (xb, y) in x.chunks_exact(QK).zip(out.chunks_exact_mut(22)) {
-                let (mut amax, mut max) = (0f32, 0f32);
-                for &v in xb {
-                    if amax < v.abs() {
-                        amax = v.abs();
-                        max = v;
-                    }
-                }
+                let (max, _) = signed_max(xb);
                 let d = max / -16.0;
                 let id = if d != 0.0 { 1.0 / d } else { 0.0 };
                 write_f16(y, 0, d);
+                // |v·id| <= 16, so the C cast's truncation is Rust's (in range, vectorises).
                 for (lj, &v) in l.iter_mut().zip(xb) {
-                    let t = c_trunc_i32(v * id + 16.5) as i8;
-                    *lj = t.min(31);
+                    *lj = ((v * id + 16.5) as i32).min(31) as i8;
                 }
                 pack_q5_0(&l, y);
             }
@@ -389,7 +384,7 @@ pub(super) fn dequantize_iq4_nl(b: &[u8], out: &mut [f32]) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::util::{build_nl_index, resolve_nl};
+    use super::super::util::{build_nl_index, c_trunc_i32, resolve_nl};
     use super::*;
 
     /// ik's `best_index_iq4nl`: bucket by `(int)x`, ties resolved by f32 comparison.
