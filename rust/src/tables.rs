@@ -124,6 +124,28 @@ grids!(IQ2_GRIDS, IQ2NL, 4);
 grids!(IQ3_GRIDS, IQ3NL, 8);
 grids!(IQ4_GRIDS, IQ4K, 16);
 
+/// Every f32 within `half_width` of the midpoint of each pair of neighbouring `values`: where
+/// a nearest-value search's rounding can put its decision off the midpoint.
+#[cfg(test)]
+pub(crate) fn around_midpoints(values: &[i8], half_width: f32) -> Vec<f32> {
+    let mut xs = Vec::new();
+    for pair in values.windows(2) {
+        let mid = 0.5 * (pair[0] as f32 + pair[1] as f32);
+        let (lo, hi) = (mid - half_width, mid + half_width);
+        assert!(
+            lo * hi > 0.0,
+            "the walk below assumes a window without zero"
+        );
+        let mut x = lo;
+        while x <= hi {
+            xs.push(x);
+            let bits = x.to_bits();
+            x = f32::from_bits(if x > 0.0 { bits + 1 } else { bits - 1 }); // the next f32 up
+        }
+    }
+    xs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

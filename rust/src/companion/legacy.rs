@@ -313,18 +313,12 @@ fn cheapest_move_scalar(d: f32, x: &[f32], w: &[f32], lb: &[u8; QK]) -> Option<(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn cheapest_move_avx2(d: f32, x: &[f32], w: &[f32], lb: &[u8; QK]) -> Option<(usize, i32)> {
+    use crate::iqk::fit::avx2::{load, select};
     use std::arch::x86_64::*;
     let (x, w) = (&x[..QK], &w[..QK]);
-    let low = _mm256_loadu_ps(IQ4NL_F.as_ptr());
-    let high = _mm256_loadu_ps(IQ4NL_F.as_ptr().add(8));
-    let value = |k: __m256i| {
-        let use_high = _mm256_castsi256_ps(_mm256_cmpgt_epi32(k, _mm256_set1_epi32(7)));
-        _mm256_blendv_ps(
-            _mm256_permutevar8x32_ps(low, k),
-            _mm256_permutevar8x32_ps(high, k),
-            use_high,
-        )
-    };
+    // IQ4_NL's values are the IQ4 grid's base half.
+    let grid = load::<16>(&crate::tables::IQ4_GRIDS[0]);
+    let value = |k: __m256i| select(&grid, k);
     let dv = _mm256_set1_ps(d);
     let (zero, one, inf) = (
         _mm256_setzero_ps(),
@@ -493,15 +487,7 @@ mod tests {
             -0.0,
         ];
         xs.extend((-40_000..40_000).map(|i| i as f32 / 128.0 + 0.001));
-        for pair in IQ4NL_VALUES.windows(2) {
-            let mid = 0.5 * (pair[0] as f32 + pair[1] as f32);
-            let mut x = mid - 1.0 / 64.0;
-            while x <= mid + 1.0 / 64.0 {
-                xs.push(x);
-                let bits = x.to_bits();
-                x = f32::from_bits(if x > 0.0 { bits + 1 } else { bits - 1 });
-            }
-        }
+        xs.extend(crate::tables::around_midpoints(&IQ4NL_VALUES, 1.0 / 64.0));
         for x in xs {
             assert_eq!(best_index_iq4nl(x), grid.nearest(x), "x = {x:e}");
         }

@@ -110,8 +110,9 @@ pub fn nearest_indices(grid: &Grid, id: f32, x: &[f32], out: &mut [u8]) {
     nearest_indices_on(crate::cpu::quantize_path(), grid, id, x, out)
 }
 
+/// The AVX2 grid search, also used by the IQ4_NL refinement (`companion::legacy`).
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
     use super::MAX_CANDIDATES;
@@ -121,7 +122,7 @@ mod avx2 {
     /// branch-free binary search over the grid's thresholds (`Grid::thresholds`: the nearest
     /// index is the number of thresholds `<= x`). `N` is the number of grid values (4, 8 or
     /// 16), a constant.
-    pub(super) struct GridRegs<const N: usize> {
+    pub(crate) struct GridRegs<const N: usize> {
         /// Pivots m_1..m_{N-1} (m_i = threshold between v_{i-1} and v_i): the broadcasts of
         /// the first two steps and the permute tables of the last two.
         pivot_half: __m256,
@@ -135,7 +136,7 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn load<const N: usize>(grid: &Grid) -> GridRegs<N> {
+    pub(crate) unsafe fn load<const N: usize>(grid: &Grid) -> GridRegs<N> {
         let n = N;
         debug_assert_eq!(grid.values.len(), N);
         let mut vals = [0.0f32; 16];
@@ -184,7 +185,7 @@ mod avx2 {
     /// v[idx] per lane for idx in 0..16.
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn select<const N: usize>(g: &GridRegs<N>, idx: __m256i) -> __m256 {
+    pub(crate) unsafe fn select<const N: usize>(g: &GridRegs<N>, idx: __m256i) -> __m256 {
         let from_low = _mm256_permutevar8x32_ps(g.low, idx);
         if N <= 8 {
             return from_low;
@@ -482,17 +483,7 @@ mod tests {
             let grids = IQ2_GRIDS.iter().chain(&IQ3_GRIDS).chain(&IQ4_GRIDS);
             for grid in grids {
                 let mut xs = extremes.clone();
-                for pair in grid.values.windows(2) {
-                    let mid = 0.5 * (pair[0] as f32 + pair[1] as f32);
-                    let (lo, hi) = (mid - 1.0 / 64.0, mid + 1.0 / 64.0);
-                    let mut x = lo;
-                    while x <= hi {
-                        xs.push(x);
-                        // The next f32 up (no window contains zero).
-                        let bits = x.to_bits();
-                        x = f32::from_bits(if x > 0.0 { bits + 1 } else { bits - 1 });
-                    }
-                }
+                xs.extend(crate::tables::around_midpoints(grid.values, 1.0 / 64.0));
                 match grid.values.len() {
                     4 => check::<4>(grid, &xs),
                     8 => check::<8>(grid, &xs),
