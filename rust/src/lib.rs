@@ -21,6 +21,9 @@ pub mod simd;
 pub mod tables;
 pub mod widen;
 
+#[cfg(test)]
+mod testing;
+
 #[cfg(feature = "python")]
 mod py;
 

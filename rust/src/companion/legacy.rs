@@ -388,13 +388,7 @@ mod tests {
         resolve_nl(&IQ4NL_INDEX, &IQ4NL_F, 16, 241, ix, x)
     }
 
-    /// xorshift32 in [-1, 1).
-    fn rng(seed: &mut u32) -> f32 {
-        *seed ^= *seed << 13;
-        *seed ^= *seed >> 17;
-        *seed ^= *seed << 5;
-        (*seed >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-    }
+    use crate::testing::rng;
 
     #[test]
     fn round_half_away_is_roundf() {

@@ -605,12 +605,7 @@ pub(super) fn make_qp_quants(nmax: i32, x: &[f32], out: &mut [u8], qw: &[f32]) -
 mod tests {
     use super::*;
 
-    fn rng(seed: &mut u32) -> f32 {
-        *seed ^= *seed << 13;
-        *seed ^= *seed >> 17;
-        *seed ^= *seed << 5;
-        (*seed >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-    }
+    use crate::testing::rng;
 
     /// The vectorised coordinate-descent pick equals the scalar one: same level, same gradient
     /// bits, including levels at both ends, zero weights and exact ties.

@@ -535,12 +535,7 @@ mod tests {
     use super::*;
     use crate::tables::IQ2NL;
 
-    fn rng(seed: &mut u32) -> f32 {
-        *seed ^= *seed << 13;
-        *seed ^= *seed >> 17;
-        *seed ^= *seed << 5;
-        (*seed >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-    }
+    use crate::testing::rng;
 
     /// The u64 sort keys order elements as std::sort on (x, j) pairs: by value, -0 equal to
     /// +0, ties by position.

@@ -362,13 +362,7 @@ mod tests {
     use crate::cpu::Path;
     use crate::tables::{IQ2_GRIDS, IQ3_GRIDS, IQ4_GRIDS};
 
-    /// xorshift32: reproducible inputs without a dependency.
-    fn rng(seed: &mut u32) -> f32 {
-        *seed ^= *seed << 13;
-        *seed ^= *seed >> 17;
-        *seed ^= *seed << 5;
-        (*seed >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-    }
+    use crate::testing::rng;
 
     /// Every SIMD lane reproduces the scalar fit bit for bit, on random blocks, scales and
     /// weights, including blocks with zeros and extreme inverse scales.
