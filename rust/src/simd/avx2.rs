@@ -117,13 +117,21 @@ pub(crate) struct K16 {
     pub mins: __m256i,
 }
 
+/// The 16 i8 sub-block scales `nat` (natural order) as `K16::eo` lays them out: i16, even
+/// sub-blocks in the low lane, odd ones in the high lane.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn even_odd(nat: __m128i) -> __m256i {
+    let eo_ctl = _mm_loadu_si128(EO_SHUFFLE.as_ptr() as *const __m128i);
+    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(nat, eo_ctl))
+}
+
 /// `nat`: the 16 signed sub-block scales (i8, natural order); `m8`: the per-sub-block
 /// constant (i8) to multiply with scale and block sum.
 #[inline]
 #[target_feature(enable = "avx2")]
 pub(crate) unsafe fn k16(nat: __m128i, m8: __m128i, y: *const u8) -> K16 {
-    let eo_ctl = _mm_loadu_si128(EO_SHUFFLE.as_ptr() as *const __m128i);
-    let eo = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(nat, eo_ctl));
+    let eo = even_odd(nat);
     let mins16 = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(nat), _mm256_cvtepi8_epi16(m8));
     let mins = _mm256_madd_epi16(mins16, loadu256(y.add(Q8K_BSUMS)));
     K16 { eo, mins }
@@ -229,6 +237,14 @@ pub(crate) unsafe fn prep_iq3k(x: *const u8, y: *const u8) -> K16 {
 #[inline]
 #[target_feature(enable = "avx2")]
 pub(crate) unsafe fn prep_iq4k(x: *const u8, y: *const u8) -> K16 {
+    let m8 = _mm_and_si128(bits16(rd16(x.add(2))), _mm_set1_epi8(4));
+    k16(natural_scales_iq4k(x), m8, y)
+}
+
+/// IQ4_K's 16 signed sub-block scales (i8, natural order): low nibbles plus two high bits.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn natural_scales_iq4k(x: *const u8) -> __m128i {
     let lo = nibbles8(x.add(8));
     let rep = _mm_shuffle_epi8(
         _mm_cvtsi32_si128(rd32(x.add(4)) as i32),
@@ -244,9 +260,7 @@ pub(crate) unsafe fn prep_iq4k(x: *const u8, y: *const u8) -> K16 {
         _mm_cmpeq_epi8(_mm_and_si128(rep, mb), mb),
         _mm_set1_epi8(32),
     );
-    let nat = _mm_sub_epi8(_mm_or_si128(lo, _mm_or_si128(b4, b5)), _mm_set1_epi8(32));
-    let m8 = _mm_and_si128(bits16(rd16(x.add(2))), _mm_set1_epi8(4));
-    k16(nat, m8, y)
+    _mm_sub_epi8(_mm_or_si128(lo, _mm_or_si128(b4, b5)), _mm_set1_epi8(32))
 }
 
 /// IQ4_K's sub-block scales alone: the AVX2 kernel applies the shifted table directly (see
@@ -254,24 +268,7 @@ pub(crate) unsafe fn prep_iq4k(x: *const u8, y: *const u8) -> K16 {
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn scales_iq4k(x: *const u8) -> __m256i {
-    let lo = nibbles8(x.add(8));
-    let rep = _mm_shuffle_epi8(
-        _mm_cvtsi32_si128(rd32(x.add(4)) as i32),
-        _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
-    );
-    let ma = _mm_set1_epi32(0x4010_0401);
-    let mb = _mm_set1_epi32(0x8020_0802u32 as i32);
-    let b4 = _mm_and_si128(
-        _mm_cmpeq_epi8(_mm_and_si128(rep, ma), ma),
-        _mm_set1_epi8(16),
-    );
-    let b5 = _mm_and_si128(
-        _mm_cmpeq_epi8(_mm_and_si128(rep, mb), mb),
-        _mm_set1_epi8(32),
-    );
-    let nat = _mm_sub_epi8(_mm_or_si128(lo, _mm_or_si128(b4, b5)), _mm_set1_epi8(32));
-    let eo_ctl = _mm_loadu_si128(EO_SHUFFLE.as_ptr() as *const __m128i);
-    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(nat, eo_ctl))
+    even_odd(natural_scales_iq4k(x))
 }
 
 /// IQ4_KS's eight scales (i16, in both lanes), without the shift bits.
