@@ -363,6 +363,145 @@ pub(super) fn make_qkx2_quants(
     (scale, -min)
 }
 
+/// Candidates per batch of [`make_qkx3_quants`]: one vector of f32 levels.
+const QKX3_LANES: usize = 8;
+
+/// The block's own weighted sums `(Σ w, Σ w·x, Σ w·x²)`, in f64.
+struct Qkx3Totals {
+    w: f64,
+    x: f64,
+    x2: f64,
+}
+
+/// Each candidate's fitted scale and min and its error, as the C computes them in f64
+/// (`mad` is NaN where the fit has no solution, `D <= 0`).
+struct Qkx3Fits {
+    mad: [f64; QKX3_LANES],
+    scale: [f64; QKX3_LANES],
+    min: [f64; QKX3_LANES],
+}
+
+/// The fits of a batch of inverse scales: levels `l = clamp(nearest_int(iscale·(x − min)),
+/// 0, nmax)`, then `(Σ w·l, Σ (w·l)·l, Σ (w·l)·x)` in f64 and the closed-form fit. Each
+/// product in the sums is exact in f64 (24-bit w and x, levels of at most 5 bits), so only the
+/// order of the additions matters: element order in every lane, as in the C.
+fn qkx3_fits(
+    nmax: i32,
+    iscales: &[f32; QKX3_LANES],
+    min: f32,
+    x: &[f32],
+    w: &[f32],
+    totals: &Qkx3Totals,
+) -> Qkx3Fits {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::quantize_path() == crate::cpu::Path::Avx2 {
+        // SAFETY: the Avx2 path is only chosen on CPUs with AVX2.
+        return unsafe { qkx3_fits_avx2(nmax, iscales, min, x, w, totals) };
+    }
+    qkx3_fits_scalar(nmax, iscales, min, x, w, totals)
+}
+
+fn qkx3_fits_scalar(
+    nmax: i32,
+    iscales: &[f32; QKX3_LANES],
+    min: f32,
+    x: &[f32],
+    w: &[f32],
+    totals: &Qkx3Totals,
+) -> Qkx3Fits {
+    let (mut l, mut l2, mut xl) = ([0f64; QKX3_LANES], [0f64; QKX3_LANES], [0f64; QKX3_LANES]);
+    for (&xi, &wi) in x.iter().zip(w) {
+        let (xd, wd) = (xi as f64, wi as f64);
+        for (k, &iscale) in iscales.iter().enumerate() {
+            let lf = nearest_int(iscale * (xi - min)).clamp(0, nmax) as f64;
+            let wl = wd * lf;
+            l[k] += wl;
+            l2[k] += wl * lf;
+            xl[k] += wl * xd;
+        }
+    }
+    closed_form_fits(&l, &l2, &xl, totals)
+}
+
+/// The C's per-candidate fit, lane by lane (the same f64 operations; the branches become
+/// selects, so the loop vectorises).
+#[inline(always)]
+fn closed_form_fits(
+    sum_l: &[f64; QKX3_LANES],
+    sum_l2: &[f64; QKX3_LANES],
+    sum_xl: &[f64; QKX3_LANES],
+    t: &Qkx3Totals,
+) -> Qkx3Fits {
+    let mut f = Qkx3Fits {
+        mad: [0.0; QKX3_LANES],
+        scale: [0.0; QKX3_LANES],
+        min: [0.0; QKX3_LANES],
+    };
+    for k in 0..QKX3_LANES {
+        let (l, l2, xl) = (sum_l[k], sum_l2[k], sum_xl[k]);
+        let d = t.w * l2 - l * l;
+        let scale = (t.w * xl - t.x * l) / d;
+        let min = (l2 * t.x - l * xl) / d;
+        let (scale, min) = if min > 0.0 {
+            (xl / l2, 0.0)
+        } else {
+            (scale, min)
+        };
+        let mad = t.x2 - 2.0 * scale * xl - 2.0 * min * t.x
+            + 2.0 * scale * min * l
+            + scale * scale * l2
+            + min * min * t.w;
+        f.mad[k] = if d > 0.0 { mad } else { f64::NAN };
+        f.scale[k] = scale;
+        f.min[k] = min;
+    }
+    f
+}
+
+/// [`qkx3_fits`] with the eight levels in one f32 vector (`nearest_int` as the float-add
+/// trick: |iscale·(x − min)| stays far below 2^22, and clamping as a float is exact) and the
+/// sums in two f64 vectors.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn qkx3_fits_avx2(
+    nmax: i32,
+    iscales: &[f32; QKX3_LANES],
+    min: f32,
+    x: &[f32],
+    w: &[f32],
+    totals: &Qkx3Totals,
+) -> Qkx3Fits {
+    use std::arch::x86_64::*;
+    let magic = _mm256_set1_ps(12_582_912.0);
+    let (lo, hi) = (_mm256_setzero_ps(), _mm256_set1_ps(nmax as f32));
+    let is = _mm256_loadu_ps(iscales.as_ptr());
+    let zero = _mm256_setzero_pd();
+    let (mut l, mut l2, mut xl) = ([zero; 2], [zero; 2], [zero; 2]);
+    for (&xi, &wi) in x.iter().zip(w) {
+        let xm = _mm256_set1_ps(xi - min);
+        let rounded = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(is, xm), magic), magic);
+        let lf = _mm256_min_ps(_mm256_max_ps(rounded, lo), hi);
+        let halves = [
+            _mm256_cvtps_pd(_mm256_castps256_ps128(lf)),
+            _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(lf)),
+        ];
+        let (xd, wd) = (_mm256_set1_pd(xi as f64), _mm256_set1_pd(wi as f64));
+        for (h, &lf) in halves.iter().enumerate() {
+            let wl = _mm256_mul_pd(wd, lf);
+            l[h] = _mm256_add_pd(l[h], wl);
+            l2[h] = _mm256_add_pd(l2[h], _mm256_mul_pd(wl, lf));
+            xl[h] = _mm256_add_pd(xl[h], _mm256_mul_pd(wl, xd));
+        }
+    }
+    let store = |v: [__m256d; 2]| {
+        let mut out = [0f64; QKX3_LANES];
+        _mm256_storeu_pd(out.as_mut_ptr(), v[0]);
+        _mm256_storeu_pd(out.as_mut_ptr().add(4), v[1]);
+        out
+    };
+    closed_form_fits(&store(l), &store(l2), &store(xl), totals)
+}
+
 /// `make_qkx3_quants` with explicit weights and `use_mad = false`: like
 /// [`make_qkx2_quants`] but with f64 sums, a closed-form error, and a final greedy
 /// refinement of single quants. Returns `(scale, the_min)`.
@@ -376,7 +515,6 @@ pub(super) fn make_qkx3_quants(
     nstep: i32,
 ) -> (f32, f32) {
     let n = x.len();
-    let mut laux = [0u8; 32];
     let mut min = x[0];
     let mut max = x[0];
     let mut sum_w = weights[0] as f64;
@@ -411,52 +549,40 @@ pub(super) fn make_qkx3_quants(
         let diff = scale as f64 * l as f64 + min as f64 - x[i] as f64;
         best_mad += weights[i] as f64 * (diff * diff);
     }
-    if nstep >= 1 {
-        // Per candidate: the levels in one loop that vectorises, then the f64 sums in element
-        // order. Each product is exact in f64 (24-bit w and x, levels of at most 5 bits), so
-        // only the order of the additions matters, and it is the C's.
-        let mut wide_w = [0f64; 32];
-        let mut wide_x = [0f64; 32];
-        for i in 0..n {
-            wide_w[i] = weights[i] as f64;
-            wide_x[i] = x[i] as f64;
-        }
-        debug_assert!(nmax <= 31);
-        for is in 0..=nstep {
-            let iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
-            for i in 0..n {
-                laux[i] = nearest_int(iscale * (x[i] - min)).clamp(0, nmax) as u8;
-            }
-            let (mut sum_l, mut sum_l2, mut sum_xl) = (0f64, 0f64, 0f64);
-            for i in 0..n {
-                let w = wide_w[i];
-                let lf = laux[i] as f64;
-                sum_l += w * lf;
-                sum_l2 += w * lf * lf;
-                sum_xl += w * lf * wide_x[i];
-            }
-            let d = sum_w * sum_l2 - sum_l * sum_l;
-            if d > 0.0 {
-                let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
-                let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
-                if this_min > 0.0 {
-                    this_min = 0.0;
-                    this_scale = sum_xl / sum_l2;
-                }
-                let mad = sum_x2 - 2.0 * this_scale * sum_xl - 2.0 * this_min * sum_x
-                    + 2.0 * this_scale * this_min * sum_l
-                    + this_scale * this_scale * sum_l2
-                    + this_min * this_min * sum_w;
-                if mad < best_mad {
-                    out[..n].copy_from_slice(&laux[..n]);
-                    best_mad = mad;
-                    scale = this_scale as f32;
-                    min = this_min as f32;
-                }
-            }
-        }
-    } else {
+    if nstep < 1 {
         return (scale, -min);
+    }
+    // Each candidate's levels depend on `min`, which an accepted candidate changes. So the
+    // candidates go in batches of one vector, each batch formed with the current `min`; an
+    // accept restarts the batch at the next candidate (the C's order, unchanged).
+    let mut next = 0usize;
+    while next <= nstep as usize {
+        let count = (nstep as usize + 1 - next).min(QKX3_LANES);
+        let mut iscales = [0f32; QKX3_LANES];
+        for (k, iscale) in iscales.iter_mut().enumerate().take(count) {
+            *iscale = (rmin + rdelta * (next + k) as f32 + nmax as f32) / (max - min);
+        }
+        let totals = Qkx3Totals {
+            w: sum_w,
+            x: sum_x,
+            x2: sum_x2,
+        };
+        let fits = qkx3_fits(nmax, &iscales, min, x, weights, &totals);
+        let mut accepted = None;
+        for (k, &iscale) in iscales.iter().enumerate().take(count) {
+            // NaN marks a candidate without a fit (the C's `D <= 0`): never below.
+            if fits.mad[k] < best_mad {
+                for (o, &v) in out.iter_mut().zip(x) {
+                    *o = nearest_int(iscale * (v - min)).clamp(0, nmax) as u8;
+                }
+                best_mad = fits.mad[k];
+                scale = fits.scale[k] as f32;
+                min = fits.min[k] as f32;
+                accepted = Some(k);
+                break;
+            }
+        }
+        next += accepted.map_or(count, |k| k + 1);
     }
 
     let (mut sum_l, mut sum_l2, mut sum_xl) = (0f64, 0f64, 0f64);
@@ -606,6 +732,68 @@ mod tests {
     use super::*;
 
     use crate::testing::rng;
+
+    /// The batched `make_qkx3_quants` fits equal the scalar ones bit for bit (sums, scale, min
+    /// and error; NaN where there is no fit), on blocks with zeros, zero weights, all-positive
+    /// blocks (min 0) and levels clamped at both ends.
+    #[test]
+    fn qkx3_fits_simd_equal_scalar() {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            let mut seed = 777u32;
+            for trial in 0..3000usize {
+                let (nmax, n) = [(3, 16), (15, 32), (31, 32), (3, 16)][trial % 4];
+                let amp = 10f32.powi(trial as i32 % 7 - 4);
+                let x: Vec<f32> = (0..n)
+                    .map(|j| match (j + trial) % 9 {
+                        0 => 0.0,
+                        _ if trial % 5 == 0 => amp * rng(&mut seed).abs(),
+                        _ => amp * rng(&mut seed),
+                    })
+                    .collect();
+                let w: Vec<f32> = (0..n)
+                    .map(|j| {
+                        if (j + trial) % 7 == 0 {
+                            0.0
+                        } else {
+                            rng(&mut seed).abs()
+                        }
+                    })
+                    .collect();
+                let min = x.iter().fold(0f32, |m, &v| m.min(v));
+                let max = x.iter().fold(min, |m, &v| m.max(v));
+                if max - min < 1e-10 {
+                    continue;
+                }
+                // Inverse scales around nmax/(max - min), some pushing levels past the ends.
+                let iscales: [f32; QKX3_LANES] = std::array::from_fn(|k| {
+                    (nmax as f32 + 0.4 * (k as f32 - 3.0) * (1 + trial % 3) as f32) / (max - min)
+                });
+                let (mut tw, mut tx, mut tx2) = (0f64, 0f64, 0f64);
+                for (&v, &wj) in x.iter().zip(&w) {
+                    tw += wj as f64;
+                    tx += wj as f64 * v as f64;
+                    tx2 += wj as f64 * v as f64 * v as f64;
+                }
+                let totals = Qkx3Totals {
+                    w: tw,
+                    x: tx,
+                    x2: tx2,
+                };
+                // SAFETY: AVX2 is present (checked above).
+                let simd = unsafe { qkx3_fits_avx2(nmax, &iscales, min, &x, &w, &totals) };
+                let scalar = qkx3_fits_scalar(nmax, &iscales, min, &x, &w, &totals);
+                let bits = |f: &Qkx3Fits| {
+                    (
+                        f.mad.map(f64::to_bits),
+                        f.scale.map(f64::to_bits),
+                        f.min.map(f64::to_bits),
+                    )
+                };
+                assert_eq!(bits(&simd), bits(&scalar), "trial {trial}");
+            }
+        }
+    }
 
     /// The vectorised coordinate-descent pick equals the scalar one: same level, same gradient
     /// bits, including levels at both ends, zero weights and exact ties.

@@ -479,6 +479,13 @@ mod avx2 {
     }
 
     /// `[Σwq·x, Σwq·q]` for the `+` and the `-` sign fits at scale `d`, lane sums reduced.
+    ///
+    /// The nearest value is found by counting descents instead of ik's running minimum. Along
+    /// the sorted grid the rounded squared distances fl(fl(y - fl(d·t_k))²) fall strictly
+    /// while y - fl(d·t_k) keeps its sign and rise strictly after it flips: neighbouring
+    /// values lie at least 14|d| apart while |y - d·t_k| <= 68.5|d| (|y| <= |max| <= 37.5|d|),
+    /// so two same-sign distances differ by over 20 % and cannot round to one square. The
+    /// first minimum, which ik's strict `<` keeps, is then the number of strict descents.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn candidate_sums(
@@ -493,33 +500,18 @@ mod avx2 {
             values[2] as f32,
             values[3] as f32,
         ];
-        let scaled = [
-            _mm256_set1_ps(d * t[0]),
-            _mm256_set1_ps(d * t[1]),
-            _mm256_set1_ps(d * t[2]),
-            _mm256_set1_ps(d * t[3]),
-        ];
-        let q = t.map(|v| _mm256_set1_ps(v));
+        let scaled = t.map(|v| _mm256_set1_ps(d * v));
+        // Indexed by minus the descent count, modulo 8 (`vpermps` reads three bits).
+        let by_neg_count = _mm256_setr_ps(t[0], 0.0, 0.0, 0.0, 0.0, t[3], t[2], t[1]);
         let zero = _mm256_setzero_ps();
         let (mut sqx_p, mut sq2_p, mut sqx_m, mut sq2_m) = (zero, zero, zero, zero);
         for k in 0..SUB / 8 {
             let (xv, wv) = (xv[k], wv[k]);
-            let dp = _mm256_sub_ps(xv, scaled[0]);
-            let dm = _mm256_add_ps(xv, scaled[0]);
-            let (mut best_p, mut best_m) = (_mm256_mul_ps(dp, dp), _mm256_mul_ps(dm, dm));
-            let (mut qp, mut qm) = (q[0], q[0]);
-            for j in 1..4 {
-                let dp = _mm256_sub_ps(xv, scaled[j]);
-                let dp = _mm256_mul_ps(dp, dp);
-                let closer = _mm256_cmp_ps::<_CMP_LT_OQ>(dp, best_p);
-                best_p = _mm256_blendv_ps(best_p, dp, closer);
-                qp = _mm256_blendv_ps(qp, q[j], closer);
-                let dm = _mm256_add_ps(xv, scaled[j]);
-                let dm = _mm256_mul_ps(dm, dm);
-                let closer = _mm256_cmp_ps::<_CMP_LT_OQ>(dm, best_m);
-                best_m = _mm256_blendv_ps(best_m, dm, closer);
-                qm = _mm256_blendv_ps(qm, q[j], closer);
-            }
+            let sq = |v: __m256| _mm256_mul_ps(v, v);
+            let dp = scaled.map(|s| sq(_mm256_sub_ps(xv, s)));
+            let dm = scaled.map(|s| sq(_mm256_add_ps(xv, s)));
+            let qp = _mm256_permutevar8x32_ps(by_neg_count, descents(dp));
+            let qm = _mm256_permutevar8x32_ps(by_neg_count, descents(dm));
             let wq = _mm256_mul_ps(wv, qp);
             sqx_p = _mm256_fmadd_ps(wq, xv, sqx_p);
             sq2_p = _mm256_fmadd_ps(wq, qp, sq2_p);
@@ -528,6 +520,15 @@ mod avx2 {
             sq2_m = _mm256_fmadd_ps(wq, qm, sq2_m);
         }
         hsum8_x4([sqx_p, sq2_p, sqx_m, sq2_m])
+    }
+
+    /// Minus the number of k in 1..4 with `dist[k] < dist[k - 1]`, per lane.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn descents(dist: [__m256; 4]) -> __m256i {
+        let step =
+            |k: usize| _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LT_OQ>(dist[k], dist[k - 1]));
+        _mm256_add_epi32(_mm256_add_epi32(step(1), step(2)), step(3))
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -655,5 +656,69 @@ pub fn dequantize_row(row: &[u8], out: &mut [f32]) {
         decode(y, |i, s, values, idx| {
             o[i] = d * s as f32 * values[idx] as f32
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::rng;
+
+    /// The AVX2 candidate fits equal the scalar ones bit for bit, including blocks whose
+    /// values sit on (or a few ulps beside) the midpoint of two scaled grid values, where the
+    /// rounded distances tie or nearly tie.
+    #[test]
+    fn avx2_candidate_fits_equal_scalar() {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            let mut seed = 2024u32;
+            let below = |n: u32, seed: &mut u32| ((rng(seed) + 1.0) * 0.5 * n as f32) as u32;
+            for trial in 0..3000i32 {
+                let amp = 10f32.powi(trial % 9 - 4);
+                let mut x: Vec<f32> = (0..SUB).map(|_| amp * rng(&mut seed)).collect();
+                if trial % 5 == 0 {
+                    x[below(SUB as u32, &mut seed) as usize] = 0.0;
+                }
+                let (max, _) = signed_max(&x);
+                for _ in 0..8 {
+                    let j = below(SUB as u32, &mut seed) as usize;
+                    let c = below(N_CANDIDATES as u32, &mut seed) as usize;
+                    let values = IQ2_GRIDS[candidate_is_shifted(c) as usize].values;
+                    let k = below(3, &mut seed) as usize;
+                    let d = max / DENOMINATORS[c];
+                    let mid = d * 0.5 * (values[k] as f32 + values[k + 1] as f32);
+                    let mid = if trial % 2 == 0 { mid } else { -mid };
+                    let ulps = below(5, &mut seed) as i32 - 2;
+                    let v = f32::from_bits((mid.to_bits() as i32 + ulps) as u32);
+                    if v.abs() < max.abs() {
+                        x[j] = v;
+                    }
+                }
+                let w: Vec<f32> = (0..SUB)
+                    .map(|j| {
+                        if (trial as usize + j).is_multiple_of(11) {
+                            0.0
+                        } else {
+                            rng(&mut seed).abs()
+                        }
+                    })
+                    .collect();
+                // SAFETY: AVX2 and FMA were detected above.
+                let simd = unsafe { avx2::candidate_fits(&x, &w, max) };
+                for c in 0..N_CANDIDATES {
+                    let d = max / DENOMINATORS[c];
+                    let values = IQ2_GRIDS[candidate_is_shifted(c) as usize].values;
+                    let want = candidate_sums_scalar(d, &x, &w, values);
+                    assert_eq!(simd.scale[c].to_bits(), d.to_bits(), "trial {trial} c {c}");
+                    assert_eq!(
+                        simd.sums[c].map(f32::to_bits),
+                        want.map(f32::to_bits),
+                        "trial {trial} candidate {c}: {:?} vs {:?}",
+                        simd.sums[c],
+                        want
+                    );
+                }
+            }
+        }
     }
 }
