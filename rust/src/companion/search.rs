@@ -598,19 +598,9 @@ pub(super) fn make_qkx3_quants(
         2.0 * s * sum_xl + 2.0 * m * sum_x - 2.0 * s * m * sum_l - s * s * sum_l2 - m * m * sum_w;
     let mut last: Option<(usize, i32)> = None;
     for _ in 0..nmax as usize * n {
-        let mut gmax = 0f32;
-        let mut pick: Option<(usize, i32)> = None;
-        for j in 0..n {
-            let g = x[j] - scale * out[j] as f32 - min;
-            if g > 0.0 && (out[j] as i32) < nmax && g > gmax {
-                gmax = g;
-                pick = Some((j, 1));
-            } else if g < 0.0 && out[j] > 0 && -g > gmax {
-                gmax = -g;
-                pick = Some((j, -1));
-            }
-        }
-        let Some((j, dir)) = pick else { break };
+        let Some((j, dir)) = steepest_offset_level(nmax, scale, min, x, &out[..n]) else {
+            break;
+        };
         if let Some((lj, ldir)) = last {
             if lj == j && dir == -ldir {
                 break;
@@ -647,6 +637,96 @@ pub(super) fn make_qkx3_quants(
         last = Some((j, dir));
     }
     (scale, -min)
+}
+
+/// The refinement step of `make_qkx3_quants`: the first level `l ∈ [0, nmax]` with the largest
+/// residual magnitude `|x − scale·l − min|` among those that can still move towards it, and
+/// the direction (±1).
+fn steepest_offset_level(
+    nmax: i32,
+    scale: f32,
+    min: f32,
+    x: &[f32],
+    levels: &[u8],
+) -> Option<(usize, i32)> {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::quantize_path() == crate::cpu::Path::Avx2 && x.len().is_multiple_of(8) {
+        // SAFETY: the Avx2 path is only chosen on CPUs with AVX2.
+        return unsafe { steepest_offset_level_avx2(nmax, scale, min, x, levels) };
+    }
+    steepest_offset_level_scalar(nmax, scale, min, x, levels)
+}
+
+fn steepest_offset_level_scalar(
+    nmax: i32,
+    scale: f32,
+    min: f32,
+    x: &[f32],
+    levels: &[u8],
+) -> Option<(usize, i32)> {
+    let mut gmax = 0f32;
+    let mut pick = None;
+    for (j, (&v, &l)) in x.iter().zip(levels).enumerate() {
+        let g = v - scale * l as f32 - min;
+        if g > 0.0 && (l as i32) < nmax && g > gmax {
+            gmax = g;
+            pick = Some((j, 1));
+        } else if g < 0.0 && l > 0 && -g > gmax {
+            gmax = -g;
+            pick = Some((j, -1));
+        }
+    }
+    pick
+}
+
+/// [`steepest_offset_level_scalar`] eight levels per vector: the same residuals, ineligible
+/// ones zeroed (a zero never beats the strict `>`), then the first lane holding the maximum.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn steepest_offset_level_avx2(
+    nmax: i32,
+    scale: f32,
+    min: f32,
+    x: &[f32],
+    levels: &[u8],
+) -> Option<(usize, i32)> {
+    use std::arch::x86_64::*;
+    let n = x.len();
+    let (scale_v, min_v) = (_mm256_set1_ps(scale), _mm256_set1_ps(min));
+    let (zero_i, top) = (_mm256_setzero_si256(), _mm256_set1_epi32(nmax));
+    let (zero, sign) = (_mm256_setzero_ps(), _mm256_set1_ps(-0.0));
+    let mut residuals = [0f32; 32];
+    let mut mags = [0f32; 32];
+    let mut max = zero;
+    for k in (0..n).step_by(8) {
+        let stored = _mm_loadl_epi64(levels[k..k + 8].as_ptr() as *const __m128i);
+        let l = _mm256_cvtepu8_epi32(stored);
+        let scaled = _mm256_mul_ps(scale_v, _mm256_cvtepi32_ps(l));
+        let g = _mm256_sub_ps(
+            _mm256_sub_ps(_mm256_loadu_ps(x[k..k + 8].as_ptr()), scaled),
+            min_v,
+        );
+        let up = _mm256_and_ps(
+            _mm256_cmp_ps::<_CMP_GT_OQ>(g, zero),
+            _mm256_castsi256_ps(_mm256_cmpgt_epi32(top, l)),
+        );
+        let down = _mm256_and_ps(
+            _mm256_cmp_ps::<_CMP_LT_OQ>(g, zero),
+            _mm256_castsi256_ps(_mm256_cmpgt_epi32(l, zero_i)),
+        );
+        let mag = _mm256_and_ps(_mm256_andnot_ps(sign, g), _mm256_or_ps(up, down));
+        max = _mm256_max_ps(max, mag);
+        _mm256_storeu_ps(residuals[k..].as_mut_ptr(), g);
+        _mm256_storeu_ps(mags[k..].as_mut_ptr(), mag);
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), max);
+    let top_mag = lanes.iter().fold(0f32, |a, &b| a.max(b));
+    if top_mag <= 0.0 {
+        return None;
+    }
+    let j = mags[..n].iter().position(|&m| m == top_mag)?;
+    Some((j, if residuals[j] > 0.0 { 1 } else { -1 }))
 }
 
 /// Quantize non-negative super-block scales/mins `x` to `l ∈ [0, nmax]` with weights
@@ -791,6 +871,52 @@ mod tests {
                     )
                 };
                 assert_eq!(bits(&simd), bits(&scalar), "trial {trial}");
+            }
+        }
+    }
+
+    /// The vectorised `make_qkx3_quants` refinement pick equals the scalar one, including
+    /// levels at both ends, exact ties and zero residuals.
+    #[test]
+    fn steepest_offset_level_simd_equals_scalar() {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            let mut seed = 31337u32;
+            for trial in 0..3000usize {
+                let (nmax, n) = [(3, 16), (15, 32), (31, 32)][trial % 3];
+                let scale = rng(&mut seed).abs() * 10f32.powi(trial as i32 % 5 - 3);
+                let min = -rng(&mut seed).abs() * scale * 2.0;
+                let levels: Vec<u8> = (0..n)
+                    .map(|j| match (j + trial) % 5 {
+                        0 => 0,
+                        1 => nmax as u8,
+                        _ => ((rng(&mut seed).abs() * (nmax + 1) as f32) as i32).min(nmax) as u8,
+                    })
+                    .collect();
+                let x: Vec<f32> = (0..n)
+                    .map(|j| match (j + trial) % 6 {
+                        // Every fourth trial: the largest residuals push past the ends.
+                        _ if trial % 4 == 0 => {
+                            let push = match levels[j] as i32 {
+                                0 => -0.5,
+                                l if l == nmax => 0.5,
+                                _ => 0.1 * rng(&mut seed),
+                            };
+                            scale * (levels[j] as f32 + push) + min
+                        }
+                        // On a level (zero residual) or half a step off it (ties).
+                        0 => scale * levels[j] as f32 + min,
+                        1 => scale * (levels[j] as f32 + 0.5) + min,
+                        // Beyond either end of the level range.
+                        2 => scale * (nmax as f32 + 1.0 + rng(&mut seed).abs()) + min,
+                        3 => min - scale * (1.0 + rng(&mut seed).abs()),
+                        _ => scale * rng(&mut seed).abs() * nmax as f32 + min,
+                    })
+                    .collect();
+                let scalar = steepest_offset_level_scalar(nmax, scale, min, &x, &levels);
+                // SAFETY: AVX2 is present (checked above).
+                let simd = unsafe { steepest_offset_level_avx2(nmax, scale, min, &x, &levels) };
+                assert_eq!(simd, scalar, "trial {trial}");
             }
         }
     }
