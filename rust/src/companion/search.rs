@@ -265,14 +265,23 @@ unsafe fn steepest_level_avx2(
         _mm256_storeu_ps(grads[k..].as_mut_ptr(), g);
         _mm256_storeu_ps(mags[k..].as_mut_ptr(), mag);
     }
+    let j = first_of_max(max, &mags[..n])?;
+    Some((j, grads[j]))
+}
+
+/// The first index of the largest of `mags` (whose lane maxima are `max`), or None when it
+/// is not positive.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn first_of_max(max: std::arch::x86_64::__m256, mags: &[f32]) -> Option<usize> {
     let mut lanes = [0f32; 8];
-    _mm256_storeu_ps(lanes.as_mut_ptr(), max);
-    let top_mag = lanes.iter().fold(0f32, |a, &b| a.max(b));
-    if top_mag <= 0.0 {
+    std::arch::x86_64::_mm256_storeu_ps(lanes.as_mut_ptr(), max);
+    let top = lanes.iter().fold(0f32, |a, &b| a.max(b));
+    if top <= 0.0 {
         return None;
     }
-    let j = mags[..n].iter().position(|&m| m == top_mag)?;
-    Some((j, grads[j]))
+    mags.iter().position(|&m| m == top)
 }
 
 /// Affine fit `x ≈ scale·l − min`, `l ∈ [0, nmax]`, scanning `nstep+1` inverse scales
@@ -315,7 +324,7 @@ pub(super) fn make_qkx2_quants(
     }
     let err = |d: f32| if use_mad { d.abs() } else { d * d };
     // note: `min` changes inside the scan below and later steps see the new value
-    let q = |iscale: f32, v: f32, min: f32| nearest_int(iscale * (v - min)).clamp(0, nmax) as u8;
+    let q = |iscale: f32, v: f32, min: f32| offset_level(nmax, iscale, min, v) as u8;
     let iscale = nmax as f32 / (max - min);
     let mut scale = 1.0 / iscale;
     let mut best_mad = 0f32;
@@ -361,6 +370,12 @@ pub(super) fn make_qkx2_quants(
         }
     }
     (scale, -min)
+}
+
+/// The level of `v` at inverse scale `iscale` above `min`, in [0, nmax] (the K-quants' searches).
+#[inline(always)]
+fn offset_level(nmax: i32, iscale: f32, min: f32, v: f32) -> i32 {
+    nearest_int(iscale * (v - min)).clamp(0, nmax)
 }
 
 /// Candidates per batch of [`make_qkx3_quants`]: one vector of f32 levels.
@@ -413,7 +428,7 @@ fn qkx3_fits_scalar(
     for (&xi, &wi) in x.iter().zip(w) {
         let (xd, wd) = (xi as f64, wi as f64);
         for (k, &iscale) in iscales.iter().enumerate() {
-            let lf = nearest_int(iscale * (xi - min)).clamp(0, nmax) as f64;
+            let lf = offset_level(nmax, iscale, min, xi) as f64;
             let wl = wd * lf;
             l[k] += wl;
             l2[k] += wl * lf;
@@ -544,7 +559,7 @@ pub(super) fn make_qkx3_quants(
     let mut scale = 1.0 / iscale;
     let mut best_mad = 0f64;
     for i in 0..n {
-        let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+        let l = offset_level(nmax, iscale, min, x[i]);
         out[i] = l as u8;
         let diff = scale as f64 * l as f64 + min as f64 - x[i] as f64;
         best_mad += weights[i] as f64 * (diff * diff);
@@ -555,6 +570,11 @@ pub(super) fn make_qkx3_quants(
     // Each candidate's levels depend on `min`, which an accepted candidate changes. So the
     // candidates go in batches of one vector, each batch formed with the current `min`; an
     // accept restarts the batch at the next candidate (the C's order, unchanged).
+    let totals = Qkx3Totals {
+        w: sum_w,
+        x: sum_x,
+        x2: sum_x2,
+    };
     let mut next = 0usize;
     while next <= nstep as usize {
         let count = (nstep as usize + 1 - next).min(QKX3_LANES);
@@ -562,18 +582,13 @@ pub(super) fn make_qkx3_quants(
         for (k, iscale) in iscales.iter_mut().enumerate().take(count) {
             *iscale = (rmin + rdelta * (next + k) as f32 + nmax as f32) / (max - min);
         }
-        let totals = Qkx3Totals {
-            w: sum_w,
-            x: sum_x,
-            x2: sum_x2,
-        };
         let fits = qkx3_fits(nmax, &iscales, min, x, weights, &totals);
         let mut accepted = None;
         for (k, &iscale) in iscales.iter().enumerate().take(count) {
             // NaN marks a candidate without a fit (the C's `D <= 0`): never below.
             if fits.mad[k] < best_mad {
                 for (o, &v) in out.iter_mut().zip(x) {
-                    *o = nearest_int(iscale * (v - min)).clamp(0, nmax) as u8;
+                    *o = offset_level(nmax, iscale, min, v) as u8;
                 }
                 best_mad = fits.mad[k];
                 scale = fits.scale[k] as f32;
@@ -719,13 +734,7 @@ unsafe fn steepest_offset_level_avx2(
         _mm256_storeu_ps(residuals[k..].as_mut_ptr(), g);
         _mm256_storeu_ps(mags[k..].as_mut_ptr(), mag);
     }
-    let mut lanes = [0f32; 8];
-    _mm256_storeu_ps(lanes.as_mut_ptr(), max);
-    let top_mag = lanes.iter().fold(0f32, |a, &b| a.max(b));
-    if top_mag <= 0.0 {
-        return None;
-    }
-    let j = mags[..n].iter().position(|&m| m == top_mag)?;
+    let j = first_of_max(max, &mags[..n])?;
     Some((j, if residuals[j] > 0.0 { 1 } else { -1 }))
 }
 
