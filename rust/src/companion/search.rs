@@ -235,15 +235,9 @@ unsafe fn steepest_level_avx2(
     levels: &[i8],
 ) -> Option<(usize, f32)> {
     use std::arch::x86_64::*;
-    let n = x.len();
     let scale_v = _mm256_set1_ps(scale);
-    let (offset, top) = (_mm256_set1_epi32(nmax), _mm256_set1_epi32(nmax - 1));
-    let bottom = _mm256_set1_epi32(-nmax);
-    let (zero, sign) = (_mm256_setzero_ps(), _mm256_set1_ps(-0.0));
-    let mut grads = [0f32; 32];
-    let mut mags = [0f32; 32];
-    let mut max = zero;
-    for k in (0..n).step_by(8) {
+    let offset = _mm256_set1_epi32(nmax);
+    steepest_pick_avx2(x.len(), -nmax, nmax - 1, |k| {
         let stored = _mm_loadl_epi64(levels[k..k + 8].as_ptr() as *const __m128i);
         let l = _mm256_sub_epi32(_mm256_cvtepi8_epi32(stored), offset);
         let diff = _mm256_sub_ps(
@@ -251,7 +245,32 @@ unsafe fn steepest_level_avx2(
             _mm256_mul_ps(scale_v, _mm256_cvtepi32_ps(l)),
         );
         let sw = _mm256_mul_ps(scale_v, _mm256_loadu_ps(w[k..k + 8].as_ptr()));
-        let g = _mm256_mul_ps(sw, diff);
+        (_mm256_mul_ps(sw, diff), l)
+    })
+}
+
+/// The shared core of the vectorised steepest picks: `chunk(k)` gives the gradients and levels
+/// of elements k..k+8. A level may move up while below `top` and down while above `bottom`;
+/// among the movable ones, the first with the largest gradient magnitude wins (ineligible ones
+/// are zeroed, and a zero never beats the scalar twins' strict `>`). Returns it and its
+/// gradient.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn steepest_pick_avx2(
+    n: usize,
+    bottom: i32,
+    top: i32,
+    chunk: impl Fn(usize) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256i),
+) -> Option<(usize, f32)> {
+    use std::arch::x86_64::*;
+    let (bottom, top) = (_mm256_set1_epi32(bottom), _mm256_set1_epi32(top));
+    let (zero, sign) = (_mm256_setzero_ps(), _mm256_set1_ps(-0.0));
+    let mut grads = [0f32; 32];
+    let mut mags = [0f32; 32];
+    let mut max = zero;
+    for k in (0..n).step_by(8) {
+        let (g, l) = chunk(k);
         let up = _mm256_and_ps(
             _mm256_cmp_ps::<_CMP_GT_OQ>(g, zero),
             _mm256_castsi256_ps(_mm256_cmpgt_epi32(top, l)),
@@ -265,23 +284,14 @@ unsafe fn steepest_level_avx2(
         _mm256_storeu_ps(grads[k..].as_mut_ptr(), g);
         _mm256_storeu_ps(mags[k..].as_mut_ptr(), mag);
     }
-    let j = first_of_max(max, &mags[..n])?;
-    Some((j, grads[j]))
-}
-
-/// The first index of the largest of `mags` (whose lane maxima are `max`), or None when it
-/// is not positive.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn first_of_max(max: std::arch::x86_64::__m256, mags: &[f32]) -> Option<usize> {
     let mut lanes = [0f32; 8];
-    std::arch::x86_64::_mm256_storeu_ps(lanes.as_mut_ptr(), max);
-    let top = lanes.iter().fold(0f32, |a, &b| a.max(b));
-    if top <= 0.0 {
+    _mm256_storeu_ps(lanes.as_mut_ptr(), max);
+    let top_mag = lanes.iter().fold(0f32, |a, &b| a.max(b));
+    if top_mag <= 0.0 {
         return None;
     }
-    mags.iter().position(|&m| m == top)
+    let j = mags[..n].iter().position(|&m| m == top_mag)?;
+    Some((j, grads[j]))
 }
 
 /// Affine fit `x ≈ scale·l − min`, `l ∈ [0, nmax]`, scanning `nstep+1` inverse scales
@@ -706,14 +716,8 @@ unsafe fn steepest_offset_level_avx2(
     levels: &[u8],
 ) -> Option<(usize, i32)> {
     use std::arch::x86_64::*;
-    let n = x.len();
     let (scale_v, min_v) = (_mm256_set1_ps(scale), _mm256_set1_ps(min));
-    let (zero_i, top) = (_mm256_setzero_si256(), _mm256_set1_epi32(nmax));
-    let (zero, sign) = (_mm256_setzero_ps(), _mm256_set1_ps(-0.0));
-    let mut residuals = [0f32; 32];
-    let mut mags = [0f32; 32];
-    let mut max = zero;
-    for k in (0..n).step_by(8) {
+    let (j, g) = steepest_pick_avx2(x.len(), 0, nmax, |k| {
         let stored = _mm_loadl_epi64(levels[k..k + 8].as_ptr() as *const __m128i);
         let l = _mm256_cvtepu8_epi32(stored);
         let scaled = _mm256_mul_ps(scale_v, _mm256_cvtepi32_ps(l));
@@ -721,21 +725,9 @@ unsafe fn steepest_offset_level_avx2(
             _mm256_sub_ps(_mm256_loadu_ps(x[k..k + 8].as_ptr()), scaled),
             min_v,
         );
-        let up = _mm256_and_ps(
-            _mm256_cmp_ps::<_CMP_GT_OQ>(g, zero),
-            _mm256_castsi256_ps(_mm256_cmpgt_epi32(top, l)),
-        );
-        let down = _mm256_and_ps(
-            _mm256_cmp_ps::<_CMP_LT_OQ>(g, zero),
-            _mm256_castsi256_ps(_mm256_cmpgt_epi32(l, zero_i)),
-        );
-        let mag = _mm256_and_ps(_mm256_andnot_ps(sign, g), _mm256_or_ps(up, down));
-        max = _mm256_max_ps(max, mag);
-        _mm256_storeu_ps(residuals[k..].as_mut_ptr(), g);
-        _mm256_storeu_ps(mags[k..].as_mut_ptr(), mag);
-    }
-    let j = first_of_max(max, &mags[..n])?;
-    Some((j, if residuals[j] > 0.0 { 1 } else { -1 }))
+        (g, l)
+    })?;
+    Some((j, if g > 0.0 { 1 } else { -1 }))
 }
 
 /// Quantize non-negative super-block scales/mins `x` to `l ∈ [0, nmax]` with weights
