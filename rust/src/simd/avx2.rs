@@ -376,29 +376,63 @@ unsafe fn tab_iq4_pair(sel: usize) -> __m256i {
 
 // ---------------------------------------------------------------- superblock bodies
 
-/// Q2_K-style 2-bit (+ optional third bit) indices: `f(c, idx)` for chunk c = 0..8 of 32.
-macro_rules! for_chunks_2bit {
-    ($qs:expr, $qh:expr, |$c:ident, $idx:ident| $body:block) => {{
-        let m3 = _mm256_set1_epi8(3);
-        let m4 = _mm256_set1_epi8(4);
-        let mut h = match $qh {
-            Some(p) => loadu256(p),
-            None => _mm256_setzero_si256(),
-        };
+/// The values of chunk c = 0..8 (32 weights each) of a 2-bit type, or of a 3-bit one when
+/// `$qh` holds the high bits: `f(c, values)`. Chunk c takes bits 2p..2p+2 (p = c mod 4) of the
+/// 32 index bytes of its half and bit c of each `qh` byte.
+///
+/// Odd chunks leave their two bits in place (bits 2-3) and put the high bit at bit 0, so they
+/// look up a second table with stride 4 (`stride4`): that spares their shifts. Even chunks
+/// use bits 0-1 and bit 2 with the plain table.
+macro_rules! for_values_2bit {
+    ($qs:expr, $qh:expr, $tab:expr, |$c:ident, $v:ident| $body:block) => {{
+        let m_even = _mm256_set1_epi8(0x03);
+        let m_odd = _mm256_set1_epi8(0x0c);
+        let hb_even = _mm256_set1_epi8(0x04);
+        let hb_odd = _mm256_set1_epi8(0x01);
+        let tab_odd = stride4($tab);
+        let qh: Option<__m256i> = $qh.map(|p: *const u8| loadu256(p));
         for half in 0..2usize {
-            let mut bits = loadu256($qs.add(32 * half));
+            let bits = loadu256($qs.add(32 * half));
+            let upper = _mm256_srli_epi16::<4>(bits);
             for p in 0..4usize {
                 let $c = 4 * half + p;
-                let mut $idx = _mm256_and_si256(bits, m3);
-                if $qh.is_some() {
-                    $idx = _mm256_or_si256($idx, _mm256_and_si256(_mm256_slli_epi16::<2>(h), m4));
-                    h = _mm256_srli_epi16::<1>(h);
+                let src = if p < 2 { bits } else { upper };
+                let odd = p % 2 == 1;
+                let mut idx = _mm256_and_si256(src, if odd { m_odd } else { m_even });
+                if let Some(h) = qh {
+                    // Bit c of each byte, moved to bit 2 (even chunks) or bit 0 (odd ones).
+                    let h = match $c {
+                        0 => _mm256_slli_epi16::<2>(h),
+                        1 => _mm256_srli_epi16::<1>(h),
+                        2 => h,
+                        3 => _mm256_srli_epi16::<3>(h),
+                        4 => _mm256_srli_epi16::<2>(h),
+                        5 => _mm256_srli_epi16::<5>(h),
+                        6 => _mm256_srli_epi16::<4>(h),
+                        _ => _mm256_srli_epi16::<7>(h),
+                    };
+                    idx = _mm256_or_si256(
+                        idx,
+                        _mm256_and_si256(h, if odd { hb_odd } else { hb_even }),
+                    );
                 }
-                bits = _mm256_srli_epi16::<2>(bits);
+                let $v = _mm256_shuffle_epi8(if odd { tab_odd } else { $tab }, idx);
                 $body
             }
         }
     }};
+}
+
+/// An 8-entry table (entries 4..8 chosen by the high bit) re-laid for indices 4·j + h:
+/// entry 4j holds value j and entry 4j + 1 holds value j + 4.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn stride4(tab: __m256i) -> __m256i {
+    let spread = _mm256_setr_epi8(
+        0, 4, -1, -1, 1, 5, -1, -1, 2, 6, -1, -1, 3, 7, -1, -1, 0, 4, -1, -1, 1, 5, -1, -1, 2, 6,
+        -1, -1, 3, 7, -1, -1,
+    );
+    _mm256_shuffle_epi8(tab, spread)
 }
 
 /// 4-bit indices, 16 bytes per 32 weights: `f(c, idx)` for chunk c = 0..8.
@@ -441,8 +475,8 @@ unsafe fn dot_signed(v: __m256i, y: *const u8, c: usize) -> __m256i {
 unsafe fn sb_iq2k(x: *const u8, y: *const u8, tab: __m256i) -> __m256i {
     let st = prep_iq2k(x, y);
     let mut acc = st.mins;
-    for_chunks_2bit!(x.add(12), None::<*const u8>, |c, idx| {
-        let p = dot_unsigned(_mm256_shuffle_epi8(tab, idx), y, c);
+    for_values_2bit!(x.add(12), None::<*const u8>, tab, |c, v| {
+        let p = dot_unsigned(v, y, c);
         let s = chunk_scale(st.eo, c);
         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
     });
@@ -454,8 +488,8 @@ unsafe fn sb_iq2k(x: *const u8, y: *const u8, tab: __m256i) -> __m256i {
 unsafe fn sb_iq3k(x: *const u8, y: *const u8, tab: __m256i) -> __m256i {
     let st = prep_iq3k(x, y);
     let mut acc = st.mins;
-    for_chunks_2bit!(x.add(14), Some(x.add(78)), |c, idx| {
-        let p = dot_unsigned(_mm256_shuffle_epi8(tab, idx), y, c);
+    for_values_2bit!(x.add(14), Some(x.add(78)), tab, |c, v| {
+        let p = dot_unsigned(v, y, c);
         let s = chunk_scale(st.eo, c);
         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
     });
@@ -482,8 +516,8 @@ unsafe fn sb_iq4k(x: *const u8, y: *const u8, _base_table: __m256i) -> __m256i {
 unsafe fn sb_iq2ks(x: *const u8, y: *const u8, tab: __m256i) -> __m256i {
     let st = prep_iq2ks(x, y);
     let mut acc = st.mins;
-    for_chunks_2bit!(x.add(6), None::<*const u8>, |c, idx| {
-        let p = dot_unsigned(_mm256_shuffle_epi8(tab, idx), y, c);
+    for_values_2bit!(x.add(6), None::<*const u8>, tab, |c, v| {
+        let p = dot_unsigned(v, y, c);
         let s = chunk_scale(st.sc, c);
         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
     });
@@ -495,8 +529,8 @@ unsafe fn sb_iq2ks(x: *const u8, y: *const u8, tab: __m256i) -> __m256i {
 unsafe fn sb_iq3ks(x: *const u8, y: *const u8, tab: __m256i) -> __m256i {
     let st = prep_iq3ks(x, y);
     let mut acc = st.mins;
-    for_chunks_2bit!(x.add(6), Some(x.add(70)), |c, idx| {
-        let p = dot_unsigned(_mm256_shuffle_epi8(tab, idx), y, c);
+    for_values_2bit!(x.add(6), Some(x.add(70)), tab, |c, v| {
+        let p = dot_unsigned(v, y, c);
         let s = chunk_scale(st.sc, c);
         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
     });
@@ -583,19 +617,32 @@ macro_rules! row {
             let ys = q8k.as_ptr();
             let mut acc = 0.0f64;
             let mut i = 0;
+            // The previous group's sums are reduced and folded at the top of the next
+            // iteration, when they are long ready: reducing right behind the group's own last
+            // superblock left a chain of dependent steps that stalled retirement (28 % of the
+            // samples for iq2_k). The first fold adds four zeros to +0.0: a no-op.
+            let zero = _mm256_setzero_si256();
+            let mut pending = ([zero; 4], _mm256_setzero_pd());
             while i + 4 <= nb {
+                let ([a, b, c, d], scales) = pending;
+                let sums = hsum4_i32(a, b, c, d);
+                acc = fold4(acc, _mm256_mul_pd(scales, _mm256_cvtepi32_pd(sums)));
                 let x = [0, 1, 2, 3].map(|k| xs.add((i + k) * $bytes));
                 let y = [0, 1, 2, 3].map(|k| ys.add((i + k) * Q8K_BYTES));
-                let sums = hsum4_i32(
-                    $sb(x[0], y[0], tab),
-                    $sb(x[1], y[1], tab),
-                    $sb(x[2], y[2], tab),
-                    $sb(x[3], y[3], tab),
+                pending = (
+                    [
+                        $sb(x[0], y[0], tab),
+                        $sb(x[1], y[1], tab),
+                        $sb(x[2], y[2], tab),
+                        $sb(x[3], y[3], tab),
+                    ],
+                    $scales4(x, y),
                 );
-                let products = _mm256_mul_pd($scales4(x, y), _mm256_cvtepi32_pd(sums));
-                acc = fold4(acc, products);
                 i += 4;
             }
+            let ([a, b, c, d], scales) = pending;
+            let sums = hsum4_i32(a, b, c, d);
+            acc = fold4(acc, _mm256_mul_pd(scales, _mm256_cvtepi32_pd(sums)));
             for i in i..nb {
                 let x = xs.add(i * $bytes);
                 let y = ys.add(i * Q8K_BYTES);
