@@ -125,14 +125,27 @@ def test_wrong_number_of_dimensions():
         iqk_rs.quantize(np.ones((2, 2, 256), np.float32), "iq4_k")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("row, col", [(2, 300), (0, 5), (2, 511)])
-def test_non_finite_weights_name_row_and_column(bad, row, col):
-    x = np.ones((3, 512), np.float32)
+def test_non_finite_weights_name_row_and_column(bad, row, col, dtype):
+    x = np.ones((3, 512), dtype)
     x[row, col] = bad
     x[2, 511] = bad  # a later one must not be the one reported
     with pytest.raises(ValueError, match=f"row {row}, column {col}"):
         iqk_rs.quantize(x, "iq3_ks")
+
+
+@pytest.mark.parametrize("qtype", ["iq2_ks", "q5_0", "q2_K"])
+def test_bf16_bits_quantize_as_their_widening(weights, qtype):
+    """The CLI hands bf16 (and f16) rows to the core as bits, widened there row by row."""
+    bits = (weights.view(np.uint32) >> 16).astype(np.uint16)
+    widened = (bits.astype(np.uint32) << 16).view(np.float32)
+    for im in (None, np.linspace(0.1, 3.0, weights.shape[1], dtype=np.float32)):
+        want = iqk_rs.quantize(widened, qtype, im)
+        assert np.array_equal(_core.quantize_half(bits, "bf16", qtype, im), want)
+    with pytest.raises(ValueError, match="format must be 'f16' or 'bf16'"):
+        _core.quantize_half(bits, "f32", qtype)
 
 
 def test_imatrix_wrong_length():

@@ -299,13 +299,13 @@ def test_imatrix_expert_slices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     """Each expert of a 3-D tensor is quantized with its own imatrix slice."""
     im = write_imatrix_gguf(tmp_path / "im.gguf")
     seen = []
-    real = cv.f32_to_rows
+    real = cv.encode_rows
 
-    def spy(x, gtype, imatrix=None, **kw):
+    def spy(rows, src, ne0, dst, imatrix=None, **kw):
         seen.append(None if imatrix is None else imatrix.copy())
-        return real(x, gtype, imatrix, **kw)
+        return real(rows, src, ne0, dst, imatrix, **kw)
 
-    monkeypatch.setattr(cv, "f32_to_rows", spy)
+    monkeypatch.setattr(cv, "encode_rows", spy)
     out = tmp_path / "o.gguf"
     run("quantize", TINY, out, "IQ4_K", "-q", *iqk_only("IQ4_K"), "--imatrix", im,
         "--include-weights", "blk.0.ffn_up_exps")  # fmt: skip
@@ -426,7 +426,7 @@ def test_unwritable_output(tmp_path: Path) -> None:
 @pytest.mark.parametrize("exc", [KeyboardInterrupt, MemoryError, ValueError])
 def test_interrupt_leaves_nothing(tmp_path: Path, monkeypatch, exc) -> None:
     calls = []
-    real = cv.f32_to_rows
+    real = cv.encode_rows
 
     def flaky(*a, **kw):
         calls.append(1)
@@ -434,7 +434,7 @@ def test_interrupt_leaves_nothing(tmp_path: Path, monkeypatch, exc) -> None:
             raise exc("stop")
         return real(*a, **kw)
 
-    monkeypatch.setattr(cv, "f32_to_rows", flaky)
+    monkeypatch.setattr(cv, "encode_rows", flaky)
     r = CliRunner().invoke(app, ["quantize", str(TINY), str(tmp_path / "o.gguf"), "IQ4_K",
                                  *iqk_only("IQ4_K")])  # fmt: skip
     assert r.exit_code != 0

@@ -14,6 +14,14 @@ def quantize(
     iq2ks_search: str = "fast",
     threads: int | None = None,
 ) -> npt.NDArray[np.uint8]: ...
+def quantize_half(
+    bits: npt.NDArray[np.uint16],
+    format: str,
+    qtype: int | str,
+    imatrix: npt.NDArray[np.float32] | None = None,
+    iq2ks_search: str = "fast",
+    threads: int | None = None,
+) -> npt.NDArray[np.uint8]: ...
 def dequantize(
     q: npt.NDArray[np.uint8], qtype: int | str, threads: int | None = None
 ) -> npt.NDArray[np.float32]: ...

@@ -49,17 +49,27 @@ def quantize(
 ) -> np.ndarray:
     """Quantize rows of weights; returns uint8 of shape (nrows, row_size).
 
-    ``x`` is float32 (float16/float64 are converted), 1-D (one row) or 2-D (rows). ``imatrix`` is
+    ``x`` is float32, float16 (widened row by row, without a float32 copy) or float64
+    (converted), 1-D (one row) or 2-D (rows). ``imatrix`` is
     the per-column importance (length n_per_row). ``iq2ks_search`` picks ik's IQ2_KS search:
     ``"fast"`` (llama-quantize's default on x86) or ``"exhaustive"``.
     """
     qt = as_quant_type(qtype)
-    arr = _floats(x, "x", (1, 2))
-    rows = arr.reshape(1, -1) if arr.ndim == 1 else arr
-    if arr.ndim == 1 and arr.size == 0:
-        rows = arr.reshape(0, 0)
     im = None if imatrix is None else _floats(imatrix, "imatrix", (1,))
+    half = np.asarray(x)
+    if half.dtype == np.float16 and half.ndim in (1, 2):
+        # Widened row by row inside the workers: no float32 copy of the whole array.
+        bits = _rows(np.ascontiguousarray(half).view(np.uint16))
+        return _core.quantize_half(bits, "f16", qt.value, im, iq2ks_search, _threads(threads))
+    rows = _rows(_floats(x, "x", (1, 2)))
     return _core.quantize(rows, qt.value, im, iq2ks_search, _threads(threads))
+
+
+def _rows(arr: np.ndarray) -> np.ndarray:
+    """A 2-D view: a 1-D array is one row (an empty one, no rows)."""
+    if arr.ndim == 2:
+        return arr
+    return arr.reshape(0, 0) if arr.size == 0 else arr.reshape(1, -1)
 
 
 def dequantize(

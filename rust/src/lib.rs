@@ -29,5 +29,7 @@ mod py;
 
 pub use error::{IqkError, Result};
 pub use iqk::iq2_ks::Iq2KsSearch;
-pub use ops::{dequantize, matmul, matvec, quantize, quantize_q8_k, vec_dot, QuantizeOptions};
+pub use ops::{
+    dequantize, matmul, matvec, quantize, quantize_q8_k, vec_dot, QuantizeOptions, Weights,
+};
 pub use registry::{QuantType, TypeInfo, QK_K, TYPES};

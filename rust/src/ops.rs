@@ -25,6 +25,72 @@ pub struct QuantizeOptions {
     pub threads: Option<usize>,
 }
 
+/// The weights to quantize: f32 values, or the f16/bf16 bits a model file stores, which each
+/// worker widens one row at a time (exact), so no f32 copy of the tensor is made.
+#[derive(Debug, Clone, Copy)]
+pub enum Weights<'a> {
+    F32(&'a [f32]),
+    Half(HalfFormat, &'a [u16]),
+}
+
+impl<'a> From<&'a [f32]> for Weights<'a> {
+    fn from(x: &'a [f32]) -> Self {
+        Weights::F32(x)
+    }
+}
+
+impl<'a> From<&'a Vec<f32>> for Weights<'a> {
+    fn from(x: &'a Vec<f32>) -> Self {
+        Weights::F32(x)
+    }
+}
+
+impl Weights<'_> {
+    /// The number of weights.
+    pub fn len(&self) -> usize {
+        match self {
+            Weights::F32(x) => x.len(),
+            Weights::Half(_, bits) => bits.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn check_finite(&self, n_per_row: usize) -> Result<()> {
+        match *self {
+            Weights::F32(x) => check_finite("weights", x, n_per_row),
+            Weights::Half(format, bits) => check_finite_half(format, bits, n_per_row),
+        }
+    }
+
+    /// `f(scratch, out_row, row)` for every row, in parallel (see [`zip_rows`]); half-precision
+    /// rows are widened into a per-worker buffer first.
+    fn for_each_row<S>(
+        self,
+        threads: Option<usize>,
+        (out, row_size): (&mut [u8], usize),
+        n_per_row: usize,
+        init: impl Fn() -> S + Sync + Send,
+        f: impl Fn(&mut S, &mut [u8], &[f32]) + Sync + Send,
+    ) -> Result<()> {
+        match self {
+            Weights::F32(x) => zip_rows(threads, (out, row_size), (x, n_per_row), init, f),
+            Weights::Half(format, bits) => zip_rows(
+                threads,
+                (out, row_size),
+                (bits, n_per_row),
+                || (init(), vec![0f32; n_per_row]),
+                |(scratch, row), o, r| {
+                    widen(format, r, row);
+                    f(scratch, o, row)
+                },
+            ),
+        }
+    }
+}
+
 /// Run `work` on a pool of `threads` workers (the global pool when `None`). Pools are kept
 /// per size so repeated calls pay no thread start-up.
 pub fn with_threads<T: Send>(threads: Option<usize>, work: impl FnOnce() -> T + Send) -> Result<T> {
@@ -113,6 +179,32 @@ fn check_finite(what: &'static str, data: &[f32], n_per_row: usize) -> Result<()
     Ok(())
 }
 
+/// [`check_finite`] on f16/bf16 bits: a value is infinite or NaN when its exponent bits are
+/// all ones.
+fn check_finite_half(format: HalfFormat, bits: &[u16], n_per_row: usize) -> Result<()> {
+    let exponent: u16 = match format {
+        HalfFormat::F16 => 0x7c00,
+        HalfFormat::Bf16 => 0x7f80,
+    };
+    let bad = |h: u16| h & exponent == exponent;
+    const CHUNK: usize = 2048;
+    let first_bad_chunk = bits
+        .chunks(CHUNK)
+        .position(|c| c.iter().fold(false, |any, &h| any | bad(h)));
+    let Some(k) = first_bad_chunk else {
+        return Ok(());
+    };
+    let pos = k * CHUNK + bits[k * CHUNK..].iter().position(|&h| bad(h)).unwrap_or(0);
+    let mut value = [0f32];
+    widen(format, &bits[pos..pos + 1], &mut value);
+    Err(IqkError::NonFinite {
+        what: "weights",
+        row: pos / n_per_row.max(1),
+        col: pos % n_per_row.max(1),
+        value: value[0],
+    })
+}
+
 fn check_rows(qtype: QuantType, len: usize, n_per_row: usize) -> Result<usize> {
     let t = qtype.info();
     if n_per_row == 0 || !n_per_row.is_multiple_of(t.block_size) {
@@ -183,14 +275,15 @@ fn quantize_iqk_row(
 }
 
 /// Quantize `x` (rows of `n_per_row`) into `out` (`nrows · row_size` bytes).
-pub fn quantize_into(
+pub fn quantize_into<'a>(
     qtype: QuantType,
-    x: &[f32],
+    x: impl Into<Weights<'a>>,
     n_per_row: usize,
     imatrix: Option<&[f32]>,
     opts: &QuantizeOptions,
     out: &mut [u8],
 ) -> Result<()> {
+    let x = x.into();
     if x.is_empty() {
         return Ok(());
     }
@@ -204,7 +297,7 @@ pub fn quantize_into(
             nrows * row_size
         )));
     }
-    check_finite("weights", x, n_per_row)?;
+    x.check_finite(n_per_row)?;
     if let Some(im) = imatrix {
         check_imatrix(im, n_per_row)?;
     }
@@ -212,10 +305,10 @@ pub fn quantize_into(
         return quantize_companion(kind, x, n_per_row, imatrix, opts.threads, out);
     }
     let block = sanitize_block(qtype).expect("every non-companion type is an IQK type");
-    zip_rows(
+    x.for_each_row(
         opts.threads,
         (out, row_size),
-        (x, n_per_row),
+        n_per_row,
         || vec![0.0f32; if imatrix.is_some() { n_per_row } else { 0 }],
         |weights, out_row, x_row| {
             let w = imatrix.map(|im| {
@@ -229,7 +322,7 @@ pub fn quantize_into(
 
 fn quantize_companion(
     kind: Companion,
-    x: &[f32],
+    x: Weights<'_>,
     n_per_row: usize,
     imatrix: Option<&[f32]>,
     threads: Option<usize>,
@@ -238,14 +331,22 @@ fn quantize_companion(
     // Q2_K without an imatrix tests its whole input for a ternary model (as one
     // ggml_quantize_chunk call does), so it cannot be split into independent rows.
     if kind == Companion::Q2K && imatrix.is_none() {
+        let widened;
+        let x = match x {
+            Weights::F32(x) => x,
+            Weights::Half(format, bits) => {
+                widened = widen_to_f32(format, bits, threads)?;
+                &widened[..]
+            }
+        };
         companion::quantize_chunk(kind, x, n_per_row, None, out);
         return Ok(());
     }
     let row_size = kind.row_size(n_per_row);
-    zip_rows(
+    x.for_each_row(
         threads,
         (out, row_size),
-        (x, n_per_row),
+        n_per_row,
         || (),
         |_, o, r| companion::quantize_row(kind, r, imatrix, o),
     )
@@ -267,13 +368,14 @@ pub fn widen_to_f32(format: HalfFormat, src: &[u16], threads: Option<usize>) -> 
 }
 
 /// Quantize `x` (rows of `n_per_row`); returns `nrows · row_size` bytes.
-pub fn quantize(
+pub fn quantize<'a>(
     qtype: QuantType,
-    x: &[f32],
+    x: impl Into<Weights<'a>>,
     n_per_row: usize,
     imatrix: Option<&[f32]>,
     opts: &QuantizeOptions,
 ) -> Result<Vec<u8>> {
+    let x = x.into();
     let nrows = if x.is_empty() {
         0
     } else {
@@ -512,7 +614,86 @@ pub fn matvec(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::numeric::f32_to_f16;
     use crate::registry::TYPES;
+    use crate::testing::rng;
+
+    fn half_bits(format: HalfFormat, x: &[f32]) -> Vec<u16> {
+        x.iter()
+            .map(|&v| match format {
+                HalfFormat::F16 => f32_to_f16(v),
+                HalfFormat::Bf16 => (v.to_bits() >> 16) as u16,
+            })
+            .collect()
+    }
+
+    /// Quantizing f16/bf16 bits (widened a row at a time inside the workers) gives the bytes
+    /// of quantizing their f32 widening: every type, with and without an imatrix, on one and
+    /// on two threads.
+    #[test]
+    fn half_weights_quantize_as_their_widening() {
+        let (nrows, n) = (6, 512);
+        let mut seed = 4242u32;
+        let x: Vec<f32> = (0..nrows * n)
+            .map(|i| rng(&mut seed) * if i % 97 == 0 { 3.0 } else { 0.05 })
+            .collect();
+        let im: Vec<f32> = (0..n).map(|_| rng(&mut seed).abs() + 0.05).collect();
+        for format in [HalfFormat::F16, HalfFormat::Bf16] {
+            let bits = half_bits(format, &x);
+            let widened = widen_to_f32(format, &bits, None).unwrap();
+            for t in TYPES.iter() {
+                for imatrix in [None, Some(&im[..])] {
+                    for threads in [Some(1), Some(2)] {
+                        let opts = QuantizeOptions {
+                            threads,
+                            ..Default::default()
+                        };
+                        let half = Weights::Half(format, &bits);
+                        let got = quantize(t.qtype, half, n, imatrix, &opts).unwrap();
+                        let want = quantize(t.qtype, &widened, n, imatrix, &opts).unwrap();
+                        assert!(
+                            got == want,
+                            "{} {format:?} imatrix {} threads {threads:?}",
+                            t.name,
+                            imatrix.is_some()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// An infinite or NaN half-precision weight is reported at its row and column.
+    #[test]
+    fn non_finite_half_weights_are_located() {
+        let n = 256;
+        for (format, bad) in [
+            (HalfFormat::F16, 0x7e00u16),
+            (HalfFormat::F16, 0xfc00),
+            (HalfFormat::Bf16, 0x7f80),
+            (HalfFormat::Bf16, 0x7fc1),
+        ] {
+            let mut bits = half_bits(format, &vec![0.5f32; 3 * n]);
+            bits[2 * n + 17] = bad;
+            let err = quantize(
+                QuantType::Iq4K,
+                Weights::Half(format, &bits),
+                n,
+                None,
+                &QuantizeOptions::default(),
+            )
+            .unwrap_err();
+            match err {
+                IqkError::NonFinite { row, col, .. } => {
+                    assert_eq!((row, col), (2, 17), "{format:?} {bad:#x}")
+                }
+                other => panic!("{format:?} {bad:#x}: {other}"),
+            }
+        }
+        // The largest finite values pass: f16 65504, bf16 ±2^121 and ±3.39e38.
+        assert!(check_finite_half(HalfFormat::F16, &[0x7bff, 0xfbff], 2).is_ok());
+        assert!(check_finite_half(HalfFormat::Bf16, &[0x7c00, 0xfc00, 0x7f7f], 3).is_ok());
+    }
 
     #[test]
     fn registry_agrees_with_the_companion_module() {

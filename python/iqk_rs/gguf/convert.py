@@ -19,7 +19,14 @@ from gguf import GGUFValueType
 
 from ..imatrix import Imatrix
 from ..mix import MixOptions, MixPlanner, ModelParams, parse_custom_q
-from .ggml_types import FLOAT_TYPES, GGMLType, f32_to_rows, rows_to_f32, type_by_name
+from .ggml_types import (
+    FLOAT_TYPES,
+    GGMLType,
+    encode_rows,
+    f32_to_rows,
+    rows_to_f32,
+    type_by_name,
+)
 from .reader import KV, GGUFReader, TensorInfo
 from .writer import GGUFStreamWriter
 
@@ -209,9 +216,14 @@ def _stream(
                         imat = np.ascontiguousarray(p.imatrix[e * t.ne[0] : (e + 1) * t.ne[0]])
                     for chunk in _row_chunks(rows, t.ne[0], chunk_values):
                         try:
-                            x = rows_to_f32(chunk, t.type, t.ne[0], threads)
-                            q = f32_to_rows(
-                                x, p.out_type, imat, iq2ks_search=iq2ks_search, threads=threads
+                            q = encode_rows(
+                                chunk,
+                                t.type,
+                                t.ne[0],
+                                p.out_type,
+                                imat,
+                                iq2ks_search=iq2ks_search,
+                                threads=threads,
                             )
                         except (ValueError, NotImplementedError) as err:
                             raise ConvertError(

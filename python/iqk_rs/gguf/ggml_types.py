@@ -249,3 +249,29 @@ def f32_to_rows(
     import iqk_rs
 
     return iqk_rs.quantize(x, gtype.name, imatrix, iq2ks_search=iq2ks_search, threads=threads)
+
+
+def encode_rows(
+    rows: np.ndarray,
+    src: GGMLType,
+    ne0: int,
+    dst: GGMLType,
+    imatrix: np.ndarray | None = None,
+    *,
+    iq2ks_search: str = "fast",
+    threads: int | None = None,
+) -> np.ndarray:
+    """Raw rows of ``src`` re-encoded as ``dst``: uint8 (nrows, row_bytes).
+
+    f16/bf16 rows going to a type of the core are widened row by row inside its workers,
+    which spares a float32 copy of the block and a pass over it.
+    """
+    if src.id in (F16, BF16) and dst.in_core:
+        from iqk_rs import _core
+
+        bits = np.ascontiguousarray(rows).view(np.uint16).reshape(-1, ne0)
+        im = None if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
+        fmt = "f16" if src.id == F16 else "bf16"
+        return _core.quantize_half(bits, fmt, dst.name, im, iq2ks_search, threads)
+    x = rows_to_f32(rows, src, ne0, threads)
+    return f32_to_rows(x, dst, imatrix, iq2ks_search=iq2ks_search, threads=threads)

@@ -11,7 +11,7 @@ use pyo3::types::PyDict;
 
 use crate::error::IqkError;
 use crate::iqk::iq2_ks::Iq2KsSearch;
-use crate::ops::{self, QuantizeOptions};
+use crate::ops::{self, QuantizeOptions, Weights};
 use crate::registry::{QuantType, TYPES};
 use crate::widen::HalfFormat;
 
@@ -56,6 +56,39 @@ fn quantize<'py>(
     iq2ks_search: &str,
     threads: Option<usize>,
 ) -> PyResult<Bound<'py, PyArray2<u8>>> {
+    let shape = [x.shape()[0], x.shape()[1]];
+    let x = Weights::F32(contiguous("x", &x)?);
+    quantize_weights(py, x, shape, qtype, imatrix, iq2ks_search, threads)
+}
+
+/// `quantize` of f16 or bf16 weights given as their bits: each worker widens a row at a time,
+/// so no f32 copy of the tensor is made.
+#[pyfunction]
+#[pyo3(signature = (bits, format, qtype, imatrix=None, iq2ks_search="fast", threads=None))]
+fn quantize_half<'py>(
+    py: Python<'py>,
+    bits: PyReadonlyArray2<'py, u16>,
+    format: &str,
+    qtype: TypeArg,
+    imatrix: Option<PyReadonlyArray1<'py, f32>>,
+    iq2ks_search: &str,
+    threads: Option<usize>,
+) -> PyResult<Bound<'py, PyArray2<u8>>> {
+    let format = half_format(format)?;
+    let shape = [bits.shape()[0], bits.shape()[1]];
+    let x = Weights::Half(format, contiguous("bits", &bits)?);
+    quantize_weights(py, x, shape, qtype, imatrix, iq2ks_search, threads)
+}
+
+fn quantize_weights<'py>(
+    py: Python<'py>,
+    x: Weights<'_>,
+    [nrows, n_per_row]: [usize; 2],
+    qtype: TypeArg,
+    imatrix: Option<PyReadonlyArray1<'py, f32>>,
+    iq2ks_search: &str,
+    threads: Option<usize>,
+) -> PyResult<Bound<'py, PyArray2<u8>>> {
     let qtype = resolve(qtype)?;
     let search = match iq2ks_search.to_ascii_lowercase().as_str() {
         "fast" => Iq2KsSearch::Fast,
@@ -67,8 +100,6 @@ fn quantize<'py>(
             .into())
         }
     };
-    let [nrows, n_per_row] = [x.shape()[0], x.shape()[1]];
-    let data = contiguous("x", &x)?;
     let im = match &imatrix {
         Some(a) => Some(contiguous("imatrix", a)?),
         None => None,
@@ -87,8 +118,14 @@ fn quantize<'py>(
         threads,
     };
     let row_size = qtype.row_size(n_per_row)?;
-    let out = py.detach(|| ops::quantize(qtype, data, n_per_row, im, &opts))?;
+    let out = py.detach(|| ops::quantize(qtype, x, n_per_row, im, &opts))?;
     reshape2(py, out, nrows, row_size)
+}
+
+fn half_format(format: &str) -> Result<HalfFormat, IqkError> {
+    HalfFormat::from_name(format).ok_or_else(|| {
+        IqkError::InvalidArgument(format!("format must be 'f16' or 'bf16', not {format:?}"))
+    })
 }
 
 #[pyfunction]
@@ -99,9 +136,7 @@ fn widen_to_f32<'py>(
     format: &str,
     threads: Option<usize>,
 ) -> PyResult<Bound<'py, PyArray2<f32>>> {
-    let fmt = HalfFormat::from_name(format).ok_or_else(|| {
-        IqkError::InvalidArgument(format!("format must be 'f16' or 'bf16', not {format:?}"))
-    })?;
+    let fmt = half_format(format)?;
     let [nrows, ncols] = [bits.shape()[0], bits.shape()[1]];
     let data = contiguous("bits", &bits)?;
     let out = py.detach(|| ops::widen_to_f32(fmt, data, threads))?;
@@ -228,6 +263,7 @@ fn type_table(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(quantize, m)?)?;
+    m.add_function(wrap_pyfunction!(quantize_half, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize, m)?)?;
     m.add_function(wrap_pyfunction!(widen_to_f32, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_q8_k, m)?)?;
