@@ -154,29 +154,31 @@ fn sanitize_block(qtype: QuantType) -> Option<usize> {
     }
 }
 
-fn check_finite(what: &'static str, data: &[f32], n_per_row: usize) -> Result<()> {
-    // Whole chunks are tested without an early exit, a loop that vectorises; only a chunk
-    // holding a non-finite value is searched for its position.
+/// The position of the first element for which `bad` holds. Whole chunks are tested without
+/// an early exit, a loop that vectorises; only a chunk holding one is searched.
+fn first_bad<T: Copy>(data: &[T], bad: impl Fn(T) -> bool) -> Option<usize> {
     const CHUNK: usize = 1024;
-    let first_bad_chunk = data
+    let k = data
         .chunks(CHUNK)
-        .position(|c| !c.iter().fold(true, |ok, v| ok & v.is_finite()));
-    let found = first_bad_chunk.and_then(|k| {
-        let chunk = &data[k * CHUNK..];
-        chunk
-            .iter()
-            .position(|v| !v.is_finite())
-            .map(|i| k * CHUNK + i)
-    });
-    if let Some(pos) = found {
-        return Err(IqkError::NonFinite {
-            what,
-            row: pos / n_per_row.max(1),
-            col: pos % n_per_row.max(1),
-            value: data[pos],
-        });
+        .position(|c| c.iter().fold(false, |any, &v| any | bad(v)))?;
+    let i = data[k * CHUNK..].iter().position(|&v| bad(v))?;
+    Some(k * CHUNK + i)
+}
+
+fn non_finite(what: &'static str, pos: usize, n_per_row: usize, value: f32) -> IqkError {
+    IqkError::NonFinite {
+        what,
+        row: pos / n_per_row.max(1),
+        col: pos % n_per_row.max(1),
+        value,
     }
-    Ok(())
+}
+
+fn check_finite(what: &'static str, data: &[f32], n_per_row: usize) -> Result<()> {
+    match first_bad(data, |v: f32| !v.is_finite()) {
+        Some(pos) => Err(non_finite(what, pos, n_per_row, data[pos])),
+        None => Ok(()),
+    }
 }
 
 /// [`check_finite`] on f16/bf16 bits: a value is infinite or NaN when its exponent bits are
@@ -186,23 +188,12 @@ fn check_finite_half(format: HalfFormat, bits: &[u16], n_per_row: usize) -> Resu
         HalfFormat::F16 => 0x7c00,
         HalfFormat::Bf16 => 0x7f80,
     };
-    let bad = |h: u16| h & exponent == exponent;
-    const CHUNK: usize = 2048;
-    let first_bad_chunk = bits
-        .chunks(CHUNK)
-        .position(|c| c.iter().fold(false, |any, &h| any | bad(h)));
-    let Some(k) = first_bad_chunk else {
+    let Some(pos) = first_bad(bits, |h: u16| h & exponent == exponent) else {
         return Ok(());
     };
-    let pos = k * CHUNK + bits[k * CHUNK..].iter().position(|&h| bad(h)).unwrap_or(0);
     let mut value = [0f32];
     widen(format, &bits[pos..pos + 1], &mut value);
-    Err(IqkError::NonFinite {
-        what: "weights",
-        row: pos / n_per_row.max(1),
-        col: pos % n_per_row.max(1),
-        value: value[0],
-    })
+    Err(non_finite("weights", pos, n_per_row, value[0]))
 }
 
 fn check_rows(qtype: QuantType, len: usize, n_per_row: usize) -> Result<usize> {
