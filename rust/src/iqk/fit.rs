@@ -388,8 +388,16 @@ mod tests {
                     .iter()
                     .fold(0f32, |m, v| if v.abs() > m.abs() { *v } else { m });
                 let ncand = 1 + trial as usize % MAX_CANDIDATES;
+                // Every tenth trial scales some candidates far past the grid, so that id·x
+                // reaches 2^31 and beyond (where ik's conversion sends x to index 0), and
+                // 1e9..2^31 (still the top index).
+                let reach = match trial % 10 {
+                    3 => 3e9,
+                    7 => 1.5e9,
+                    _ => 120.0,
+                };
                 let ids: Vec<f32> = (0..ncand)
-                    .map(|k| (k as f32 - 7.0 - 120.0 * rng(&mut seed)) / max.max(1e-30))
+                    .map(|k| (k as f32 - 7.0 - reach * rng(&mut seed)) / max.max(1e-30))
                     .collect();
                 let grids = IQ2_GRIDS.iter().chain(&IQ3_GRIDS).chain(&IQ4_GRIDS);
                 for (grid, signs) in grids.flat_map(|g| [(g, Signs::Both), (g, Signs::PlusOnly)]) {
