@@ -4,6 +4,8 @@ every corrupt-file path answered by a GGUFError that names the file."""
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import gguf
@@ -17,6 +19,8 @@ from iqk_rs.gguf import (
     GGUFStreamWriter,
     GGUFWriteError,
     StringArray,
+    constants,
+    ggml_types,
     type_by_id,
     type_by_name,
 )
@@ -113,6 +117,35 @@ def test_sizes_agree_with_core() -> None:
         assert t.in_core and t.row_meta_size == row["row_meta_size"]
         n = 512 if t.block_size == 256 else 64
         assert t.row_bytes(n) == iqk.row_size(row["name"], n), row["name"]
+
+
+def test_own_constants_and_types_agree_with_the_gguf_package() -> None:
+    """The format constants and the types looked up without the gguf package are the ones the
+    full table (gguf's mainline sizes underneath) gives."""
+    assert constants.GGUF_MAGIC == gguf.GGUF_MAGIC
+    assert constants.GGUF_DEFAULT_ALIGNMENT == gguf.GGUF_DEFAULT_ALIGNMENT
+    ours = {m.name: m.value for m in constants.GGUFValueType}
+    assert ours == {m.name: m.value for m in gguf.GGUFValueType}
+    full = ggml_types._table()
+    for tid, t in ggml_types._own_table().items():
+        assert full[tid] == t
+    names = [t.name.lower() for t in full.values()]
+    assert len(set(names)) == len(names)  # what type_by_name's any-case match relies on
+    for t in full.values():
+        assert type_by_id(t.id) == t
+        assert type_by_name(t.name) == t and type_by_name(t.name.upper()) == t
+
+
+def test_quantizing_does_not_import_gguf(tmp_path: Path) -> None:
+    """A quantization run never needs the gguf package (a 60-120 ms import)."""
+    code = (
+        "import sys, iqk_rs.cli\n"
+        "from iqk_rs.gguf.convert import quantize_model, QuantizeOptions, Progress\n"
+        f"quantize_model({str(TINY)!r}, {str(tmp_path / 'o.gguf')!r}, 'IQ4_KS',"
+        " QuantizeOptions(), Progress())\n"
+        "assert 'gguf' not in sys.modules, 'gguf was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_bf16_conversion() -> None:

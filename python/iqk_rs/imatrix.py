@@ -22,8 +22,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from gguf import GGUFValueType
 
+from .gguf.constants import GGUFValueType
 from .gguf.reader import KV, GGUFError, GGUFReader
 
 MAX_NAME_LEN = 4096

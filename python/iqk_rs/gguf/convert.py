@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from gguf import GGUFValueType
 
 from ..imatrix import Imatrix
 from ..mix import MixOptions, MixPlanner, ModelParams, parse_custom_q
+from .constants import GGUFValueType
 from .ggml_types import (
     FLOAT_TYPES,
     GGMLType,

@@ -7,6 +7,10 @@ Three sources, merged once (later ones win):
 3. ``iqk_rs.type_table()``: the single source of truth for every type the core
    implements, including the per-row prefix ("row meta") of the KS types that
    gguf-py's table cannot express.
+
+The float and integer types and sources 2-3 are also kept apart (``_own_table``) and looked
+up first: a quantization run then never imports the ``gguf`` package (60-120 ms), which is
+loaded only for the first mainline quantized type a file or option names.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES
 
 QK_K = 256
 
@@ -130,17 +133,27 @@ def _core_rows() -> list[dict]:
         return []
 
 
+# The unquantized types, sized here so that they never need the gguf package: id -> (name,
+# bytes per value, general.file_type of a model mostly of this type).
+_PLAIN: dict[int, tuple[str, int, int | None]] = {
+    0: ("f32", 4, 0),
+    1: ("f16", 2, 1),
+    24: ("i8", 1, None),
+    25: ("i16", 2, None),
+    26: ("i32", 4, None),
+    27: ("i64", 8, None),
+    28: ("f64", 8, None),
+    30: ("bf16", 2, 32),
+}
+
+
 @functools.cache
-def _table() -> dict[int, GGMLType]:
-    table: dict[int, GGMLType] = {}
-    for qtype, (block, size) in GGML_QUANT_SIZES.items():
-        name = ggml_name(qtype.name)
-        if int(qtype) >= 31 and int(qtype) <= 33:
-            continue  # ik and mainline disagree on these ids; ik's meaning wins below
-        ftype = {"f32": 0, "f16": 1, "bf16": 32}.get(name)
-        table[int(qtype)] = GGMLType(
-            int(qtype), name, block, size, 0, name not in _UNQUANTIZED, False, ftype
-        )
+def _own_table() -> dict[int, GGMLType]:
+    """The plain types, the ik-only ids and the core's types: no gguf import."""
+    table = {
+        tid: GGMLType(tid, name, 1, size, 0, False, False, ftype)
+        for tid, (name, size, ftype) in _PLAIN.items()
+    }
     for tid, (name, block, size, meta) in _IK_ONLY.items():
         table[tid] = GGMLType(tid, name, block, size, meta, True)
     for row in _core_rows():
@@ -159,15 +172,33 @@ def _table() -> dict[int, GGMLType]:
     return table
 
 
+@functools.cache
+def _table() -> dict[int, GGMLType]:
+    """Every known type: gguf's mainline table, then ``_own_table`` over it."""
+    from gguf import GGML_QUANT_SIZES
+
+    table: dict[int, GGMLType] = {}
+    for qtype, (block, size) in GGML_QUANT_SIZES.items():
+        name = ggml_name(qtype.name)
+        if int(qtype) >= 31 and int(qtype) <= 33:
+            continue  # ik and mainline disagree on these ids; ik's meaning wins below
+        ftype = {"f32": 0, "f16": 1, "bf16": 32}.get(name)
+        table[int(qtype)] = GGMLType(
+            int(qtype), name, block, size, 0, name not in _UNQUANTIZED, False, ftype
+        )
+    table.update(_own_table())
+    return table
+
+
 def core_available() -> bool:
-    return any(t.in_core for t in _table().values())
+    return any(t.in_core for t in _own_table().values())
 
 
 def type_by_id(tid: int) -> GGMLType:
-    try:
-        return _table()[int(tid)]
-    except KeyError:
-        raise ValueError(f"unknown ggml type id {tid}") from None
+    t = _own_table().get(int(tid)) or _table().get(int(tid))
+    if t is None:
+        raise ValueError(f"unknown ggml type id {tid}")
+    return t
 
 
 def type_by_name(name: str) -> GGMLType:
@@ -175,10 +206,13 @@ def type_by_name(name: str) -> GGMLType:
     s = str(getattr(name, "name", name)).strip()
     if s.isdigit():
         return type_by_id(int(s))
-    key = ggml_name(s)
-    for t in _table().values():
-        if t.name == key:
-            return t
+    # Names are unique ignoring case (a test checks), and ik's own spellings mix cases
+    # ("q8_KV_r8", "q2_k_r4"), so any case matches.
+    key = s.lower()
+    for table in (_own_table, _table):  # the gguf package only when needed
+        for t in table().values():
+            if t.name.lower() == key:
+                return t
     raise ValueError(f"unknown tensor type {name!r}")
 
 

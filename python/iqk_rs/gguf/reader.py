@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUFValueType
 
+from .constants import GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUFValueType
 from .ggml_types import GGMLType, rows_to_f32, type_by_id
 
 # Hard limits. They sit far above anything real models use and far below what

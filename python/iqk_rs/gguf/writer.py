@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUFValueType
 
+from .constants import GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUFValueType
 from .ggml_types import GGMLType
 from .reader import _SCALARS, KV, StringArray
 
