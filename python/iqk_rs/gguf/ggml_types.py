@@ -110,7 +110,6 @@ _IK_ONLY: dict[int, tuple[str, int, int, int]] = {
 }
 # (The core's types are listed too, so that files can still be sized when the
 # extension cannot be imported; the core's own table replaces those rows.)
-_UNQUANTIZED = {"f32", "f16", "bf16", "f64", "i8", "i16", "i32", "i64"}
 INT_TYPES = frozenset({24, 25, 26, 27})  # I8, I16, I32, I64
 F32, F16, BF16 = 0, 1, 30
 FLOAT_TYPES = frozenset({F32, F16, BF16})
@@ -179,13 +178,10 @@ def _table() -> dict[int, GGMLType]:
 
     table: dict[int, GGMLType] = {}
     for qtype, (block, size) in GGML_QUANT_SIZES.items():
-        name = ggml_name(qtype.name)
-        if int(qtype) >= 31 and int(qtype) <= 33:
-            continue  # ik and mainline disagree on these ids; ik's meaning wins below
-        ftype = {"f32": 0, "f16": 1, "bf16": 32}.get(name)
-        table[int(qtype)] = GGMLType(
-            int(qtype), name, block, size, 0, name not in _UNQUANTIZED, False, ftype
-        )
+        tid = int(qtype)
+        if tid in _PLAIN or 31 <= tid <= 33:
+            continue  # plain types are ours; on 31-33 ik and mainline disagree, ik wins
+        table[tid] = GGMLType(tid, ggml_name(qtype.name), block, size)
     table.update(_own_table())
     return table
 
