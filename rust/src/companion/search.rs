@@ -207,12 +207,27 @@ fn steepest_level_scalar(
     w: &[f32],
     levels: &[i8],
 ) -> Option<(usize, f32)> {
+    steepest_pick_scalar(x.len(), -nmax, nmax - 1, |j| {
+        let l = levels[j] as i32 - nmax;
+        (scale * w[j] * (x[j] - scale * l as f32), l)
+    })
+}
+
+/// The scalar core of the steepest picks (the twin of `steepest_pick_avx2`): `grad(j)` gives
+/// element j's gradient and level. A level may move up while below `top` and down while above
+/// `bottom`; among the movable ones, the first with the largest gradient magnitude wins.
+/// Returns it and its gradient.
+fn steepest_pick_scalar(
+    n: usize,
+    bottom: i32,
+    top: i32,
+    grad: impl Fn(usize) -> (f32, i32),
+) -> Option<(usize, f32)> {
     let mut abs_gmax = 0f32;
     let mut best = None;
-    for j in 0..x.len() {
-        let l = levels[j] as i32 - nmax;
-        let g = scale * w[j] * (x[j] - scale * l as f32);
-        if (g > 0.0 && l < nmax - 1) || (g < 0.0 && l > -nmax) {
+    for j in 0..n {
+        let (g, l) = grad(j);
+        if (g > 0.0 && l < top) || (g < 0.0 && l > bottom) {
             let ag = g.abs();
             if ag > abs_gmax {
                 abs_gmax = ag;
@@ -689,19 +704,11 @@ fn steepest_offset_level_scalar(
     x: &[f32],
     levels: &[u8],
 ) -> Option<(usize, i32)> {
-    let mut gmax = 0f32;
-    let mut pick = None;
-    for (j, (&v, &l)) in x.iter().zip(levels).enumerate() {
-        let g = v - scale * l as f32 - min;
-        if g > 0.0 && (l as i32) < nmax && g > gmax {
-            gmax = g;
-            pick = Some((j, 1));
-        } else if g < 0.0 && l > 0 && -g > gmax {
-            gmax = -g;
-            pick = Some((j, -1));
-        }
-    }
-    pick
+    let pick = steepest_pick_scalar(x.len(), 0, nmax, |j| {
+        let l = levels[j] as i32;
+        (x[j] - scale * l as f32 - min, l)
+    });
+    pick.map(|(j, g)| (j, if g > 0.0 { 1 } else { -1 }))
 }
 
 /// [`steepest_offset_level_scalar`] eight levels per vector: the same residuals, ineligible
