@@ -243,7 +243,7 @@ const N_CANDIDATES: usize = 1 + 2 * 27;
 const N_PADDED: usize = 56;
 
 #[inline(always)]
-fn candidate_is_shifted(c: usize) -> bool {
+const fn candidate_is_shifted(c: usize) -> bool {
     c > 27
 }
 
@@ -265,7 +265,29 @@ const DENOMINATORS: [f32; N_PADDED] = candidate_denominators();
 /// The fits of all candidates of one block (structure of arrays, padded).
 struct Fits {
     scale: [f32; N_PADDED],
-    sums: [[f32; 4]; N_PADDED],
+    /// Σwq·x and Σwq·q of the `+` fit, then of the `-` fit, per candidate.
+    sums: [[f32; N_PADDED]; 4],
+}
+
+impl Fits {
+    fn new() -> Self {
+        Fits {
+            scale: [0.0; N_PADDED],
+            sums: [[0.0; N_PADDED]; 4],
+        }
+    }
+
+    #[inline(always)]
+    fn set(&mut self, c: usize, sums: [f32; 4]) {
+        for (column, s) in self.sums.iter_mut().zip(sums) {
+            column[c] = s;
+        }
+    }
+
+    #[cfg(test)]
+    fn get(&self, c: usize) -> [f32; 4] {
+        self.sums.map(|column| column[c])
+    }
 }
 
 /// The fast search's scale for one block: fit every candidate scale (the heavy, branch-free
@@ -277,15 +299,12 @@ fn search_block(x: &[f32], w: &[f32], max: f32) -> (f32, bool) {
         // SAFETY: the Avx2 path is only chosen on CPUs with AVX2 and FMA.
         return replay(unsafe { &avx2::candidate_fits(x, w, max) });
     }
-    let mut fits = Fits {
-        scale: [0.0; N_PADDED],
-        sums: [[0.0; 4]; N_PADDED],
-    };
+    let mut fits = Fits::new();
     for c in 0..N_CANDIDATES {
         let d = max / DENOMINATORS[c];
         let values = IQ2_GRIDS[candidate_is_shifted(c) as usize].values;
         fits.scale[c] = d;
-        fits.sums[c] = candidate_sums_scalar(d, x, w, values);
+        fits.set(c, candidate_sums_scalar(d, x, w, values));
     }
     replay(&fits)
 }
@@ -296,38 +315,31 @@ fn search_block(x: &[f32], w: &[f32], max: f32) -> (f32, bool) {
 /// by which the rounded score sqx·(sqx/sq2) can differ from sqx²/sq2) can never win, so only
 /// the rest are replayed exactly. NaNs never satisfy the skip test, so they are replayed too.
 fn replay(fits: &Fits) -> (f32, bool) {
+    let [sqx_p, sq2_p, sqx_m, sq2_m] = &fits.sums;
     // max over the two signs of sqx²/sq2 (0 where sq2 <= 0): each fit's score up to rounding.
-    let approx = fits.sums.map(|[sqx_p, sq2_p, sqx_m, sq2_m]| {
-        let p = if sq2_p > 0.0 {
-            sqx_p * sqx_p / sq2_p
-        } else {
-            0.0
-        };
-        let m = if sq2_m > 0.0 {
-            sqx_m * sqx_m / sq2_m
-        } else {
-            0.0
-        };
-        if p > m {
-            p
-        } else {
-            m
-        }
-    });
-    let top = approx[..N_CANDIDATES]
+    // Written lane-wise over whole vectors so that it compiles to SIMD.
+    let score = |sqx: f32, sq2: f32| if sq2 > 0.0 { sqx * sqx / sq2 } else { 0.0 };
+    let mut approx = [0.0f32; N_PADDED];
+    let mut lane_top = [0.0f32; 8];
+    for (c, a) in approx.iter_mut().enumerate() {
+        let (p, m) = (score(sqx_p[c], sq2_p[c]), score(sqx_m[c], sq2_m[c]));
+        *a = if p > m { p } else { m };
+        let top = &mut lane_top[c % 8];
+        *top = if *a > *top { *a } else { *top };
+    }
+    // The padding candidates' sums are 0, so their approximate scores are 0 and never the top.
+    let top = lane_top
         .iter()
         .fold(0.0f32, |a, &b| if b > a { b } else { a });
     let threshold = top * (1.0 - 1e-5);
     let mut d = fits.scale[0];
     let mut best = 0.0f32;
     let mut is_shifted = false;
-    for (c, (&[sqx_p, sq2_p, sqx_m, sq2_m], &approx)) in
-        fits.sums.iter().zip(&approx).enumerate().take(N_CANDIDATES)
-    {
-        if c > 0 && approx < threshold {
+    for c in 0..N_CANDIDATES {
+        if c > 0 && approx[c] < threshold {
             continue;
         }
-        if let Some((this_d, score)) = best_of_signs(sqx_p, sq2_p, sqx_m, sq2_m) {
+        if let Some((this_d, score)) = best_of_signs(sqx_p[c], sq2_p[c], sqx_m[c], sq2_m[c]) {
             if c == 0 || score > best {
                 best = score;
                 d = this_d;
@@ -441,197 +453,10 @@ fn fast(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], rs: &mut RowScales) {
     write_u16(out, 0, f32_to_f16(d_row));
 }
 
-/// The fast search's two kernels in AVX2+FMA. ik's code is AVX2 with 8-lane sums, so the
-/// natural vector form is also the bit-exact one: lane l accumulates elements l, l+8, l+16, l+24.
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use std::arch::x86_64::*;
-
-    use super::{candidate_is_shifted, hsum8, Fits, DENOMINATORS, N_CANDIDATES, N_PADDED, SUB};
-    use crate::tables::IQ2_GRIDS;
-
-    #[inline]
-    unsafe fn lanes(v: __m256) -> [f32; 8] {
-        let mut out = [0.0f32; 8];
-        _mm256_storeu_ps(out.as_mut_ptr(), v);
-        out
-    }
-
-    /// ik's `hsum_float_8` of four vectors at once: lane s of the result is
-    /// `((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7))` of `v[s]`, the same additions in the same order.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum8_x4(v: [__m256; 4]) -> [f32; 4] {
-        let b = v.map(|a| _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a)));
-        // Transpose so that c[k] holds element k of every b[s].
-        let t0 = _mm_unpacklo_ps(b[0], b[1]);
-        let t1 = _mm_unpacklo_ps(b[2], b[3]);
-        let t2 = _mm_unpackhi_ps(b[0], b[1]);
-        let t3 = _mm_unpackhi_ps(b[2], b[3]);
-        let c0 = _mm_movelh_ps(t0, t1);
-        let c1 = _mm_movehl_ps(t1, t0);
-        let c2 = _mm_movelh_ps(t2, t3);
-        let c3 = _mm_movehl_ps(t3, t2);
-        let r = _mm_add_ps(_mm_add_ps(c0, c2), _mm_add_ps(c1, c3));
-        let mut out = [0.0f32; 4];
-        _mm_storeu_ps(out.as_mut_ptr(), r);
-        out
-    }
-
-    /// `[Σwq·x, Σwq·q]` for the `+` and the `-` sign fits at scale `d`, lane sums reduced.
-    ///
-    /// The nearest value is found by counting descents instead of ik's running minimum. Along
-    /// the sorted grid the rounded squared distances fl(fl(y - fl(d·t_k))²) fall strictly
-    /// while y - fl(d·t_k) keeps its sign and rise strictly after it flips: neighbouring
-    /// values lie at least 14|d| apart while |y - d·t_k| <= 68.5|d| (|y| <= |max| <= 37.5|d|),
-    /// so two same-sign distances differ by over 20 % and cannot round to one square. The
-    /// first minimum, which ik's strict `<` keeps, is then the number of strict descents.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn candidate_sums(
-        d: f32,
-        xv: &[__m256; 4],
-        wv: &[__m256; 4],
-        values: &[i8],
-    ) -> [f32; 4] {
-        let t = [
-            values[0] as f32,
-            values[1] as f32,
-            values[2] as f32,
-            values[3] as f32,
-        ];
-        let scaled = t.map(|v| _mm256_set1_ps(d * v));
-        // Indexed by minus the descent count, modulo 8 (`vpermps` reads three bits).
-        let by_neg_count = _mm256_setr_ps(t[0], 0.0, 0.0, 0.0, 0.0, t[3], t[2], t[1]);
-        let zero = _mm256_setzero_ps();
-        let (mut sqx_p, mut sq2_p, mut sqx_m, mut sq2_m) = (zero, zero, zero, zero);
-        for k in 0..SUB / 8 {
-            let (xv, wv) = (xv[k], wv[k]);
-            let sq = |v: __m256| _mm256_mul_ps(v, v);
-            let dp = scaled.map(|s| sq(_mm256_sub_ps(xv, s)));
-            let dm = scaled.map(|s| sq(_mm256_add_ps(xv, s)));
-            let qp = _mm256_permutevar8x32_ps(by_neg_count, descents(dp));
-            let qm = _mm256_permutevar8x32_ps(by_neg_count, descents(dm));
-            let wq = _mm256_mul_ps(wv, qp);
-            sqx_p = _mm256_fmadd_ps(wq, xv, sqx_p);
-            sq2_p = _mm256_fmadd_ps(wq, qp, sq2_p);
-            let wq = _mm256_mul_ps(wv, qm);
-            sqx_m = _mm256_fmadd_ps(wq, xv, sqx_m);
-            sq2_m = _mm256_fmadd_ps(wq, qm, sq2_m);
-        }
-        hsum8_x4([sqx_p, sq2_p, sqx_m, sq2_m])
-    }
-
-    /// Minus the number of k in 1..4 with `dist[k] < dist[k - 1]`, per lane.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn descents(dist: [__m256; 4]) -> __m256i {
-        let step =
-            |k: usize| _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LT_OQ>(dist[k], dist[k - 1]));
-        _mm256_add_epi32(_mm256_add_epi32(step(1), step(2)), step(3))
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn candidate_fits(x: &[f32], w: &[f32], max: f32) -> Fits {
-        let mut fits = Fits {
-            scale: [0.0; N_PADDED],
-            sums: [[0.0; 4]; N_PADDED],
-        };
-        let maxv = _mm256_set1_ps(max);
-        for k in 0..N_PADDED / 8 {
-            let den = _mm256_loadu_ps(DENOMINATORS[8 * k..].as_ptr());
-            _mm256_storeu_ps(fits.scale[8 * k..].as_mut_ptr(), _mm256_div_ps(maxv, den));
-        }
-        let load = |s: &[f32], k: usize| _mm256_loadu_ps(s[8 * k..8 * k + 8].as_ptr());
-        let xv = [load(x, 0), load(x, 1), load(x, 2), load(x, 3)];
-        let wv = [load(w, 0), load(w, 1), load(w, 2), load(w, 3)];
-        for c in 0..N_CANDIDATES {
-            let values = IQ2_GRIDS[candidate_is_shifted(c) as usize].values;
-            fits.sums[c] = candidate_sums(fits.scale[c], &xv, &wv, values);
-        }
-        fits
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn accumulate_fit(
-        ls: f32,
-        values: &[i8],
-        idx: &[u8; SUB],
-        x: &[f32],
-        w: &[f32],
-        sumqx: &mut [f32; 8],
-        sumq2: &mut [f32; 8],
-    ) {
-        let table = _mm256_setr_ps(
-            values[0] as f32,
-            values[1] as f32,
-            values[2] as f32,
-            values[3] as f32,
-            0.0,
-            0.0,
-            0.0,
-            0.0,
-        );
-        let lsv = _mm256_set1_ps(ls);
-        let mut acc_qx = _mm256_loadu_ps(sumqx.as_ptr());
-        let mut acc_q2 = _mm256_loadu_ps(sumq2.as_ptr());
-        for k in 0..SUB / 8 {
-            let ix = _mm256_cvtepu8_epi32(_mm_loadl_epi64(idx[8 * k..].as_ptr() as *const __m128i));
-            let vq = _mm256_mul_ps(lsv, _mm256_permutevar8x32_ps(table, ix));
-            let xv = _mm256_loadu_ps(x[8 * k..8 * k + 8].as_ptr());
-            let wvq = _mm256_mul_ps(_mm256_loadu_ps(w[8 * k..8 * k + 8].as_ptr()), vq);
-            acc_qx = _mm256_fmadd_ps(wvq, xv, acc_qx);
-            acc_q2 = _mm256_fmadd_ps(wvq, vq, acc_q2);
-        }
-        _mm256_storeu_ps(sumqx.as_mut_ptr(), acc_qx);
-        _mm256_storeu_ps(sumq2.as_mut_ptr(), acc_q2);
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn block_error(
-        dl: f32,
-        x: &[f32],
-        w: &[f32],
-        values: &[i8],
-        idx: &mut [u8; SUB],
-    ) -> f32 {
-        let t = [
-            values[0] as f32,
-            values[1] as f32,
-            values[2] as f32,
-            values[3] as f32,
-        ];
-        let scaled = t.map(|v| _mm256_set1_ps(dl * v));
-        let q = t.map(|v| _mm256_set1_ps(v));
-        let neg_dl = _mm256_set1_ps(-dl);
-        let mut acc = _mm256_setzero_ps();
-        for k in 0..SUB / 8 {
-            let xv = _mm256_loadu_ps(x.as_ptr().add(8 * k));
-            let wv = _mm256_loadu_ps(w.as_ptr().add(8 * k));
-            let d0 = _mm256_sub_ps(xv, scaled[0]);
-            let mut best = _mm256_mul_ps(d0, d0);
-            let mut qv = q[0];
-            let mut iv = _mm256_setzero_si256();
-            for j in 1..4 {
-                let dj = _mm256_sub_ps(xv, scaled[j]);
-                let dj = _mm256_mul_ps(dj, dj);
-                let closer = _mm256_cmp_ps::<_CMP_LT_OQ>(dj, best);
-                best = _mm256_blendv_ps(best, dj, closer);
-                qv = _mm256_blendv_ps(qv, q[j], closer);
-                let ij = _mm256_set1_epi32(j as i32);
-                iv = _mm256_blendv_epi8(iv, ij, _mm256_castps_si256(closer));
-            }
-            let mut ix = [0i32; 8];
-            _mm256_storeu_si256(ix.as_mut_ptr() as *mut __m256i, iv);
-            for (o, &i) in idx[8 * k..8 * k + 8].iter_mut().zip(&ix) {
-                *o = i as u8;
-            }
-            let diff = _mm256_fmadd_ps(neg_dl, qv, xv);
-            acc = _mm256_fmadd_ps(_mm256_mul_ps(wv, diff), diff, acc);
-        }
-        hsum8(&lanes(acc))
-    }
-}
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod bands;
 
 #[inline(always)]
 fn decode(y: &[u8], mut f: impl FnMut(usize, i32, &[i8], usize)) {
@@ -664,15 +489,18 @@ mod tests {
     use super::*;
     use crate::testing::rng;
 
-    /// The AVX2 candidate fits equal the scalar ones bit for bit, including blocks whose
-    /// values sit on (or a few ulps beside) the midpoint of two scaled grid values, where the
-    /// rounded distances tie or nearly tie.
+    /// The AVX2 candidate fits equal the scalar ones bit for bit: on blocks with values on (or
+    /// a few ulps beside) the midpoint of two scaled grid values, where the rounded distances
+    /// tie or nearly tie (these take the distance path), on blocks with values just outside
+    /// the bands of the threshold path, and on plain random blocks.
     #[test]
     fn avx2_candidate_fits_equal_scalar() {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            use bands::{clear_of_bands, MIDPOINTS, TOLERANCE};
             let mut seed = 2024u32;
             let below = |n: u32, seed: &mut u32| ((rng(seed) + 1.0) * 0.5 * n as f32) as u32;
+            let mut by_threshold = [0; 3];
             for trial in 0..3000i32 {
                 let amp = 10f32.powi(trial % 9 - 4);
                 let mut x: Vec<f32> = (0..SUB).map(|_| amp * rng(&mut seed)).collect();
@@ -680,20 +508,35 @@ mod tests {
                     x[below(SUB as u32, &mut seed) as usize] = 0.0;
                 }
                 let (max, _) = signed_max(&x);
+                let kind = (trial % 3) as usize;
                 for _ in 0..8 {
                     let j = below(SUB as u32, &mut seed) as usize;
                     let c = below(N_CANDIDATES as u32, &mut seed) as usize;
-                    let values = IQ2_GRIDS[candidate_is_shifted(c) as usize].values;
+                    let grid = candidate_is_shifted(c) as usize;
                     let k = below(3, &mut seed) as usize;
-                    let d = max / DENOMINATORS[c];
-                    let mid = d * 0.5 * (values[k] as f32 + values[k + 1] as f32);
-                    let mid = if trial % 2 == 0 { mid } else { -mid };
-                    let ulps = below(5, &mut seed) as i32 - 2;
-                    let v = f32::from_bits((mid.to_bits() as i32 + ulps) as u32);
+                    let sign: f32 = if rng(&mut seed) < 0.0 { -1.0 } else { 1.0 };
+                    let v = match kind {
+                        0 => {
+                            let values = IQ2_GRIDS[grid].values;
+                            let d = max / DENOMINATORS[c];
+                            let mid = d * 0.5 * (values[k] as f32 + values[k + 1] as f32);
+                            let ulps = below(5, &mut seed) as i32 - 2;
+                            f32::from_bits(((sign * mid).to_bits() as i32 + ulps) as u32)
+                        }
+                        1 => {
+                            let nu = (MIDPOINTS[grid][k] / DENOMINATORS[c]).abs() as f64;
+                            let out = 1.0 + (1 + below(4, &mut seed)) as f64 / 8.0;
+                            let side = if rng(&mut seed) < 0.0 { -1.0 } else { 1.0 };
+                            let r = nu + side * out * TOLERANCE;
+                            sign * (r * max.abs() as f64) as f32
+                        }
+                        _ => break,
+                    };
                     if v.abs() < max.abs() {
                         x[j] = v;
                     }
                 }
+                by_threshold[kind] += clear_of_bands(&x, max.abs()) as usize;
                 let w: Vec<f32> = (0..SUB)
                     .map(|j| {
                         if (trial as usize + j).is_multiple_of(11) {
@@ -711,14 +554,20 @@ mod tests {
                     let want = candidate_sums_scalar(d, &x, &w, values);
                     assert_eq!(simd.scale[c].to_bits(), d.to_bits(), "trial {trial} c {c}");
                     assert_eq!(
-                        simd.sums[c].map(f32::to_bits),
+                        simd.get(c).map(f32::to_bits),
                         want.map(f32::to_bits),
                         "trial {trial} candidate {c}: {:?} vs {:?}",
-                        simd.sums[c],
+                        simd.get(c),
                         want
                     );
                 }
             }
+            // The midpoint blocks take the distance path, the others mostly the thresholds.
+            assert_eq!(by_threshold[0], 0, "{by_threshold:?}");
+            assert!(
+                by_threshold[1] > 900 && by_threshold[2] > 900,
+                "{by_threshold:?}"
+            );
         }
     }
 }
