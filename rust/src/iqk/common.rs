@@ -331,7 +331,14 @@ impl PartitionSearch {
         let (sumx, sumw) = (&p.sumx, &p.sumw);
         let pairs = self.pairs;
         let count = pairs.i2.len();
-        let v = cands.map(|(v, _)| v.map(|c| _mm256_set1_ps(c)));
+        let v = cands.map(|(v, _)| {
+            [
+                _mm256_set1_ps(v[0]),
+                _mm256_set1_ps(v[1]),
+                _mm256_set1_ps(v[2]),
+                _mm256_set1_ps(v[3]),
+            ]
+        });
         self.fill_tails_avx2(p, &v);
         // Unchecked loads in the hot loop: k + 8 <= count + 8 <= MAX_PAIRS < ROW_STRIDE (asserted
         // in SplitPairs::build) and every row index is below TAIL_ROWS.

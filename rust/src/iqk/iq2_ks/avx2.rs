@@ -4,7 +4,10 @@
 use std::arch::x86_64::*;
 
 use super::bands::{clear_of_bands, FIRST_BY_THRESHOLD, MIDPOINTS};
-use super::{candidate_is_shifted, hsum8, Fits, DENOMINATORS, N_CANDIDATES, N_PADDED, SUB};
+use super::{
+    candidate_is_shifted, fold_top, hsum8, Fits, LaneSums, DENOMINATORS, N_CANDIDATES, N_PADDED,
+    SUB,
+};
 use crate::tables::IQ2_GRIDS;
 
 #[inline]
@@ -153,9 +156,16 @@ const MIDPOINT_ROWS: [[f32; N_PADDED]; 3] = {
     rows
 };
 
+/// Fit every candidate scale of one block: fill `fits` (scales, sums, approximate scores and
+/// their top) as the scalar path does. `lane_sums` is scratch whose padding entries are 0.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn candidate_fits(x: &[f32], w: &[f32], max: f32) -> Fits {
-    let mut fits = Fits::new();
+pub unsafe fn candidate_fits(
+    x: &[f32],
+    w: &[f32],
+    max: f32,
+    fits: &mut Fits,
+    lane_sums: &mut LaneSums,
+) {
     let mut thresholds = [[0i32; N_PADDED]; 3];
     let maxv = _mm256_set1_ps(max);
     let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX));
@@ -172,8 +182,11 @@ pub unsafe fn candidate_fits(x: &[f32], w: &[f32], max: f32) -> Fits {
     let load = |s: &[f32], k: usize| _mm256_loadu_ps(s[8 * k..8 * k + 8].as_ptr());
     let xv = [load(x, 0), load(x, 1), load(x, 2), load(x, 3)];
     let wv = [load(w, 0), load(w, 1), load(w, 2), load(w, 3)];
-    // Lane sums per candidate; the padding candidates' stay 0.
-    let mut lanes = [[_mm256_setzero_ps(); 4]; N_PADDED];
+    let store = |acc: [__m256; 4], out: &mut [[f32; 8]; 4]| {
+        for (v, o) in acc.iter().zip(out) {
+            _mm256_storeu_ps(o.as_mut_ptr(), *v);
+        }
+    };
     let mut by_distance = 0..N_CANDIDATES;
     if clear_of_bands(x, max.abs()) {
         by_distance = 0..FIRST_BY_THRESHOLD;
@@ -191,20 +204,41 @@ pub unsafe fn candidate_fits(x: &[f32], w: &[f32], max: f32) -> Fits {
         for c in FIRST_BY_THRESHOLD..N_CANDIDATES {
             let lookup = lookups[candidate_is_shifted(c) as usize];
             let th = [thresholds[0][c], thresholds[1][c], thresholds[2][c]];
-            lanes[c] = threshold_lanes(th, above, &xv, &wv, lookup);
+            store(
+                threshold_lanes(th, above, &xv, &wv, lookup),
+                &mut lane_sums[c],
+            );
         }
     }
     for c in by_distance {
         let values = IQ2_GRIDS[candidate_is_shifted(c) as usize].values;
-        lanes[c] = distance_lanes(fits.scale[c], &xv, &wv, values);
+        store(
+            distance_lanes(fits.scale[c], &xv, &wv, values),
+            &mut lane_sums[c],
+        );
     }
-    for (g, group) in lanes.chunks_exact(8).enumerate() {
-        for (s, column) in fits.sums.iter_mut().enumerate() {
-            let sums = hsum8_x8(std::array::from_fn(|i| group[i][s]));
-            _mm256_storeu_ps(column[8 * g..].as_mut_ptr(), sums);
+    // Reduce eight candidates at a time, then their approximate scores as `Fits::rank`.
+    let zero = _mm256_setzero_ps();
+    let score = |sqx: __m256, sq2: __m256| {
+        let positive = _mm256_cmp_ps::<_CMP_GT_OQ>(sq2, zero);
+        _mm256_and_ps(positive, _mm256_div_ps(_mm256_mul_ps(sqx, sqx), sq2))
+    };
+    let mut top = zero;
+    for (g, group) in lane_sums.chunks_exact(8).enumerate() {
+        let sums: [__m256; 4] = std::array::from_fn(|s| {
+            hsum8_x8(std::array::from_fn(|i| {
+                _mm256_loadu_ps(group[i][s].as_ptr())
+            }))
+        });
+        for (column, v) in fits.sums.iter_mut().zip(sums) {
+            _mm256_storeu_ps(column[8 * g..].as_mut_ptr(), v);
         }
+        let (p, m) = (score(sums[0], sums[1]), score(sums[2], sums[3]));
+        let approx = _mm256_blendv_ps(m, p, _mm256_cmp_ps::<_CMP_GT_OQ>(p, m));
+        _mm256_storeu_ps(fits.approx[8 * g..].as_mut_ptr(), approx);
+        top = _mm256_blendv_ps(top, approx, _mm256_cmp_ps::<_CMP_GT_OQ>(approx, top));
     }
-    fits
+    fits.top = fold_top(lanes(top));
 }
 
 #[target_feature(enable = "avx2,fma")]

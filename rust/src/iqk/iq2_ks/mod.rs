@@ -31,8 +31,10 @@ pub enum Iq2KsSearch {
     Exhaustive,
 }
 
-/// Scratch for one row: per-sub-block scales, weight sums and 5-bit scale codes.
+/// Scratch for one row: importance weights, per-sub-block scales, weight sums and 5-bit
+/// scale codes. The weights are computed once, in the first pass, for both passes.
 struct RowScales {
+    weights: Vec<f32>,
     scales: Vec<f32>,
     sw: Vec<f32>,
     levels: Vec<i8>,
@@ -42,11 +44,26 @@ impl RowScales {
     fn new(n_per_row: usize) -> Self {
         let n = n_per_row / SUB;
         RowScales {
+            weights: vec![0.0; n_per_row],
             scales: vec![0.0; n],
             sw: vec![0.0; n],
             levels: vec![0; n],
         }
     }
+
+    /// Fill the weights of super-block `ibl`.
+    fn fill_weights(&mut self, x: &[f32], qw: Option<&[f32]>, ibl: usize) {
+        let range = ibl * QK_K..(ibl + 1) * QK_K;
+        let sigma2 = WEIGHTING.sigma2(&x[range.clone()]);
+        let qw = qw.map(|w| &w[range.clone()]);
+        WEIGHTING.fill(sigma2, &x[range.clone()], qw, &mut self.weights[range]);
+    }
+}
+
+/// The values and weights of sub-block `k` of a row.
+fn sub_block<'a>(x: &'a [f32], weights: &'a [f32], k: usize) -> (&'a [f32], &'a [f32]) {
+    let range = SUB * k..SUB * (k + 1);
+    (&x[range.clone()], &weights[range])
 }
 
 pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], search: Iq2KsSearch) {
@@ -58,42 +75,27 @@ pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], search: Iq2Ks
     }
 }
 
-fn block_slices<'a>(
-    x: &'a [f32],
-    qw: Option<&'a [f32]>,
-    ibl: usize,
-    ib: usize,
-) -> (&'a [f32], Option<&'a [f32]>) {
-    let range = ibl * QK_K + SUB * ib..ibl * QK_K + SUB * (ib + 1);
-    (&x[range.clone()], qw.map(|w| &w[range]))
-}
-
 fn exhaustive(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], rs: &mut RowScales) {
     let mut search = PartitionSearch::new(SUB, 3 * SUB / 4, SUB / 4);
-    let mut weight = [0.0f32; SUB];
     let (_, blocks) = out.split_at_mut(ROW_META);
-    for (ibl, (xbl, y)) in x
-        .chunks_exact(QK_K)
-        .zip(blocks.chunks_exact_mut(BLOCK_BYTES))
-        .enumerate()
-    {
-        let sigma2 = WEIGHTING.sigma2(xbl);
+    for (ibl, y) in blocks.chunks_exact_mut(BLOCK_BYTES).enumerate() {
+        rs.fill_weights(x, qw, ibl);
         let mut extra = 0u16;
         for ib in 0..NSUB {
-            let (xb, qwb) = block_slices(x, qw, ibl, ib);
-            WEIGHTING.fill(sigma2, xb, qwb, &mut weight);
             let k = ibl * NSUB + ib;
-            rs.sw[k] = 0.0;
-            for &w in &weight {
-                rs.sw[k] += w;
+            let (xb, weight) = sub_block(x, &rs.weights, k);
+            let mut sw = 0.0f32;
+            for &w in weight {
+                sw += w;
             }
-            rs.scales[k] = 0.0;
-            if signed_max(xb).1 < 1e-16 {
-                continue;
+            let mut scale = 0.0;
+            if signed_max(xb).1 >= 1e-16 {
+                let (d, shifted) = search.run(xb, weight, &IQ2NL);
+                scale = d;
+                extra |= (shifted as u16) << ib;
             }
-            let (d, shifted) = search.run(xb, &weight, &IQ2NL);
-            rs.scales[k] = d;
-            extra |= (shifted as u16) << ib;
+            rs.sw[k] = sw;
+            rs.scales[k] = scale;
         }
         write_u16(y, 0, extra);
     }
@@ -102,14 +104,10 @@ fn exhaustive(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], rs: &mut RowScales)
         return;
     }
     let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
-    for (ibl, (xbl, y)) in x
-        .chunks_exact(QK_K)
-        .zip(blocks.chunks_exact_mut(BLOCK_BYTES))
-        .enumerate()
-    {
-        let sigma2 = WEIGHTING.sigma2(xbl);
+    for (ibl, y) in blocks.chunks_exact_mut(BLOCK_BYTES).enumerate() {
         for ib in 0..NSUB {
-            let code = rs.levels[ibl * NSUB + ib] as i32;
+            let k = ibl * NSUB + ib;
+            let code = rs.levels[k] as i32;
             store_scale_code(y, ib, code);
             let ls = code - 16;
             let dl = d * ls as f32;
@@ -118,12 +116,11 @@ fn exhaustive(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], rs: &mut RowScales)
             }
             let grid = &IQ2_GRIDS[(read_u16(y, 0) >> ib & 1 == 1) as usize];
             let values = grid.values;
-            let (xb, qwb) = block_slices(x, qw, ibl, ib);
-            WEIGHTING.fill(sigma2, xb, qwb, &mut weight);
+            let (xb, weight) = sub_block(x, &rs.weights, k);
             let idl = 1.0 / dl;
             let mut indices = [0u8; SUB];
             nearest_indices(grid, idl, xb, &mut indices);
-            for (j, ((&v, &w), &idx)) in xb.iter().zip(&weight).zip(&indices).enumerate() {
+            for (j, ((&v, &w), &idx)) in xb.iter().zip(weight).zip(&indices).enumerate() {
                 let idx = idx as usize;
                 store_index(y, SUB * ib + j, idx);
                 let q = (values[idx] as i32 * ls) as f32;
@@ -267,6 +264,11 @@ struct Fits {
     scale: [f32; N_PADDED],
     /// Σwq·x and Σwq·q of the `+` fit, then of the `-` fit, per candidate.
     sums: [[f32; N_PADDED]; 4],
+    /// Each fit's score up to rounding: the larger over the two signs of sqx²/sq2 (0 where
+    /// sq2 <= 0). The padding candidates' sums are 0, so theirs are 0.
+    approx: [f32; N_PADDED],
+    /// The largest approximate score.
+    top: f32,
 }
 
 impl Fits {
@@ -274,6 +276,8 @@ impl Fits {
         Fits {
             scale: [0.0; N_PADDED],
             sums: [[0.0; N_PADDED]; 4],
+            approx: [0.0; N_PADDED],
+            top: 0.0,
         }
     }
 
@@ -288,25 +292,81 @@ impl Fits {
     fn get(&self, c: usize) -> [f32; 4] {
         self.sums.map(|column| column[c])
     }
+
+    /// Fill `approx` and `top` from the sums; the AVX2 path computes the same, lane by lane.
+    fn rank(&mut self) {
+        let [sqx_p, sq2_p, sqx_m, sq2_m] = &self.sums;
+        let mut lane_top = [0.0f32; 8];
+        for (c, a) in self.approx.iter_mut().enumerate() {
+            let (p, m) = (
+                approx_score(sqx_p[c], sq2_p[c]),
+                approx_score(sqx_m[c], sq2_m[c]),
+            );
+            *a = if p > m { p } else { m };
+            let top = &mut lane_top[c % 8];
+            *top = if *a > *top { *a } else { *top };
+        }
+        self.top = fold_top(lane_top);
+    }
+}
+
+#[inline(always)]
+fn approx_score(sqx: f32, sq2: f32) -> f32 {
+    if sq2 > 0.0 {
+        sqx * sqx / sq2
+    } else {
+        0.0
+    }
+}
+
+/// The largest of eight per-lane maxima, NaNs ignored.
+#[inline(always)]
+fn fold_top(lane_top: [f32; 8]) -> f32 {
+    lane_top
+        .iter()
+        .fold(0.0f32, |a, &b| if b > a { b } else { a })
+}
+
+/// Per-candidate lane sums of the AVX2 path (arch-neutral storage so it can live in
+/// [`FitScratch`]).
+type LaneSums = [[[f32; 8]; 4]; N_PADDED];
+
+/// Scratch of the fast search, reused from block to block of a row: zeroing it per block
+/// cost 7 % of the search. The padding candidates' lane sums are never written, so stay 0.
+struct FitScratch {
+    fits: Fits,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    lane_sums: LaneSums,
+}
+
+impl FitScratch {
+    fn new() -> Self {
+        FitScratch {
+            fits: Fits::new(),
+            lane_sums: [[[0.0; 8]; 4]; N_PADDED],
+        }
+    }
 }
 
 /// The fast search's scale for one block: fit every candidate scale (the heavy, branch-free
 /// part, batched so SIMD paths can overlap candidates), then replay ik's accept rule over the
 /// fits. `max` is the block's signed largest value.
-fn search_block(x: &[f32], w: &[f32], max: f32) -> (f32, bool) {
+fn search_block(x: &[f32], w: &[f32], max: f32, scratch: &mut FitScratch) -> (f32, bool) {
+    let fits = &mut scratch.fits;
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::quantize_path() == crate::cpu::Path::Avx2 {
         // SAFETY: the Avx2 path is only chosen on CPUs with AVX2 and FMA.
-        return replay(unsafe { &avx2::candidate_fits(x, w, max) });
+        unsafe { avx2::candidate_fits(x, w, max, fits, &mut scratch.lane_sums) };
+        return replay(fits);
     }
-    let mut fits = Fits::new();
     for c in 0..N_CANDIDATES {
         let d = max / DENOMINATORS[c];
         let values = IQ2_GRIDS[candidate_is_shifted(c) as usize].values;
         fits.scale[c] = d;
         fits.set(c, candidate_sums_scalar(d, x, w, values));
     }
-    replay(&fits)
+    fits.rank();
+    replay(fits)
 }
 
 /// ik's accept rule over the fits: keep the first candidate's fit, then any later one scoring
@@ -316,27 +376,12 @@ fn search_block(x: &[f32], w: &[f32], max: f32) -> (f32, bool) {
 /// the rest are replayed exactly. NaNs never satisfy the skip test, so they are replayed too.
 fn replay(fits: &Fits) -> (f32, bool) {
     let [sqx_p, sq2_p, sqx_m, sq2_m] = &fits.sums;
-    // max over the two signs of sqx²/sq2 (0 where sq2 <= 0): each fit's score up to rounding.
-    // Written lane-wise over whole vectors so that it compiles to SIMD.
-    let score = |sqx: f32, sq2: f32| if sq2 > 0.0 { sqx * sqx / sq2 } else { 0.0 };
-    let mut approx = [0.0f32; N_PADDED];
-    let mut lane_top = [0.0f32; 8];
-    for (c, a) in approx.iter_mut().enumerate() {
-        let (p, m) = (score(sqx_p[c], sq2_p[c]), score(sqx_m[c], sq2_m[c]));
-        *a = if p > m { p } else { m };
-        let top = &mut lane_top[c % 8];
-        *top = if *a > *top { *a } else { *top };
-    }
-    // The padding candidates' sums are 0, so their approximate scores are 0 and never the top.
-    let top = lane_top
-        .iter()
-        .fold(0.0f32, |a, &b| if b > a { b } else { a });
-    let threshold = top * (1.0 - 1e-5);
+    let threshold = fits.top * (1.0 - 1e-5);
     let mut d = fits.scale[0];
     let mut best = 0.0f32;
     let mut is_shifted = false;
     for c in 0..N_CANDIDATES {
-        if c > 0 && approx[c] < threshold {
+        if c > 0 && fits.approx[c] < threshold {
             continue;
         }
         if let Some((this_d, score)) = best_of_signs(sqx_p[c], sq2_p[c], sqx_m[c], sq2_m[c]) {
@@ -374,32 +419,27 @@ fn accumulate_fit(
 }
 
 fn fast(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], rs: &mut RowScales) {
-    let mut weight = [0.0f32; SUB];
+    let mut scratch = FitScratch::new();
     let (_, blocks) = out.split_at_mut(ROW_META);
-    for (ibl, (xbl, y)) in x
-        .chunks_exact(QK_K)
-        .zip(blocks.chunks_exact_mut(BLOCK_BYTES))
-        .enumerate()
-    {
-        let sigma2 = WEIGHTING.sigma2(xbl);
+    for (ibl, y) in blocks.chunks_exact_mut(BLOCK_BYTES).enumerate() {
+        rs.fill_weights(x, qw, ibl);
         let mut extra = 0u16;
         for ib in 0..NSUB {
-            let (xb, qwb) = block_slices(x, qw, ibl, ib);
-            WEIGHTING.fill(sigma2, xb, qwb, &mut weight);
             let k = ibl * NSUB + ib;
+            let (xb, weight) = sub_block(x, &rs.weights, k);
             let (max, amax) = signed_max(xb);
-            let mut sumw = 0.0f32;
-            for &w in &weight {
-                sumw += w;
+            let mut sw = 0.0f32;
+            for &w in weight {
+                sw += w;
             }
-            rs.sw[k] = sumw;
-            rs.scales[k] = 0.0;
-            if amax < 1e-14 {
-                continue;
+            let mut scale = 0.0;
+            if amax >= 1e-14 {
+                let (d, is_shifted) = search_block(xb, weight, max, &mut scratch);
+                scale = d;
+                extra |= (is_shifted as u16) << ib;
             }
-            let (d, is_shifted) = search_block(xb, &weight, max);
-            rs.scales[k] = d;
-            extra |= (is_shifted as u16) << ib;
+            rs.sw[k] = sw;
+            rs.scales[k] = scale;
         }
         write_u16(y, 0, extra);
     }
@@ -410,38 +450,34 @@ fn fast(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], rs: &mut RowScales) {
     let (mut sumqx, mut sumq2) = ([0.0f32; 8], [0.0f32; 8]);
     let mut idx = [0u8; SUB];
     let mut idx_alt = [0u8; SUB];
-    for (ibl, (xbl, y)) in x
-        .chunks_exact(QK_K)
-        .zip(blocks.chunks_exact_mut(BLOCK_BYTES))
-        .enumerate()
-    {
-        let sigma2 = WEIGHTING.sigma2(xbl);
+    for (ibl, y) in blocks.chunks_exact_mut(BLOCK_BYTES).enumerate() {
         for ib in 0..NSUB {
             let k = ibl * NSUB + ib;
             let grid = &IQ2_GRIDS[(read_u16(y, 0) >> ib & 1 == 1) as usize];
             let values = grid.values;
-            let (xb, qwb) = block_slices(x, qw, ibl, ib);
-            WEIGHTING.fill(sigma2, xb, qwb, &mut weight);
+            let (xb, weight) = sub_block(x, &rs.weights, k);
             // Nudge the 5-bit code by one towards the block's own best scale if that lowers
             // the error. The upward bound of 15 (not 31) is ik's, kept for identical bytes.
             let code = rs.levels[k] as i32;
             let dl = d * (code - 16) as f32;
-            let err = block_error(dl, xb, &weight, values, &mut idx);
+            let err = block_error(dl, xb, weight, values, &mut idx);
+            let mut level = rs.levels[k];
             if code > 0 && dl > rs.scales[k] {
-                if block_error(d * (code - 17) as f32, xb, &weight, values, &mut idx_alt) < err {
-                    rs.levels[k] -= 1;
+                if block_error(d * (code - 17) as f32, xb, weight, values, &mut idx_alt) < err {
+                    level -= 1;
                     idx = idx_alt;
                 }
             } else if code < 15
                 && dl < rs.scales[k]
-                && block_error(d * (code - 15) as f32, xb, &weight, values, &mut idx_alt) < err
+                && block_error(d * (code - 15) as f32, xb, weight, values, &mut idx_alt) < err
             {
-                rs.levels[k] += 1;
+                level += 1;
                 idx = idx_alt;
             }
-            let code = rs.levels[k] as i32;
+            rs.levels[k] = level;
+            let code = level as i32;
             let ls = (code - 16) as f32;
-            accumulate_fit(ls, values, &idx, xb, &weight, &mut sumqx, &mut sumq2);
+            accumulate_fit(ls, values, &idx, xb, weight, &mut sumqx, &mut sumq2);
             for (j, &ix) in idx.iter().enumerate() {
                 store_index(y, SUB * ib + j, ix as usize);
             }
@@ -547,11 +583,15 @@ mod tests {
                     })
                     .collect();
                 // SAFETY: AVX2 and FMA were detected above.
-                let simd = unsafe { avx2::candidate_fits(&x, &w, max) };
+                let mut simd = Fits::new();
+                let mut lane_sums = [[[0.0; 8]; 4]; N_PADDED];
+                unsafe { avx2::candidate_fits(&x, &w, max, &mut simd, &mut lane_sums) };
+                let mut scalar = Fits::new();
                 for c in 0..N_CANDIDATES {
                     let d = max / DENOMINATORS[c];
                     let values = IQ2_GRIDS[candidate_is_shifted(c) as usize].values;
                     let want = candidate_sums_scalar(d, &x, &w, values);
+                    scalar.set(c, want);
                     assert_eq!(simd.scale[c].to_bits(), d.to_bits(), "trial {trial} c {c}");
                     assert_eq!(
                         simd.get(c).map(f32::to_bits),
@@ -561,6 +601,12 @@ mod tests {
                         want
                     );
                 }
+                scalar.rank();
+                assert_eq!(
+                    simd.approx.map(f32::to_bits),
+                    scalar.approx.map(f32::to_bits)
+                );
+                assert_eq!(simd.top.to_bits(), scalar.top.to_bits(), "trial {trial}");
             }
             // The midpoint blocks take the distance path, the others mostly the thresholds.
             assert_eq!(by_threshold[0], 0, "{by_threshold:?}");
