@@ -48,7 +48,7 @@ const _: () = {
     }
 };
 
-/// |μ_k| / |den_c| for every candidate from `FIRST_BY_THRESHOLD` on.
+/// |μ_k| / |den_c| for every candidate from `FIRST_BY_THRESHOLD` on, sorted.
 const RELATIVE: [f64; N_THRESHOLDS] = {
     let mut nu = [0.0f64; N_THRESHOLDS];
     let mut c = FIRST_BY_THRESHOLD;
@@ -63,21 +63,35 @@ const RELATIVE: [f64; N_THRESHOLDS] = {
         }
         c += 1;
     }
+    // Insertion sort (const context).
+    let mut i = 1;
+    while i < N_THRESHOLDS {
+        let mut j = i;
+        while j > 0 && nu[j - 1] > nu[j] {
+            let t = nu[j];
+            nu[j] = nu[j - 1];
+            nu[j - 1] = t;
+            j -= 1;
+        }
+        i += 1;
+    }
     nu
 };
 
 /// |x|/a in [0, 1] is looked up in `BUCKETS` equal buckets; a bucket is marked when a band
-/// reaches into it, and only marked buckets are checked against the bands themselves.
-const BUCKETS: usize = 1 << 14;
-const MARKED: [u64; BUCKETS / 64 + 1] = {
-    let mut bits = [0u64; BUCKETS / 64 + 1];
+/// reaches into it or into a neighbouring bucket (so that a bucket index computed in f32,
+/// off by one at a bucket edge, still finds the mark), and only elements in marked buckets
+/// are checked against the bands themselves.
+pub const BUCKETS: usize = 1 << 15;
+pub const MARKED: [u32; BUCKETS / 32 + 1] = {
+    let mut bits = [0u32; BUCKETS / 32 + 1];
     let mut i = 0;
     while i < N_THRESHOLDS {
-        let lo = ((RELATIVE[i] - TOLERANCE) * BUCKETS as f64) as usize;
-        let hi = ((RELATIVE[i] + TOLERANCE) * BUCKETS as f64) as usize;
+        let lo = ((RELATIVE[i] - TOLERANCE) * BUCKETS as f64) as usize - 1;
+        let hi = ((RELATIVE[i] + TOLERANCE) * BUCKETS as f64) as usize + 1;
         let mut b = lo;
         while b <= hi && b <= BUCKETS {
-            bits[b / 64] |= 1 << (b % 64);
+            bits[b / 32] |= 1 << (b % 32);
             b += 1;
         }
         i += 1;
@@ -85,22 +99,38 @@ const MARKED: [u64; BUCKETS / 64 + 1] = {
     bits
 };
 
+/// Whether bucket `b` is marked.
+#[inline(always)]
+pub fn marked(b: usize) -> bool {
+    MARKED[b / 32] >> (b % 32) & 1 == 1
+}
+
 /// Whether `relative` (|x|/a, in [0, 1]) lies within the band of some threshold.
 #[inline]
 fn in_band(relative: f64) -> bool {
-    let b = (relative * BUCKETS as f64) as usize;
-    MARKED[b / 64] >> (b % 64) & 1 == 1
-        && RELATIVE
-            .iter()
-            .any(|&nu| (relative - nu).abs() <= TOLERANCE)
+    marked((relative * BUCKETS as f64) as usize) && {
+        let i = RELATIVE.partition_point(|&nu| nu < relative);
+        let near = |j: usize| {
+            RELATIVE
+                .get(j)
+                .is_some_and(|&nu| (relative - nu).abs() <= TOLERANCE)
+        };
+        near(i) || (i > 0 && near(i - 1))
+    }
+}
+
+/// Whether `v` lies within a band of a block whose largest magnitude is `a` (positive).
+#[inline]
+pub fn value_in_band(v: f32, a: f32) -> bool {
+    in_band(v.abs() as f64 / a as f64)
 }
 
 /// Whether every element of the block lies clear of every band, so that the candidates from
 /// `FIRST_BY_THRESHOLD` on may be fitted by threshold comparisons. `a` is the block's largest
-/// magnitude (positive).
+/// magnitude (positive). The twin of `avx2::clear_of_bands`, which the kernel uses.
+#[cfg(test)]
 pub fn clear_of_bands(x: &[f32], a: f32) -> bool {
-    let inv = 1.0 / a as f64;
-    x.iter().all(|&v| !in_band(v.abs() as f64 * inv))
+    !x.iter().any(|&v| value_in_band(v, a))
 }
 
 #[cfg(test)]
@@ -122,9 +152,13 @@ mod tests {
             }
         }
         assert!(!in_band(0.0) && !in_band(1.0));
-        // The marks are not all set: most of [0, 1] is clear.
-        let marked: u32 = MARKED.iter().map(|b| b.count_ones()).sum();
-        assert!(marked < 400, "{marked} buckets marked");
+        // Each band marks its own buckets and one more on either side, and no others.
+        let count: u32 = MARKED.iter().map(|b| b.count_ones()).sum();
+        assert!(count as usize <= 4 * N_THRESHOLDS, "{count} buckets marked");
+        for &nu in &RELATIVE {
+            let b = (nu * BUCKETS as f64) as usize;
+            assert!(marked(b - 1) && marked(b) && marked(b + 1), "nu {nu}");
+        }
     }
 
     #[test]

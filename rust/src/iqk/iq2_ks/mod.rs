@@ -572,7 +572,10 @@ mod tests {
                         x[j] = v;
                     }
                 }
-                by_threshold[kind] += clear_of_bands(&x, max.abs()) as usize;
+                let clear = clear_of_bands(&x, max.abs());
+                // SAFETY: AVX2 and FMA were detected above.
+                assert_eq!(unsafe { avx2::clear_of_bands(&x, max.abs()) }, clear);
+                by_threshold[kind] += clear as usize;
                 let w: Vec<f32> = (0..SUB)
                     .map(|j| {
                         if (trial as usize + j).is_multiple_of(11) {
