@@ -3,7 +3,7 @@
 
 use std::arch::x86_64::*;
 
-use super::bands::{value_in_band, BUCKETS, FIRST_BY_THRESHOLD, MARKED, MIDPOINTS};
+use super::bands::{value_in_band, BUCKETS, MARKED, MIDPOINTS, RUNS, RUN_LENGTH};
 use super::{
     candidate_is_shifted, fold_top, hsum8, Fits, LaneSums, DENOMINATORS, N_CANDIDATES, N_PADDED,
     SUB,
@@ -184,8 +184,72 @@ pub unsafe fn clear_of_bands(x: &[f32], a: f32) -> bool {
     true
 }
 
-/// Fit every candidate scale of one block: fill `fits` (scales, sums, approximate scores and
-/// their top) as the scalar path does. `lane_sums` is scratch whose padding entries are 0.
+/// Sum `s` of the eight slots from `first` on.
+#[inline(always)]
+unsafe fn reduce_group(lane_sums: &LaneSums, first: usize, s: usize) -> __m256 {
+    let at = |i: usize| _mm256_loadu_ps(lane_sums[first + i][s].as_ptr());
+    hsum8_x8([at(0), at(1), at(2), at(3), at(4), at(5), at(6), at(7)])
+}
+
+/// `sqx²/sq2` where `sq2 > 0`, else 0, lane by lane, as the scalar `approx_score`.
+#[inline(always)]
+unsafe fn approx_score(sqx: __m256, sq2: __m256) -> __m256 {
+    let positive = _mm256_cmp_ps::<_CMP_GT_OQ>(sq2, _mm256_setzero_ps());
+    _mm256_and_ps(positive, _mm256_div_ps(_mm256_mul_ps(sqx, sqx), sq2))
+}
+
+/// For a block clear of the bands: bit c is set for the threshold candidates whose nearest
+/// values may differ from candidate c - 1's, the first of each run and those where some
+/// value crosses a midpoint (see `bands::RUNS`). The other candidates' fits repeat their
+/// predecessor's, operation for operation; about half are such repeats.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn distinct_candidates(x: &[f32], a: f32) -> u64 {
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX));
+    let av = _mm256_set1_ps(a);
+    // a/|x|: inf for x = 0, which crosses nothing.
+    let inv: [__m256; 4] = std::array::from_fn(|k| {
+        let v = _mm256_loadu_ps(x[8 * k..8 * k + 8].as_ptr());
+        _mm256_div_ps(av, _mm256_and_ps(v, abs_mask))
+    });
+    let (mut low, mut high) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+    let one = _mm256_set1_epi32(1);
+    let last = _mm256_set1_epi32(RUN_LENGTH as i32 - 1);
+    let mut distinct = 0u64;
+    for (g, &(first, den)) in RUNS.iter().enumerate() {
+        distinct |= 1 << first;
+        let twice_den = _mm256_set1_ps(2.0 * den);
+        let first = _mm256_set1_epi32(first as i32);
+        for mid in MIDPOINTS[g] {
+            let twice_mid = _mm256_set1_ps(2.0 * mid.abs());
+            for &inv in &inv {
+                let t = _mm256_sub_ps(twice_den, _mm256_mul_ps(twice_mid, inv));
+                let i = _mm256_cvttps_epi32(_mm256_ceil_ps(t));
+                // 1 <= i <= RUN_LENGTH - 1, else no crossing in the run (cvtt gives i32::MIN
+                // for -inf and NaN).
+                let inside = _mm256_andnot_si256(
+                    _mm256_cmpgt_epi32(one, i),
+                    _mm256_cmpgt_epi32(_mm256_add_epi32(last, one), i),
+                );
+                let c = _mm256_add_epi32(first, i);
+                // Shift counts of 32 and more give 0, so each lane lands in one half.
+                let bit_low = _mm256_sllv_epi32(one, c);
+                let bit_high = _mm256_sllv_epi32(one, _mm256_sub_epi32(c, _mm256_set1_epi32(32)));
+                low = _mm256_or_si256(low, _mm256_and_si256(inside, bit_low));
+                high = _mm256_or_si256(high, _mm256_and_si256(inside, bit_high));
+            }
+        }
+    }
+    let (mut lo, mut hi) = ([0u32; 8], [0u32; 8]);
+    _mm256_storeu_si256(lo.as_mut_ptr() as *mut __m256i, low);
+    _mm256_storeu_si256(hi.as_mut_ptr() as *mut __m256i, high);
+    let fold = |v: [u32; 8]| v.iter().fold(0u64, |m, &b| m | b as u64);
+    distinct | fold(lo) | fold(hi) << 32
+}
+
+/// Fit the candidate scales of one block into `fits` (see [`Fits`]): every candidate, or for
+/// a block clear of the bands, candidate 0 and the threshold candidates that do not repeat
+/// their predecessor. `lane_sums` is scratch, one entry per slot.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn candidate_fits(
     x: &[f32],
@@ -194,19 +258,21 @@ pub unsafe fn candidate_fits(
     fits: &mut Fits,
     lane_sums: &mut LaneSums,
 ) {
+    let mut scale = [0.0f32; N_PADDED];
     let mut thresholds = [[0i32; N_PADDED]; 3];
     let maxv = _mm256_set1_ps(max);
     let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX));
     for k in 0..N_PADDED / 8 {
         let den = _mm256_loadu_ps(DENOMINATORS[8 * k..].as_ptr());
-        let scale = _mm256_div_ps(maxv, den);
-        _mm256_storeu_ps(fits.scale[8 * k..].as_mut_ptr(), scale);
-        let magnitude = _mm256_and_ps(scale, abs_mask);
+        let d = _mm256_div_ps(maxv, den);
+        _mm256_storeu_ps(scale[8 * k..].as_mut_ptr(), d);
+        let magnitude = _mm256_and_ps(d, abs_mask);
         for (row, mid) in thresholds.iter_mut().zip(&MIDPOINT_ROWS) {
             let th = _mm256_mul_ps(magnitude, _mm256_loadu_ps(mid[8 * k..].as_ptr()));
             _mm256_storeu_si256(row[8 * k..].as_mut_ptr() as *mut __m256i, ordered_bits(th));
         }
     }
+    fits.first_scale = scale[0];
     let load = |s: &[f32], k: usize| _mm256_loadu_ps(s[8 * k..8 * k + 8].as_ptr());
     let xv = [load(x, 0), load(x, 1), load(x, 2), load(x, 3)];
     let wv = [load(w, 0), load(w, 1), load(w, 2), load(w, 3)];
@@ -215,9 +281,14 @@ pub unsafe fn candidate_fits(
             _mm256_storeu_ps(o.as_mut_ptr(), *v);
         }
     };
-    let mut by_distance = 0..N_CANDIDATES;
-    if clear_of_bands(x, max.abs()) {
-        by_distance = 0..FIRST_BY_THRESHOLD;
+    let by_distance = |c: usize, out: &mut [[f32; 8]; 4]| {
+        let values = IQ2_GRIDS[candidate_is_shifted(c) as usize].values;
+        store(distance_lanes(scale[c], &xv, &wv, values), out);
+    };
+    let count = if clear_of_bands(x, max.abs()) {
+        by_distance(0, &mut lane_sums[0]);
+        fits.candidate[0] = 0;
+        let mut count = 1;
         // At a negative scale -D the `+` fit's nearest values are the `-` fit's at D, and the
         // other way round. The candidates fitted by thresholds all have negative denominators,
         // so their scales have the opposite sign of `max`. Negating flips the ordered bits.
@@ -229,39 +300,50 @@ pub unsafe fn candidate_fits(
             [&pos, &neg]
         };
         let lookups = IQ2_GRIDS.each_ref().map(|grid| value_lookup(grid.values).1);
-        for c in FIRST_BY_THRESHOLD..N_CANDIDATES {
+        let mut distinct = distinct_candidates(x, max.abs());
+        while distinct != 0 {
+            let c = distinct.trailing_zeros() as usize;
+            distinct &= distinct - 1;
             let lookup = lookups[candidate_is_shifted(c) as usize];
             let th = [thresholds[0][c], thresholds[1][c], thresholds[2][c]];
             store(
                 threshold_lanes(th, above, &xv, &wv, lookup),
-                &mut lane_sums[c],
+                &mut lane_sums[count],
             );
+            fits.candidate[count] = c as u8;
+            count += 1;
         }
-    }
-    for c in by_distance {
-        let values = IQ2_GRIDS[candidate_is_shifted(c) as usize].values;
-        store(
-            distance_lanes(fits.scale[c], &xv, &wv, values),
-            &mut lane_sums[c],
-        );
-    }
-    // Reduce eight candidates at a time, then their approximate scores as `Fits::rank`.
-    let zero = _mm256_setzero_ps();
-    let score = |sqx: __m256, sq2: __m256| {
-        let positive = _mm256_cmp_ps::<_CMP_GT_OQ>(sq2, zero);
-        _mm256_and_ps(positive, _mm256_div_ps(_mm256_mul_ps(sqx, sqx), sq2))
+        count
+    } else {
+        let slots = lane_sums.iter_mut().zip(&mut fits.candidate);
+        for (c, (out, slot)) in slots.enumerate().take(N_CANDIDATES) {
+            by_distance(c, out);
+            *slot = c as u8;
+        }
+        N_CANDIDATES
     };
-    let mut top = zero;
-    for (g, group) in lane_sums.chunks_exact(8).enumerate() {
-        let sums: [__m256; 4] = std::array::from_fn(|s| {
-            hsum8_x8(std::array::from_fn(|i| {
-                _mm256_loadu_ps(group[i][s].as_ptr())
-            }))
-        });
+    fits.count = count;
+    // Reduce eight slots at a time (the padding ones zeroed), then their approximate scores as
+    // `Fits::rank`.
+    let groups = count.div_ceil(8);
+    for padding in &mut lane_sums[count..8 * groups] {
+        *padding = [[0.0; 8]; 4];
+    }
+    let mut top = _mm256_setzero_ps();
+    for g in 0..groups {
+        let sums = [
+            reduce_group(lane_sums, 8 * g, 0),
+            reduce_group(lane_sums, 8 * g, 1),
+            reduce_group(lane_sums, 8 * g, 2),
+            reduce_group(lane_sums, 8 * g, 3),
+        ];
         for (column, v) in fits.sums.iter_mut().zip(sums) {
             _mm256_storeu_ps(column[8 * g..].as_mut_ptr(), v);
         }
-        let (p, m) = (score(sums[0], sums[1]), score(sums[2], sums[3]));
+        let (p, m) = (
+            approx_score(sums[0], sums[1]),
+            approx_score(sums[2], sums[3]),
+        );
         let approx = _mm256_blendv_ps(m, p, _mm256_cmp_ps::<_CMP_GT_OQ>(p, m));
         _mm256_storeu_ps(fits.approx[8 * g..].as_mut_ptr(), approx);
         top = _mm256_blendv_ps(top, approx, _mm256_cmp_ps::<_CMP_GT_OQ>(approx, top));

@@ -48,6 +48,31 @@ const _: () = {
     }
 };
 
+/// The threshold candidates form two runs, one per grid: run g starts at candidate
+/// `RUNS[g].0` with |den| = `RUNS[g].1`, and each next candidate's |den| is 0.5 smaller.
+/// Within a run the places |μ_k|/|den_c| grow with c, so a value at |x|/a = ρ changes its
+/// comparison with midpoint k between candidates c - 1 and c exactly when ρ lies between
+/// their places: when 2·(|den_first| - |μ_k|/ρ) lies in (i - 1, i), i = c - first. Outside
+/// the bands that is never within 4e-5 of an integer (|Δu| >= |den|²·2^-20/|μ| >= 2.1e-5 for
+/// u = |μ_k|/ρ), while computing it in f32 errs by at most 1.4e-5.
+pub const RUNS: [(usize, f32); 2] = [(FIRST_BY_THRESHOLD, 37.5), (28, 32.5)];
+pub const RUN_LENGTH: usize = 27;
+const _: () = {
+    let mut g = 0;
+    while g < 2 {
+        let (first, den) = RUNS[g];
+        assert!(MIDPOINTS[g][0] != 0.0 && candidate_is_shifted(first) == (g == 1));
+        let mut i = 0;
+        while i < RUN_LENGTH {
+            assert!(-DENOMINATORS[first + i] == den - 0.5 * i as f32);
+            assert!(candidate_is_shifted(first + i) == (g == 1));
+            i += 1;
+        }
+        g += 1;
+    }
+    assert!(RUNS[1].0 + RUN_LENGTH == N_CANDIDATES);
+};
+
 /// |μ_k| / |den_c| for every candidate from `FIRST_BY_THRESHOLD` on, sorted.
 const RELATIVE: [f64; N_THRESHOLDS] = {
     let mut nu = [0.0f64; N_THRESHOLDS];

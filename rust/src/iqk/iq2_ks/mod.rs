@@ -259,13 +259,19 @@ const fn candidate_denominators() -> [f32; N_PADDED] {
 }
 const DENOMINATORS: [f32; N_PADDED] = candidate_denominators();
 
-/// The fits of all candidates of one block (structure of arrays, padded).
+/// The fits of one block, in slots: slot i holds candidate `candidate[i]`'s fit, in increasing
+/// candidate order, structure of arrays, padded to whole vectors with zero sums. Slot 0 is
+/// candidate 0. The scalar path keeps every candidate; the AVX2 path leaves out candidates
+/// whose fit repeats the previous candidate's, which [`replay`] could never pick.
 struct Fits {
-    scale: [f32; N_PADDED],
-    /// Σwq·x and Σwq·q of the `+` fit, then of the `-` fit, per candidate.
+    /// Candidate 0's scale, ik's result when no fit has a positive denominator.
+    first_scale: f32,
+    count: usize,
+    candidate: [u8; N_PADDED],
+    /// Σwq·x and Σwq·q of the `+` fit, then of the `-` fit, per slot.
     sums: [[f32; N_PADDED]; 4],
     /// Each fit's score up to rounding: the larger over the two signs of sqx²/sq2 (0 where
-    /// sq2 <= 0). The padding candidates' sums are 0, so theirs are 0.
+    /// sq2 <= 0).
     approx: [f32; N_PADDED],
     /// The largest approximate score.
     top: f32,
@@ -274,7 +280,9 @@ struct Fits {
 impl Fits {
     fn new() -> Self {
         Fits {
-            scale: [0.0; N_PADDED],
+            first_scale: 0.0,
+            count: 0,
+            candidate: [0; N_PADDED],
             sums: [[0.0; N_PADDED]; 4],
             approx: [0.0; N_PADDED],
             top: 0.0,
@@ -282,18 +290,19 @@ impl Fits {
     }
 
     #[inline(always)]
-    fn set(&mut self, c: usize, sums: [f32; 4]) {
+    fn set(&mut self, slot: usize, sums: [f32; 4]) {
         for (column, s) in self.sums.iter_mut().zip(sums) {
-            column[c] = s;
+            column[slot] = s;
         }
     }
 
     #[cfg(test)]
-    fn get(&self, c: usize) -> [f32; 4] {
-        self.sums.map(|column| column[c])
+    fn get(&self, slot: usize) -> [f32; 4] {
+        self.sums.map(|column| column[slot])
     }
 
     /// Fill `approx` and `top` from the sums; the AVX2 path computes the same, lane by lane.
+    /// The padding slots' sums must be 0.
     fn rank(&mut self) {
         let [sqx_p, sq2_p, sqx_m, sq2_m] = &self.sums;
         let mut lane_top = [0.0f32; 8];
@@ -332,7 +341,7 @@ fn fold_top(lane_top: [f32; 8]) -> f32 {
 type LaneSums = [[[f32; 8]; 4]; N_PADDED];
 
 /// Scratch of the fast search, reused from block to block of a row: zeroing it per block
-/// cost 7 % of the search. The padding candidates' lane sums are never written, so stay 0.
+/// cost 7 % of the search.
 struct FitScratch {
     fits: Fits,
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
@@ -359,14 +368,21 @@ fn search_block(x: &[f32], w: &[f32], max: f32, scratch: &mut FitScratch) -> (f3
         unsafe { avx2::candidate_fits(x, w, max, fits, &mut scratch.lane_sums) };
         return replay(fits);
     }
+    scalar_fits(x, w, max, fits);
+    replay(fits)
+}
+
+/// Every candidate's fit, in its own slot.
+fn scalar_fits(x: &[f32], w: &[f32], max: f32, fits: &mut Fits) {
     for c in 0..N_CANDIDATES {
         let d = max / DENOMINATORS[c];
         let values = IQ2_GRIDS[candidate_is_shifted(c) as usize].values;
-        fits.scale[c] = d;
+        fits.candidate[c] = c as u8;
         fits.set(c, candidate_sums_scalar(d, x, w, values));
     }
+    fits.first_scale = max / DENOMINATORS[0];
+    fits.count = N_CANDIDATES;
     fits.rank();
-    replay(fits)
 }
 
 /// ik's accept rule over the fits: keep the first candidate's fit, then any later one scoring
@@ -374,21 +390,24 @@ fn search_block(x: &[f32], w: &[f32], max: f32, scratch: &mut FitScratch) -> (f3
 /// whose approximate score is below the top one by more than 1e-5 (far more than the few ulps
 /// by which the rounded score sqx·(sqx/sq2) can differ from sqx²/sq2) can never win, so only
 /// the rest are replayed exactly. NaNs never satisfy the skip test, so they are replayed too.
+/// Candidates left out of the fits repeat an earlier fit exactly, so they score no higher than
+/// the best so far and are never picked (or are skipped with it).
 fn replay(fits: &Fits) -> (f32, bool) {
     let [sqx_p, sq2_p, sqx_m, sq2_m] = &fits.sums;
     let threshold = fits.top * (1.0 - 1e-5);
-    let mut d = fits.scale[0];
+    let mut d = fits.first_scale;
     let mut best = 0.0f32;
     let mut is_shifted = false;
-    for c in 0..N_CANDIDATES {
-        if c > 0 && fits.approx[c] < threshold {
+    for slot in 0..fits.count {
+        if slot > 0 && fits.approx[slot] < threshold {
             continue;
         }
-        if let Some((this_d, score)) = best_of_signs(sqx_p[c], sq2_p[c], sqx_m[c], sq2_m[c]) {
-            if c == 0 || score > best {
+        let (p, m) = ((sqx_p[slot], sq2_p[slot]), (sqx_m[slot], sq2_m[slot]));
+        if let Some((this_d, score)) = best_of_signs(p.0, p.1, m.0, m.1) {
+            if slot == 0 || score > best {
                 best = score;
                 d = this_d;
-                is_shifted = candidate_is_shifted(c);
+                is_shifted = candidate_is_shifted(fits.candidate[slot] as usize);
             }
         }
     }
@@ -537,6 +556,7 @@ mod tests {
             let mut seed = 2024u32;
             let below = |n: u32, seed: &mut u32| ((rng(seed) + 1.0) * 0.5 * n as f32) as u32;
             let mut by_threshold = [0; 3];
+            let mut kept = 0;
             for trial in 0..3000i32 {
                 let amp = 10f32.powi(trial % 9 - 4);
                 let mut x: Vec<f32> = (0..SUB).map(|_| amp * rng(&mut seed)).collect();
@@ -588,31 +608,43 @@ mod tests {
                 // SAFETY: AVX2 and FMA were detected above.
                 let mut simd = Fits::new();
                 let mut lane_sums = [[[0.0; 8]; 4]; N_PADDED];
+                // SAFETY: AVX2 and FMA were detected above.
                 unsafe { avx2::candidate_fits(&x, &w, max, &mut simd, &mut lane_sums) };
                 let mut scalar = Fits::new();
+                scalar_fits(&x, &w, max, &mut scalar);
+                assert_eq!(simd.first_scale.to_bits(), scalar.first_scale.to_bits());
+                // Each slot holds its candidate's fit, bit for bit; a candidate left out
+                // repeats the fit of the last slot before it.
+                let mut next_slot = 0;
                 for c in 0..N_CANDIDATES {
-                    let d = max / DENOMINATORS[c];
-                    let values = IQ2_GRIDS[candidate_is_shifted(c) as usize].values;
-                    let want = candidate_sums_scalar(d, &x, &w, values);
-                    scalar.set(c, want);
-                    assert_eq!(simd.scale[c].to_bits(), d.to_bits(), "trial {trial} c {c}");
+                    if next_slot < simd.count && simd.candidate[next_slot] as usize == c {
+                        let slot = next_slot;
+                        next_slot += 1;
+                        assert_eq!(simd.approx[slot].to_bits(), scalar.approx[c].to_bits());
+                    }
+                    let slot = next_slot - 1;
                     assert_eq!(
-                        simd.get(c).map(f32::to_bits),
-                        want.map(f32::to_bits),
-                        "trial {trial} candidate {c}: {:?} vs {:?}",
-                        simd.get(c),
-                        want
+                        simd.get(slot).map(f32::to_bits),
+                        scalar.get(c).map(f32::to_bits),
+                        "trial {trial} candidate {c} (slot {slot}): {:?} vs {:?}",
+                        simd.get(slot),
+                        scalar.get(c)
                     );
                 }
-                scalar.rank();
-                assert_eq!(
-                    simd.approx.map(f32::to_bits),
-                    scalar.approx.map(f32::to_bits)
-                );
+                assert_eq!(next_slot, simd.count, "trial {trial}: slots out of order");
                 assert_eq!(simd.top.to_bits(), scalar.top.to_bits(), "trial {trial}");
+                let (d_simd, shifted_simd) = replay(&simd);
+                let (d_scalar, shifted_scalar) = replay(&scalar);
+                assert_eq!(
+                    (d_simd.to_bits(), shifted_simd),
+                    (d_scalar.to_bits(), shifted_scalar)
+                );
+                kept += simd.count;
             }
             // The midpoint blocks take the distance path, the others mostly the thresholds.
             assert_eq!(by_threshold[0], 0, "{by_threshold:?}");
+            // Repeats are left out: fewer slots than candidates on the threshold path.
+            assert!(kept < 3000 * N_CANDIDATES - 2000 * 15, "{kept} slots");
             assert!(
                 by_threshold[1] > 900 && by_threshold[2] > 900,
                 "{by_threshold:?}"
