@@ -184,6 +184,13 @@ pub unsafe fn clear_of_bands(x: &[f32], a: f32) -> bool {
     true
 }
 
+#[inline(always)]
+unsafe fn store_lanes(acc: [__m256; 4], out: &mut [[f32; 8]; 4]) {
+    for (v, o) in acc.iter().zip(out) {
+        _mm256_storeu_ps(o.as_mut_ptr(), *v);
+    }
+}
+
 /// Sum `s` of the eight slots from `first` on.
 #[inline(always)]
 unsafe fn reduce_group(lane_sums: &LaneSums, first: usize, s: usize) -> __m256 {
@@ -276,17 +283,12 @@ pub unsafe fn candidate_fits(
     let load = |s: &[f32], k: usize| _mm256_loadu_ps(s[8 * k..8 * k + 8].as_ptr());
     let xv = [load(x, 0), load(x, 1), load(x, 2), load(x, 3)];
     let wv = [load(w, 0), load(w, 1), load(w, 2), load(w, 3)];
-    let store = |acc: [__m256; 4], out: &mut [[f32; 8]; 4]| {
-        for (v, o) in acc.iter().zip(out) {
-            _mm256_storeu_ps(o.as_mut_ptr(), *v);
-        }
-    };
-    let by_distance = |c: usize, out: &mut [[f32; 8]; 4]| {
-        let values = IQ2_GRIDS[candidate_is_shifted(c) as usize].values;
-        store(distance_lanes(scale[c], &xv, &wv, values), out);
-    };
+    let values = |c: usize| IQ2_GRIDS[candidate_is_shifted(c) as usize].values;
     let count = if clear_of_bands(x, max.abs()) {
-        by_distance(0, &mut lane_sums[0]);
+        store_lanes(
+            distance_lanes(scale[0], &xv, &wv, values(0)),
+            &mut lane_sums[0],
+        );
         fits.candidate[0] = 0;
         let mut count = 1;
         // At a negative scale -D the `+` fit's nearest values are the `-` fit's at D, and the
@@ -306,7 +308,7 @@ pub unsafe fn candidate_fits(
             distinct &= distinct - 1;
             let lookup = lookups[candidate_is_shifted(c) as usize];
             let th = [thresholds[0][c], thresholds[1][c], thresholds[2][c]];
-            store(
+            store_lanes(
                 threshold_lanes(th, above, &xv, &wv, lookup),
                 &mut lane_sums[count],
             );
@@ -317,7 +319,7 @@ pub unsafe fn candidate_fits(
     } else {
         let slots = lane_sums.iter_mut().zip(&mut fits.candidate);
         for (c, (out, slot)) in slots.enumerate().take(N_CANDIDATES) {
-            by_distance(c, out);
+            store_lanes(distance_lanes(scale[c], &xv, &wv, values(c)), out);
             *slot = c as u8;
         }
         N_CANDIDATES
