@@ -211,7 +211,7 @@ unsafe fn approx_score(sqx: __m256, sq2: __m256) -> __m256 {
 /// predecessor's, operation for operation; about half are such repeats.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn distinct_candidates(x: &[f32], a: f32) -> u64 {
+unsafe fn distinct_candidates(x: &[f32], a: f32) -> u64 {
     let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX));
     let av = _mm256_set1_ps(a);
     // a/|x|: inf for x = 0, which crosses nothing.
@@ -221,7 +221,7 @@ pub unsafe fn distinct_candidates(x: &[f32], a: f32) -> u64 {
     });
     let (mut low, mut high) = (_mm256_setzero_si256(), _mm256_setzero_si256());
     let one = _mm256_set1_epi32(1);
-    let last = _mm256_set1_epi32(RUN_LENGTH as i32 - 1);
+    let run_length = _mm256_set1_epi32(RUN_LENGTH as i32);
     let mut distinct = 0u64;
     for (g, &(first, den)) in RUNS.iter().enumerate() {
         distinct |= 1 << first;
@@ -232,11 +232,11 @@ pub unsafe fn distinct_candidates(x: &[f32], a: f32) -> u64 {
             for &inv in &inv {
                 let t = _mm256_sub_ps(twice_den, _mm256_mul_ps(twice_mid, inv));
                 let i = _mm256_cvttps_epi32(_mm256_ceil_ps(t));
-                // 1 <= i <= RUN_LENGTH - 1, else no crossing in the run (cvtt gives i32::MIN
-                // for -inf and NaN).
+                // 1 <= i < RUN_LENGTH, else no crossing in the run (cvtt gives i32::MIN for
+                // -inf and NaN).
                 let inside = _mm256_andnot_si256(
                     _mm256_cmpgt_epi32(one, i),
-                    _mm256_cmpgt_epi32(_mm256_add_epi32(last, one), i),
+                    _mm256_cmpgt_epi32(run_length, i),
                 );
                 let c = _mm256_add_epi32(first, i);
                 // Shift counts of 32 and more give 0, so each lane lands in one half.

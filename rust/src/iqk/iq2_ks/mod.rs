@@ -306,13 +306,13 @@ impl Fits {
     fn rank(&mut self) {
         let [sqx_p, sq2_p, sqx_m, sq2_m] = &self.sums;
         let mut lane_top = [0.0f32; 8];
-        for (c, a) in self.approx.iter_mut().enumerate() {
+        for (slot, a) in self.approx.iter_mut().enumerate() {
             let (p, m) = (
-                approx_score(sqx_p[c], sq2_p[c]),
-                approx_score(sqx_m[c], sq2_m[c]),
+                approx_score(sqx_p[slot], sq2_p[slot]),
+                approx_score(sqx_m[slot], sq2_m[slot]),
             );
             *a = if p > m { p } else { m };
-            let top = &mut lane_top[c % 8];
+            let top = &mut lane_top[slot % 8];
             *top = if *a > *top { *a } else { *top };
         }
         self.top = fold_top(lane_top);
@@ -336,7 +336,7 @@ fn fold_top(lane_top: [f32; 8]) -> f32 {
         .fold(0.0f32, |a, &b| if b > a { b } else { a })
 }
 
-/// Per-candidate lane sums of the AVX2 path (arch-neutral storage so it can live in
+/// Per-slot lane sums of the AVX2 path (arch-neutral storage so it can live in
 /// [`FitScratch`]).
 type LaneSums = [[[f32; 8]; 4]; N_PADDED];
 
@@ -357,7 +357,7 @@ impl FitScratch {
     }
 }
 
-/// The fast search's scale for one block: fit every candidate scale (the heavy, branch-free
+/// The fast search's scale for one block: fit the candidate scales (the heavy, branch-free
 /// part, batched so SIMD paths can overlap candidates), then replay ik's accept rule over the
 /// fits. `max` is the block's signed largest value.
 fn search_block(x: &[f32], w: &[f32], max: f32, scratch: &mut FitScratch) -> (f32, bool) {
@@ -557,8 +557,13 @@ mod tests {
             let below = |n: u32, seed: &mut u32| ((rng(seed) + 1.0) * 0.5 * n as f32) as u32;
             let mut by_threshold = [0; 3];
             let mut kept = 0;
+            // Reused from trial to trial, as from block to block of a row.
+            let (mut simd, mut scalar) = (Fits::new(), Fits::new());
+            let mut lane_sums = [[[0.0; 8]; 4]; N_PADDED];
             for trial in 0..3000i32 {
-                let amp = 10f32.powi(trial % 9 - 4);
+                // Random amplitudes, so that a block often follows a larger one in the reused
+                // scratch.
+                let amp = 10f32.powi(below(9, &mut seed) as i32 - 4);
                 let mut x: Vec<f32> = (0..SUB).map(|_| amp * rng(&mut seed)).collect();
                 if trial % 5 == 0 {
                     x[below(SUB as u32, &mut seed) as usize] = 0.0;
@@ -606,11 +611,7 @@ mod tests {
                     })
                     .collect();
                 // SAFETY: AVX2 and FMA were detected above.
-                let mut simd = Fits::new();
-                let mut lane_sums = [[[0.0; 8]; 4]; N_PADDED];
-                // SAFETY: AVX2 and FMA were detected above.
                 unsafe { avx2::candidate_fits(&x, &w, max, &mut simd, &mut lane_sums) };
-                let mut scalar = Fits::new();
                 scalar_fits(&x, &w, max, &mut scalar);
                 assert_eq!(simd.first_scale.to_bits(), scalar.first_scale.to_bits());
                 // Each slot holds its candidate's fit, bit for bit; a candidate left out
