@@ -4,7 +4,10 @@ and, when available, ik_llama.cpp's own quantizer on the same data in the same r
     python benches/bench_quantize.py [--rows 256] [--cols 4096] [--repeat 3]
 
 Data: normal(0, 0.02) weights with a chi-square(2) importance matrix (as the speed issue's facts).
-``x 1T`` is the thread scaling: single- over all-thread wall time, timed alternately.
+``x 1T`` is the thread scaling: single- over all-thread wall time, timed alternately. ``procs``
+is what the machine itself gives at that moment: as many single-thread processes as CPUs,
+started together, against one alone (their total throughput over its), a ceiling for ``x 1T``
+on a shared or frequency-boosting machine.
 Ratios are against baselines measured in this run: the scalar path (a subprocess with
 IQK_RS_SIMD=scalar) and ik_llama.cpp. For the latter, point IQK_BENCH_IK_LIB at a shared library
 built from ik_llama.cpp's ggml-quants.c and iqk/iqk_quantize.cpp that exports its
@@ -75,6 +78,42 @@ def measure_ours(rows: int, cols: int, repeat: int) -> dict[str, dict[str, float
     return out
 
 
+def solo(spec: str, rows: int, cols: int, repeat: int, start_at: float) -> float:
+    """Best single-thread time of one type, starting at `start_at` (so that processes started
+    together run together)."""
+    import iqk_rs
+
+    x, im = data(rows, cols)
+    name, _, search = spec.partition(":")
+    xs = x[: max(1, rows // ROW_SHARE.get(spec, 1))]
+    while time.time() < start_at:
+        time.sleep(0.001)
+    return best_time(
+        lambda: iqk_rs.quantize(xs, name, im, iq2ks_search=search or "fast", threads=1), repeat
+    )
+
+
+def measure_processes(rows: int, cols: int, repeat: int) -> dict[str, float]:
+    """Per type: one process per CPU, each quantizing single-threaded, against one process
+    alone: n_cpus · t_alone / t_together (2.0 on two idle cores), the slowest process counting."""
+    cpus = os.cpu_count() or 1
+
+    def together(spec: str, n: int) -> float:
+        start_at = time.time() + 2.0  # past the children's imports
+        cmd = [sys.executable, __file__, "--solo", spec, "--start-at", str(start_at)]
+        cmd += ["--rows", str(rows), "--cols", str(cols), "--repeat", str(repeat)]
+        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(n)]
+        times = []
+        for p in procs:
+            stdout, _ = p.communicate()
+            if p.returncode != 0:
+                raise RuntimeError(f"benchmark child for {spec} failed")
+            times.append(float(stdout))
+        return max(times)
+
+    return {spec: cpus * together(spec, 1) / together(spec, cpus) for spec in TYPES}
+
+
 def measure_ik(lib_path: str, rows: int, cols: int, repeat: int) -> dict[str, dict[str, float]]:
     import iqk_rs
 
@@ -116,9 +155,14 @@ def main() -> None:
     ap.add_argument("--cols", type=int, default=4096)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--solo", help=argparse.SUPPRESS)
+    ap.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(measure_ours(args.rows, args.cols, args.repeat)))
+        return
+    if args.solo:
+        print(solo(args.solo, args.rows, args.cols, args.repeat, args.start_at))
         return
 
     ours = measure_ours(args.rows, args.cols, args.repeat)
@@ -137,12 +181,14 @@ def main() -> None:
     scalar = json.loads(
         subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     )
+    machine = measure_processes(args.rows, args.cols, args.repeat)
     lib = os.environ.get("IQK_BENCH_IK_LIB")
     ik = measure_ik(lib, args.rows, args.cols, args.repeat) if lib else {}
 
     print(f"quantization, {args.rows} x {args.cols} weights with imatrix, Mweights/s")
     head = (
         f"{'type':18} {'ours 1T':>8} {'scalar 1T':>9} {'x scalar':>8} {'ours allT':>9} {'x 1T':>6}"
+        f" {'procs':>6}"
     )
     if ik:
         head += f" {'ik 1T':>7} {'x ik':>6} {'same bytes':>10}"
@@ -151,7 +197,7 @@ def main() -> None:
         o, s = ours[spec], scalar[spec]
         line = (
             f"{spec:18} {o['one']:8.2f} {s['one']:9.2f} {o['one'] / s['one']:8.2f} "
-            f"{o['all']:9.2f} {o['scaling']:6.2f}"
+            f"{o['all']:9.2f} {o['scaling']:6.2f} {machine[spec]:6.2f}"
         )
         if ik:
             k = ik[spec]
