@@ -5,9 +5,9 @@ and, when available, ik_llama.cpp's own quantizer on the same data in the same r
 
 Data: normal(0, 0.02) weights with a chi-square(2) importance matrix (as the speed issue's facts).
 ``x 1T`` is the thread scaling: single- over all-thread wall time, timed alternately. ``procs``
-is what the machine itself gives at that moment: as many single-thread processes as CPUs,
-started together, against one alone (their total throughput over its), a ceiling for ``x 1T``
-on a shared or frequency-boosting machine.
+is the machine's own scaling, measured just after: as many single-thread processes as CPUs,
+started together, against one alone (their total throughput over its). It is the reference for
+``x 1T`` on a shared or frequency-boosting machine, and as noisy as the machine.
 Ratios are against baselines measured in this run: the scalar path (a subprocess with
 IQK_RS_SIMD=scalar) and ik_llama.cpp. For the latter, point IQK_BENCH_IK_LIB at a shared library
 built from ik_llama.cpp's ggml-quants.c and iqk/iqk_quantize.cpp that exports its
