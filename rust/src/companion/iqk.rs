@@ -45,6 +45,21 @@ pub(super) const IQ5NL_BASE: [i8; 32] = first_half::<32>(&IQ5NL_VALUES);
 static IQ5NL_INDEX: [u8; 248] = build_nl_index::<32, 248>(&IQ5NL_BASE);
 static IQ6NL_INDEX: [u8; 249] = build_nl_index::<64, 249>(&IQ6NL_VALUES);
 
+#[cfg(target_arch = "x86_64")]
+const fn widen<const M: usize>(lut: &[u8; M]) -> [i32; M] {
+    let mut o = [0i32; M];
+    let mut i = 0;
+    while i < M {
+        o[i] = lut[i] as i32;
+        i += 1;
+    }
+    o
+}
+#[cfg(target_arch = "x86_64")]
+static IQ5NL_INDEX32: [i32; 248] = widen(&IQ5NL_INDEX);
+#[cfg(target_arch = "x86_64")]
+static IQ6NL_INDEX32: [i32; 249] = widen(&IQ6NL_INDEX);
+
 /// f32 copies: IQ5 (64 = base | shifted) and IQ6 (128 = base | base + 1).
 static IQ5NL_F: [f32; 64] = {
     let mut v = [0f32; 64];
@@ -74,6 +89,12 @@ trait NlTable {
     fn values() -> &'static [f32];
     /// ik's `best_index_iq{5,6}nl` on one row (`vals` has `N` entries)
     fn best_index(vals: &[f32], x: f32) -> usize;
+    /// `best_index`'s bucket table, widened to i32 for vector gathers, and its length limit
+    #[cfg(target_arch = "x86_64")]
+    fn index32() -> &'static [i32];
+    const LIMIT: i32;
+    /// IQ5: `(int)x - values[0]`; IQ6: `(int)(x - values[0])`
+    const TRUNCATE_FIRST: bool;
     /// block-scale range: d = −max_scale/`SCALE_DIV`, codes clamped to [−`SCALE_LO`, `SCALE_HI`]
     const SCALE_DIV: f32;
     const SCALE_LO: i32;
@@ -92,8 +113,14 @@ impl NlTable for Iq5 {
     fn best_index(vals: &[f32], x: f32) -> usize {
         // `(int)x - values[0]`, values[0] an int8
         let ix = c_trunc_i32(x).wrapping_sub(vals[0] as i32);
-        resolve_nl(&IQ5NL_INDEX, vals, 32, 247, ix, x)
+        resolve_nl(&IQ5NL_INDEX, vals, 32, Self::LIMIT, ix, x)
     }
+    #[cfg(target_arch = "x86_64")]
+    fn index32() -> &'static [i32] {
+        &IQ5NL_INDEX32
+    }
+    const LIMIT: i32 = 247;
+    const TRUNCATE_FIRST: bool = true;
     const SCALE_DIV: f32 = 32.0;
     const SCALE_LO: i32 = -32;
     const SCALE_HI: i32 = 31;
@@ -108,37 +135,80 @@ impl NlTable for Iq6 {
     fn best_index(vals: &[f32], x: f32) -> usize {
         // `(int)(x - values[0])`, float values
         let ix = c_trunc_i32(x - vals[0]);
-        resolve_nl(&IQ6NL_INDEX, vals, 64, 249, ix, x)
+        resolve_nl(&IQ6NL_INDEX, vals, 64, Self::LIMIT, ix, x)
     }
+    #[cfg(target_arch = "x86_64")]
+    fn index32() -> &'static [i32] {
+        &IQ6NL_INDEX32
+    }
+    const LIMIT: i32 = 249;
+    const TRUNCATE_FIRST: bool = false;
     const SCALE_DIV: f32 = 127.0;
     const SCALE_LO: i32 = -127;
     const SCALE_HI: i32 = 127;
 }
 
-/// Per-16-block search of `quantize_row_iq{5,6}_k_impl`: the best scale over 11 inverse
-/// scales for each table half and each sign, then one refit. Returns `(d, shifted)`.
-fn block_search<T: NlTable>(xb: &[f32], weight: &[f32; 16], max: f32) -> (f32, bool) {
+/// Candidates of the per-block search: a first guess on the base row, then for itry = −5..=5
+/// the base row and the shifted row. Padded to whole vectors.
+const N_TRIES: usize = 1 + 2 * 11;
+const N_PADDED: usize = 24;
+
+/// Each candidate's inverse scale and whether it uses the shifted row, in search order.
+fn candidates<T: NlTable>(max: f32) -> ([f32; N_PADDED], [bool; N_PADDED]) {
     const NTRY: i32 = 5;
     let n = T::N;
     let all = T::values();
-    let (base, shifted) = (&all[..n], &all[n..2 * n]);
-    // (Σ w·q·x, Σ w·q²) for +id·x and −id·x
-    let eval = |vals: &[f32], id: f32| {
-        let (mut sp, mut qp, mut sm, mut qm) = (0f32, 0f32, 0f32, 0f32);
-        for j in 0..16 {
-            let w = weight[j];
-            let al = id * xb[j];
-            let q = vals[T::best_index(vals, al)];
-            sp += w * q * xb[j];
-            qp += w * q * q;
-            let q = vals[T::best_index(vals, -al)];
-            sm += w * q * xb[j];
-            qm += w * q * q;
+    let (mut ids, mut shifted) = ([0f32; N_PADDED], [false; N_PADDED]);
+    let d0 = -max / all[0];
+    ids[0] = 1.0 / d0;
+    let mut c = 1;
+    for itry in -NTRY..=NTRY {
+        for sh in [false, true] {
+            let v0 = all[if sh { n } else { 0 }];
+            ids[c] = (itry as f32 * 1.0 + v0) / max;
+            shifted[c] = sh;
+            c += 1;
         }
-        (sp, qp, sm, qm)
-    };
-    let d0 = -max / base[0];
-    let (sp, qp, sm, qm) = eval(base, 1.0 / d0);
+    }
+    (ids, shifted)
+}
+
+/// `(Σ w·q·x, Σ w·q², Σ w·q'·x, Σ w·q'²)` of one candidate: q nearest to id·x, q' to −id·x,
+/// summed in element order as ik does.
+fn candidate_sums<T: NlTable>(vals: &[f32], id: f32, xb: &[f32], weight: &[f32; 16]) -> [f32; 4] {
+    let (mut sp, mut qp, mut sm, mut qm) = (0f32, 0f32, 0f32, 0f32);
+    for j in 0..16 {
+        let w = weight[j];
+        let al = id * xb[j];
+        let q = vals[T::best_index(vals, al)];
+        sp += w * q * xb[j];
+        qp += w * q * q;
+        let q = vals[T::best_index(vals, -al)];
+        sm += w * q * xb[j];
+        qm += w * q * q;
+    }
+    [sp, qp, sm, qm]
+}
+
+/// Per-16-block search of `quantize_row_iq{5,6}_k_impl`: the best scale over 11 inverse
+/// scales for each table half and each sign, then one refit. Returns `(d, shifted)`. The
+/// candidates' sums are formed first (8 candidates per vector on AVX2, each lane in element
+/// order, so bit for bit the scalar sums), then ik's accept rule runs over them in order.
+fn block_search<T: NlTable>(xb: &[f32], weight: &[f32; 16], max: f32) -> (f32, bool) {
+    let n = T::N;
+    let all = T::values();
+    let (base, shifted) = (&all[..n], &all[n..2 * n]);
+    let (ids, is_shifted_row) = candidates::<T>(max);
+    let mut sums = [[0f32; 4]; N_PADDED];
+    fill_sums::<T>(
+        crate::cpu::quantize_path(),
+        xb,
+        weight,
+        &ids,
+        &is_shifted_row,
+        &mut sums,
+    );
+    let [sp, qp, sm, qm] = sums[0];
     let mut d = sp / qp;
     let mut best = d * sp;
     if qm > 0.0 && sm * sm > best * qm {
@@ -146,20 +216,16 @@ fn block_search<T: NlTable>(xb: &[f32], weight: &[f32; 16], max: f32) -> (f32, b
         best = d * sm;
     }
     let mut is_shifted = false;
-    for itry in -NTRY..=NTRY {
-        for (vals, sh) in [(base, false), (shifted, true)] {
-            let id = (itry as f32 * 1.0 + vals[0]) / max;
-            let (sp, qp, sm, qm) = eval(vals, id);
-            if qp > 0.0 && sp * sp > best * qp {
-                d = sp / qp;
-                best = d * sp;
-                is_shifted = sh;
-            }
-            if qm > 0.0 && sm * sm > best * qm {
-                d = sm / qm;
-                best = d * sm;
-                is_shifted = sh;
-            }
+    for (&[sp, qp, sm, qm], &sh) in sums.iter().zip(&is_shifted_row).take(N_TRIES).skip(1) {
+        if qp > 0.0 && sp * sp > best * qp {
+            d = sp / qp;
+            best = d * sp;
+            is_shifted = sh;
+        }
+        if qm > 0.0 && sm * sm > best * qm {
+            d = sm / qm;
+            best = d * sm;
+            is_shifted = sh;
         }
     }
     if d != 0.0 {
@@ -177,6 +243,117 @@ fn block_search<T: NlTable>(xb: &[f32], weight: &[f32; 16], max: f32) -> (f32, b
         }
     }
     (d, is_shifted)
+}
+
+/// The sums of candidates 0..N_TRIES on `path`.
+fn fill_sums<T: NlTable>(
+    path: crate::cpu::Path,
+    xb: &[f32],
+    weight: &[f32; 16],
+    ids: &[f32; N_PADDED],
+    shifted: &[bool; N_PADDED],
+    sums: &mut [[f32; 4]; N_PADDED],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if path == crate::cpu::Path::Avx2 {
+        // SAFETY: the Avx2 path is only chosen on CPUs with AVX2 and FMA.
+        return unsafe { avx2::fill_sums::<T>(xb, weight, ids, shifted, sums) };
+    }
+    let _ = path;
+    let n = T::N;
+    let all = T::values();
+    for c in 0..N_TRIES {
+        let off = if shifted[c] { n } else { 0 };
+        sums[c] = candidate_sums::<T>(&all[off..off + n], ids[c], xb, weight);
+    }
+}
+
+/// The candidates' sums with eight candidates per vector: each lane runs the scalar
+/// `candidate_sums` for its candidate, element by element, with `best_index`'s table lookups
+/// as gathers.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{NlTable, N_PADDED};
+
+    /// `T::best_index` on the row at `offset` (0 or N) of `T::values()`, lane by lane; `v0`
+    /// is that row's first value.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn best_index<T: NlTable>(x: __m256, offset: __m256i, v0: __m256) -> __m256i {
+        let values = T::values().as_ptr();
+        let n = T::N as i32;
+        let ix = if T::TRUNCATE_FIRST {
+            _mm256_sub_epi32(_mm256_cvttps_epi32(x), _mm256_cvttps_epi32(v0))
+        } else {
+            _mm256_cvttps_epi32(_mm256_sub_ps(x, v0))
+        };
+        let below = _mm256_cmpgt_epi32(_mm256_setzero_si256(), ix);
+        let above = _mm256_cmpgt_epi32(ix, _mm256_set1_epi32(T::LIMIT - 1));
+        let inside = _mm256_andnot_si256(_mm256_or_si256(below, above), _mm256_set1_epi32(-1));
+        let e = _mm256_i32gather_epi32::<4>(T::index32().as_ptr(), _mm256_and_si256(ix, inside));
+        // e < N: the value itself; else e - N and e - N + 1 are compared.
+        let direct = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), e);
+        let pair = _mm256_andnot_si256(direct, _mm256_sub_epi32(e, _mm256_set1_epi32(n)));
+        let at = _mm256_add_epi32(offset, pair);
+        let lo = _mm256_i32gather_ps::<4>(values, at);
+        let hi = _mm256_i32gather_ps::<4>(values.add(1), at);
+        let nearer_lo = _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_sub_ps(x, lo), _mm256_sub_ps(hi, x));
+        let resolved = _mm256_sub_epi32(
+            _mm256_add_epi32(pair, _mm256_set1_epi32(1)),
+            _mm256_and_si256(_mm256_castps_si256(nearer_lo), _mm256_set1_epi32(1)),
+        );
+        let idx = _mm256_blendv_epi8(resolved, e, direct);
+        let idx = _mm256_andnot_si256(below, idx);
+        _mm256_blendv_epi8(idx, _mm256_set1_epi32(n - 1), above)
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn fill_sums<T: NlTable>(
+        xb: &[f32],
+        weight: &[f32; 16],
+        ids: &[f32; N_PADDED],
+        shifted: &[bool; N_PADDED],
+        sums: &mut [[f32; 4]; N_PADDED],
+    ) {
+        let values = T::values();
+        let n = T::N;
+        for g in 0..N_PADDED / 8 {
+            let lane = |i: usize| 8 * g + i;
+            let offsets: [i32; 8] = std::array::from_fn(|i| (shifted[lane(i)] as usize * n) as i32);
+            let v0s: [f32; 8] = std::array::from_fn(|i| values[offsets[i] as usize]);
+            let offset = _mm256_loadu_si256(offsets.as_ptr() as *const __m256i);
+            let v0 = _mm256_loadu_ps(v0s.as_ptr());
+            let id = _mm256_loadu_ps(ids[8 * g..].as_ptr());
+            let zero = _mm256_setzero_ps();
+            let (mut sp, mut qp, mut sm, mut qm) = (zero, zero, zero, zero);
+            for j in 0..16 {
+                let x = _mm256_set1_ps(xb[j]);
+                let w = _mm256_set1_ps(weight[j]);
+                let al = _mm256_mul_ps(id, x);
+                let value = |i: __m256i| {
+                    _mm256_i32gather_ps::<4>(values.as_ptr(), _mm256_add_epi32(offset, i))
+                };
+                let q = value(best_index::<T>(al, offset, v0));
+                let wq = _mm256_mul_ps(w, q);
+                sp = _mm256_add_ps(sp, _mm256_mul_ps(wq, x));
+                qp = _mm256_add_ps(qp, _mm256_mul_ps(wq, q));
+                let neg = _mm256_xor_ps(al, _mm256_set1_ps(-0.0));
+                let q = value(best_index::<T>(neg, offset, v0));
+                let wq = _mm256_mul_ps(w, q);
+                sm = _mm256_add_ps(sm, _mm256_mul_ps(wq, x));
+                qm = _mm256_add_ps(qm, _mm256_mul_ps(wq, q));
+            }
+            let mut lanes = [[0f32; 8]; 4];
+            for (out, v) in lanes.iter_mut().zip([sp, qp, sm, qm]) {
+                _mm256_storeu_ps(out.as_mut_ptr(), v);
+            }
+            for i in 0..8 {
+                sums[lane(i)] = [lanes[0][i], lanes[1][i], lanes[2][i], lanes[3][i]];
+            }
+        }
+    }
 }
 
 /// One 256-superblock. Returns the final d, the 16 scale codes and the 256 value indices
@@ -395,6 +572,102 @@ pub(super) fn dequantize_iq6_k(b: &[u8], out: &mut [f32]) {
                     ob[64 * c + 16 * k + j] = dl * (A + qf * (B + qf * (-C + qf * D)) + m);
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::rng;
+
+    /// The AVX2 candidate sums equal the scalar ones bit for bit, for both tables, on random
+    /// blocks of many amplitudes with zeros, exact ties between neighbouring values, and
+    /// values far outside the table (clamped to its ends).
+    #[test]
+    fn avx2_sums_equal_scalar() {
+        fn check<T: NlTable>() {
+            let mut seed = 99u32;
+            for trial in 0..4000i32 {
+                let amp = 10f32.powi(((rng(&mut seed) + 1.0) * 4.5) as i32 - 4);
+                let mut x: [f32; 16] = std::array::from_fn(|_| amp * rng(&mut seed));
+                let weight: [f32; 16] = std::array::from_fn(|j| {
+                    if (trial as usize + j).is_multiple_of(7) {
+                        0.0
+                    } else {
+                        rng(&mut seed).abs()
+                    }
+                });
+                let (mut amax, mut max) = (0f32, 0f32);
+                for &v in &x {
+                    if v.abs() > amax {
+                        amax = v.abs();
+                        max = v;
+                    }
+                }
+                let (ids, shifted) = candidates::<T>(max);
+                // Put some values where id·x lands on a midpoint of two table values, and one
+                // where it lands far beyond the table.
+                if trial % 2 == 0 && max != 0.0 {
+                    let all = T::values();
+                    for k in 0..4 {
+                        let c = ((rng(&mut seed) + 1.0) * 11.5) as usize % N_TRIES;
+                        let off = if shifted[c] { T::N } else { 0 };
+                        let i = ((rng(&mut seed) + 1.0) * 0.5 * (T::N - 1) as f32) as usize;
+                        let i = i.min(T::N - 2);
+                        let mid = 0.5 * (all[off + i] + all[off + i + 1]);
+                        let j = (3 * k + trial as usize) % 16;
+                        x[j] = mid / ids[c] * if k % 2 == 0 { 1.0 } else { -1.0 };
+                    }
+                    if trial % 10 == 0 {
+                        x[15] = 1e30 * max.signum();
+                    }
+                }
+                let (mut amax, mut max) = (0f32, 0f32);
+                for &v in &x {
+                    if v.abs() > amax {
+                        amax = v.abs();
+                        max = v;
+                    }
+                }
+                if amax == 0.0 {
+                    continue;
+                }
+                let (ids, shifted) = candidates::<T>(max);
+                let mut scalar = [[0f32; 4]; N_PADDED];
+                let mut simd = [[0f32; 4]; N_PADDED];
+                fill_sums::<T>(
+                    crate::cpu::Path::Scalar,
+                    &x,
+                    &weight,
+                    &ids,
+                    &shifted,
+                    &mut scalar,
+                );
+                fill_sums::<T>(
+                    crate::cpu::Path::Avx2,
+                    &x,
+                    &weight,
+                    &ids,
+                    &shifted,
+                    &mut simd,
+                );
+                for c in 0..N_TRIES {
+                    assert_eq!(
+                        simd[c].map(f32::to_bits),
+                        scalar[c].map(f32::to_bits),
+                        "N {} trial {trial} candidate {c}: {:?} vs {:?}",
+                        T::N,
+                        simd[c],
+                        scalar[c]
+                    );
+                }
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            check::<Iq5>();
+            check::<Iq6>();
         }
     }
 }
