@@ -245,7 +245,7 @@ fn block_search<T: NlTable>(xb: &[f32], weight: &[f32; 16], max: f32) -> (f32, b
     (d, is_shifted)
 }
 
-/// The sums of candidates 0..N_TRIES on `path`.
+/// The sums of candidates 0..N_TRIES on `path` (which must be available on this CPU).
 fn fill_sums<T: NlTable>(
     path: crate::cpu::Path,
     xb: &[f32],
@@ -256,7 +256,8 @@ fn fill_sums<T: NlTable>(
 ) {
     #[cfg(target_arch = "x86_64")]
     if path == crate::cpu::Path::Avx2 {
-        // SAFETY: the Avx2 path is only chosen on CPUs with AVX2 and FMA.
+        assert!(std::is_x86_feature_detected!("avx2"));
+        // SAFETY: the CPU has AVX2 (asserted above).
         return unsafe { avx2::fill_sums::<T>(xb, weight, ids, shifted, sums) };
     }
     let _ = path;
