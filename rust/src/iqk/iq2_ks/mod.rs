@@ -6,6 +6,11 @@
 //! (every non-AVX2 build, `--slow-iq2ks`) and the fast candidate-scale search (llama-quantize's
 //! default on x86). Both are reproduced here; the fast one uses fused multiply-adds exactly
 //! where ik's AVX2 code does, so its bytes do not depend on the CPU we run on.
+//!
+//! The fast search fits 55 candidate scales per sub-block. On AVX2 (`avx2.rs`), wherever
+//! `bands.rs` proves it exact, a value's nearest grid value comes from comparisons with the
+//! midpoints instead of distances, and candidates whose nearest values repeat the previous
+//! candidate's are not fitted again; the scalar path fits every candidate.
 
 use super::common::{low2_position, read_u16, signed_max, write_u16, PartitionSearch, Weighting};
 use super::fit::nearest_indices;
