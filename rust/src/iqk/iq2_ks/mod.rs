@@ -80,9 +80,16 @@ pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], search: Iq2Ks
     }
 }
 
-fn exhaustive(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], rs: &mut RowScales) {
-    let mut search = PartitionSearch::new(SUB, 3 * SUB / 4, SUB / 4);
-    let (_, blocks) = out.split_at_mut(ROW_META);
+/// The first pass of both searches: each sub-block's weight sum and scale (0 where `search`
+/// returns None), the shifted-grid flags written to each super-block's `extra`; then the
+/// row's 5-bit scale codes. Returns `make_qx_quants`' scale of the codes.
+fn block_scales(
+    x: &[f32],
+    qw: Option<&[f32]>,
+    blocks: &mut [u8],
+    rs: &mut RowScales,
+    mut search: impl FnMut(&[f32], &[f32]) -> Option<(f32, bool)>,
+) -> f32 {
     for (ibl, y) in blocks.chunks_exact_mut(BLOCK_BYTES).enumerate() {
         rs.fill_weights(x, qw, ibl);
         let mut extra = 0u16;
@@ -94,8 +101,7 @@ fn exhaustive(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], rs: &mut RowScales)
                 sw += w;
             }
             let mut scale = 0.0;
-            if signed_max(xb).1 >= 1e-16 {
-                let (d, shifted) = search.run(xb, weight, &IQ2NL);
+            if let Some((d, shifted)) = search(xb, weight) {
                 scale = d;
                 extra |= (shifted as u16) << ib;
             }
@@ -104,7 +110,15 @@ fn exhaustive(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], rs: &mut RowScales)
         }
         write_u16(y, 0, extra);
     }
-    let d = make_qx_quants(16, &rs.scales, &rs.sw, &mut rs.levels);
+    make_qx_quants(16, &rs.scales, &rs.sw, &mut rs.levels)
+}
+
+fn exhaustive(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], rs: &mut RowScales) {
+    let mut search = PartitionSearch::new(SUB, 3 * SUB / 4, SUB / 4);
+    let (_, blocks) = out.split_at_mut(ROW_META);
+    let d = block_scales(x, qw, blocks, rs, |xb, weight| {
+        (signed_max(xb).1 >= 1e-16).then(|| search.run(xb, weight, &IQ2NL))
+    });
     if d == 0.0 {
         return;
     }
@@ -445,29 +459,10 @@ fn accumulate_fit(
 fn fast(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], rs: &mut RowScales) {
     let mut scratch = FitScratch::new();
     let (_, blocks) = out.split_at_mut(ROW_META);
-    for (ibl, y) in blocks.chunks_exact_mut(BLOCK_BYTES).enumerate() {
-        rs.fill_weights(x, qw, ibl);
-        let mut extra = 0u16;
-        for ib in 0..NSUB {
-            let k = ibl * NSUB + ib;
-            let (xb, weight) = sub_block(x, &rs.weights, k);
-            let (max, amax) = signed_max(xb);
-            let mut sw = 0.0f32;
-            for &w in weight {
-                sw += w;
-            }
-            let mut scale = 0.0;
-            if amax >= 1e-14 {
-                let (d, is_shifted) = search_block(xb, weight, max, &mut scratch);
-                scale = d;
-                extra |= (is_shifted as u16) << ib;
-            }
-            rs.sw[k] = sw;
-            rs.scales[k] = scale;
-        }
-        write_u16(y, 0, extra);
-    }
-    let d = make_qx_quants(16, &rs.scales, &rs.sw, &mut rs.levels);
+    let d = block_scales(x, qw, blocks, rs, |xb, weight| {
+        let (max, amax) = signed_max(xb);
+        (amax >= 1e-14).then(|| search_block(xb, weight, max, &mut scratch))
+    });
     if d == 0.0 {
         return;
     }
