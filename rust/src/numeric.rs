@@ -85,6 +85,38 @@ pub fn round_f16(x: f32) -> f32 {
     f16_to_f32(f32_to_f16(x))
 }
 
+/// ik's running pick among least-squares fits `(Σw·q·x, Σw·q²)` tried one after another, the
+/// same rule in every search: a fit with a positive denominator replaces the best when it
+/// scores higher, compared as sumqx² > best·sumq2 (no division); the new scale is
+/// sumqx/sumq2 and the new score scale·sumqx.
+#[derive(Debug, Clone, Copy)]
+pub struct FitPick {
+    pub scale: f32,
+    pub best: f32,
+}
+
+impl FitPick {
+    /// Start from `scale`, taken whatever its denominator, with the score `scale·sumqx`.
+    #[inline(always)]
+    pub fn first(scale: f32, sumqx: f32) -> Self {
+        FitPick {
+            scale,
+            best: scale * sumqx,
+        }
+    }
+
+    /// Offer one fit; whether it replaced the best.
+    #[inline(always)]
+    pub fn offer(&mut self, sumqx: f32, sumq2: f32) -> bool {
+        let better = sumq2 > 0.0 && sumqx * sumqx > self.best * sumq2;
+        if better {
+            self.scale = sumqx / sumq2;
+            self.best = self.scale * sumqx;
+        }
+        better
+    }
+}
+
 /// ik_llama.cpp's iqk `make_qx_quants`: fit one scale to `x` with integer levels in
 /// `[-nmax, nmax-1]`, weighted by `weights`, trying 19 candidate inverse scales. Only the scale
 /// is returned; the levels are recomputed by the callers that need them (`levels` gets them).
@@ -119,18 +151,15 @@ pub fn make_qx_quants(nmax: i32, x: &[f32], weights: &[f32], levels: &mut [i8]) 
     let iscale = -(nmax as f32) / max;
     store(iscale, levels);
     let (sumlx, suml2) = sums(iscale);
-    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
-    let mut best = scale * sumlx;
+    let mut pick = FitPick::first(if suml2 != 0.0 { sumlx / suml2 } else { 0.0 }, sumlx);
     for is in (-9..=9).filter(|&is| is != 0) {
         let iscale = -(nmax as f32 + 0.1 * is as f32) / max;
         let (sumlx, suml2) = sums(iscale);
-        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+        if pick.offer(sumlx, suml2) {
             store(iscale, levels);
-            scale = sumlx / suml2;
-            best = scale * sumlx;
         }
     }
-    scale
+    pick.scale
 }
 
 /// Per-row importance weights from an imatrix, sanitised per column block the way ik's

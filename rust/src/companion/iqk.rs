@@ -14,6 +14,7 @@
 use super::util::{
     build_nl_index, c_trunc_i32, f32_to_f16, nearest_int, read_f16, resolve_nl, sanitize_imatrix,
 };
+use crate::numeric::FitPick;
 
 const QK_K: usize = 256;
 
@@ -209,25 +210,16 @@ fn block_search<T: NlTable>(xb: &[f32], weight: &[f32; 16], max: f32) -> (f32, b
         &mut sums,
     );
     let [sp, qp, sm, qm] = sums[0];
-    let mut d = sp / qp;
-    let mut best = d * sp;
-    if qm > 0.0 && sm * sm > best * qm {
-        d = sm / qm;
-        best = d * sm;
-    }
+    let mut pick = FitPick::first(sp / qp, sp);
+    pick.offer(sm, qm);
     let mut is_shifted = false;
     for (&[sp, qp, sm, qm], &sh) in sums.iter().zip(&is_shifted_row).take(N_TRIES).skip(1) {
-        if qp > 0.0 && sp * sp > best * qp {
-            d = sp / qp;
-            best = d * sp;
-            is_shifted = sh;
-        }
-        if qm > 0.0 && sm * sm > best * qm {
-            d = sm / qm;
-            best = d * sm;
+        // Both signs are offered (`|`, not `||`).
+        if pick.offer(sp, qp) | pick.offer(sm, qm) {
             is_shifted = sh;
         }
     }
+    let mut d = pick.scale;
     if d != 0.0 {
         let vals = if is_shifted { shifted } else { base };
         let id = 1.0 / d;

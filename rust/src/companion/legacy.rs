@@ -13,6 +13,7 @@ use super::search::{make_qx_quants, GROUP_MAX_EPS};
 use super::util::{read_f16, write_f16};
 use crate::iqk::common::{signed_max, Weighting};
 use crate::iqk::fit::{fit_many_plus, nearest_indices};
+use crate::numeric::FitPick;
 
 const QK: usize = 32;
 
@@ -227,14 +228,11 @@ pub(super) fn quantize_iq4_nl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]
             let mut fits = [[0f32; 4]; 32];
             fit_many_plus(grid, &ids, xb, &weight, &mut fits);
             let (sqx, sq2) = (fits[0][0], fits[0][1]);
-            let mut d = sqx / sq2;
-            let mut best = d * sqx;
+            let mut pick = FitPick::first(sqx / sq2, sqx);
             let (mut best_sqx, mut best_sq2, mut best_id) = (sqx, sq2, ids[0]);
             for (c, &id) in ids.iter().enumerate().skip(1) {
                 let (sqx, sq2) = (fits[c][0], fits[c][1]);
-                if sq2 > 0.0 && sqx * sqx > best * sq2 {
-                    d = sqx / sq2;
-                    best = d * sqx;
+                if pick.offer(sqx, sq2) {
                     best_sqx = sqx;
                     best_sq2 = sq2;
                     best_id = id;
@@ -243,7 +241,7 @@ pub(super) fn quantize_iq4_nl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]
             nearest_indices(grid, best_id, xb, &mut lb);
             let (mut sqx, mut sq2) = (best_sqx, best_sq2);
             for _ in 0..32 * QK {
-                let Some((j, dir)) = cheapest_move(d, xb, &weight, &lb) else {
+                let Some((j, dir)) = cheapest_move(pick.scale, xb, &weight, &lb) else {
                     break;
                 };
                 let w = weight[j];
@@ -251,17 +249,15 @@ pub(super) fn quantize_iq4_nl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]
                 let kn = (k as i32 + dir) as usize;
                 let new_sqx = sqx + w * xb[j] * (vi(kn) - vi(k)) as f32;
                 let new_sq2 = sq2 + w * (vi(kn) * vi(kn) - vi(k) * vi(k)) as f32;
-                if new_sq2 > 0.0 && new_sqx * new_sqx > best * new_sq2 {
+                if pick.offer(new_sqx, new_sq2) {
                     sqx = new_sqx;
                     sq2 = new_sq2;
-                    d = sqx / sq2;
-                    best = d * sqx;
                     lb[j] = kn as u8;
                 } else {
                     break;
                 }
             }
-            d
+            pick.scale
         };
         write_f16(y, 0, scale);
         let id = if scale != 0.0 { 1.0 / scale } else { 0.0 };

@@ -5,6 +5,7 @@
 //! association order of the C, which was built without FMA contraction.
 
 use super::util::nearest_int;
+use crate::numeric::FitPick;
 
 /// ggml-quants.c `GROUP_MAX_EPS`.
 pub(super) const GROUP_MAX_EPS: f32 = 1e-15;
@@ -130,17 +131,14 @@ pub(super) fn make_qx_quants(nmax: i32, x: &[f32], out: &mut [i8], qw: Option<&[
     }
     let (all_sumlx, all_suml2) = level_sums(nmax, &iscales, x, &wts[..n], &wx[..n]);
     let (sumlx, suml2) = (all_sumlx[FIRST], all_suml2[FIRST]);
-    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
-    let mut best = scale * sumlx;
+    let mut pick = FitPick::first(if suml2 != 0.0 { sumlx / suml2 } else { 0.0 }, sumlx);
     let mut best_sumlx = sumlx;
     let mut best_suml2 = suml2;
     let mut best_iscale = None;
     for (c, &iscale) in iscales.iter().enumerate() {
         let (sumlx, suml2) = (all_sumlx[c], all_suml2[c]);
-        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+        if pick.offer(sumlx, suml2) {
             best_iscale = Some(iscale);
-            scale = sumlx / suml2;
-            best = scale * sumlx;
             best_sumlx = sumlx;
             best_suml2 = suml2;
         }
@@ -154,7 +152,7 @@ pub(super) fn make_qx_quants(nmax: i32, x: &[f32], out: &mut [i8], qw: Option<&[
     let mut sumlx = best_sumlx;
     let mut suml2 = best_suml2;
     for _ in 0..n * (2 * nmax as usize - 1) {
-        let Some((j, gmax)) = steepest_level(nmax, scale, x, &wts[..n], &out[..n]) else {
+        let Some((j, gmax)) = steepest_level(nmax, pick.scale, x, &wts[..n], &out[..n]) else {
             break;
         };
         let wj = w(j);
@@ -169,17 +167,15 @@ pub(super) fn make_qx_quants(nmax: i32, x: &[f32], out: &mut [i8], qw: Option<&[
             new_suml2 -= wj * (2 * l - 1) as f32;
             l -= 1;
         }
-        if new_suml2 > 0.0 && new_sumlx * new_sumlx > best * new_suml2 {
+        if pick.offer(new_sumlx, new_suml2) {
             sumlx = new_sumlx;
             suml2 = new_suml2;
-            scale = sumlx / suml2;
-            best = scale * sumlx;
             out[j] = (l + nmax) as i8;
         } else {
             break;
         }
     }
-    scale
+    pick.scale
 }
 
 /// The coordinate descent step of `make_qx_quants`: the first level (of `levels`, stored as

@@ -4,6 +4,7 @@
 //! association order), because the output bytes must be identical.
 
 use super::fit::{fit_many, MAX_CANDIDATES};
+use crate::numeric::FitPick;
 use crate::registry::QK_K;
 use crate::tables::Grid;
 
@@ -78,7 +79,7 @@ impl NlSearch {
     /// largest-magnitude value (non-zero).
     pub fn run(&self, x: &[f32], w: &[f32], max: f32) -> (f32, bool) {
         let [base, shifted] = self.grids;
-        let mut d = -max / base.values[0] as f32;
+        let d = -max / base.values[0] as f32;
         // All candidate fits are independent of the decisions below, so fit them in batches
         // first (base grid: the initial scale, then one per itry; shifted grid: one per itry),
         // then replay ik's sequential acceptance over the results in its order.
@@ -95,32 +96,25 @@ impl NlSearch {
         fit_many(shifted, &ids[1][..ntry], x, w, &mut fits[1]);
 
         let [sp, qp, sm, qm] = fits[0][0];
-        let mut best = 0.0f32;
+        let mut pick = FitPick {
+            scale: d,
+            best: 0.0,
+        };
         if !self.guard_first || qp > 0.0 {
-            d = sp / qp;
-            best = d * sp;
+            pick = FitPick::first(sp / qp, sp);
         }
-        if qm > 0.0 && sm * sm > best * qm {
-            d = sm / qm;
-            best = d * sm;
-        }
+        pick.offer(sm, qm);
         let mut is_shifted = false;
         for k in 0..ntry {
             for (fit, this_shifted) in [(fits[0][k + 1], false), (fits[1][k], true)] {
                 let [sp, qp, sm, qm] = fit;
-                if qp > 0.0 && sp * sp > best * qp {
-                    d = sp / qp;
-                    best = d * sp;
-                    is_shifted = this_shifted;
-                }
-                if qm > 0.0 && sm * sm > best * qm {
-                    d = sm / qm;
-                    best = d * sm;
+                // Both signs are offered (`|`, not `||`).
+                if pick.offer(sp, qp) | pick.offer(sm, qm) {
                     is_shifted = this_shifted;
                 }
             }
         }
-        (d, is_shifted)
+        (pick.scale, is_shifted)
     }
 }
 
