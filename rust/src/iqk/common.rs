@@ -3,7 +3,7 @@
 //! Arithmetic mirrors ik_llama.cpp's reference build operation for operation (plain f32, same
 //! association order), because the output bytes must be identical.
 
-use super::fit::{fit_many, MAX_CANDIDATES};
+use super::fit::{fit_many, nearest_indices, MAX_CANDIDATES};
 use crate::numeric::FitPick;
 use crate::registry::QK_K;
 use crate::tables::Grid;
@@ -523,6 +523,30 @@ pub fn read_f32(b: &[u8], at: usize) -> f32 {
 #[inline(always)]
 pub fn low2_position(i: usize) -> (usize, u32) {
     (32 * (i / 128) + i % 32, 2 * ((i / 32) % 4) as u32)
+}
+
+/// The last step of the IQ2 types' quantizers for one sub-block whose elements start at
+/// `first` in its super-block: the grid indices nearest to `x/dl`, packed into the 2-bit plane
+/// `qs`, and `Σw·q·x`, `Σw·q²` with q = value·`ls` added to `sums` in element order.
+pub fn pack_iq2_block(
+    grid: &Grid,
+    (dl, ls): (f32, i32),
+    x: &[f32],
+    w: &[f32],
+    (qs, first): (&mut [u8], usize),
+    sums: &mut (f32, f32),
+) {
+    let idl = 1.0 / dl;
+    let mut indices = [0u8; 32];
+    let indices = &mut indices[..x.len()];
+    nearest_indices(grid, idl, x, indices);
+    for (j, ((&v, &w), &idx)) in x.iter().zip(w).zip(indices.iter()).enumerate() {
+        let (byte, shift) = low2_position(first + j);
+        qs[byte] |= idx << shift;
+        let q = (grid.values[idx as usize] as i32 * ls) as f32;
+        sums.0 += w * q * v;
+        sums.1 += w * q * q;
+    }
 }
 
 /// The high-bit plane of the 3-bit types: element i is bit `i/32` of byte `i%32`.

@@ -1,8 +1,9 @@
 //! IQ2_K: 2.375 bpw. 76-byte super-blocks of 256: fp16 d, u16 shifted-grid flags, 16 4-bit
 //! sub-block scales (offset 8), 64 bytes of 2-bit grid indices. Sub-blocks of 16.
 
-use super::common::{low2_position, read_u16, signed_max, write_u16, PartitionSearch, Weighting};
-use super::fit::nearest_indices;
+use super::common::{
+    low2_position, pack_iq2_block, read_u16, signed_max, write_u16, PartitionSearch, Weighting,
+};
 use crate::numeric::{f16_to_f32, f32_to_f16, make_qx_quants, nearest_int};
 use crate::registry::QK_K;
 use crate::tables::{IQ2NL, IQ2_GRIDS};
@@ -59,7 +60,7 @@ pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
         }
         write_u16(y, 2, extra);
         let id = 1.0 / d;
-        let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+        let mut sums = (0.0f32, 0.0f32);
         for ib in 0..NSUB {
             let ls = nearest_int(id * scales[ib]).clamp(-8, 7);
             y[SCALES + ib / 2] |= ((ls + 8) as u8) << (4 * (ib % 2));
@@ -68,7 +69,6 @@ pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
                 continue;
             }
             let grid = &IQ2_GRIDS[(extra >> ib & 1 == 1) as usize];
-            let values = grid.values;
             let xb = &xbl[SUB * ib..SUB * (ib + 1)];
             WEIGHTING.fill(
                 sigma2,
@@ -76,18 +76,10 @@ pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
                 qwbl.map(|w| &w[SUB * ib..SUB * (ib + 1)]),
                 &mut weight,
             );
-            let idl = 1.0 / dl;
-            let mut indices = [0u8; SUB];
-            nearest_indices(grid, idl, xb, &mut indices);
-            for (j, ((&v, &w), &idx)) in xb.iter().zip(&weight).zip(&indices).enumerate() {
-                let idx = idx as usize;
-                let (byte, shift) = low2_position(SUB * ib + j);
-                y[QS + byte] |= (idx as u8) << shift;
-                let q = (values[idx] as i32 * ls) as f32;
-                sumqx += w * q * v;
-                sumq2 += w * q * q;
-            }
+            let qs = (&mut y[QS..], SUB * ib);
+            pack_iq2_block(grid, (dl, ls), xb, &weight, qs, &mut sums);
         }
+        let (sumqx, sumq2) = sums;
         let d_final = if sumq2 > 0.0 { sumqx / sumq2 } else { d };
         write_u16(y, 0, f32_to_f16(1.030 * d_final));
     }

@@ -12,8 +12,9 @@
 //! midpoints instead of distances, and candidates whose nearest values repeat the previous
 //! candidate's are not fitted again; the scalar path fits every candidate.
 
-use super::common::{low2_position, read_u16, signed_max, write_u16, PartitionSearch, Weighting};
-use super::fit::nearest_indices;
+use super::common::{
+    low2_position, pack_iq2_block, read_u16, signed_max, write_u16, PartitionSearch, Weighting,
+};
 use crate::numeric::{f16_to_f32, f32_to_f16, make_qx_quants};
 use crate::registry::QK_K;
 use crate::tables::{IQ2NL, IQ2_GRIDS};
@@ -122,7 +123,7 @@ fn exhaustive(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], rs: &mut RowScales)
     if d == 0.0 {
         return;
     }
-    let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+    let mut sums = (0.0f32, 0.0f32);
     for (ibl, y) in blocks.chunks_exact_mut(BLOCK_BYTES).enumerate() {
         for ib in 0..NSUB {
             let k = ibl * NSUB + ib;
@@ -134,20 +135,18 @@ fn exhaustive(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], rs: &mut RowScales)
                 continue;
             }
             let grid = &IQ2_GRIDS[(read_u16(y, 0) >> ib & 1 == 1) as usize];
-            let values = grid.values;
             let (xb, weight) = sub_block(x, &rs.weights, k);
-            let idl = 1.0 / dl;
-            let mut indices = [0u8; SUB];
-            nearest_indices(grid, idl, xb, &mut indices);
-            for (j, ((&v, &w), &idx)) in xb.iter().zip(weight).zip(&indices).enumerate() {
-                let idx = idx as usize;
-                store_index(y, SUB * ib + j, idx);
-                let q = (values[idx] as i32 * ls) as f32;
-                sumqx += w * q * v;
-                sumq2 += w * q * q;
-            }
+            pack_iq2_block(
+                grid,
+                (dl, ls),
+                xb,
+                weight,
+                (&mut y[QS..], SUB * ib),
+                &mut sums,
+            );
         }
     }
+    let (sumqx, sumq2) = sums;
     let d_row = if sumq2 > 0.0 { sumqx / sumq2 } else { d };
     write_u16(out, 0, f32_to_f16(1.030 * d_row));
 }
