@@ -46,6 +46,8 @@ fn reports_paths() {
         simd::active_path()
     );
     assert!(simd::active_path().is_available());
+    // `auto` takes the fastest path the CPU has (ALL is ordered slowest first).
+    assert_eq!(simd::best_path(), *paths.last().unwrap());
     #[cfg(target_arch = "x86_64")]
     assert!(
         paths.contains(&SimdPath::Avx2) || !std::is_x86_feature_detected!("avx2"),
