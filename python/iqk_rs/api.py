@@ -118,8 +118,8 @@ def matmul(
 def simd_path() -> str:
     """The SIMD path the kernels use: ``"scalar"``, ``"avx2"``, ``"avx512"`` or ``"neon"``.
 
-    Chosen once per process by CPU detection; ``IQK_RS_SIMD=scalar|avx2|avx512|neon|auto`` set
-    before import overrides it (AVX-512 is used only when asked for)."""
+    Chosen once per process by CPU detection (the fastest path the CPU has);
+    ``IQK_RS_SIMD=scalar|avx2|avx512|neon|auto`` set before import overrides it."""
     return str(_core.simd_path())
 
 
