@@ -1,7 +1,6 @@
 // PID 1 of the emulated AVX-512 machine (scripts/avx512_test.sh): report what the CPU offers,
 // run the SIMD test binary on every path it has, print its exit status, power off.
 #include <stdio.h>
-#include <string.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
@@ -10,6 +9,7 @@
 #include <unistd.h>
 
 int main(void) {
+    // A /proc, as programs (and the test binary's backtraces) expect one.
     mkdir("/proc", 0755);
     mount("proc", "/proc", "proc", 0, 0);
     printf("avx512_vm: avx512f=%d avx512bw=%d avx512vl=%d avx512vnni=%d\n",
