@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use std::ffi::{c_int, c_long, c_void};
 
-use iqk_rs::simd::{self, DotFn, DotType, SimdPath, Q8K_BLOCK_BYTES};
+use iqk_rs::simd::{self, DotType, RowsFn, SimdPath, Q8K_BLOCK_BYTES};
 use iqk_rs::QuantType;
 use rayon::prelude::*;
 
@@ -97,20 +97,14 @@ fn make(kind: DotType, nrows: usize, ncols: usize) -> Mat {
     }
 }
 
-fn matvec(f: DotFn, m: &Mat, out: &mut [f32]) {
-    for (o, row) in out.iter_mut().zip(m.data.chunks_exact(m.row_bytes)) {
-        *o = f(row, &m.q8);
-    }
+fn matvec(f: RowsFn, m: &Mat, out: &mut [f32]) {
+    f(&m.data, &m.q8, out);
 }
 
-fn matvec_par(f: DotFn, m: &Mat, out: &mut [f32]) {
+fn matvec_par(f: RowsFn, m: &Mat, out: &mut [f32]) {
     out.par_chunks_mut(16)
         .zip(m.data.par_chunks(16 * m.row_bytes))
-        .for_each(|(o, rows)| {
-            for (o, row) in o.iter_mut().zip(rows.chunks_exact(m.row_bytes)) {
-                *o = f(row, &m.q8);
-            }
-        });
+        .for_each(|(o, rows)| f(rows, &m.q8, o));
 }
 
 /// Bandwidth baseline: read every byte once (sum of u64 lanes, vectorized by the compiler).
@@ -313,7 +307,7 @@ fn criterion_benches(c: &mut Criterion) {
             let m = make(kind, nrows, ncols);
             let mut out = vec![0f32; nrows];
             for &p in &paths {
-                let f = simd::dot_fn(kind, p);
+                let f = simd::rows_fn(kind, p);
                 g.bench_function(BenchmarkId::new(kind.name(), p.name()), |b| {
                     b.iter(|| matvec(f, black_box(&m), &mut out))
                 });
@@ -370,7 +364,7 @@ fn table() {
         };
         let mut scalar_c = 0.0;
         for &p in &paths {
-            let f = simd::dot_fn(kind, p);
+            let f = simd::rows_fn(kind, p);
             let t = ctx.time(
                 &mut out_c,
                 &mut out_m,
@@ -422,7 +416,7 @@ fn main() {
             let m = make(kind, 4, 1024);
             let mut out = vec![0f32; 4];
             for p in simd::available_paths() {
-                matvec(simd::dot_fn(kind, p), &m, &mut out);
+                matvec(simd::rows_fn(kind, p), &m, &mut out);
             }
         }
         println!("kernels bench: smoke test ok (run with `cargo bench --bench kernels`)");

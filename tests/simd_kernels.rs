@@ -12,7 +12,7 @@ mod scalar;
 #[path = "../rust/src/simd/testgen.rs"]
 mod testgen;
 
-use testgen::{random_case, read_f64s, same, Rng, GOLDEN_CASES};
+use testgen::{make_q8k, make_row, random_case, read_f64s, same, Act, Fill, Rng, GOLDEN_CASES};
 
 fn golden_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/golden")
@@ -283,5 +283,71 @@ fn dot_fn_matches_vec_dot() {
             let f = simd::dot_fn(kind, p);
             assert!(same(f(&row, &q8), simd::vec_dot(kind, p, &row, &q8)));
         }
+    }
+}
+
+/// The multi-row kernels (`rows_fn`, used by the matrix products) give, row by row, exactly
+/// the single-row scalar results: every path, 0 to 5 and 17 rows (pairs and odd remainders),
+/// 1 to 9 superblocks per row (every remainder of the groups of four).
+#[test]
+fn rows_fn_equals_row_by_row_scalar() {
+    let mut rng = Rng::new(0x5eed_0005);
+    for kind in DotType::ALL {
+        let sk = to_scalar_kind(kind);
+        for nb in 1..=9 {
+            let q8 = make_q8k(&mut rng, nb, &|_| Act::Random);
+            for nrows in [0, 1, 2, 3, 4, 5, 17] {
+                let rows: Vec<Vec<u8>> = (0..nrows)
+                    .map(|r| {
+                        make_row(sk, &mut rng, nb, &|i| {
+                            if r % 2 == 0 {
+                                Fill::Random
+                            } else {
+                                Fill::Sweep((31 * i + r) as u8)
+                            }
+                        })
+                    })
+                    .collect();
+                let want: Vec<f32> = rows.iter().map(|r| scalar::vec_dot(sk, r, &q8)).collect();
+                let all = rows.concat();
+                for p in simd::available_paths() {
+                    let mut got = vec![f32::NAN; nrows];
+                    simd::rows_fn(kind, p)(&all, &q8, &mut got);
+                    for (r, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            same(g, w),
+                            "{kind:?} {p}: row {r} of {nrows} ({nb} blocks): {g:e} != {w:e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Rows without blocks (no activations) give 0 on every path, as the single-row kernels do.
+#[test]
+fn rows_fn_accepts_empty_rows() {
+    for p in simd::available_paths() {
+        for kind in DotType::ALL {
+            let meta = kind_meta(kind);
+            let mut out = [f32::NAN; 3];
+            simd::rows_fn(kind, p)(&vec![0u8; 3 * meta], &[], &mut out);
+            assert_eq!(out, [0.0; 3], "{kind:?} {p}");
+        }
+    }
+}
+
+/// A byte count that is not a whole number of rows is refused on every path.
+#[test]
+fn rows_fn_refuses_partial_rows() {
+    let q8 = vec![0u8; simd::Q8K_BLOCK_BYTES];
+    for p in simd::available_paths() {
+        let rows = vec![0u8; 2 * 76 + 1];
+        let r = std::panic::catch_unwind(|| {
+            let mut out = [0.0f32; 2];
+            simd::rows_fn(DotType::Iq2K, p)(&rows, &q8, &mut out)
+        });
+        assert!(r.is_err(), "{p} accepted {} bytes as 2 rows", rows.len());
     }
 }

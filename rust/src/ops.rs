@@ -472,8 +472,21 @@ pub fn quantize_q8_k(x: &[f32]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Weight rows per task of the matrix products: the multi-row kernels share their set-up
+/// across a task's rows, and 16 rows of 4096 are still small enough to balance threads.
+const ROWS_PER_TASK: usize = 16;
+
+/// The multi-row dot-product kernel of `qtype` on the active SIMD path.
+pub fn rows_kernel(qtype: QuantType) -> Result<simd::RowsFn> {
+    Ok(simd::rows_fn(dot_type(qtype)?, simd::active_path()))
+}
+
 /// The dot-product kernel of `qtype` on the active SIMD path.
 pub fn dot_kernel(qtype: QuantType) -> Result<simd::DotFn> {
+    Ok(simd::dot_fn(dot_type(qtype)?, simd::active_path()))
+}
+
+fn dot_type(qtype: QuantType) -> Result<DotType> {
     let kind = match qtype {
         QuantType::Iq2K => DotType::Iq2K,
         QuantType::Iq3K => DotType::Iq3K,
@@ -488,7 +501,7 @@ pub fn dot_kernel(qtype: QuantType) -> Result<simd::DotFn> {
             })
         }
     };
-    Ok(simd::dot_fn(kind, simd::active_path()))
+    Ok(kind)
 }
 
 /// Dot every row of `q` (rows of `row_bytes`) with the Q8_K activations `a8`.
@@ -499,7 +512,7 @@ pub fn vec_dot(
     a8: &[u8],
     threads: Option<usize>,
 ) -> Result<Vec<f32>> {
-    let dot = dot_kernel(qtype)?;
+    let dot_rows = rows_kernel(qtype)?;
     if q.is_empty() {
         return Ok(Vec::new());
     }
@@ -514,10 +527,10 @@ pub fn vec_dot(
     let mut out = vec![0.0f32; nrows];
     zip_rows(
         threads,
-        (&mut out, 1),
-        (q, row_bytes),
+        (&mut out, ROWS_PER_TASK),
+        (q, ROWS_PER_TASK * row_bytes),
         || (),
-        |_, o, r| o[0] = dot(r, a8),
+        |_, o, rows| dot_rows(rows, a8, o),
     )?;
     Ok(out)
 }
@@ -533,7 +546,7 @@ pub fn matmul(
     x: &[f32],
     threads: Option<usize>,
 ) -> Result<Vec<f32>> {
-    let dot = dot_kernel(qtype)?;
+    let dot_rows = rows_kernel(qtype)?;
     let (nrows, n_per_row) = if q.is_empty() {
         (0, qtype.n_per_row_for_bytes(row_bytes)?)
     } else {
@@ -560,16 +573,20 @@ pub fn matmul(
         || (),
         |_, a, xr| q8k::quantize_row(xr, a),
     )?;
-    // Transposed (nrows × batch) so each task owns one weight row and streams it once.
+    // Transposed (nrows × batch) so each task owns a block of weight rows.
     let mut by_row = vec![0.0f32; nrows * batch];
     zip_rows(
         threads,
-        (&mut by_row, batch),
-        (q, row_bytes),
-        || (),
-        |_, o, w| {
-            for (o, a) in o.iter_mut().zip(a8.chunks_exact(a8_size)) {
-                *o = dot(w, a);
+        (&mut by_row, ROWS_PER_TASK * batch),
+        (q, ROWS_PER_TASK * row_bytes),
+        || vec![0.0f32; ROWS_PER_TASK],
+        |dots, o, w| {
+            let dots = &mut dots[..o.len() / batch];
+            for (b, a) in a8.chunks_exact(a8_size).enumerate() {
+                dot_rows(w, a, dots);
+                for (k, &v) in dots.iter().enumerate() {
+                    o[k * batch + b] = v;
+                }
             }
         },
     )?;
@@ -695,6 +712,45 @@ mod tests {
             assert_eq!(kind.type_size(), t.type_size, "{}", t.name);
             assert_eq!(kind.llama_ftype(), t.llama_ftype, "{}", t.name);
             assert_eq!(kind.name(), t.name);
+        }
+    }
+
+    /// The matrix products hand weight rows to the multi-row kernels in blocks; every result
+    /// still equals the single-row kernel's on its own row, for any thread count, with a
+    /// partial last block (37 rows) and a batch of activations.
+    #[test]
+    fn matrix_products_equal_single_row_dots() {
+        let (nrows, n, batch) = (37, 512, 3);
+        let mut seed = 777u32;
+        let w: Vec<f32> = (0..nrows * n).map(|_| rng(&mut seed)).collect();
+        let x: Vec<f32> = (0..batch * n).map(|_| rng(&mut seed)).collect();
+        for t in TYPES.iter().filter(|t| t.is_iqk) {
+            let q = quantize(t.qtype, &w, n, None, &QuantizeOptions::default()).unwrap();
+            let row_bytes = q.len() / nrows;
+            let dot = dot_kernel(t.qtype).unwrap();
+            let a8: Vec<Vec<u8>> = x.chunks(n).map(|xr| quantize_q8_k(xr).unwrap()).collect();
+            for threads in [Some(1), Some(2), Some(3)] {
+                let mm = matmul(t.qtype, &q, row_bytes, &x, threads).unwrap();
+                for (b, a) in a8.iter().enumerate() {
+                    let mv = vec_dot(t.qtype, &q, row_bytes, a, threads).unwrap();
+                    for (r, row) in q.chunks_exact(row_bytes).enumerate() {
+                        let want = dot(row, a);
+                        let (got_mv, got_mm) = (mv[r], mm[b * nrows + r]);
+                        assert_eq!(
+                            want.to_bits(),
+                            got_mv.to_bits(),
+                            "{} vec_dot row {r}",
+                            t.name
+                        );
+                        assert_eq!(
+                            want.to_bits(),
+                            got_mm.to_bits(),
+                            "{} matmul {b},{r}",
+                            t.name
+                        );
+                    }
+                }
+            }
         }
     }
 }

@@ -21,8 +21,8 @@
 use std::arch::x86_64::*;
 
 use super::scalar::{
-    acc_k, acc_ks, check_lens, finish_ks, row_scale, DotType, IQ2KS_BYTES, IQ2K_BYTES, IQ3KS_BYTES,
-    IQ3K_BYTES, IQ4K, IQ4KS_BYTES, IQ4K_BYTES, Q8K_BSUMS, Q8K_BYTES, Q8K_QS,
+    acc_k, acc_ks, check_rows, finish_ks, row_scale_at, DotType, IQ2KS_BYTES, IQ2K_BYTES,
+    IQ3KS_BYTES, IQ3K_BYTES, IQ4K, IQ4KS_BYTES, IQ4K_BYTES, Q8K_BSUMS, Q8K_BYTES, Q8K_QS,
 };
 
 /// Even sub-blocks first, then odd ones.
@@ -597,64 +597,83 @@ unsafe fn fold1_ks(acc: f64, _x: *const u8, y: *const u8, sumi: i32) -> f64 {
     acc_ks(acc, rdf32(y), sumi)
 }
 
-/// One row against Q8_K activations. Superblocks go in groups of four: one horizontal
+/// Rows against Q8_K activations. Superblocks go in groups of four: one horizontal
 /// reduction gives the four exact integer sums, and their f64 products are formed together;
 /// the products are then added to the accumulator one at a time, in superblock order, exactly
 /// as the scalar twin does (`acc + scale · sumi`). `$scales4` gives four superblocks' factors,
 /// `$fold1` folds a single one; the row scale (1 for K types, where `finish_ks` equals
-/// `finish_k`) is applied last.
+/// `finish_k`) is applied last. The rows of one call share the set-up (tables, constants,
+/// length check): on rows of 4096 that made iq3_k 6 % faster, iq3_ks and iq4_k 3-4 %.
 macro_rules! row {
-    ($name:ident, $kind:expr, $bytes:expr, $sb:ident, $tab:ident, $scales4:ident, $fold1:ident) => {
+    (
+        $name:ident, $rows:ident, $kind:expr, $bytes:expr, $sb:ident, $tab:ident,
+        $scales4:ident, $fold1:ident
+    ) => {
         /// One row against Q8_K activations.
         ///
         /// # Safety
         /// The CPU must support AVX2, FMA and F16C.
         #[target_feature(enable = "avx2,fma,f16c")]
         pub unsafe fn $name(row: &[u8], q8k: &[u8]) -> f32 {
-            let nb = check_lens($kind, row, q8k);
+            let mut out = [0.0f32];
+            $rows(row, q8k, &mut out);
+            out[0]
+        }
+
+        /// `out.len()` consecutive rows against the same Q8_K activations.
+        ///
+        /// # Safety
+        /// The CPU must support AVX2, FMA and F16C.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $rows(rows: &[u8], q8k: &[u8], out: &mut [f32]) {
+            let (nb, row_bytes) = check_rows($kind, rows, q8k, out.len());
             let tab = $tab();
-            let xs = row.as_ptr().add($kind.row_meta());
             let ys = q8k.as_ptr();
-            let mut acc = 0.0f64;
-            let mut i = 0;
-            // The previous group's sums are reduced and folded at the top of the next
-            // iteration, when they are long ready: reducing right behind the group's own last
-            // superblock left a chain of dependent steps that stalled retirement (28 % of the
-            // samples for iq2_k). The first fold adds four zeros to +0.0: a no-op.
             let zero = _mm256_setzero_si256();
-            let mut pending = ([zero; 4], _mm256_setzero_pd());
-            while i + 4 <= nb {
+            for (r, o) in out.iter_mut().enumerate() {
+                let row = rows.as_ptr().add(r * row_bytes);
+                let xs = row.add($kind.row_meta());
+                let mut acc = 0.0f64;
+                let mut i = 0;
+                // The previous group's sums are reduced and folded at the top of the next
+                // iteration, when they are long ready: reducing right behind the group's own
+                // last superblock left a chain of dependent steps that stalled retirement (28 %
+                // of the samples for iq2_k). The first fold adds four zeros to +0.0: a no-op.
+                let mut pending = ([zero; 4], _mm256_setzero_pd());
+                while i + 4 <= nb {
+                    let ([a, b, c, d], scales) = pending;
+                    let sums = hsum4_i32(a, b, c, d);
+                    acc = fold4(acc, _mm256_mul_pd(scales, _mm256_cvtepi32_pd(sums)));
+                    let x = [0, 1, 2, 3].map(|k| xs.add((i + k) * $bytes));
+                    let y = [0, 1, 2, 3].map(|k| ys.add((i + k) * Q8K_BYTES));
+                    pending = (
+                        [
+                            $sb(x[0], y[0], tab),
+                            $sb(x[1], y[1], tab),
+                            $sb(x[2], y[2], tab),
+                            $sb(x[3], y[3], tab),
+                        ],
+                        $scales4(x, y),
+                    );
+                    i += 4;
+                }
                 let ([a, b, c, d], scales) = pending;
                 let sums = hsum4_i32(a, b, c, d);
                 acc = fold4(acc, _mm256_mul_pd(scales, _mm256_cvtepi32_pd(sums)));
-                let x = [0, 1, 2, 3].map(|k| xs.add((i + k) * $bytes));
-                let y = [0, 1, 2, 3].map(|k| ys.add((i + k) * Q8K_BYTES));
-                pending = (
-                    [
-                        $sb(x[0], y[0], tab),
-                        $sb(x[1], y[1], tab),
-                        $sb(x[2], y[2], tab),
-                        $sb(x[3], y[3], tab),
-                    ],
-                    $scales4(x, y),
-                );
-                i += 4;
+                for i in i..nb {
+                    let x = xs.add(i * $bytes);
+                    let y = ys.add(i * Q8K_BYTES);
+                    acc = $fold1(acc, x, y, hsum_i32($sb(x, y, tab)));
+                }
+                *o = finish_ks(acc, row_scale_at($kind, row));
             }
-            let ([a, b, c, d], scales) = pending;
-            let sums = hsum4_i32(a, b, c, d);
-            acc = fold4(acc, _mm256_mul_pd(scales, _mm256_cvtepi32_pd(sums)));
-            for i in i..nb {
-                let x = xs.add(i * $bytes);
-                let y = ys.add(i * Q8K_BYTES);
-                acc = $fold1(acc, x, y, hsum_i32($sb(x, y, tab)));
-            }
-            finish_ks(acc, row_scale($kind, row))
         }
     };
 }
 
 row!(
     vec_dot_iq2k,
+    vec_dot_iq2k_rows,
     DotType::Iq2K,
     IQ2K_BYTES,
     sb_iq2k,
@@ -664,6 +683,7 @@ row!(
 );
 row!(
     vec_dot_iq3k,
+    vec_dot_iq3k_rows,
     DotType::Iq3K,
     IQ3K_BYTES,
     sb_iq3k,
@@ -673,6 +693,7 @@ row!(
 );
 row!(
     vec_dot_iq4k,
+    vec_dot_iq4k_rows,
     DotType::Iq4K,
     IQ4K_BYTES,
     sb_iq4k,
@@ -682,6 +703,7 @@ row!(
 );
 row!(
     vec_dot_iq2ks,
+    vec_dot_iq2ks_rows,
     DotType::Iq2Ks,
     IQ2KS_BYTES,
     sb_iq2ks,
@@ -691,6 +713,7 @@ row!(
 );
 row!(
     vec_dot_iq3ks,
+    vec_dot_iq3ks_rows,
     DotType::Iq3Ks,
     IQ3KS_BYTES,
     sb_iq3ks,
@@ -700,6 +723,7 @@ row!(
 );
 row!(
     vec_dot_iq4ks,
+    vec_dot_iq4ks_rows,
     DotType::Iq4Ks,
     IQ4KS_BYTES,
     sb_iq4ks,

@@ -209,6 +209,50 @@ pub fn vec_dot(kind: DotType, path: SimdPath, row: &[u8], q8k: &[u8]) -> f32 {
     dot_fn(kind, path)(row, q8k)
 }
 
+/// A kernel over consecutive rows: `rows` holds `out.len()` rows (each as [`DotFn`] takes
+/// one), all dotted with the same Q8_K activations. Results equal [`DotFn`]'s row by row.
+pub type RowsFn = fn(&[u8], &[u8], &mut [f32]);
+
+/// The multi-row kernel for `kind` on `path` (see [`RowsFn`]); matrix products use it, since
+/// the rows share one set-up. Panics if the CPU lacks `path`.
+pub fn rows_fn(kind: DotType, path: SimdPath) -> RowsFn {
+    assert!(
+        path.is_available(),
+        "SIMD path {path} is not available on this CPU"
+    );
+    // Paths without a multi-row kernel run their single-row one row by row.
+    macro_rules! by_row {
+        ($path:expr) => {
+            match kind {
+                DotType::Iq2K => |r, q, o| by_row(DotType::Iq2K, $path, r, q, o),
+                DotType::Iq3K => |r, q, o| by_row(DotType::Iq3K, $path, r, q, o),
+                DotType::Iq4K => |r, q, o| by_row(DotType::Iq4K, $path, r, q, o),
+                DotType::Iq2Ks => |r, q, o| by_row(DotType::Iq2Ks, $path, r, q, o),
+                DotType::Iq3Ks => |r, q, o| by_row(DotType::Iq3Ks, $path, r, q, o),
+                DotType::Iq4Ks => |r, q, o| by_row(DotType::Iq4Ks, $path, r, q, o),
+            }
+        };
+    }
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        SimdPath::Avx2 => x86::avx2_rows_fn(kind),
+        SimdPath::Scalar => by_row!(SimdPath::Scalar),
+        SimdPath::Avx512 => by_row!(SimdPath::Avx512),
+        SimdPath::Neon => by_row!(SimdPath::Neon),
+        #[allow(unreachable_patterns)]
+        _ => unreachable!("{path} reported available on an architecture without it"),
+    }
+}
+
+fn by_row(kind: DotType, path: SimdPath, rows: &[u8], q8k: &[u8], out: &mut [f32]) {
+    let (_, row_bytes) = scalar::check_rows(kind, rows, q8k, out.len());
+    let dot = dot_fn(kind, path);
+    // Indexed, not `chunks_exact`: rows of zero bytes (no blocks, K types) are valid.
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = dot(&rows[r * row_bytes..(r + 1) * row_bytes], q8k);
+    }
+}
+
 fn scalar_fn(kind: DotType) -> DotFn {
     match kind {
         DotType::Iq2K => |r, q| scalar::vec_dot(DotType::Iq2K, r, q),
@@ -224,7 +268,7 @@ fn scalar_fn(kind: DotType) -> DotFn {
 /// out by [`dot_fn`] after the CPU check, which is what makes the `unsafe` calls sound.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{avx2, avx512, DotFn, DotType};
+    use super::{avx2, avx512, DotFn, DotType, RowsFn};
 
     macro_rules! wrap {
         ($m:ident, $f:ident) => {
@@ -243,6 +287,26 @@ mod x86 {
             DotType::Iq2Ks => wrap!(avx2, vec_dot_iq2ks),
             DotType::Iq3Ks => wrap!(avx2, vec_dot_iq3ks),
             DotType::Iq4Ks => wrap!(avx2, vec_dot_iq4ks),
+        }
+    }
+
+    macro_rules! wrap_rows {
+        ($m:ident, $f:ident) => {
+            |r: &[u8], q: &[u8], o: &mut [f32]| {
+                // SAFETY: only reachable through `rows_fn`, which checked the CPU features.
+                unsafe { $m::$f(r, q, o) }
+            }
+        };
+    }
+
+    pub(super) fn avx2_rows_fn(kind: DotType) -> RowsFn {
+        match kind {
+            DotType::Iq2K => wrap_rows!(avx2, vec_dot_iq2k_rows),
+            DotType::Iq3K => wrap_rows!(avx2, vec_dot_iq3k_rows),
+            DotType::Iq4K => wrap_rows!(avx2, vec_dot_iq4k_rows),
+            DotType::Iq2Ks => wrap_rows!(avx2, vec_dot_iq2ks_rows),
+            DotType::Iq3Ks => wrap_rows!(avx2, vec_dot_iq3ks_rows),
+            DotType::Iq4Ks => wrap_rows!(avx2, vec_dot_iq4ks_rows),
         }
     }
 

@@ -115,6 +115,22 @@ pub fn check_lens(kind: DotType, row: &[u8], q8k: &[u8]) -> usize {
     nb
 }
 
+/// Checks `rows` holds `nrows` rows that match `q8k` (whole Q8_K blocks); returns the
+/// number of 256-weight blocks per row and the bytes of a row. Panics otherwise.
+pub fn check_rows(kind: DotType, rows: &[u8], q8k: &[u8], nrows: usize) -> (usize, usize) {
+    let nb = q8k.len() / Q8K_BYTES;
+    let row_bytes = kind.row_meta() + nb * kind.block_bytes();
+    assert!(
+        q8k.len() == nb * Q8K_BYTES && rows.len() == nrows * row_bytes,
+        "{}: {} bytes are not {} rows matching {} bytes of Q8_K activations",
+        kind.name(),
+        rows.len(),
+        nrows,
+        q8k.len()
+    );
+    (nb, row_bytes)
+}
+
 /// Exact IEEE binary16 → binary32 conversion (subnormals, ±0, ±inf and NaN included).
 #[inline]
 pub fn f16_to_f32(h: u16) -> f32 {
@@ -151,6 +167,15 @@ pub fn row_scale(kind: DotType, row: &[u8]) -> f32 {
         DotType::Iq2Ks | DotType::Iq3Ks => f16_to_f32(rd_u16(row, 0)),
         _ => 1.0,
     }
+}
+
+/// [`row_scale`] of the row starting at `row` (its bytes checked by the caller).
+///
+/// # Safety
+/// `row` must point at a whole row of `kind`.
+#[inline]
+pub unsafe fn row_scale_at(kind: DotType, row: *const u8) -> f32 {
+    row_scale(kind, std::slice::from_raw_parts(row, kind.row_meta()))
 }
 
 /// Folds one superblock of a K type (fp16 scale `dw`) into the accumulator.
