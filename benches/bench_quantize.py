@@ -1,13 +1,14 @@
 """Quantization throughput per type: ours (best SIMD path and scalar), single- and all-thread,
 and, when available, ik_llama.cpp's own quantizer on the same data in the same run.
 
-    python benches/bench_quantize.py [--rows 256] [--cols 4096] [--repeat 3]
+    python benches/bench_quantize.py [--rows 256] [--cols 4096] [--repeat 5]
 
 Data: normal(0, 0.02) weights with a chi-square(2) importance matrix (as the speed issue's facts).
-``x 1T`` is the thread scaling: single- over all-thread wall time, timed alternately. ``procs``
-is the machine's own scaling, measured just after: as many single-thread processes as CPUs,
-started together, against one alone (their total throughput over its). It is the reference for
-``x 1T`` on a shared or frequency-boosting machine, and as noisy as the machine.
+``x 1T`` is the thread scaling: single- over all-thread wall time. ``procs`` is the machine's
+own scaling: the single-thread time over that of as many single-thread processes as CPUs, each
+quantizing its share of the rows, started together (the slowest counting). The three are timed
+in turn in every round, best of ``--repeat`` rounds, so that a change in the machine's load hits
+them alike; on a shared or frequency-boosting machine ``procs`` is the reference for ``x 1T``.
 Ratios are against baselines measured in this run: the scalar path (a subprocess with
 IQK_RS_SIMD=scalar) and ik_llama.cpp. For the latter, point IQK_BENCH_IK_LIB at a shared library
 built from ik_llama.cpp's ggml-quants.c and iqk/iqk_quantize.cpp that exports its
@@ -48,13 +49,83 @@ def best_time(fn, repeat: int, clock=time.perf_counter) -> float:
     return best
 
 
-def measure_ours(rows: int, cols: int, repeat: int) -> dict[str, dict[str, float]]:
+class Workers:
+    """One single-thread worker process per CPU, each holding its share of a type's rows, kept
+    alive across rounds so that a round times only the quantization."""
+
+    def __init__(self, spec: str, rows: int, cols: int, parts: int):
+        base = [
+            sys.executable,
+            __file__,
+            "--worker",
+            spec,
+            "--rows",
+            str(rows),
+            "--cols",
+            str(cols),
+        ]
+        self.procs = [
+            subprocess.Popen(
+                [*base, "--part", f"{k}/{parts}"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for k in range(parts)
+        ]
+        for p in self.procs:
+            if p.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"benchmark worker for {spec} failed")
+
+    def run(self) -> float:
+        """Wall time of all workers quantizing their shares together."""
+        start_at = time.time() + 0.05
+        for p in self.procs:
+            p.stdin.write(f"{start_at}\n")
+            p.stdin.flush()
+        return max(float(p.stdout.readline()) for p in self.procs)
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.stdin.close()
+            p.wait()
+
+
+def worker(spec: str, rows: int, cols: int, part: str) -> None:
+    """A `Workers` process: quantizes rows `k/n` of the type's share on each start time read
+    from stdin, printing the seconds it took."""
+    import iqk_rs
+
+    k, n = map(int, part.split("/"))
+    x, im = data(rows, cols)
+    name, _, search = spec.partition(":")
+    xs = x[: max(1, rows // ROW_SHARE.get(spec, 1))]
+    share = xs[k * len(xs) // n : (k + 1) * len(xs) // n]
+
+    def run():
+        iqk_rs.quantize(share, name, im, iq2ks_search=search or "fast", threads=1)
+
+    run()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        start_at = float(line)
+        while time.time() < start_at:
+            pass
+        start = time.perf_counter()
+        run()
+        print(time.perf_counter() - start, flush=True)
+
+
+def measure_ours(
+    rows: int, cols: int, repeat: int, with_procs: bool
+) -> dict[str, dict[str, float]]:
     """Mweights/s of this process's SIMD path: single thread (CPU time, as ik's is measured)
-    and all threads (wall time), and the thread scaling: single- over all-thread wall time,
-    the two timed alternately so that a change in the machine's load hits both alike."""
+    and all threads (wall time); the thread scaling (single- over all-thread wall time) and,
+    with `with_procs`, the machine's own (see the module docstring), timed in turn each round."""
     import iqk_rs
 
     x, im = data(rows, cols)
+    cpus = os.cpu_count() or 1
     out = {}
     for spec in TYPES:
         name, _, search = spec.partition(":")
@@ -63,55 +134,27 @@ def measure_ours(rows: int, cols: int, repeat: int) -> dict[str, dict[str, float
         def run(threads, xs=xs, name=name, search=search or "fast"):
             return iqk_rs.quantize(xs, name, im, iq2ks_search=search, threads=threads)
 
-        one_cpu = one_wall = many = float("inf")
-        for _ in range(repeat):
-            cpu, wall = time.process_time(), time.perf_counter()
-            run(1)
-            one_cpu = min(one_cpu, time.process_time() - cpu)
-            one_wall = min(one_wall, time.perf_counter() - wall)
-            many = min(many, best_time(lambda: run(None), 1))
+        workers = Workers(spec, rows, cols, cpus) if with_procs else None
+        one_cpu = one_wall = many = procs = float("inf")
+        try:
+            for _ in range(repeat):
+                cpu, wall = time.process_time(), time.perf_counter()
+                run(1)
+                one_cpu = min(one_cpu, time.process_time() - cpu)
+                one_wall = min(one_wall, time.perf_counter() - wall)
+                many = min(many, best_time(lambda: run(None), 1))
+                if workers:
+                    procs = min(procs, workers.run())
+        finally:
+            if workers:
+                workers.close()
         out[spec] = {
             "one": xs.size / one_cpu / 1e6,
             "all": xs.size / many / 1e6,
             "scaling": one_wall / many,
+            "machine": one_wall / procs,
         }
     return out
-
-
-def solo(spec: str, rows: int, cols: int, repeat: int, start_at: float) -> float:
-    """Best single-thread time of one type, starting at `start_at` (so that processes started
-    together run together)."""
-    import iqk_rs
-
-    x, im = data(rows, cols)
-    name, _, search = spec.partition(":")
-    xs = x[: max(1, rows // ROW_SHARE.get(spec, 1))]
-    while time.time() < start_at:
-        time.sleep(0.001)
-    return best_time(
-        lambda: iqk_rs.quantize(xs, name, im, iq2ks_search=search or "fast", threads=1), repeat
-    )
-
-
-def measure_processes(rows: int, cols: int, repeat: int) -> dict[str, float]:
-    """Per type: one process per CPU, each quantizing single-threaded, against one process
-    alone: n_cpus · t_alone / t_together (2.0 on two idle cores), the slowest process counting."""
-    cpus = os.cpu_count() or 1
-
-    def together(spec: str, n: int) -> float:
-        start_at = time.time() + 2.0  # past the children's imports
-        cmd = [sys.executable, __file__, "--solo", spec, "--start-at", str(start_at)]
-        cmd += ["--rows", str(rows), "--cols", str(cols), "--repeat", str(repeat)]
-        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(n)]
-        times = []
-        for p in procs:
-            stdout, _ = p.communicate()
-            if p.returncode != 0:
-                raise RuntimeError(f"benchmark child for {spec} failed")
-            times.append(float(stdout))
-        return max(times)
-
-    return {spec: cpus * together(spec, 1) / together(spec, cpus) for spec in TYPES}
 
 
 def measure_ik(lib_path: str, rows: int, cols: int, repeat: int) -> dict[str, dict[str, float]]:
@@ -153,19 +196,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=256)
     ap.add_argument("--cols", type=int, default=4096)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--solo", help=argparse.SUPPRESS)
-    ap.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--part", default="0/1", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(measure_ours(args.rows, args.cols, args.repeat)))
+        print(json.dumps(measure_ours(args.rows, args.cols, args.repeat, with_procs=False)))
         return
-    if args.solo:
-        print(solo(args.solo, args.rows, args.cols, args.repeat, args.start_at))
+    if args.worker:
+        worker(args.worker, args.rows, args.cols, args.part)
         return
 
-    ours = measure_ours(args.rows, args.cols, args.repeat)
+    ours = measure_ours(args.rows, args.cols, args.repeat, with_procs=True)
     env = dict(os.environ, IQK_RS_SIMD="scalar")
     cmd = [
         sys.executable,
@@ -181,7 +224,6 @@ def main() -> None:
     scalar = json.loads(
         subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     )
-    machine = measure_processes(args.rows, args.cols, args.repeat)
     lib = os.environ.get("IQK_BENCH_IK_LIB")
     ik = measure_ik(lib, args.rows, args.cols, args.repeat) if lib else {}
 
@@ -197,7 +239,7 @@ def main() -> None:
         o, s = ours[spec], scalar[spec]
         line = (
             f"{spec:18} {o['one']:8.2f} {s['one']:9.2f} {o['one'] / s['one']:8.2f} "
-            f"{o['all']:9.2f} {o['scaling']:6.2f} {machine[spec]:6.2f}"
+            f"{o['all']:9.2f} {o['scaling']:6.2f} {o['machine']:6.2f}"
         )
         if ik:
             k = ik[spec]
