@@ -12,7 +12,10 @@ mod scalar;
 #[path = "../rust/src/simd/testgen.rs"]
 mod testgen;
 
-use testgen::{make_q8k, make_row, random_case, read_f64s, same, Act, Fill, Rng, GOLDEN_CASES};
+use testgen::{
+    f16_moderate, layout, make_q8k, make_row, random_case, read_f64s, same, Act, Fill, Rng,
+    GOLDEN_CASES,
+};
 
 fn golden_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/golden")
@@ -287,28 +290,42 @@ fn dot_fn_matches_vec_dot() {
 }
 
 /// The multi-row kernels (`rows_fn`, used by the matrix products) give, row by row, exactly
-/// the single-row scalar results: every path, 0 to 5 and 17 rows (pairs and odd remainders),
-/// 1 to 9 superblocks per row (every remainder of the groups of four).
+/// the single-row scalar results: every path, 0 to 5 and 17 rows, 1 to 9 superblocks per row
+/// (every remainder of the groups of four) and 133 (runs of 64 in the two-pass schedule).
 #[test]
 fn rows_fn_equals_row_by_row_scalar() {
     let mut rng = Rng::new(0x5eed_0005);
     for kind in DotType::ALL {
         let sk = to_scalar_kind(kind);
-        for nb in 1..=9 {
-            let q8 = make_q8k(&mut rng, nb, &|_| Act::Random);
+        for nb in (1..=9).chain([133]) {
+            let mut q8 = make_q8k(&mut rng, nb, &|_| Act::Random);
+            // Moderate activation scales (the other tests cover the extreme ones).
+            for y in q8.chunks_exact_mut(simd::Q8K_BLOCK_BYTES) {
+                y[0..4].copy_from_slice(&(0.01 + 0.01 * rng.unit()).to_le_bytes());
+            }
             for nrows in [0, 1, 2, 3, 4, 5, 17] {
                 let rows: Vec<Vec<u8>> = (0..nrows)
                     .map(|r| {
-                        make_row(sk, &mut rng, nb, &|i| {
+                        let mut row = make_row(sk, &mut rng, nb, &|i| {
                             if r % 2 == 0 {
                                 Fill::Random
                             } else {
                                 Fill::Sweep((31 * i + r) as u8)
                             }
-                        })
+                        });
+                        // Every third row keeps the special scales (±inf, NaN, subnormals);
+                        // the others get moderate ones, so that long rows stay finite.
+                        if r % 3 != 2 {
+                            moderate_scales(sk, &mut row, &mut rng);
+                        }
+                        row
                     })
                     .collect();
                 let want: Vec<f32> = rows.iter().map(|r| scalar::vec_dot(sk, r, &q8)).collect();
+                assert!(
+                    nrows < 2 || want.iter().any(|w| w.is_finite() && *w != 0.0),
+                    "{kind:?} {nb} blocks: {want:?}"
+                );
                 let all = rows.concat();
                 for p in simd::available_paths() {
                     let mut got = vec![f32::NAN; nrows];
@@ -322,6 +339,21 @@ fn rows_fn_equals_row_by_row_scalar() {
                 }
             }
         }
+    }
+}
+
+/// Replaces a row's fp16 block scales (K types) or row scale (KS types) by moderate values.
+fn moderate_scales(kind: scalar::DotType, row: &mut [u8], rng: &mut Rng) {
+    let (dend, _, bb) = layout(kind);
+    let meta = kind.row_meta();
+    if dend == 2 {
+        for blk in row[meta..].chunks_exact_mut(bb) {
+            blk[0..2].copy_from_slice(&f16_moderate(rng).to_le_bytes());
+        }
+    } else if meta == 2 {
+        row[0..2].copy_from_slice(&f16_moderate(rng).to_le_bytes());
+    } else {
+        row[0..4].copy_from_slice(&(1.0f32 + rng.unit()).to_le_bytes());
     }
 }
 
