@@ -291,7 +291,7 @@ fn dot_fn_matches_vec_dot() {
 
 /// The multi-row kernels (`rows_fn`, used by the matrix products) give, row by row, exactly
 /// the single-row scalar results: every path, 0 to 5 and 17 rows, 1 to 9 superblocks per row
-/// (every remainder of the groups of four) and 133 (runs of 64 in the two-pass schedule).
+/// (every remainder of the groups of four) and 133 (a long row).
 #[test]
 fn rows_fn_equals_row_by_row_scalar() {
     let mut rng = Rng::new(0x5eed_0005);

@@ -597,111 +597,17 @@ unsafe fn fold1_ks(acc: f64, _x: *const u8, y: *const u8, sumi: i32) -> f64 {
     acc_ks(acc, rdf32(y), sumi)
 }
 
-/// The f64 accumulator of one row (`nb` superblocks at `xs`, activations at `ys`), folded the
-/// scalar twin's way: `acc + scale · sumi` per superblock, in order. Superblocks go in groups
-/// of four: one horizontal reduction gives the four exact integer sums and their f64 products
-/// are formed together; `$scales4` gives four superblocks' factors, `$fold1` folds one.
-///
-/// Two schedules, picked per type by measurement (best of 3-6 interleaved runs, 256 × 4096):
-/// `interleaved` reduces and folds each group at the top of the next group's iteration, when
-/// its sums are long ready (reducing right behind the group's last superblock left a chain of
-/// dependent steps that stalled retirement: 28 % of the samples for iq2_k); `two_pass` forms
-/// the integer sums of up to `SUMS_RUN` superblocks first and folds them after, which keeps
-/// the float work out of the integer loop: iq4_ks 5 % faster, iq2_k and iq2_ks 1-2 % (about
-/// the noise), iq3_k 4 % slower, iq4_k and iq3_ks even.
-macro_rules! fold_row {
-    (
-        interleaved, $xs:expr, $ys:expr, $nb:expr, $bytes:expr, $sb:ident, $tab:expr,
-        $scales4:ident, $fold1:ident
-    ) => {{
-        let (xs, ys, nb, tab) = ($xs, $ys, $nb, $tab);
-        let zero = _mm256_setzero_si256();
-        let mut acc = 0.0f64;
-        let mut i = 0;
-        // The first fold adds four zeros to +0.0: a no-op.
-        let mut pending = ([zero; 4], _mm256_setzero_pd());
-        while i + 4 <= nb {
-            let ([a, b, c, d], scales) = pending;
-            let sums = hsum4_i32(a, b, c, d);
-            acc = fold4(acc, _mm256_mul_pd(scales, _mm256_cvtepi32_pd(sums)));
-            let x = [0, 1, 2, 3].map(|k| xs.add((i + k) * $bytes));
-            let y = [0, 1, 2, 3].map(|k| ys.add((i + k) * Q8K_BYTES));
-            pending = (
-                [
-                    $sb(x[0], y[0], tab),
-                    $sb(x[1], y[1], tab),
-                    $sb(x[2], y[2], tab),
-                    $sb(x[3], y[3], tab),
-                ],
-                $scales4(x, y),
-            );
-            i += 4;
-        }
-        let ([a, b, c, d], scales) = pending;
-        let sums = hsum4_i32(a, b, c, d);
-        acc = fold4(acc, _mm256_mul_pd(scales, _mm256_cvtepi32_pd(sums)));
-        for i in i..nb {
-            let x = xs.add(i * $bytes);
-            let y = ys.add(i * Q8K_BYTES);
-            acc = $fold1(acc, x, y, hsum_i32($sb(x, y, tab)));
-        }
-        acc
-    }};
-    (
-        two_pass, $xs:expr, $ys:expr, $nb:expr, $bytes:expr, $sb:ident, $tab:expr,
-        $scales4:ident, $fold1:ident
-    ) => {{
-        let (xs, ys, nb, tab) = ($xs, $ys, $nb, $tab);
-        let mut acc = 0.0f64;
-        let mut sums = [0i32; SUMS_RUN];
-        for first in (0..nb).step_by(SUMS_RUN) {
-            let n = SUMS_RUN.min(nb - first);
-            let xr = xs.add(first * $bytes);
-            let yr = ys.add(first * Q8K_BYTES);
-            let mut i = 0;
-            while i + 4 <= n {
-                let x = [0, 1, 2, 3].map(|k| xr.add((i + k) * $bytes));
-                let y = [0, 1, 2, 3].map(|k| yr.add((i + k) * Q8K_BYTES));
-                let s4 = hsum4_i32(
-                    $sb(x[0], y[0], tab),
-                    $sb(x[1], y[1], tab),
-                    $sb(x[2], y[2], tab),
-                    $sb(x[3], y[3], tab),
-                );
-                _mm_storeu_si128(sums.as_mut_ptr().add(i) as *mut __m128i, s4);
-                i += 4;
-            }
-            for i in i..n {
-                sums[i] = hsum_i32($sb(xr.add(i * $bytes), yr.add(i * Q8K_BYTES), tab));
-            }
-            let mut i = 0;
-            while i + 4 <= n {
-                let x = [0, 1, 2, 3].map(|k| xr.add((i + k) * $bytes));
-                let y = [0, 1, 2, 3].map(|k| yr.add((i + k) * Q8K_BYTES));
-                let s4 = _mm_loadu_si128(sums.as_ptr().add(i) as *const __m128i);
-                acc = fold4(acc, _mm256_mul_pd($scales4(x, y), _mm256_cvtepi32_pd(s4)));
-                i += 4;
-            }
-            for i in i..n {
-                acc = $fold1(acc, xr.add(i * $bytes), yr.add(i * Q8K_BYTES), sums[i]);
-            }
-        }
-        acc
-    }};
-}
-
-/// Superblocks whose integer sums `fold_row!(two_pass, ..)` forms before folding them (a
-/// row of 16384 weights; 8 was slower).
-const SUMS_RUN: usize = 64;
-
-/// The single- and multi-row kernels of a type. The row scale (1 for K types, where
-/// `finish_ks` equals `finish_k`) is applied last. The rows of one call share the set-up
-/// (tables, constants, length check): on rows of 4096 that made iq3_k 6 % faster, iq3_ks
-/// and iq4_k 3-4 %.
+/// Rows against Q8_K activations. Superblocks go in groups of four: one horizontal
+/// reduction gives the four exact integer sums, and their f64 products are formed together;
+/// the products are then added to the accumulator one at a time, in superblock order, exactly
+/// as the scalar twin does (`acc + scale · sumi`). `$scales4` gives four superblocks' factors,
+/// `$fold1` folds a single one; the row scale (1 for K types, where `finish_ks` equals
+/// `finish_k`) is applied last. The rows of one call share the set-up (tables, constants,
+/// length check): on rows of 4096 that made iq3_k 6 % faster, iq3_ks and iq4_k 3-4 %.
 macro_rules! row {
     (
         $name:ident, $rows:ident, $kind:expr, $bytes:expr, $sb:ident, $tab:ident,
-        $scales4:ident, $fold1:ident, $schedule:ident
+        $scales4:ident, $fold1:ident
     ) => {
         /// One row against Q8_K activations.
         ///
@@ -722,20 +628,43 @@ macro_rules! row {
         pub unsafe fn $rows(rows: &[u8], q8k: &[u8], out: &mut [f32]) {
             let (nb, row_bytes) = check_rows($kind, rows, q8k, out.len());
             let tab = $tab();
+            let ys = q8k.as_ptr();
+            let zero = _mm256_setzero_si256();
             for (r, o) in out.iter_mut().enumerate() {
                 let row = rows.as_ptr().add(r * row_bytes);
                 let xs = row.add($kind.row_meta());
-                let acc = fold_row!(
-                    $schedule,
-                    xs,
-                    q8k.as_ptr(),
-                    nb,
-                    $bytes,
-                    $sb,
-                    tab,
-                    $scales4,
-                    $fold1
-                );
+                let mut acc = 0.0f64;
+                let mut i = 0;
+                // The previous group's sums are reduced and folded at the top of the next
+                // iteration, when they are long ready: reducing right behind the group's own
+                // last superblock left a chain of dependent steps that stalled retirement (28 %
+                // of the samples for iq2_k). The first fold adds four zeros to +0.0: a no-op.
+                let mut pending = ([zero; 4], _mm256_setzero_pd());
+                while i + 4 <= nb {
+                    let ([a, b, c, d], scales) = pending;
+                    let sums = hsum4_i32(a, b, c, d);
+                    acc = fold4(acc, _mm256_mul_pd(scales, _mm256_cvtepi32_pd(sums)));
+                    let x = [0, 1, 2, 3].map(|k| xs.add((i + k) * $bytes));
+                    let y = [0, 1, 2, 3].map(|k| ys.add((i + k) * Q8K_BYTES));
+                    pending = (
+                        [
+                            $sb(x[0], y[0], tab),
+                            $sb(x[1], y[1], tab),
+                            $sb(x[2], y[2], tab),
+                            $sb(x[3], y[3], tab),
+                        ],
+                        $scales4(x, y),
+                    );
+                    i += 4;
+                }
+                let ([a, b, c, d], scales) = pending;
+                let sums = hsum4_i32(a, b, c, d);
+                acc = fold4(acc, _mm256_mul_pd(scales, _mm256_cvtepi32_pd(sums)));
+                for i in i..nb {
+                    let x = xs.add(i * $bytes);
+                    let y = ys.add(i * Q8K_BYTES);
+                    acc = $fold1(acc, x, y, hsum_i32($sb(x, y, tab)));
+                }
                 *o = finish_ks(acc, row_scale_at($kind, row));
             }
         }
@@ -750,8 +679,7 @@ row!(
     sb_iq2k,
     tab_iq2,
     scales4_k,
-    fold1_k,
-    two_pass
+    fold1_k
 );
 row!(
     vec_dot_iq3k,
@@ -761,8 +689,7 @@ row!(
     sb_iq3k,
     tab_iq3,
     scales4_k,
-    fold1_k,
-    interleaved
+    fold1_k
 );
 row!(
     vec_dot_iq4k,
@@ -772,8 +699,7 @@ row!(
     sb_iq4k,
     tab_iq4,
     scales4_k,
-    fold1_k,
-    interleaved
+    fold1_k
 );
 row!(
     vec_dot_iq2ks,
@@ -783,8 +709,7 @@ row!(
     sb_iq2ks,
     tab_iq2,
     scales4_ks,
-    fold1_ks,
-    two_pass
+    fold1_ks
 );
 row!(
     vec_dot_iq3ks,
@@ -794,8 +719,7 @@ row!(
     sb_iq3ks,
     tab_iq3,
     scales4_ks,
-    fold1_ks,
-    interleaved
+    fold1_ks
 );
 row!(
     vec_dot_iq4ks,
@@ -805,6 +729,5 @@ row!(
     sb_iq4ks,
     tab_iq4,
     scales4_ks,
-    fold1_ks,
-    two_pass
+    fold1_ks
 );
