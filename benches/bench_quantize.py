@@ -40,6 +40,12 @@ def data(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
     return x, im
 
 
+def type_rows(x: np.ndarray, spec: str) -> tuple[str, str, np.ndarray]:
+    """A benchmark spec's type name, IQ2_KS search ("" when unset) and its rows of `x`."""
+    name, _, search = spec.partition(":")
+    return name, search, x[: max(1, len(x) // ROW_SHARE.get(spec, 1))]
+
+
 def best_time(fn, repeat: int, clock=time.perf_counter) -> float:
     best = float("inf")
     for _ in range(repeat):
@@ -98,8 +104,7 @@ def worker(spec: str, rows: int, cols: int, part: str) -> None:
 
     k, n = map(int, part.split("/"))
     x, im = data(rows, cols)
-    name, _, search = spec.partition(":")
-    xs = x[: max(1, rows // ROW_SHARE.get(spec, 1))]
+    name, search, xs = type_rows(x, spec)
     share = xs[k * len(xs) // n : (k + 1) * len(xs) // n]
 
     def run():
@@ -128,8 +133,7 @@ def measure_ours(
     cpus = os.cpu_count() or 1
     out = {}
     for spec in TYPES:
-        name, _, search = spec.partition(":")
-        xs = x[: max(1, rows // ROW_SHARE.get(spec, 1))]
+        name, search, xs = type_rows(x, spec)
 
         def run(threads, xs=xs, name=name, search=search or "fast"):
             return iqk_rs.quantize(xs, name, im, iq2ks_search=search, threads=threads)
@@ -167,8 +171,8 @@ def measure_ik(lib_path: str, rows: int, cols: int, repeat: int) -> dict[str, di
     x, im = data(rows, cols)
     out = {}
     for spec in TYPES:
-        name, _, search = spec.partition(":")
-        xs = np.ascontiguousarray(x[: max(1, rows // ROW_SHARE.get(spec, 1))])
+        name, search, xs = type_rows(x, spec)
+        xs = np.ascontiguousarray(xs)
         fn = getattr(lib, f"quantize_{name}")
         fn.restype = ctypes.c_size_t
         fn.argtypes = [
