@@ -265,7 +265,8 @@ fn scalar_fn(kind: DotType) -> DotFn {
 }
 
 /// Safe wrappers around the `#[target_feature]` kernels. They are private and only handed
-/// out by [`dot_fn`] after the CPU check, which is what makes the `unsafe` calls sound.
+/// out by [`dot_fn`] and [`rows_fn`] after the CPU check, which is what makes the `unsafe`
+/// calls sound.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{avx2, avx512, DotFn, DotType, RowsFn};
