@@ -1,5 +1,6 @@
 //! Dot-product kernel benchmarks: every type × every SIMD path this CPU has, as a
-//! matrix-vector product (one Q8_K activation row against every weight row).
+//! matrix-vector product (one Q8_K activation row against every weight row), then batched
+//! (the tile kernels: the cache-resident matrix against 8 and 32 activation rows).
 //!
 //! `cargo bench --bench kernels` runs the criterion benchmarks (throughput in weights/s) and
 //! then prints a summary table: per type and path, Gweights/s and GB/s for a cache-resident
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use std::ffi::{c_int, c_long, c_void};
 
-use iqk_rs::simd::{self, DotType, RowsFn, SimdPath, Q8K_BLOCK_BYTES};
+use iqk_rs::simd::{self, ActRows, DotType, RowsFn, SimdPath, TileFn, Q8K_BLOCK_BYTES};
 use iqk_rs::QuantType;
 use rayon::prelude::*;
 
@@ -75,6 +76,18 @@ fn make(kind: DotType, nrows: usize, ncols: usize) -> Mat {
             }
         }
     }
+    let q8 = make_q8(&mut rng, nb);
+    Mat {
+        nrows,
+        ncols,
+        row_bytes,
+        data,
+        q8,
+    }
+}
+
+/// `nb` Q8_K blocks of random quants in [-127, 127] (as quantization gives) and scale 0.01.
+fn make_q8(rng: &mut Rng, nb: usize) -> Vec<u8> {
     let mut q8 = vec![0u8; nb * Q8K_BLOCK_BYTES];
     for y in q8.chunks_exact_mut(Q8K_BLOCK_BYTES) {
         y[0..4].copy_from_slice(&0.01f32.to_le_bytes());
@@ -88,13 +101,7 @@ fn make(kind: DotType, nrows: usize, ncols: usize) -> Mat {
             y[264 + 2 * k..266 + 2 * k].copy_from_slice(&(s as i16).to_le_bytes());
         }
     }
-    Mat {
-        nrows,
-        ncols,
-        row_bytes,
-        data,
-        q8,
-    }
+    q8
 }
 
 fn matvec(f: RowsFn, m: &Mat, out: &mut [f32]) {
@@ -105,6 +112,40 @@ fn matvec_par(f: RowsFn, m: &Mat, out: &mut [f32]) {
     out.par_chunks_mut(16)
         .zip(m.data.par_chunks(16 * m.row_bytes))
         .for_each(|(o, rows)| f(rows, &m.q8, o));
+}
+
+/// Every weight row against every activation row (`out[r * acts.len() + j]`), in blocks
+/// of 16 weight rows as `ops::matmul` hands them out.
+fn matmul(f: TileFn, m: &Mat, acts: &ActRows, out: &mut [f32]) {
+    for (o, rows) in out
+        .chunks_mut(16 * acts.len())
+        .zip(m.data.chunks(16 * m.row_bytes))
+    {
+        f(rows, acts, o);
+    }
+}
+
+fn matmul_par(f: TileFn, m: &Mat, acts: &ActRows, out: &mut [f32]) {
+    out.par_chunks_mut(16 * acts.len())
+        .zip(m.data.par_chunks(16 * m.row_bytes))
+        .for_each(|(o, rows)| f(rows, acts, o));
+}
+
+/// The same products without tiles: the multi-row kernel once per activation row.
+fn matmul_by_act(f: RowsFn, m: &Mat, acts: &ActRows, out: &mut [f32]) {
+    let mut column = [0f32; 16];
+    for (o, rows) in out
+        .chunks_mut(16 * acts.len())
+        .zip(m.data.chunks(16 * m.row_bytes))
+    {
+        let col = &mut column[..o.len() / acts.len()];
+        for j in 0..acts.len() {
+            f(rows, acts.row(j), col);
+            for (r, &v) in col.iter().enumerate() {
+                o[r * acts.len() + j] = v;
+            }
+        }
+    }
 }
 
 /// Bandwidth baseline: read every byte once (sum of u64 lanes, vectorized by the compiler).
@@ -224,6 +265,58 @@ impl IkBaseline {
 
     fn matvec(&self, kind: DotType, m: &Mat, out: &mut [f32]) {
         self.matvec_part(kind, m, out.as_mut_ptr(), 0, 1);
+    }
+
+    /// Thread `ith` of `nth`'s share of every row against the activation rows `acts`;
+    /// `out[j * nrows + r]` (ik's layout, activation-major).
+    fn matmul_part(
+        &self,
+        kind: DotType,
+        m: &Mat,
+        acts: &ActRows,
+        out: *mut f32,
+        ith: usize,
+        nth: usize,
+    ) {
+        let type_a = QuantType::from_name(kind.name()).unwrap().info().ggml_id as c_int;
+        // SAFETY: `acts` holds acts.len() Q8_K rows of m.ncols; `out` has nrows × that many
+        // floats, and ik writes only its own share of them.
+        let ok = unsafe {
+            (self.mul_mat)(
+                m.nrows as c_long,
+                acts.len() as c_long,
+                m.ncols as c_long,
+                type_a,
+                m.data.as_ptr().cast(),
+                m.row_bytes as c_long,
+                GGML_TYPE_Q8_K,
+                acts.bytes().as_ptr().cast(),
+                acts.row_bytes() as c_long,
+                out,
+                m.nrows as c_long,
+                ith as c_int,
+                nth as c_int,
+            )
+        };
+        assert!(ok, "iqk_mul_mat refused {}", kind.name());
+    }
+
+    fn matmul(&self, kind: DotType, m: &Mat, acts: &ActRows, out: &mut [f32]) {
+        self.matmul_part(kind, m, acts, out.as_mut_ptr(), 0, 1);
+    }
+
+    fn matmul_par(&self, kind: DotType, m: &Mat, acts: &ActRows, out: &mut [f32]) {
+        let ptr = out.as_mut_ptr() as usize;
+        rayon::broadcast(|ctx| {
+            self.matmul_part(
+                kind,
+                m,
+                acts,
+                ptr as *mut f32,
+                ctx.index(),
+                ctx.num_threads(),
+            )
+        });
     }
 
     fn matvec_par(&self, kind: DotType, m: &Mat, out: &mut [f32]) {
@@ -404,6 +497,78 @@ fn table() {
     }
 }
 
+/// Activation rows per batch in the batched table.
+const BATCHES: [usize; 2] = [8, 32];
+
+/// Batched products (`matmul`): the cache-resident matrix against B activation rows, on one
+/// thread and on all. Gw/s counts weight × activation-row products; `x-by-act` is the ratio
+/// to the multi-row kernel run once per activation row (as before tiles) in the same run.
+fn batched_table() {
+    let paths = simd::available_paths();
+    let ik = IkBaseline::load();
+    println!();
+    println!(
+        "Batched: {} x {} weights against B activation rows (Gw/s = 1e9 weight x activation-row \
+         products/s; x-by-act = ratio to one multi-row pass per activation row, same run)",
+        CACHE.0, CACHE.1
+    );
+    println!(
+        "{:<7} {:<7} {:>3} | {:>7} {:>8} | {:>7}",
+        "type", "path", "B", "1T Gw/s", "x-by-act", "all-T"
+    );
+    let wanted = std::env::var("IQK_BENCH_TYPES").unwrap_or_default();
+    let kinds = DotType::ALL
+        .into_iter()
+        .filter(|k| wanted.is_empty() || wanted.split(',').any(|w| w.trim() == k.name()));
+    for kind in kinds {
+        let m = make(kind, CACHE.0, CACHE.1);
+        for batch in BATCHES {
+            let mut rng = Rng(0x0123_4567_89ab_cdef ^ batch as u64);
+            let bytes: Vec<u8> = (0..batch)
+                .flat_map(|_| make_q8(&mut rng, CACHE.1 / 256))
+                .collect();
+            let acts = ActRows::new(&bytes, batch);
+            let products = (m.nrows * m.ncols * batch) as f64;
+            let mut out = vec![0f32; m.nrows * batch];
+            let budget = Duration::from_millis(300);
+            for &p in &paths {
+                let (tile, rows) = (simd::tile_fn(kind, p), simd::rows_fn(kind, p));
+                let t1 = best_of(budget, || matmul(tile, &m, &acts, &mut out));
+                let tn = best_of(budget, || matmul_par(tile, &m, &acts, &mut out));
+                let tb = best_of(budget, || matmul_by_act(rows, &m, &acts, &mut out));
+                println!(
+                    "{:<7} {:<7} {:>3} | {:>7.2} {:>8.2} | {:>7.2}",
+                    kind.name(),
+                    p.name(),
+                    batch,
+                    products / t1 / 1e9,
+                    tb / t1,
+                    products / tn / 1e9
+                );
+            }
+            if let Some(ik) = &ik {
+                // ik's layout is activation-major; ours, transposed, for the difference.
+                let ours: Vec<f32> = (0..batch * m.nrows)
+                    .map(|k| out[(k % m.nrows) * batch + k / m.nrows])
+                    .collect();
+                let mut theirs = vec![0f32; m.nrows * batch];
+                let t1 = best_of(budget, || ik.matmul(kind, &m, &acts, &mut theirs));
+                let tn = best_of(budget, || ik.matmul_par(kind, &m, &acts, &mut theirs));
+                println!(
+                    "{:<7} {:<7} {:>3} | {:>7.2} {:>8} | {:>7.2} diff {:.1e}",
+                    kind.name(),
+                    "ik",
+                    batch,
+                    products / t1 / 1e9,
+                    "",
+                    products / tn / 1e9,
+                    max_rel_diff(&ours, &theirs)
+                );
+            }
+        }
+    }
+}
+
 fn main() {
     let mode = std::env::var("IQK_BENCH").unwrap_or_default();
     // `cargo test --benches` / `--list` only smoke-test the harness.
@@ -415,8 +580,10 @@ fn main() {
         for kind in DotType::ALL {
             let m = make(kind, 4, 1024);
             let mut out = vec![0f32; 4];
+            let acts = ActRows::new(&m.q8, 1);
             for p in simd::available_paths() {
                 matvec(simd::rows_fn(kind, p), &m, &mut out);
+                matmul(simd::tile_fn(kind, p), &m, &acts, &mut out);
             }
         }
         println!("kernels bench: smoke test ok (run with `cargo bench --bench kernels`)");
@@ -437,5 +604,6 @@ fn main() {
     }
     if mode != "criterion" {
         table();
+        batched_table();
     }
 }

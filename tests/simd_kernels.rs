@@ -342,6 +342,100 @@ fn rows_fn_equals_row_by_row_scalar() {
     }
 }
 
+/// The tile kernels (`tile_fn`, used by batched matrix products) give, pair by pair, exactly
+/// the single-row scalar results: every path; 1 to 9 and 17 activation rows (on AVX2: one row
+/// alone, groups of eight and every remainder); 0, 1, 3 and 17 weight rows; 1, 2 and 5
+/// superblocks; activations with and without -128 (without, the AVX2 4-bit kernels take a
+/// cheaper sign trick).
+#[test]
+fn tile_fn_equals_pairwise_scalar() {
+    let mut rng = Rng::new(0x5eed_0007);
+    for kind in DotType::ALL {
+        let sk = to_scalar_kind(kind);
+        for nb in [1, 2, 5] {
+            for with_min8 in [false, true] {
+                for n_acts in (1..=9).chain([17]) {
+                    let acts: Vec<Vec<u8>> = (0..n_acts)
+                        .map(|j| {
+                            let mut q8 = make_q8k(&mut rng, nb, &|_| Act::NoMin);
+                            for y in q8.chunks_exact_mut(simd::Q8K_BLOCK_BYTES) {
+                                y[0..4].copy_from_slice(&(0.01 + 0.01 * rng.unit()).to_le_bytes());
+                            }
+                            if with_min8 && j == n_acts / 2 {
+                                put_min8(&mut q8, nb - 1, 77);
+                            }
+                            q8
+                        })
+                        .collect();
+                    let bytes = acts.concat();
+                    let act_rows = simd::ActRows::new(&bytes, n_acts);
+                    assert_eq!(act_rows.has_min8(), with_min8);
+                    for nrows in [0, 1, 3, 17] {
+                        let rows: Vec<Vec<u8>> = (0..nrows)
+                            .map(|r| {
+                                let mut row = make_row(sk, &mut rng, nb, &|_| Fill::Random);
+                                if r % 3 != 2 {
+                                    moderate_scales(sk, &mut row, &mut rng);
+                                }
+                                row
+                            })
+                            .collect();
+                        let all = rows.concat();
+                        for p in simd::available_paths() {
+                            let mut got = vec![f32::NAN; nrows * n_acts];
+                            simd::tile_fn(kind, p)(&all, &act_rows, &mut got);
+                            for (r, row) in rows.iter().enumerate() {
+                                for (j, act) in acts.iter().enumerate() {
+                                    let want = scalar::vec_dot(sk, row, act);
+                                    let g = got[r * n_acts + j];
+                                    assert!(
+                                        same(g, want),
+                                        "{kind:?} {p}: row {r} of {nrows} x act {j} of \
+                                         {n_acts} ({nb} blocks, -128: {with_min8}): \
+                                         {g:e} != {want:e}"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sets quant `k` of Q8_K block `block` to -128, keeping its block sum consistent.
+fn put_min8(q8: &mut [u8], block: usize, k: usize) {
+    let y = &mut q8[block * simd::Q8K_BLOCK_BYTES..(block + 1) * simd::Q8K_BLOCK_BYTES];
+    let old = y[scalar::Q8K_QS + k] as i8 as i16;
+    y[scalar::Q8K_QS + k] = 0x80;
+    let at = scalar::Q8K_BSUMS + 2 * (k / 16);
+    let bsum = i16::from_le_bytes([y[at], y[at + 1]]) - old - 128;
+    y[at..at + 2].copy_from_slice(&bsum.to_le_bytes());
+}
+
+/// No activation rows: nothing to compute; outputs for them, or a length that is not whole
+/// rows, are refused on every path.
+#[test]
+fn tile_fn_checks_its_shapes() {
+    let q8 = vec![0u8; 2 * simd::Q8K_BLOCK_BYTES];
+    let rows = vec![0u8; 3 * 76];
+    for p in simd::available_paths() {
+        let f = simd::tile_fn(DotType::Iq2K, p);
+        f(&rows, &simd::ActRows::new(&[], 0), &mut []);
+        let acts = simd::ActRows::new(&q8, 2);
+        for (rows, out_len) in [(&rows[..], 5), (&rows[..3 * 76 - 1], 6)] {
+            let r = std::panic::catch_unwind(|| f(rows, &acts, &mut vec![0.0f32; out_len]));
+            assert!(
+                r.is_err(),
+                "{p} accepted {} bytes, {out_len} outputs",
+                rows.len()
+            );
+        }
+    }
+    assert!(std::panic::catch_unwind(|| simd::ActRows::new(&q8[1..], 1)).is_err());
+}
+
 /// Replaces a row's fp16 block scales (K types) or row scale (KS types) by moderate values.
 fn moderate_scales(kind: scalar::DotType, row: &mut [u8], rng: &mut Rng) {
     let (dend, _, bb) = layout(kind);

@@ -481,6 +481,11 @@ pub fn rows_kernel(qtype: QuantType) -> Result<simd::RowsFn> {
     Ok(simd::rows_fn(dot_type(qtype)?, simd::active_path()))
 }
 
+/// The tile kernel (weight rows × activation rows) of `qtype` on the active SIMD path.
+pub fn tile_kernel(qtype: QuantType) -> Result<simd::TileFn> {
+    Ok(simd::tile_fn(dot_type(qtype)?, simd::active_path()))
+}
+
 /// The dot-product kernel of `qtype` on the active SIMD path.
 pub fn dot_kernel(qtype: QuantType) -> Result<simd::DotFn> {
     Ok(simd::dot_fn(dot_type(qtype)?, simd::active_path()))
@@ -546,7 +551,7 @@ pub fn matmul(
     x: &[f32],
     threads: Option<usize>,
 ) -> Result<Vec<f32>> {
-    let dot_rows = rows_kernel(qtype)?;
+    let tile = tile_kernel(qtype)?;
     let (nrows, n_per_row) = if q.is_empty() {
         (0, qtype.n_per_row_for_bytes(row_bytes)?)
     } else {
@@ -573,22 +578,15 @@ pub fn matmul(
         || (),
         |_, a, xr| q8k::quantize_row(xr, a),
     )?;
-    // Transposed (nrows × batch) so each task owns a block of weight rows.
+    let acts = simd::ActRows::new(&a8, batch);
+    // Transposed (nrows × batch): each task owns a block of weight rows, all activations.
     let mut by_row = vec![0.0f32; nrows * batch];
     zip_rows(
         threads,
         (&mut by_row, ROWS_PER_TASK * batch),
         (q, ROWS_PER_TASK * row_bytes),
-        || vec![0.0f32; ROWS_PER_TASK],
-        |dots, o, w| {
-            let dots = &mut dots[..o.len() / batch];
-            for (b, a) in a8.chunks_exact(a8_size).enumerate() {
-                dot_rows(w, a, dots);
-                for (k, &v) in dots.iter().enumerate() {
-                    o[k * batch + b] = v;
-                }
-            }
-        },
+        || (),
+        |_, o, w| tile(w, &acts, o),
     )?;
     for (r, col) in by_row.chunks_exact(batch).enumerate() {
         for (b, &v) in col.iter().enumerate() {
@@ -715,12 +713,13 @@ mod tests {
         }
     }
 
-    /// The matrix products hand weight rows to the multi-row kernels in blocks; every result
-    /// still equals the single-row kernel's on its own row, for any thread count, with a
-    /// partial last block (37 rows) and a batch of activations.
+    /// The matrix products hand weight rows to the multi-row and tile kernels in blocks;
+    /// every result still equals the single-row kernel's on its own row, for any thread
+    /// count, with a partial last block (37 rows) and a batch of activations (11: a group of
+    /// eight and a remainder on AVX2).
     #[test]
     fn matrix_products_equal_single_row_dots() {
-        let (nrows, n, batch) = (37, 512, 3);
+        let (nrows, n, batch) = (37, 512, 11);
         let mut seed = 777u32;
         let w: Vec<f32> = (0..nrows * n).map(|_| rng(&mut seed)).collect();
         let x: Vec<f32> = (0..batch * n).map(|_| rng(&mut seed)).collect();

@@ -21,8 +21,9 @@
 use std::arch::x86_64::*;
 
 use super::scalar::{
-    acc_k, acc_ks, check_rows, finish_ks, row_scale_at, DotType, IQ2KS_BYTES, IQ2K_BYTES,
-    IQ3KS_BYTES, IQ3K_BYTES, IQ4K, IQ4KS_BYTES, IQ4K_BYTES, Q8K_BSUMS, Q8K_BYTES, Q8K_QS,
+    acc_k, acc_ks, check_rows, check_tile, finish_ks, row_scale_at, ActRows, DotType, IQ2KS_BYTES,
+    IQ2K_BYTES, IQ3KS_BYTES, IQ3K_BYTES, IQ4K, IQ4KS_BYTES, IQ4K_BYTES, Q8K_BSUMS, Q8K_BYTES,
+    Q8K_QS,
 };
 
 /// Even sub-blocks first, then odd ones.
@@ -71,6 +72,27 @@ unsafe fn hsum4_i32(a: __m256i, b: __m256i, c: __m256i, d: __m256i) -> __m128i {
     _mm_unpacklo_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h))
 }
 
+/// The horizontal sums of eight vectors, in order (exact, wrapping i32). Pairwise
+/// interleave-and-add steps: single-uop shuffles, where `hadd` costs three.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn hsum8_i32(v: [__m256i; 8]) -> __m256i {
+    // Per lane: [a0+a2, b0+b2, a1+a3, b1+b3].
+    let pair = |a: __m256i, b: __m256i| {
+        _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b))
+    };
+    // Per lane: [Σa, Σb, Σc, Σd] of that lane's half.
+    let quad = |ab: __m256i, cd: __m256i| {
+        _mm256_add_epi32(_mm256_unpacklo_epi64(ab, cd), _mm256_unpackhi_epi64(ab, cd))
+    };
+    let abcd = quad(pair(v[0], v[1]), pair(v[2], v[3]));
+    let efgh = quad(pair(v[4], v[5]), pair(v[6], v[7]));
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(abcd, efgh),
+        _mm256_permute2x128_si256::<0x31>(abcd, efgh),
+    )
+}
+
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn loadu256(p: *const u8) -> __m256i {
@@ -109,12 +131,23 @@ unsafe fn nibbles8(p: *const u8) -> __m128i {
     )
 }
 
-/// Per-superblock state of a type with 16 sub-blocks of 16.
+/// Per-superblock state of a type with 16 sub-blocks of 16 (decoded from the weights alone,
+/// so several activation rows can share it).
 pub(crate) struct K16 {
     /// Low lane: i16 scales of the even sub-blocks; high lane: of the odd ones.
     pub eo: __m256i,
-    /// Σ_sub s_sub · c_sub · bsum_sub in 8 × i32 (the offset / shifted-table part).
-    pub mins: __m256i,
+    /// s_sub · c_sub (i16, natural order): paired with the block sums by [`K16::mins`].
+    mins16: __m256i,
+}
+
+impl K16 {
+    /// Σ_sub s_sub · c_sub · bsum_sub of activations `y` in 8 × i32 (the offset /
+    /// shifted-table part).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn mins(&self, y: *const u8) -> __m256i {
+        _mm256_madd_epi16(self.mins16, loadu256(y.add(Q8K_BSUMS)))
+    }
 }
 
 /// The 16 i8 sub-block scales `nat` (natural order) as `K16::eo` lays them out: i16, even
@@ -130,33 +163,41 @@ unsafe fn even_odd(nat: __m128i) -> __m256i {
 /// constant (i8) to multiply with scale and block sum.
 #[inline]
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn k16(nat: __m128i, m8: __m128i, y: *const u8) -> K16 {
-    let eo = even_odd(nat);
-    let mins16 = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(nat), _mm256_cvtepi8_epi16(m8));
-    let mins = _mm256_madd_epi16(mins16, loadu256(y.add(Q8K_BSUMS)));
-    K16 { eo, mins }
+pub(crate) unsafe fn k16(nat: __m128i, m8: __m128i) -> K16 {
+    K16 {
+        eo: even_odd(nat),
+        mins16: _mm256_mullo_epi16(_mm256_cvtepi8_epi16(nat), _mm256_cvtepi8_epi16(m8)),
+    }
 }
 
-/// Per-superblock state of a type with 8 sub-blocks of 32.
+/// Per-superblock state of a type with 8 sub-blocks of 32 (from the weights alone).
 pub(crate) struct K32 {
     /// The 8 i16 scales, in both lanes.
     pub sc: __m256i,
-    pub mins: __m256i,
+    /// s_block · c_block (i16), each twice: the layout of the 16 block sums.
+    mins16: __m256i,
+}
+
+impl K32 {
+    /// Σ_block s_block · c_block · bsum_block of activations `y` in 8 × i32.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn mins(&self, y: *const u8) -> __m256i {
+        _mm256_madd_epi16(self.mins16, loadu256(y.add(Q8K_BSUMS)))
+    }
 }
 
 /// `s16`: 8 × i16 scales; `m16`: 8 × i16 per-block constants.
 #[inline]
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn k32(s16: __m128i, m16: __m128i, y: *const u8) -> K32 {
+pub(crate) unsafe fn k32(s16: __m128i, m16: __m128i) -> K32 {
     let mins16 = _mm_mullo_epi16(s16, m16);
-    let dup = _mm256_set_m128i(
-        _mm_unpackhi_epi16(mins16, mins16),
-        _mm_unpacklo_epi16(mins16, mins16),
-    );
-    let sc = _mm256_broadcastsi128_si256(s16);
     K32 {
-        sc,
-        mins: _mm256_madd_epi16(dup, loadu256(y.add(Q8K_BSUMS))),
+        sc: _mm256_broadcastsi128_si256(s16),
+        mins16: _mm256_set_m128i(
+            _mm_unpackhi_epi16(mins16, mins16),
+            _mm_unpacklo_epi16(mins16, mins16),
+        ),
     }
 }
 
@@ -213,16 +254,16 @@ unsafe fn f16c(h: u16) -> f32 {
 
 #[inline]
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn prep_iq2k(x: *const u8, y: *const u8) -> K16 {
+pub(crate) unsafe fn prep_iq2k(x: *const u8) -> K16 {
     let nat = _mm_sub_epi8(nibbles8(x.add(4)), _mm_set1_epi8(8));
     let sh = bits16(rd16(x.add(2)));
     let m8 = _mm_add_epi8(_mm_and_si128(sh, _mm_set1_epi8(5)), _mm_set1_epi8(-32));
-    k16(nat, m8, y)
+    k16(nat, m8)
 }
 
 #[inline]
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn prep_iq3k(x: *const u8, y: *const u8) -> K16 {
+pub(crate) unsafe fn prep_iq3k(x: *const u8) -> K16 {
     let m = _mm_add_epi8(
         _mm_add_epi8(nibbles8(x.add(6)), nibbles8(x.add(6))),
         _mm_set1_epi8(1),
@@ -231,14 +272,14 @@ pub(crate) unsafe fn prep_iq3k(x: *const u8, y: *const u8) -> K16 {
     let nat = _mm_sub_epi8(_mm_xor_si128(m, neg), neg);
     let sh = bits16(rd16(x.add(2)));
     let m8 = _mm_add_epi8(_mm_and_si128(sh, _mm_set1_epi8(4)), _mm_set1_epi8(-64));
-    k16(nat, m8, y)
+    k16(nat, m8)
 }
 
 #[inline]
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn prep_iq4k(x: *const u8, y: *const u8) -> K16 {
+pub(crate) unsafe fn prep_iq4k(x: *const u8) -> K16 {
     let m8 = _mm_and_si128(bits16(rd16(x.add(2))), _mm_set1_epi8(4));
-    k16(natural_scales_iq4k(x), m8, y)
+    k16(natural_scales_iq4k(x), m8)
 }
 
 /// IQ4_K's 16 signed sub-block scales (i8, natural order): low nibbles plus two high bits.
@@ -282,7 +323,7 @@ unsafe fn scales_iq4ks(x: *const u8) -> __m256i {
 
 #[inline]
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn prep_iq2ks(x: *const u8, y: *const u8) -> K32 {
+pub(crate) unsafe fn prep_iq2ks(x: *const u8) -> K32 {
     let extra = rd16(x);
     let b = _mm_cvtsi32_si128(rd32(x.add(2)) as i32);
     let m = _mm_set1_epi8(0x0f);
@@ -294,12 +335,12 @@ pub(crate) unsafe fn prep_iq2ks(x: *const u8, y: *const u8) -> K32 {
     let s16 = _mm_cvtepi8_epi16(_mm_sub_epi8(_mm_or_si128(nib, b4), _mm_set1_epi8(16)));
     let sh = bits8(extra as u8);
     let m8 = _mm_add_epi8(_mm_and_si128(sh, _mm_set1_epi8(5)), _mm_set1_epi8(-32));
-    k32(s16, _mm_cvtepi8_epi16(m8), y)
+    k32(s16, _mm_cvtepi8_epi16(m8))
 }
 
 #[inline]
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn prep_iq3ks(x: *const u8, y: *const u8) -> K32 {
+pub(crate) unsafe fn prep_iq3ks(x: *const u8) -> K32 {
     let extra = rd16(x);
     let b = _mm_cvtsi32_si128(rd32(x.add(2)) as i32);
     let m = _mm_set1_epi8(0x0f);
@@ -311,16 +352,16 @@ pub(crate) unsafe fn prep_iq3ks(x: *const u8, y: *const u8) -> K32 {
     let s16 = _mm_cvtepi8_epi16(_mm_sub_epi8(_mm_or_si128(nib, b4), _mm_set1_epi8(16)));
     let sh = bits8((extra >> 8) as u8);
     let m8 = _mm_add_epi8(_mm_and_si128(sh, _mm_set1_epi8(4)), _mm_set1_epi8(-64));
-    k32(s16, _mm_cvtepi8_epi16(m8), y)
+    k32(s16, _mm_cvtepi8_epi16(m8))
 }
 
 #[inline]
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn prep_iq4ks(x: *const u8, y: *const u8) -> K32 {
+pub(crate) unsafe fn prep_iq4ks(x: *const u8) -> K32 {
     let b = _mm_cvtepu8_epi16(_mm_loadl_epi64(x as *const __m128i));
     let s16 = _mm_sub_epi16(_mm_and_si128(b, _mm_set1_epi16(0xfe)), _mm_set1_epi16(127));
     let m16 = _mm_slli_epi16::<2>(_mm_and_si128(b, _mm_set1_epi16(1)));
-    k32(s16, m16, y)
+    k32(s16, m16)
 }
 
 // ---------------------------------------------------------------- value tables
@@ -383,8 +424,13 @@ unsafe fn tab_iq4_pair(sel: usize) -> __m256i {
 /// Odd chunks leave their two bits in place (bits 2-3) and put the high bit at bit 0, so they
 /// look up a second table with stride 4 (`stride4`): that spares their shifts. Even chunks
 /// use bits 0-1 and bit 2 with the plain table.
+///
+/// The `qh` shifts need constants. For one activation row (`$n` = 1) LLVM unrolls both
+/// loops and shifts by c; in wider tiles it leaves the halves a loop, so there each half's
+/// bits are shifted down once and the shifts depend on p alone (one more shift per half,
+/// which made the single-row kernels 5 % slower).
 macro_rules! for_values_2bit {
-    ($qs:expr, $qh:expr, $tab:expr, |$c:ident, $v:ident| $body:block) => {{
+    ($n:expr, $qs:expr, $qh:expr, $tab:expr, |$c:ident, $v:ident| $body:block) => {{
         let m_even = _mm256_set1_epi8(0x03);
         let m_odd = _mm256_set1_epi8(0x0c);
         let hb_even = _mm256_set1_epi8(0x04);
@@ -394,18 +440,26 @@ macro_rules! for_values_2bit {
         for half in 0..2usize {
             let bits = loadu256($qs.add(32 * half));
             let upper = _mm256_srli_epi16::<4>(bits);
+            // Wide tiles: bits 4·half.. of each qh byte, moved to bits 0..4.
+            let qh_half = qh.map(|h| _mm256_srl_epi16(h, _mm_cvtsi32_si128(4 * half as i32)));
             for p in 0..4usize {
                 let $c = 4 * half + p;
                 let src = if p < 2 { bits } else { upper };
                 let odd = p % 2 == 1;
                 let mut idx = _mm256_and_si256(src, if odd { m_odd } else { m_even });
-                if let Some(h) = qh {
+                if let (Some(h), Some(h_half)) = (qh, qh_half) {
                     // Bit c of each byte, moved to bit 2 (even chunks) or bit 0 (odd ones).
-                    let h = match $c {
-                        0 => _mm256_slli_epi16::<2>(h),
-                        1 => _mm256_srli_epi16::<1>(h),
-                        2 => h,
-                        3 => _mm256_srli_epi16::<3>(h),
+                    let h = match if $n == 1 { $c } else { p } {
+                        0 => _mm256_slli_epi16::<2>(if $n == 1 { h } else { h_half }),
+                        1 => _mm256_srli_epi16::<1>(if $n == 1 { h } else { h_half }),
+                        2 => {
+                            if $n == 1 {
+                                h
+                            } else {
+                                h_half
+                            }
+                        }
+                        3 => _mm256_srli_epi16::<3>(if $n == 1 { h } else { h_half }),
                         4 => _mm256_srli_epi16::<2>(h),
                         5 => _mm256_srli_epi16::<5>(h),
                         6 => _mm256_srli_epi16::<4>(h),
@@ -470,84 +524,175 @@ unsafe fn dot_signed(v: __m256i, y: *const u8, c: usize) -> __m256i {
     _mm256_maddubs_epi16(_mm256_abs_epi8(q), _mm256_sign_epi8(v, q))
 }
 
+/// `|v| · q` summed in pairs with the sign moved onto the activations: `|v|` is shared by
+/// every activation row of a tile. Exact unless `q` holds -128 (whose sign flip wraps), so
+/// only for activations free of it (`ActRows::has_min8`).
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn sb_iq2k(x: *const u8, y: *const u8, tab: __m256i) -> __m256i {
-    let st = prep_iq2k(x, y);
-    let mut acc = st.mins;
-    for_values_2bit!(x.add(12), None::<*const u8>, tab, |c, v| {
-        let p = dot_unsigned(v, y, c);
+unsafe fn dot_abs_shared(abs_v: __m256i, v: __m256i, y: *const u8, c: usize) -> __m256i {
+    let q = loadu256(y.add(Q8K_QS + 32 * c));
+    _mm256_maddubs_epi16(abs_v, _mm256_sign_epi8(q, v))
+}
+
+// Each body returns, for every one of `N` activation rows, the superblock's exact integer
+// sum in 8 × i32 lanes. The weights are decoded once and shared by the `N` rows: that is what
+// makes a batch of activations cheaper per row than one.
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn sb_iq2k<const N: usize>(x: *const u8, y: [*const u8; N], tab: __m256i) -> [__m256i; N] {
+    let st = prep_iq2k(x);
+    let mut acc = [_mm256_setzero_si256(); N];
+    for j in 0..N {
+        acc[j] = st.mins(y[j]);
+    }
+    for_values_2bit!(N, x.add(12), None::<*const u8>, tab, |c, v| {
         let s = chunk_scale(st.eo, c);
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
+        for j in 0..N {
+            let p = dot_unsigned(v, y[j], c);
+            acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(p, s));
+        }
     });
     acc
 }
 
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn sb_iq3k(x: *const u8, y: *const u8, tab: __m256i) -> __m256i {
-    let st = prep_iq3k(x, y);
-    let mut acc = st.mins;
-    for_values_2bit!(x.add(14), Some(x.add(78)), tab, |c, v| {
-        let p = dot_unsigned(v, y, c);
+unsafe fn sb_iq3k<const N: usize>(x: *const u8, y: [*const u8; N], tab: __m256i) -> [__m256i; N] {
+    let st = prep_iq3k(x);
+    let mut acc = [_mm256_setzero_si256(); N];
+    for j in 0..N {
+        acc[j] = st.mins(y[j]);
+    }
+    for_values_2bit!(N, x.add(14), Some(x.add(78)), tab, |c, v| {
         let s = chunk_scale(st.eo, c);
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
+        for j in 0..N {
+            let p = dot_unsigned(v, y[j], c);
+            acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(p, s));
+        }
     });
     acc
 }
 
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn sb_iq4k(x: *const u8, y: *const u8, _base_table: __m256i) -> __m256i {
+unsafe fn sb_iq4k<const N: usize>(
+    x: *const u8,
+    y: [*const u8; N],
+    _base_table: __m256i,
+) -> [__m256i; N] {
     let eo = scales_iq4k(x);
     let extra = rd16(x.add(2)) as usize;
-    let mut acc = _mm256_setzero_si256();
+    let mut acc = [_mm256_setzero_si256(); N];
     for_chunks_4bit!(x.add(16), |c, idx| {
-        let tab = tab_iq4_pair((extra >> (2 * c)) & 3);
-        let p = dot_signed(_mm256_shuffle_epi8(tab, idx), y, c);
+        let v = _mm256_shuffle_epi8(tab_iq4_pair((extra >> (2 * c)) & 3), idx);
         let s = chunk_scale(eo, c);
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
+        for j in 0..N {
+            let p = dot_signed(v, y[j], c);
+            acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(p, s));
+        }
+    });
+    acc
+}
+
+/// `sb_iq4k` for activations without -128 (`dot_abs_shared`).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn sb_iq4k_no_min8<const N: usize>(
+    x: *const u8,
+    y: [*const u8; N],
+    _base_table: __m256i,
+) -> [__m256i; N] {
+    let eo = scales_iq4k(x);
+    let extra = rd16(x.add(2)) as usize;
+    let mut acc = [_mm256_setzero_si256(); N];
+    for_chunks_4bit!(x.add(16), |c, idx| {
+        let v = _mm256_shuffle_epi8(tab_iq4_pair((extra >> (2 * c)) & 3), idx);
+        let abs_v = _mm256_abs_epi8(v);
+        let s = chunk_scale(eo, c);
+        for j in 0..N {
+            let p = dot_abs_shared(abs_v, v, y[j], c);
+            acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(p, s));
+        }
     });
     acc
 }
 
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn sb_iq2ks(x: *const u8, y: *const u8, tab: __m256i) -> __m256i {
-    let st = prep_iq2ks(x, y);
-    let mut acc = st.mins;
-    for_values_2bit!(x.add(6), None::<*const u8>, tab, |c, v| {
-        let p = dot_unsigned(v, y, c);
+unsafe fn sb_iq2ks<const N: usize>(x: *const u8, y: [*const u8; N], tab: __m256i) -> [__m256i; N] {
+    let st = prep_iq2ks(x);
+    let mut acc = [_mm256_setzero_si256(); N];
+    for j in 0..N {
+        acc[j] = st.mins(y[j]);
+    }
+    for_values_2bit!(N, x.add(6), None::<*const u8>, tab, |c, v| {
         let s = chunk_scale(st.sc, c);
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
+        for j in 0..N {
+            let p = dot_unsigned(v, y[j], c);
+            acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(p, s));
+        }
     });
     acc
 }
 
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn sb_iq3ks(x: *const u8, y: *const u8, tab: __m256i) -> __m256i {
-    let st = prep_iq3ks(x, y);
-    let mut acc = st.mins;
-    for_values_2bit!(x.add(6), Some(x.add(70)), tab, |c, v| {
-        let p = dot_unsigned(v, y, c);
+unsafe fn sb_iq3ks<const N: usize>(x: *const u8, y: [*const u8; N], tab: __m256i) -> [__m256i; N] {
+    let st = prep_iq3ks(x);
+    let mut acc = [_mm256_setzero_si256(); N];
+    for j in 0..N {
+        acc[j] = st.mins(y[j]);
+    }
+    for_values_2bit!(N, x.add(6), Some(x.add(70)), tab, |c, v| {
         let s = chunk_scale(st.sc, c);
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
+        for j in 0..N {
+            let p = dot_unsigned(v, y[j], c);
+            acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(p, s));
+        }
     });
     acc
 }
 
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn sb_iq4ks(x: *const u8, y: *const u8, _base_table: __m256i) -> __m256i {
+unsafe fn sb_iq4ks<const N: usize>(
+    x: *const u8,
+    y: [*const u8; N],
+    _base_table: __m256i,
+) -> [__m256i; N] {
     let sc = scales_iq4ks(x);
-    let mut acc = _mm256_setzero_si256();
+    let mut acc = [_mm256_setzero_si256(); N];
     for_chunks_4bit!(x.add(8), |c, idx| {
         // Bit 0 of the scale byte: this 32-weight sub-block uses the shifted table (both lanes).
-        let tab = tab_iq4_pair(3 * (*x.add(c) & 1) as usize);
-        let p = dot_signed(_mm256_shuffle_epi8(tab, idx), y, c);
+        let v = _mm256_shuffle_epi8(tab_iq4_pair(3 * (*x.add(c) & 1) as usize), idx);
         let s = chunk_scale(sc, c);
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
+        for j in 0..N {
+            let p = dot_signed(v, y[j], c);
+            acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(p, s));
+        }
+    });
+    acc
+}
+
+/// `sb_iq4ks` for activations without -128 (`dot_abs_shared`).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn sb_iq4ks_no_min8<const N: usize>(
+    x: *const u8,
+    y: [*const u8; N],
+    _base_table: __m256i,
+) -> [__m256i; N] {
+    let sc = scales_iq4ks(x);
+    let mut acc = [_mm256_setzero_si256(); N];
+    for_chunks_4bit!(x.add(8), |c, idx| {
+        let v = _mm256_shuffle_epi8(tab_iq4_pair(3 * (*x.add(c) & 1) as usize), idx);
+        let abs_v = _mm256_abs_epi8(v);
+        let s = chunk_scale(sc, c);
+        for j in 0..N {
+            let p = dot_abs_shared(abs_v, v, y[j], c);
+            acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(p, s));
+        }
     });
     acc
 }
@@ -597,6 +742,72 @@ unsafe fn fold1_ks(acc: f64, _x: *const u8, y: *const u8, sumi: i32) -> f64 {
     acc_ks(acc, rdf32(y), sumi)
 }
 
+/// One superblock's fold factors for up to four activation rows whose scales are `d8`, K
+/// types: the block's fp16 scale times each activation scale (as `acc_k` forms them).
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn act_scales_k(x: *const u8, d8: __m256d) -> __m256d {
+    _mm256_mul_pd(_mm256_set1_pd(f16c(rd16(x)) as f64), d8)
+}
+
+/// KS types: the activation scales alone (`acc_ks`).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn act_scales_ks(_x: *const u8, d8: __m256d) -> __m256d {
+    d8
+}
+
+/// Activation rows per tile kernel call: their accumulators and the decoded weights still
+/// fit the 16 vector registers.
+pub const TILE_ACTS: usize = 8;
+
+/// The weight rows of a tile and where one group of activation rows' results go:
+/// `out[r * stride + j]` for weight row r and the group's activation row j.
+#[derive(Clone, Copy)]
+struct TilePart {
+    rows: *const u8,
+    row_bytes: usize,
+    nrows: usize,
+    /// Superblocks per row.
+    nb: usize,
+    out: *mut f32,
+    stride: usize,
+}
+
+/// `N` pointers `stride` bytes apart from `base`.
+#[inline]
+unsafe fn strided<const N: usize>(base: *const u8, stride: usize) -> [*const u8; N] {
+    let mut p = [base; N];
+    for (j, p) in p.iter_mut().enumerate() {
+        *p = base.add(j * stride);
+    }
+    p
+}
+
+/// Calls `$tile::<N>` with N = `$n` (1..=8), the activation rows' pointers and the rest.
+macro_rules! dispatch_acts {
+    ($tile:ident, $flag:expr, $n:expr, $base:expr, $stride:expr, $($arg:expr),*) => {
+        if $flag {
+            dispatch_acts!(@n $tile, true, $n, $base, $stride, $($arg),*)
+        } else {
+            dispatch_acts!(@n $tile, false, $n, $base, $stride, $($arg),*)
+        }
+    };
+    (@n $tile:ident, $flag:literal, $n:expr, $base:expr, $stride:expr, $($arg:expr),*) => {
+        match $n {
+            1 => $tile::<1, $flag>(strided($base, $stride), $($arg),*),
+            2 => $tile::<2, $flag>(strided($base, $stride), $($arg),*),
+            3 => $tile::<3, $flag>(strided($base, $stride), $($arg),*),
+            4 => $tile::<4, $flag>(strided($base, $stride), $($arg),*),
+            5 => $tile::<5, $flag>(strided($base, $stride), $($arg),*),
+            6 => $tile::<6, $flag>(strided($base, $stride), $($arg),*),
+            7 => $tile::<7, $flag>(strided($base, $stride), $($arg),*),
+            8 => $tile::<8, $flag>(strided($base, $stride), $($arg),*),
+            n => unreachable!("{n} activation rows in one tile call"),
+        }
+    };
+}
+
 /// Rows against Q8_K activations. Superblocks go in groups of four: one horizontal
 /// reduction gives the four exact integer sums, and their f64 products are formed together;
 /// the products are then added to the accumulator one at a time, in superblock order, exactly
@@ -606,8 +817,8 @@ unsafe fn fold1_ks(acc: f64, _x: *const u8, y: *const u8, sumi: i32) -> f64 {
 /// length check): on rows of 4096 that made iq3_k 6 % faster, iq3_ks and iq4_k 3-4 %.
 macro_rules! row {
     (
-        $name:ident, $rows:ident, $kind:expr, $bytes:expr, $sb:ident, $tab:ident,
-        $scales4:ident, $fold1:ident
+        $name:ident, $rows:ident, $tile:ident, $kind:expr, $bytes:expr, $sb:ident,
+        $sb_no_min8:ident, $tab:ident, $scales4:ident, $fold1:ident, $act_scales:ident
     ) => {
         /// One row against Q8_K activations.
         ///
@@ -648,10 +859,10 @@ macro_rules! row {
                     let y = [0, 1, 2, 3].map(|k| ys.add((i + k) * Q8K_BYTES));
                     pending = (
                         [
-                            $sb(x[0], y[0], tab),
-                            $sb(x[1], y[1], tab),
-                            $sb(x[2], y[2], tab),
-                            $sb(x[3], y[3], tab),
+                            $sb(x[0], [y[0]], tab)[0],
+                            $sb(x[1], [y[1]], tab)[0],
+                            $sb(x[2], [y[2]], tab)[0],
+                            $sb(x[3], [y[3]], tab)[0],
                         ],
                         $scales4(x, y),
                     );
@@ -663,9 +874,119 @@ macro_rules! row {
                 for i in i..nb {
                     let x = xs.add(i * $bytes);
                     let y = ys.add(i * Q8K_BYTES);
-                    acc = $fold1(acc, x, y, hsum_i32($sb(x, y, tab)));
+                    acc = $fold1(acc, x, y, hsum_i32($sb(x, [y], tab)[0]));
                 }
                 *o = finish_ks(acc, row_scale_at($kind, row));
+            }
+        }
+
+        /// Weight rows × `n_acts` activation rows (Q8_K, consecutive in `acts`):
+        /// `out[r * n_acts + j]` is row r dotted with activation row j. The activation rows
+        /// go in groups of up to [`TILE_ACTS`], and each superblock's weights are decoded once
+        /// per group. Every dot equals the single-row kernel's bit for bit: its four lanes'
+        /// products are formed and folded per activation row exactly as `acc_k` / `acc_ks` do.
+        ///
+        /// # Safety
+        /// The CPU must support AVX2, FMA and F16C.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $tile(rows: &[u8], acts: &ActRows, out: &mut [f32]) {
+            if acts.is_empty() {
+                assert!(
+                    out.is_empty(),
+                    "{}: outputs without activation rows",
+                    $kind.name()
+                );
+                return;
+            }
+            if acts.len() == 1 {
+                // One activation row: the multi-row kernel, faster than a tile of one.
+                return $rows(rows, acts.bytes(), out);
+            }
+            let (nb, row_bytes, nrows) = check_tile($kind, rows, acts, out.len());
+            let (n_acts, act_bytes, no_min8) = (acts.len(), acts.row_bytes(), !acts.has_min8());
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn group<const N: usize, const NO_MIN8: bool>(
+                ys: [*const u8; N],
+                d8: &[f64],
+                t: TilePart,
+            ) {
+                let TilePart {
+                    rows,
+                    row_bytes,
+                    nrows,
+                    nb,
+                    out,
+                    stride,
+                } = t;
+                let tab = $tab();
+                for r in 0..nrows {
+                    let row = rows.add(r * row_bytes);
+                    let xs = row.add($kind.row_meta());
+                    // Lane k of acc[g]: activation row 4g + k.
+                    let mut acc = [_mm256_setzero_pd(); 2];
+                    for i in 0..nb {
+                        let x = xs.add(i * $bytes);
+                        let mut y = ys;
+                        for y in y.iter_mut() {
+                            *y = y.add(i * Q8K_BYTES);
+                        }
+                        let mut sums = [_mm256_setzero_si256(); 8];
+                        sums[..N].copy_from_slice(&if NO_MIN8 {
+                            $sb_no_min8::<N>(x, y, tab)
+                        } else {
+                            $sb::<N>(x, y, tab)
+                        });
+                        let d8 = d8.as_ptr().add(8 * i);
+                        if N <= 4 {
+                            let s = hsum4_i32(sums[0], sums[1], sums[2], sums[3]);
+                            let f = $act_scales(x, _mm256_loadu_pd(d8));
+                            acc[0] = _mm256_add_pd(acc[0], _mm256_mul_pd(f, _mm256_cvtepi32_pd(s)));
+                        } else {
+                            let s = hsum8_i32(sums);
+                            let lo = _mm256_castsi256_si128(s);
+                            let hi = _mm256_extracti128_si256::<1>(s);
+                            let f = $act_scales(x, _mm256_loadu_pd(d8));
+                            acc[0] =
+                                _mm256_add_pd(acc[0], _mm256_mul_pd(f, _mm256_cvtepi32_pd(lo)));
+                            let f = $act_scales(x, _mm256_loadu_pd(d8.add(4)));
+                            acc[1] =
+                                _mm256_add_pd(acc[1], _mm256_mul_pd(f, _mm256_cvtepi32_pd(hi)));
+                        }
+                    }
+                    let d_row = row_scale_at($kind, row);
+                    let mut lanes = [0.0f64; 8];
+                    _mm256_storeu_pd(lanes.as_mut_ptr(), acc[0]);
+                    _mm256_storeu_pd(lanes.as_mut_ptr().add(4), acc[1]);
+                    for (j, &v) in lanes.iter().enumerate().take(N) {
+                        *out.add(r * stride + j) = finish_ks(v, d_row);
+                    }
+                }
+            }
+            // The group's activation scales in f64, 8 per superblock (zero past the group).
+            let mut d8 = vec![0.0f64; 8 * nb];
+            let mut j0 = 0;
+            while j0 < n_acts {
+                let n = (n_acts - j0).min(TILE_ACTS);
+                let base = acts.bytes().as_ptr().add(j0 * act_bytes);
+                for (i, d8) in d8.chunks_exact_mut(8).enumerate() {
+                    for (j, d8) in d8.iter_mut().enumerate() {
+                        *d8 = if j < n {
+                            rdf32(base.add(j * act_bytes + i * Q8K_BYTES)) as f64
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+                let part = TilePart {
+                    rows: rows.as_ptr(),
+                    row_bytes,
+                    nrows,
+                    nb,
+                    out: out.as_mut_ptr().add(j0),
+                    stride: n_acts,
+                };
+                dispatch_acts!(group, no_min8, n, base, act_bytes, &d8, part);
+                j0 += n;
             }
         }
     };
@@ -674,60 +995,78 @@ macro_rules! row {
 row!(
     vec_dot_iq2k,
     vec_dot_iq2k_rows,
+    tile_iq2k,
     DotType::Iq2K,
     IQ2K_BYTES,
     sb_iq2k,
+    sb_iq2k,
     tab_iq2,
     scales4_k,
-    fold1_k
+    fold1_k,
+    act_scales_k
 );
 row!(
     vec_dot_iq3k,
     vec_dot_iq3k_rows,
+    tile_iq3k,
     DotType::Iq3K,
     IQ3K_BYTES,
     sb_iq3k,
+    sb_iq3k,
     tab_iq3,
     scales4_k,
-    fold1_k
+    fold1_k,
+    act_scales_k
 );
 row!(
     vec_dot_iq4k,
     vec_dot_iq4k_rows,
+    tile_iq4k,
     DotType::Iq4K,
     IQ4K_BYTES,
     sb_iq4k,
+    sb_iq4k_no_min8,
     tab_iq4,
     scales4_k,
-    fold1_k
+    fold1_k,
+    act_scales_k
 );
 row!(
     vec_dot_iq2ks,
     vec_dot_iq2ks_rows,
+    tile_iq2ks,
     DotType::Iq2Ks,
     IQ2KS_BYTES,
     sb_iq2ks,
+    sb_iq2ks,
     tab_iq2,
     scales4_ks,
-    fold1_ks
+    fold1_ks,
+    act_scales_ks
 );
 row!(
     vec_dot_iq3ks,
     vec_dot_iq3ks_rows,
+    tile_iq3ks,
     DotType::Iq3Ks,
     IQ3KS_BYTES,
     sb_iq3ks,
+    sb_iq3ks,
     tab_iq3,
     scales4_ks,
-    fold1_ks
+    fold1_ks,
+    act_scales_ks
 );
 row!(
     vec_dot_iq4ks,
     vec_dot_iq4ks_rows,
+    tile_iq4ks,
     DotType::Iq4Ks,
     IQ4KS_BYTES,
     sb_iq4ks,
+    sb_iq4ks_no_min8,
     tab_iq4,
     scales4_ks,
-    fold1_ks
+    fold1_ks,
+    act_scales_ks
 );

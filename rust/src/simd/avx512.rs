@@ -164,79 +164,79 @@ macro_rules! body_4bit {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn sb_iq2k(x: *const u8, y: *const u8, tab: __m512i) -> i32 {
-    let st = prep_iq2k(x, y);
+    let st = prep_iq2k(x);
     let eo = widen(st.eo);
     let mut acc = _mm512_setzero_si512();
     body_2bit!(acc, tab, x.add(12), None::<*const u8>, y, eo, |p| {
         let p = p as i16;
         lanes16([p, 8 + p, 4 + p, 12 + p])
     });
-    reduce(acc, st.mins)
+    reduce(acc, st.mins(y))
 }
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn sb_iq3k(x: *const u8, y: *const u8, tab: __m512i) -> i32 {
-    let st = prep_iq3k(x, y);
+    let st = prep_iq3k(x);
     let eo = widen(st.eo);
     let mut acc = _mm512_setzero_si512();
     body_2bit!(acc, tab, x.add(14), Some(x.add(78)), y, eo, |p| {
         let p = p as i16;
         lanes16([p, 8 + p, 4 + p, 12 + p])
     });
-    reduce(acc, st.mins)
+    reduce(acc, st.mins(y))
 }
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn sb_iq4k(x: *const u8, y: *const u8, tab: __m512i) -> i32 {
-    let st = prep_iq4k(x, y);
+    let st = prep_iq4k(x);
     let eo = widen(st.eo);
     let mut acc = _mm512_setzero_si512();
     body_4bit!(acc, tab, x.add(16), y, eo, |t| {
         let t2 = 2 * t as i16;
         lanes16([t2, 8 + t2, t2 + 1, 9 + t2])
     });
-    reduce(acc, st.mins)
+    reduce(acc, st.mins(y))
 }
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn sb_iq2ks(x: *const u8, y: *const u8, tab: __m512i) -> i32 {
-    let st = prep_iq2ks(x, y);
+    let st = prep_iq2ks(x);
     let sc = widen(st.sc);
     let mut acc = _mm512_setzero_si512();
     body_2bit!(acc, tab, x.add(6), None::<*const u8>, y, sc, |p| {
         let p = p as i16;
         lanes16([p, p, 4 + p, 4 + p])
     });
-    reduce(acc, st.mins)
+    reduce(acc, st.mins(y))
 }
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn sb_iq3ks(x: *const u8, y: *const u8, tab: __m512i) -> i32 {
-    let st = prep_iq3ks(x, y);
+    let st = prep_iq3ks(x);
     let sc = widen(st.sc);
     let mut acc = _mm512_setzero_si512();
     body_2bit!(acc, tab, x.add(6), Some(x.add(70)), y, sc, |p| {
         let p = p as i16;
         lanes16([p, p, 4 + p, 4 + p])
     });
-    reduce(acc, st.mins)
+    reduce(acc, st.mins(y))
 }
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn sb_iq4ks(x: *const u8, y: *const u8, tab: __m512i) -> i32 {
-    let st = prep_iq4ks(x, y);
+    let st = prep_iq4ks(x);
     let sc = widen(st.sc);
     let mut acc = _mm512_setzero_si512();
     body_4bit!(acc, tab, x.add(8), y, sc, |t| {
         let t2 = 2 * t as i16;
         lanes16([t2, t2, t2 + 1, t2 + 1])
     });
-    reduce(acc, st.mins)
+    reduce(acc, st.mins(y))
 }
 
 macro_rules! row_k {

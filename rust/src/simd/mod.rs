@@ -26,7 +26,7 @@ mod avx512;
 mod neon;
 mod scalar;
 
-pub use scalar::DotType;
+pub use scalar::{ActRows, DotType};
 
 /// Bytes of one Q8_K block (ik_llama.cpp's layout: f32 d, f32 sum, 256 × i8, 16 × i16).
 pub const Q8K_BLOCK_BYTES: usize = scalar::Q8K_BYTES;
@@ -244,6 +244,63 @@ pub fn rows_fn(kind: DotType, path: SimdPath) -> RowsFn {
     }
 }
 
+/// A kernel over a tile: `rows` holds weight rows (as [`DotFn`] takes one), and
+/// `out[r * acts.len() + j]` receives row r dotted with activation row j. Results equal
+/// [`DotFn`]'s pair by pair.
+pub type TileFn = fn(&[u8], &ActRows, &mut [f32]);
+
+/// The tile kernel for `kind` on `path` (see [`TileFn`]); batched matrix products use it,
+/// since the activation rows of a tile share the decoding of each weight superblock. Panics
+/// if the CPU lacks `path`.
+pub fn tile_fn(kind: DotType, path: SimdPath) -> TileFn {
+    assert!(
+        path.is_available(),
+        "SIMD path {path} is not available on this CPU"
+    );
+    // Paths without a tile kernel run their multi-row one per activation row.
+    macro_rules! by_act {
+        ($path:expr) => {
+            match kind {
+                DotType::Iq2K => |r, a, o| by_act(DotType::Iq2K, $path, r, a, o),
+                DotType::Iq3K => |r, a, o| by_act(DotType::Iq3K, $path, r, a, o),
+                DotType::Iq4K => |r, a, o| by_act(DotType::Iq4K, $path, r, a, o),
+                DotType::Iq2Ks => |r, a, o| by_act(DotType::Iq2Ks, $path, r, a, o),
+                DotType::Iq3Ks => |r, a, o| by_act(DotType::Iq3Ks, $path, r, a, o),
+                DotType::Iq4Ks => |r, a, o| by_act(DotType::Iq4Ks, $path, r, a, o),
+            }
+        };
+    }
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        SimdPath::Avx2 => x86::avx2_tile_fn(kind),
+        SimdPath::Scalar => by_act!(SimdPath::Scalar),
+        SimdPath::Avx512 => by_act!(SimdPath::Avx512),
+        SimdPath::Neon => by_act!(SimdPath::Neon),
+        #[allow(unreachable_patterns)]
+        _ => unreachable!("{path} reported available on an architecture without it"),
+    }
+}
+
+fn by_act(kind: DotType, path: SimdPath, rows: &[u8], acts: &ActRows, out: &mut [f32]) {
+    if acts.is_empty() {
+        assert!(
+            out.is_empty(),
+            "{}: outputs without activation rows",
+            kind.name()
+        );
+        return;
+    }
+    let (_, _, nrows) = scalar::check_tile(kind, rows, acts, out.len());
+    let dot_rows = rows_fn(kind, path);
+    let mut column = vec![0.0f32; nrows];
+    for j in 0..acts.len() {
+        dot_rows(rows, acts.row(j), &mut column);
+        for (r, &v) in column.iter().enumerate() {
+            out[r * acts.len() + j] = v;
+        }
+    }
+}
+
 fn by_row(kind: DotType, path: SimdPath, rows: &[u8], q8k: &[u8], out: &mut [f32]) {
     let (_, row_bytes) = scalar::check_rows(kind, rows, q8k, out.len());
     let dot = dot_fn(kind, path);
@@ -265,11 +322,11 @@ fn scalar_fn(kind: DotType) -> DotFn {
 }
 
 /// Safe wrappers around the `#[target_feature]` kernels. They are private and only handed
-/// out by [`dot_fn`] and [`rows_fn`] after the CPU check, which is what makes the `unsafe`
+/// out by [`dot_fn`], [`rows_fn`] and [`tile_fn`] after the CPU check, which is what makes the `unsafe`
 /// calls sound.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{avx2, avx512, DotFn, DotType, RowsFn};
+    use super::{avx2, avx512, ActRows, DotFn, DotType, RowsFn, TileFn};
 
     macro_rules! wrap {
         ($m:ident, $f:ident) => {
@@ -308,6 +365,26 @@ mod x86 {
             DotType::Iq2Ks => wrap_rows!(avx2, vec_dot_iq2ks_rows),
             DotType::Iq3Ks => wrap_rows!(avx2, vec_dot_iq3ks_rows),
             DotType::Iq4Ks => wrap_rows!(avx2, vec_dot_iq4ks_rows),
+        }
+    }
+
+    macro_rules! wrap_tile {
+        ($m:ident, $f:ident) => {
+            |r: &[u8], a: &ActRows, o: &mut [f32]| {
+                // SAFETY: only reachable through `tile_fn`, which checked the CPU features.
+                unsafe { $m::$f(r, a, o) }
+            }
+        };
+    }
+
+    pub(super) fn avx2_tile_fn(kind: DotType) -> TileFn {
+        match kind {
+            DotType::Iq2K => wrap_tile!(avx2, tile_iq2k),
+            DotType::Iq3K => wrap_tile!(avx2, tile_iq3k),
+            DotType::Iq4K => wrap_tile!(avx2, tile_iq4k),
+            DotType::Iq2Ks => wrap_tile!(avx2, tile_iq2ks),
+            DotType::Iq3Ks => wrap_tile!(avx2, tile_iq3ks),
+            DotType::Iq4Ks => wrap_tile!(avx2, tile_iq4ks),
         }
     }
 

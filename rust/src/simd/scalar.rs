@@ -115,6 +115,89 @@ pub fn check_lens(kind: DotType, row: &[u8], q8k: &[u8]) -> usize {
     nb
 }
 
+/// Q8_K activation rows for the tile kernels: `len()` rows of equal length, one after the
+/// other. Whether any quant is -128 is noted once, here: the AVX2 4-bit kernels take a
+/// cheaper sign trick when none is (Q8_K from `quantize_row` never holds -128).
+#[derive(Clone, Copy, Debug)]
+pub struct ActRows<'a> {
+    bytes: &'a [u8],
+    n: usize,
+    has_min8: bool,
+}
+
+impl<'a> ActRows<'a> {
+    /// `n` rows in `bytes`. Panics unless `bytes` splits into `n` rows of whole Q8_K blocks
+    /// (no bytes for no rows).
+    pub fn new(bytes: &'a [u8], n: usize) -> ActRows<'a> {
+        let row_bytes = bytes.len().checked_div(n).unwrap_or(0);
+        assert!(
+            row_bytes * n == bytes.len() && row_bytes / Q8K_BYTES * Q8K_BYTES == row_bytes,
+            "{} bytes are not {} rows of whole {}-byte Q8_K blocks",
+            bytes.len(),
+            n,
+            Q8K_BYTES
+        );
+        let has_min8 = bytes
+            .chunks_exact(Q8K_BYTES)
+            .any(|b| b[Q8K_QS..Q8K_BSUMS].contains(&0x80));
+        ActRows { bytes, n, has_min8 }
+    }
+
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Bytes of one row.
+    pub fn row_bytes(&self) -> usize {
+        self.bytes.len().checked_div(self.n).unwrap_or(0)
+    }
+
+    /// Row `j`.
+    pub fn row(&self, j: usize) -> &'a [u8] {
+        let rb = self.row_bytes();
+        &self.bytes[j * rb..(j + 1) * rb]
+    }
+
+    /// Whether any quant is -128.
+    pub fn has_min8(&self) -> bool {
+        self.has_min8
+    }
+}
+
+/// Checks a tile: `out` holds one value per (weight row, activation row) pair and `rows`
+/// whole weight rows matching `acts` (at least one row). Returns the blocks per row, the
+/// bytes of a weight row and the number of weight rows. Panics otherwise.
+pub fn check_tile(
+    kind: DotType,
+    rows: &[u8],
+    acts: &ActRows,
+    out_len: usize,
+) -> (usize, usize, usize) {
+    assert!(
+        !acts.is_empty(),
+        "{}: a tile needs activation rows",
+        kind.name()
+    );
+    let nrows = out_len / acts.len();
+    assert!(
+        nrows * acts.len() == out_len,
+        "{}: {} outputs are not whole rows of {}",
+        kind.name(),
+        out_len,
+        acts.len()
+    );
+    let (nb, row_bytes) = check_rows(kind, rows, acts.row(0), nrows);
+    (nb, row_bytes, nrows)
+}
+
 /// Checks `rows` holds `nrows` rows that match `q8k` (whole Q8_K blocks); returns the
 /// number of 256-weight blocks per row and the bytes of a row. Panics otherwise.
 pub fn check_rows(kind: DotType, rows: &[u8], q8k: &[u8], nrows: usize) -> (usize, usize) {

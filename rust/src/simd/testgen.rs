@@ -151,6 +151,8 @@ pub fn make_row(kind: DotType, rng: &mut Rng, nb: usize, fill: &dyn Fn(usize) ->
 pub enum Act {
     /// Uniform int8 in [-128, 127].
     Random,
+    /// Uniform int8 in [-127, 127], as Q8_K quantization gives (never -128).
+    NoMin,
     /// Only -128 and 127 (maximal products, overflow stress).
     Extreme,
     /// All -128.
@@ -176,6 +178,7 @@ pub fn make_q8k(rng: &mut Rng, nb: usize, act: &dyn Fn(usize) -> Act) -> Vec<u8>
             for j in 0..16 {
                 let q: i8 = match mode {
                     Act::Random => rng.byte() as i8,
+                    Act::NoMin => (rng.below(255) as i32 - 127) as i8,
                     Act::Extreme => {
                         if rng.below(2) == 0 {
                             -128
