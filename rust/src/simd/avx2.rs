@@ -440,30 +440,33 @@ macro_rules! for_values_2bit {
         for half in 0..2usize {
             let bits = loadu256($qs.add(32 * half));
             let upper = _mm256_srli_epi16::<4>(bits);
-            // Wide tiles: bits 4·half.. of each qh byte, moved to bits 0..4.
-            let qh_half = qh.map(|h| _mm256_srl_epi16(h, _mm_cvtsi32_si128(4 * half as i32)));
             for p in 0..4usize {
                 let $c = 4 * half + p;
                 let src = if p < 2 { bits } else { upper };
                 let odd = p % 2 == 1;
                 let mut idx = _mm256_and_si256(src, if odd { m_odd } else { m_even });
-                if let (Some(h), Some(h_half)) = (qh, qh_half) {
+                if let Some(h) = qh {
                     // Bit c of each byte, moved to bit 2 (even chunks) or bit 0 (odd ones).
-                    let h = match if $n == 1 { $c } else { p } {
-                        0 => _mm256_slli_epi16::<2>(if $n == 1 { h } else { h_half }),
-                        1 => _mm256_srli_epi16::<1>(if $n == 1 { h } else { h_half }),
-                        2 => {
-                            if $n == 1 {
-                                h
-                            } else {
-                                h_half
-                            }
+                    let h = if $n == 1 {
+                        match $c {
+                            0 => _mm256_slli_epi16::<2>(h),
+                            1 => _mm256_srli_epi16::<1>(h),
+                            2 => h,
+                            3 => _mm256_srli_epi16::<3>(h),
+                            4 => _mm256_srli_epi16::<2>(h),
+                            5 => _mm256_srli_epi16::<5>(h),
+                            6 => _mm256_srli_epi16::<4>(h),
+                            _ => _mm256_srli_epi16::<7>(h),
                         }
-                        3 => _mm256_srli_epi16::<3>(if $n == 1 { h } else { h_half }),
-                        4 => _mm256_srli_epi16::<2>(h),
-                        5 => _mm256_srli_epi16::<5>(h),
-                        6 => _mm256_srli_epi16::<4>(h),
-                        _ => _mm256_srli_epi16::<7>(h),
+                    } else {
+                        // The half's bits shifted down (hoisted out of the p loop), then p.
+                        let h = _mm256_srl_epi16(h, _mm_cvtsi32_si128(4 * half as i32));
+                        match p {
+                            0 => _mm256_slli_epi16::<2>(h),
+                            1 => _mm256_srli_epi16::<1>(h),
+                            2 => h,
+                            _ => _mm256_srli_epi16::<3>(h),
+                        }
                     };
                     idx = _mm256_or_si256(
                         idx,
