@@ -12,6 +12,10 @@
 //! accumulator in the same order (see `scalar.rs`), so all paths return bit-identical
 //! results: the mathematical dot product rounded once per superblock in f64, then to f32.
 //!
+//! Three kernel shapes: one row ([`dot_fn`]), consecutive rows against one activation row
+//! ([`rows_fn`], matrix-vector products) and rows against several activation rows
+//! ([`tile_fn`], batched products, which decode each weight superblock once per group).
+//!
 //! The kernel files (`scalar.rs`, `avx2.rs`, `avx512.rs`, `neon.rs`) use nothing from the
 //! crate; `scalar.rs` and `neon.rs` also build with Rust 1.63 so the NEON tests can be
 //! compiled standalone for aarch64 (`scripts/neon_test.sh`, harness in `neon_harness.rs`).
