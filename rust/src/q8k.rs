@@ -56,3 +56,38 @@ pub fn dequantize_row(bytes: &[u8], out: &mut [f32]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simd::ActRows;
+
+    /// Quantized activations never hold -128 (|x|·127/amax rounds to at most 127), so the
+    /// tile kernels' cheaper 4-bit sign trick applies to everything `matmul` quantizes.
+    #[test]
+    fn quantized_activations_never_hold_min8() {
+        let mut seed = 0x9e37_79b9u32;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        for scale in [1e-30f32, 1e-3, 1.0, 3e4, 3e38] {
+            let mut x: Vec<f32> = (0..4 * QK_K)
+                .map(|_| scale * ((next() >> 8) as f32 / (1u32 << 24) as f32 - 0.5))
+                .collect();
+            // The block maxima, negative and positive, and their neighbours.
+            x[0] = -scale;
+            x[1] = -scale * 0.999_999_9;
+            x[QK_K] = scale;
+            x[QK_K + 1] = -scale;
+            let mut q = vec![0u8; row_size(x.len())];
+            quantize_row(&x, &mut q);
+            assert!(!ActRows::new(&q, 1).has_min8(), "scale {scale}");
+            assert!(q
+                .chunks_exact(BLOCK_BYTES)
+                .any(|b| b[QS..BSUMS].contains(&0x81)));
+        }
+    }
+}

@@ -326,8 +326,8 @@ fn scalar_fn(kind: DotType) -> DotFn {
 }
 
 /// Safe wrappers around the `#[target_feature]` kernels. They are private and only handed
-/// out by [`dot_fn`], [`rows_fn`] and [`tile_fn`] after the CPU check, which is what makes the `unsafe`
-/// calls sound.
+/// out by [`dot_fn`], [`rows_fn`] and [`tile_fn`] after the CPU check, which is what makes
+/// the `unsafe` calls sound.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{avx2, avx512, ActRows, DotFn, DotType, RowsFn, TileFn};
