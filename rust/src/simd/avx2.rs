@@ -537,6 +537,28 @@ unsafe fn dot_abs_shared(abs_v: __m256i, v: __m256i, y: *const u8, c: usize) -> 
     _mm256_maddubs_epi16(abs_v, _mm256_sign_epi8(q, v))
 }
 
+/// Adds chunk c of signed 4-bit values `v` (i16 scales `s`) to the sums of the `N`
+/// activation rows, with the sign trick `ABS_SHARED` selects (`|v|` formed once here).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn add_signed_chunk<const N: usize, const ABS_SHARED: bool>(
+    acc: &mut [__m256i; N],
+    v: __m256i,
+    s: __m256i,
+    y: &[*const u8; N],
+    c: usize,
+) {
+    let abs_v = _mm256_abs_epi8(v);
+    for j in 0..N {
+        let p = if ABS_SHARED {
+            dot_abs_shared(abs_v, v, y[j], c)
+        } else {
+            dot_signed(v, y[j], c)
+        };
+        acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(p, s));
+    }
+}
+
 // Each body returns, for every one of `N` activation rows, the superblock's exact integer
 // sum in 8 × i32 lanes. The weights are decoded once and shared by the `N` rows: that is what
 // makes a batch of activations cheaper per row than one.
@@ -577,48 +599,39 @@ unsafe fn sb_iq3k<const N: usize>(x: *const u8, y: [*const u8; N], tab: __m256i)
     acc
 }
 
+/// IQ4_K's superblock. `ABS_SHARED`: the sign trick of `dot_abs_shared` (activations without
+/// -128), else that of `dot_signed` (exact for every activation).
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn sb_iq4k<const N: usize>(
+unsafe fn sb_iq4k_with<const N: usize, const ABS_SHARED: bool>(
     x: *const u8,
     y: [*const u8; N],
-    _base_table: __m256i,
 ) -> [__m256i; N] {
     let eo = scales_iq4k(x);
     let extra = rd16(x.add(2)) as usize;
     let mut acc = [_mm256_setzero_si256(); N];
     for_chunks_4bit!(x.add(16), |c, idx| {
         let v = _mm256_shuffle_epi8(tab_iq4_pair((extra >> (2 * c)) & 3), idx);
-        let s = chunk_scale(eo, c);
-        for j in 0..N {
-            let p = dot_signed(v, y[j], c);
-            acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(p, s));
-        }
+        add_signed_chunk::<N, ABS_SHARED>(&mut acc, v, chunk_scale(eo, c), &y, c);
     });
     acc
 }
 
-/// `sb_iq4k` for activations without -128 (`dot_abs_shared`).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn sb_iq4k<const N: usize>(x: *const u8, y: [*const u8; N], _tab: __m256i) -> [__m256i; N] {
+    sb_iq4k_with::<N, false>(x, y)
+}
+
+/// `sb_iq4k` for activations without -128.
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn sb_iq4k_no_min8<const N: usize>(
     x: *const u8,
     y: [*const u8; N],
-    _base_table: __m256i,
+    _tab: __m256i,
 ) -> [__m256i; N] {
-    let eo = scales_iq4k(x);
-    let extra = rd16(x.add(2)) as usize;
-    let mut acc = [_mm256_setzero_si256(); N];
-    for_chunks_4bit!(x.add(16), |c, idx| {
-        let v = _mm256_shuffle_epi8(tab_iq4_pair((extra >> (2 * c)) & 3), idx);
-        let abs_v = _mm256_abs_epi8(v);
-        let s = chunk_scale(eo, c);
-        for j in 0..N {
-            let p = dot_abs_shared(abs_v, v, y[j], c);
-            acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(p, s));
-        }
-    });
-    acc
+    sb_iq4k_with::<N, true>(x, y)
 }
 
 #[inline]
@@ -657,47 +670,38 @@ unsafe fn sb_iq3ks<const N: usize>(x: *const u8, y: [*const u8; N], tab: __m256i
     acc
 }
 
+/// IQ4_KS's superblock (`ABS_SHARED` as for `sb_iq4k_with`).
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn sb_iq4ks<const N: usize>(
+unsafe fn sb_iq4ks_with<const N: usize, const ABS_SHARED: bool>(
     x: *const u8,
     y: [*const u8; N],
-    _base_table: __m256i,
 ) -> [__m256i; N] {
     let sc = scales_iq4ks(x);
     let mut acc = [_mm256_setzero_si256(); N];
     for_chunks_4bit!(x.add(8), |c, idx| {
         // Bit 0 of the scale byte: this 32-weight sub-block uses the shifted table (both lanes).
         let v = _mm256_shuffle_epi8(tab_iq4_pair(3 * (*x.add(c) & 1) as usize), idx);
-        let s = chunk_scale(sc, c);
-        for j in 0..N {
-            let p = dot_signed(v, y[j], c);
-            acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(p, s));
-        }
+        add_signed_chunk::<N, ABS_SHARED>(&mut acc, v, chunk_scale(sc, c), &y, c);
     });
     acc
 }
 
-/// `sb_iq4ks` for activations without -128 (`dot_abs_shared`).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn sb_iq4ks<const N: usize>(x: *const u8, y: [*const u8; N], _tab: __m256i) -> [__m256i; N] {
+    sb_iq4ks_with::<N, false>(x, y)
+}
+
+/// `sb_iq4ks` for activations without -128.
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn sb_iq4ks_no_min8<const N: usize>(
     x: *const u8,
     y: [*const u8; N],
-    _base_table: __m256i,
+    _tab: __m256i,
 ) -> [__m256i; N] {
-    let sc = scales_iq4ks(x);
-    let mut acc = [_mm256_setzero_si256(); N];
-    for_chunks_4bit!(x.add(8), |c, idx| {
-        let v = _mm256_shuffle_epi8(tab_iq4_pair(3 * (*x.add(c) & 1) as usize), idx);
-        let abs_v = _mm256_abs_epi8(v);
-        let s = chunk_scale(sc, c);
-        for j in 0..N {
-            let p = dot_abs_shared(abs_v, v, y[j], c);
-            acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(p, s));
-        }
-    });
-    acc
+    sb_iq4ks_with::<N, true>(x, y)
 }
 
 // ---------------------------------------------------------------- row entry points
