@@ -181,6 +181,22 @@ pub fn choose_path(env: Option<&str>) -> SimdPath {
     }
 }
 
+/// One closure per kind calling `f(kind, extra.., args..)`, coerced to a fn pointer (a closure
+/// that captured `kind` could not be): `per_kind!(kind, |r, q| f(EXTRA))`. The extra
+/// arguments must be constants for the same reason.
+macro_rules! per_kind {
+    ($kind:expr, |$($arg:ident),*| $($f:ident)::+($($extra:expr),*)) => {
+        match $kind {
+            DotType::Iq2K => |$($arg),*| $($f)::+(DotType::Iq2K, $($extra,)* $($arg),*),
+            DotType::Iq3K => |$($arg),*| $($f)::+(DotType::Iq3K, $($extra,)* $($arg),*),
+            DotType::Iq4K => |$($arg),*| $($f)::+(DotType::Iq4K, $($extra,)* $($arg),*),
+            DotType::Iq2Ks => |$($arg),*| $($f)::+(DotType::Iq2Ks, $($extra,)* $($arg),*),
+            DotType::Iq3Ks => |$($arg),*| $($f)::+(DotType::Iq3Ks, $($extra,)* $($arg),*),
+            DotType::Iq4Ks => |$($arg),*| $($f)::+(DotType::Iq4Ks, $($extra,)* $($arg),*),
+        }
+    };
+}
+
 /// A dot-product kernel: one row's bytes (KS types start with the row scale) and that many
 /// Q8_K blocks.
 pub type DotFn = fn(&[u8], &[u8]) -> f32;
@@ -225,24 +241,12 @@ pub fn rows_fn(kind: DotType, path: SimdPath) -> RowsFn {
         "SIMD path {path} is not available on this CPU"
     );
     // Paths without a multi-row kernel run their single-row one row by row.
-    macro_rules! by_row {
-        ($path:expr) => {
-            match kind {
-                DotType::Iq2K => |r, q, o| by_row(DotType::Iq2K, $path, r, q, o),
-                DotType::Iq3K => |r, q, o| by_row(DotType::Iq3K, $path, r, q, o),
-                DotType::Iq4K => |r, q, o| by_row(DotType::Iq4K, $path, r, q, o),
-                DotType::Iq2Ks => |r, q, o| by_row(DotType::Iq2Ks, $path, r, q, o),
-                DotType::Iq3Ks => |r, q, o| by_row(DotType::Iq3Ks, $path, r, q, o),
-                DotType::Iq4Ks => |r, q, o| by_row(DotType::Iq4Ks, $path, r, q, o),
-            }
-        };
-    }
     match path {
         #[cfg(target_arch = "x86_64")]
         SimdPath::Avx2 => x86::avx2_rows_fn(kind),
-        SimdPath::Scalar => by_row!(SimdPath::Scalar),
-        SimdPath::Avx512 => by_row!(SimdPath::Avx512),
-        SimdPath::Neon => by_row!(SimdPath::Neon),
+        SimdPath::Scalar => per_kind!(kind, |r, q, o| by_row(SimdPath::Scalar)),
+        SimdPath::Avx512 => per_kind!(kind, |r, q, o| by_row(SimdPath::Avx512)),
+        SimdPath::Neon => per_kind!(kind, |r, q, o| by_row(SimdPath::Neon)),
         #[allow(unreachable_patterns)]
         _ => unreachable!("{path} reported available on an architecture without it"),
     }
@@ -262,24 +266,12 @@ pub fn tile_fn(kind: DotType, path: SimdPath) -> TileFn {
         "SIMD path {path} is not available on this CPU"
     );
     // Paths without a tile kernel run their multi-row one per activation row.
-    macro_rules! by_act {
-        ($path:expr) => {
-            match kind {
-                DotType::Iq2K => |r, a, o| by_act(DotType::Iq2K, $path, r, a, o),
-                DotType::Iq3K => |r, a, o| by_act(DotType::Iq3K, $path, r, a, o),
-                DotType::Iq4K => |r, a, o| by_act(DotType::Iq4K, $path, r, a, o),
-                DotType::Iq2Ks => |r, a, o| by_act(DotType::Iq2Ks, $path, r, a, o),
-                DotType::Iq3Ks => |r, a, o| by_act(DotType::Iq3Ks, $path, r, a, o),
-                DotType::Iq4Ks => |r, a, o| by_act(DotType::Iq4Ks, $path, r, a, o),
-            }
-        };
-    }
     match path {
         #[cfg(target_arch = "x86_64")]
         SimdPath::Avx2 => x86::avx2_tile_fn(kind),
-        SimdPath::Scalar => by_act!(SimdPath::Scalar),
-        SimdPath::Avx512 => by_act!(SimdPath::Avx512),
-        SimdPath::Neon => by_act!(SimdPath::Neon),
+        SimdPath::Scalar => per_kind!(kind, |r, a, o| by_act(SimdPath::Scalar)),
+        SimdPath::Avx512 => per_kind!(kind, |r, a, o| by_act(SimdPath::Avx512)),
+        SimdPath::Neon => per_kind!(kind, |r, a, o| by_act(SimdPath::Neon)),
         #[allow(unreachable_patterns)]
         _ => unreachable!("{path} reported available on an architecture without it"),
     }
@@ -315,14 +307,7 @@ fn by_row(kind: DotType, path: SimdPath, rows: &[u8], q8k: &[u8], out: &mut [f32
 }
 
 fn scalar_fn(kind: DotType) -> DotFn {
-    match kind {
-        DotType::Iq2K => |r, q| scalar::vec_dot(DotType::Iq2K, r, q),
-        DotType::Iq3K => |r, q| scalar::vec_dot(DotType::Iq3K, r, q),
-        DotType::Iq4K => |r, q| scalar::vec_dot(DotType::Iq4K, r, q),
-        DotType::Iq2Ks => |r, q| scalar::vec_dot(DotType::Iq2Ks, r, q),
-        DotType::Iq3Ks => |r, q| scalar::vec_dot(DotType::Iq3Ks, r, q),
-        DotType::Iq4Ks => |r, q| scalar::vec_dot(DotType::Iq4Ks, r, q),
-    }
+    per_kind!(kind, |r, q| scalar::vec_dot())
 }
 
 /// Safe wrappers around the `#[target_feature]` kernels. They are private and only handed
