@@ -238,22 +238,35 @@ impl IkBaseline {
         }
     }
 
-    /// Thread `ith` of `nth`'s share of the matrix-vector product (ik splits the rows).
-    fn matvec_part(&self, kind: DotType, m: &Mat, out: *mut f32, ith: usize, nth: usize) {
+    /// Thread `ith` of `nth`'s share (ik splits the weight rows) of every row of `m` against
+    /// the `ny` Q8_K rows `b`, `b_stride` bytes apart: `out[j * nrows + r]` (activation-major).
+    #[allow(clippy::too_many_arguments)]
+    fn mul_mat(
+        &self,
+        kind: DotType,
+        m: &Mat,
+        b: &[u8],
+        ny: usize,
+        b_stride: usize,
+        out: *mut f32,
+        ith: usize,
+        nth: usize,
+    ) {
+        assert!(b.len() >= ny * b_stride && b_stride >= m.q8.len());
         let type_a = QuantType::from_name(kind.name()).unwrap().info().ggml_id as c_int;
-        // SAFETY: `m` holds nrows rows of `row_bytes` and one Q8_K row of `ncols`; `out` has
-        // nrows floats, and ik writes only its own share of them.
+        // SAFETY: `m` holds nrows rows of `row_bytes`, `b` ny Q8_K rows of `ncols` (checked
+        // above); `out` has nrows × ny floats, and ik writes only its own share of them.
         let ok = unsafe {
             (self.mul_mat)(
                 m.nrows as c_long,
-                1,
+                ny as c_long,
                 m.ncols as c_long,
                 type_a,
                 m.data.as_ptr().cast(),
                 m.row_bytes as c_long,
                 GGML_TYPE_Q8_K,
-                m.q8.as_ptr().cast(),
-                m.q8.len() as c_long,
+                b.as_ptr().cast(),
+                b_stride as c_long,
                 out,
                 m.nrows as c_long,
                 ith as c_int,
@@ -263,12 +276,16 @@ impl IkBaseline {
         assert!(ok, "iqk_mul_mat refused {}", kind.name());
     }
 
+    /// The matrix-vector product: `m`'s own activation row.
+    fn matvec_part(&self, kind: DotType, m: &Mat, out: *mut f32, ith: usize, nth: usize) {
+        self.mul_mat(kind, m, &m.q8, 1, m.q8.len(), out, ith, nth);
+    }
+
     fn matvec(&self, kind: DotType, m: &Mat, out: &mut [f32]) {
         self.matvec_part(kind, m, out.as_mut_ptr(), 0, 1);
     }
 
-    /// Thread `ith` of `nth`'s share of every row against the activation rows `acts`;
-    /// `out[j * nrows + r]` (ik's layout, activation-major).
+    /// Every row against the activation rows `acts` (ik's layout, activation-major).
     fn matmul_part(
         &self,
         kind: DotType,
@@ -278,27 +295,8 @@ impl IkBaseline {
         ith: usize,
         nth: usize,
     ) {
-        let type_a = QuantType::from_name(kind.name()).unwrap().info().ggml_id as c_int;
-        // SAFETY: `acts` holds acts.len() Q8_K rows of m.ncols; `out` has nrows × that many
-        // floats, and ik writes only its own share of them.
-        let ok = unsafe {
-            (self.mul_mat)(
-                m.nrows as c_long,
-                acts.len() as c_long,
-                m.ncols as c_long,
-                type_a,
-                m.data.as_ptr().cast(),
-                m.row_bytes as c_long,
-                GGML_TYPE_Q8_K,
-                acts.bytes().as_ptr().cast(),
-                acts.row_bytes() as c_long,
-                out,
-                m.nrows as c_long,
-                ith as c_int,
-                nth as c_int,
-            )
-        };
-        assert!(ok, "iqk_mul_mat refused {}", kind.name());
+        let (b, ny) = (acts.bytes(), acts.len());
+        self.mul_mat(kind, m, b, ny, acts.row_bytes(), out, ith, nth);
     }
 
     fn matmul(&self, kind: DotType, m: &Mat, acts: &ActRows, out: &mut [f32]) {
@@ -385,6 +383,15 @@ impl RowContext<'_> {
     }
 }
 
+/// The types `IQK_BENCH_TYPES` names (comma-separated), or all.
+fn wanted_kinds() -> Vec<DotType> {
+    let wanted = std::env::var("IQK_BENCH_TYPES").unwrap_or_default();
+    DotType::ALL
+        .into_iter()
+        .filter(|k| wanted.is_empty() || wanted.split(',').any(|w| w.trim() == k.name()))
+        .collect()
+}
+
 const CACHE: (usize, usize) = (256, 4096);
 const MEMORY: (usize, usize) = (4096, 16384);
 
@@ -413,9 +420,8 @@ fn criterion_benches(c: &mut Criterion) {
     }
 }
 
-fn table() {
+fn table(ik: Option<&IkBaseline>) {
     let paths = simd::available_paths();
-    let ik = IkBaseline::load();
     let threads = rayon::current_num_threads();
     println!();
     println!(
@@ -431,11 +437,7 @@ fn table() {
         "{:<7} {:<7} | {:>7} {:>6} {:>7} | {:>7} {:>6} {:>7} | {:>7} {:>6} {:>6} {:>4}",
         "", "", "Gw/s", "GB/s", "x-scal", "Gw/s", "GB/s", "x-bw", "Gw/s", "GB/s", "x-bw", ""
     );
-    let wanted = std::env::var("IQK_BENCH_TYPES").unwrap_or_default();
-    let kinds = DotType::ALL
-        .into_iter()
-        .filter(|k| wanted.is_empty() || wanted.split(',').any(|w| w.trim() == k.name()));
-    for kind in kinds {
+    for kind in wanted_kinds() {
         let mc = make(kind, CACHE.0, CACHE.1);
         let mm = make(kind, MEMORY.0, MEMORY.1);
         let mut out_c = vec![0f32; mc.nrows];
@@ -469,7 +471,7 @@ fn table() {
             }
             ctx.print(p.name(), t, scalar_c, "");
         }
-        if let Some(ik) = &ik {
+        if let Some(ik) = ik {
             // Every path gives bit-identical results, so the last one stands for ours.
             let ours = out_c.clone();
             let t = ctx.time(
@@ -503,9 +505,8 @@ const BATCHES: [usize; 2] = [8, 32];
 /// Batched products (`matmul`): the cache-resident matrix against B activation rows, on one
 /// thread and on all. Gw/s counts weight × activation-row products; `x-by-act` is the ratio
 /// to the multi-row kernel run once per activation row (as before tiles) in the same run.
-fn batched_table() {
+fn batched_table(ik: Option<&IkBaseline>) {
     let paths = simd::available_paths();
-    let ik = IkBaseline::load();
     println!();
     println!(
         "Batched: {} x {} weights against B activation rows (Gw/s = 1e9 weight x activation-row \
@@ -516,11 +517,7 @@ fn batched_table() {
         "{:<7} {:<7} {:>3} | {:>7} {:>8} | {:>7}",
         "type", "path", "B", "1T Gw/s", "x-by-act", "all-T"
     );
-    let wanted = std::env::var("IQK_BENCH_TYPES").unwrap_or_default();
-    let kinds = DotType::ALL
-        .into_iter()
-        .filter(|k| wanted.is_empty() || wanted.split(',').any(|w| w.trim() == k.name()));
-    for kind in kinds {
+    for kind in wanted_kinds() {
         let m = make(kind, CACHE.0, CACHE.1);
         for batch in BATCHES {
             let mut rng = Rng(0x0123_4567_89ab_cdef ^ batch as u64);
@@ -546,7 +543,7 @@ fn batched_table() {
                     products / tn / 1e9
                 );
             }
-            if let Some(ik) = &ik {
+            if let Some(ik) = ik {
                 // ik's layout is activation-major; ours, transposed, for the difference.
                 let ours: Vec<f32> = (0..batch * m.nrows)
                     .map(|k| out[(k % m.nrows) * batch + k / m.nrows])
@@ -603,7 +600,8 @@ fn main() {
         c.final_summary();
     }
     if mode != "criterion" {
-        table();
-        batched_table();
+        let ik = IkBaseline::load();
+        table(ik.as_ref());
+        batched_table(ik.as_ref());
     }
 }
