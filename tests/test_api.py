@@ -295,13 +295,18 @@ def test_matmul_shapes_and_errors():
 
 @pytest.mark.parametrize("scale", [3e38, 1e30, 1e-30, 1e-45])
 def test_extreme_finite_values_do_not_crash(scale):
-    """Squares that overflow or underflow must not panic; the output keeps its shape."""
+    """Squares that overflow or underflow must not panic. Weights beyond what a type's scales
+    can hold (f16 scales end at 65504) are an error naming the output; never non-finite bytes."""
     x = (np.random.default_rng(3).uniform(-1, 1, size=(2, 512)) * scale).astype(np.float32)
     x[:, :7] = np.float32(scale)
     for t in iqk_rs.type_table():
-        q = iqk_rs.quantize(x, t["name"])
+        try:
+            q = iqk_rs.quantize(x, t["name"])
+        except ValueError as e:
+            assert scale > 1e4 and "non-finite value" in str(e) and "quantized output" in str(e)
+            continue
         assert q.shape == (2, iqk_rs.row_size(t["name"], 512))
-        assert iqk_rs.dequantize(q, t["name"]).shape == x.shape
+        assert np.isfinite(iqk_rs.dequantize(q, t["name"])).all(), t["name"]
 
 
 def test_quant_type_stub_lists_exactly_the_registry():

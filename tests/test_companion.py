@@ -22,6 +22,8 @@ def test_companion_bytes_and_values(case, qtype):
         got = iqk_rs.quantize(golden.x, qtype, imatrix)
         assert got.shape == (golden.nrows, iqk_rs.row_size(qtype, golden.ncols))
         want = want.reshape(got.shape)
+        if imatrix is not None:
+            want = _blocks_ik_left_non_finite_requantized(want, golden.x, qtype)
         if not np.array_equal(got, want):
             where = first_difference(got, want, got.shape[1])
             pytest.fail(f"{case}/{qtype}.{variant}: first difference at {where}")
@@ -31,6 +33,25 @@ def test_companion_bytes_and_values(case, qtype):
         deq = iqk_rs.dequantize(im_bytes.reshape(golden.nrows, -1), qtype)
         ref = np.fromfile(deq_file, dtype=np.float32).reshape(deq.shape)
         assert np.array_equal(deq.view(np.uint32), ref.view(np.uint32))
+
+
+def _blocks_ik_left_non_finite_requantized(want, x, qtype):
+    """ik's bytes, except blocks that decode to NaN (edge/q2_K: importances zero where the fit
+    needs them give ik a 0/0 scale): those are expected quantized as without an imatrix."""
+    qt = iqk_rs.QuantType[qtype.upper()]
+    want = want.copy()
+    n_bad = 0
+    for r in range(want.shape[0]):
+        for b in range(x.shape[1] // qt.block_size):
+            block = want[r, b * qt.type_size : (b + 1) * qt.type_size]
+            if np.isfinite(iqk_rs.dequantize(block, qt)).all():
+                continue
+            xb = x[r, b * qt.block_size : (b + 1) * qt.block_size]
+            block[:] = iqk_rs.quantize(xb, qt)[0]
+            n_bad += 1
+    # Only edge/q2_K.im holds such blocks (two); a change here means the golden data changed.
+    assert n_bad == (2 if (qtype, x.shape) == ("q2_K", (12, 512)) else 0)
+    return want
 
 
 def test_companion_block_sizes_are_checked():

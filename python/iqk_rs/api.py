@@ -18,8 +18,8 @@ def _floats(a: npt.ArrayLike, what: str, ndims: tuple[int, ...]) -> np.ndarray:
     if arr.ndim not in ndims:
         want = " or ".join(f"{n}-D" for n in ndims)
         raise ValueError(f"{what} must be {want}, got shape {arr.shape}")
-    # No copy when the input already is contiguous float32.
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    # No copy when the input already is contiguous, aligned float32.
+    return np.require(arr, np.float32, ["C_CONTIGUOUS", "ALIGNED"])
 
 
 def _bytes(a: npt.ArrayLike, what: str) -> np.ndarray:
@@ -50,16 +50,25 @@ def quantize(
     """Quantize rows of weights; returns uint8 of shape (nrows, row_size).
 
     ``x`` is float32, float16 (widened row by row, without a float32 copy) or float64
-    (converted), 1-D (one row) or 2-D (rows). ``imatrix`` is
-    the per-column importance (length n_per_row). ``iq2ks_search`` picks ik's IQ2_KS search:
-    ``"fast"`` (llama-quantize's default on x86) or ``"exhaustive"``.
+    (converted), 1-D (one row) or 2-D (rows). ``imatrix`` is the per-column importance
+    (length n_per_row, finite, non-negative); importance blocks that are all zero are taken
+    as "no information". ``iq2ks_search`` picks ik's IQ2_KS search: ``"fast"``
+    (llama-quantize's default on x86) or ``"exhaustive"``. ``threads`` caps the worker
+    threads (default: every core; at most 8 per CPU, 256 always allowed); the bytes never
+    depend on it. Large inputs are quantized in pieces, so Ctrl-C interrupts within a
+    fraction of a second (``KeyboardInterrupt``).
+
+    Raises ``ValueError`` for a row length that is not a multiple of the type's block
+    size, NaN/Inf weights or importances (naming row and column), an imatrix of the wrong
+    length or with negative entries, a bad ``threads`` or ``iq2ks_search``, and an unknown
+    type name; ``TypeError`` for arrays of a wrong dtype or a ``qtype`` of a wrong kind.
     """
     qt = as_quant_type(qtype)
     im = None if imatrix is None else _floats(imatrix, "imatrix", (1,))
     half = np.asarray(x)
     if half.dtype == np.float16 and half.ndim in (1, 2):
         # Widened row by row inside the workers: no float32 copy of the whole array.
-        bits = _rows(np.ascontiguousarray(half).view(np.uint16))
+        bits = _rows(np.require(half, None, ["C_CONTIGUOUS", "ALIGNED"]).view(np.uint16))
         return _core.quantize_half(bits, "f16", qt.value, im, iq2ks_search, _threads(threads))
     rows = _rows(_floats(x, "x", (1, 2)))
     return _core.quantize(rows, qt.value, im, iq2ks_search, _threads(threads))
@@ -75,20 +84,29 @@ def _rows(arr: np.ndarray) -> np.ndarray:
 def dequantize(
     q: npt.ArrayLike, qtype: QuantType | str, *, threads: int | None = None
 ) -> np.ndarray:
-    """Dequantize rows of quantized bytes; returns float32 of shape (nrows, n_per_row)."""
+    """Dequantize rows of quantized bytes; returns float32 of shape (nrows, n_per_row).
+
+    ``q`` is uint8, 1-D (one row) or 2-D (rows of ``row_size`` bytes); ``threads`` as in
+    ``quantize``. Raises ``ValueError`` when the row size is not one of the type's, and
+    ``TypeError`` for a dtype other than uint8."""
     qt = as_quant_type(qtype)
     return _core.dequantize(_bytes(q, "q"), qt.value, _threads(threads))
 
 
 def quantize_q8_k(x: npt.ArrayLike) -> np.ndarray:
-    """Quantize an activation vector (length a multiple of 256) to ik's 296-byte Q8_K blocks."""
+    """Quantize an activation vector (length a multiple of 256) to ik's 296-byte Q8_K blocks.
+
+    Raises ``ValueError`` for a length that is not a multiple of 256 or NaN/Inf values."""
     return _core.quantize_q8_k(_floats(x, "x", (1,)))
 
 
 def vec_dot(
     q: npt.ArrayLike, qtype: QuantType | str, a8: npt.ArrayLike, *, threads: int | None = None
 ) -> np.ndarray:
-    """Dot every row of ``q`` with the Q8_K activations ``a8``; returns float32 (nrows,)."""
+    """Dot every row of ``q`` with the Q8_K activations ``a8``; returns float32 (nrows,).
+
+    ``threads`` as in ``quantize``. Raises ``ValueError`` when the sizes do not match,
+    ``TypeError`` for wrong dtypes, ``NotImplementedError`` for a type without kernels."""
     qt = as_quant_type(qtype)
     act = np.asarray(a8)
     if act.dtype != np.uint8 or act.ndim != 1:
@@ -99,7 +117,9 @@ def vec_dot(
 def matvec(
     q: npt.ArrayLike, qtype: QuantType | str, x: npt.ArrayLike, *, threads: int | None = None
 ) -> np.ndarray:
-    """Quantize ``x`` to Q8_K, then dot every row of ``q`` with it; returns float32 (nrows,)."""
+    """Quantize ``x`` to Q8_K, then dot every row of ``q`` with it; returns float32 (nrows,).
+
+    ``threads`` and the exceptions as in ``vec_dot``."""
     qt = as_quant_type(qtype)
     return _core.matvec(_bytes(q, "q"), qt.value, _floats(x, "x", (1,)), _threads(threads))
 
@@ -108,7 +128,9 @@ def matmul(
     q: npt.ArrayLike, qtype: QuantType | str, x: npt.ArrayLike, *, threads: int | None = None
 ) -> np.ndarray:
     """``x @ W.T`` for a batch: each row of ``x`` (batch, n_per_row) is quantized to Q8_K and
-    dotted with every weight row of ``q``; returns float32 (batch, nrows)."""
+    dotted with every weight row of ``q``; returns float32 (batch, nrows).
+
+    ``threads`` and the exceptions as in ``vec_dot``."""
     qt = as_quant_type(qtype)
     arr = _floats(x, "x", (1, 2))
     rows = arr.reshape(1, -1) if arr.ndim == 1 else arr
@@ -124,8 +146,11 @@ def simd_path() -> str:
 
 
 def row_size(qtype: QuantType | str, n_per_row: int) -> int:
-    """Bytes of one row of ``n_per_row`` weights (the KS types' row scale included)."""
-    return int(_core.row_size(as_quant_type(qtype).value, n_per_row))
+    """Bytes of one row of ``n_per_row`` weights (the KS types' row scale included).
+
+    Raises ``ValueError`` when ``n_per_row`` is negative, not a multiple of the type's
+    block size, or too large for a row to be addressed."""
+    return as_quant_type(qtype).row_size(n_per_row)
 
 
 def type_table() -> list[dict[str, object]]:

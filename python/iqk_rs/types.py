@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from enum import IntEnum
 from typing import Any
 
@@ -51,6 +52,12 @@ class _QuantTypeBase(IntEnum):
         return bool(_TABLE[self.value]["is_iqk"])
 
     def row_size(self, n_per_row: int) -> int:
+        """Bytes of one row of ``n_per_row`` weights; ``ValueError`` if there is no such row."""
+        if isinstance(n_per_row, bool):
+            raise TypeError("n_per_row must be an integer, not bool")
+        n_per_row = operator.index(n_per_row)  # int or numpy integer; TypeError otherwise
+        if not 0 <= n_per_row < 2**64:
+            raise ValueError(f"row length {n_per_row} is out of range (0 <= n < 2**64)")
         return int(_core.row_size(self.value, n_per_row))
 
 

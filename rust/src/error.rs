@@ -38,4 +38,25 @@ pub enum IqkError {
     InvalidArgument(String),
 }
 
+impl IqkError {
+    /// The error as seen by a caller that handed over rows starting at row `first` of a
+    /// larger matrix: row numbers become that matrix's.
+    pub fn in_rows_from(self, first: usize) -> Self {
+        match self {
+            IqkError::NonFinite {
+                what,
+                row,
+                col,
+                value,
+            } => IqkError::NonFinite {
+                what,
+                row: row + first,
+                col,
+                value,
+            },
+            other => other,
+        }
+    }
+}
+
 pub type Result<T> = std::result::Result<T, IqkError>;

@@ -1,8 +1,7 @@
 //! Whole-tensor operations: validate the input once, then process rows in parallel. Rows are
 //! independent, so results never depend on the thread count.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
@@ -12,7 +11,7 @@ use crate::iqk::iq2_ks::Iq2KsSearch;
 use crate::iqk::{iq2_k, iq2_ks, iq3_k, iq3_ks, iq4_k, iq4_ks};
 use crate::numeric::sanitized_row_weights;
 use crate::q8k;
-use crate::registry::{QuantType, QK_K};
+use crate::registry::{QuantType, TypeInfo, QK_K};
 use crate::simd::{self, DotType};
 use crate::widen::{widen, HalfFormat};
 
@@ -45,7 +44,7 @@ impl<'a> From<&'a Vec<f32>> for Weights<'a> {
     }
 }
 
-impl Weights<'_> {
+impl<'a> Weights<'a> {
     /// The number of weights.
     pub fn len(&self) -> usize {
         match self {
@@ -56,6 +55,15 @@ impl Weights<'_> {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Rows `rows` of rows of `n_per_row` weights.
+    pub fn rows(&self, rows: std::ops::Range<usize>, n_per_row: usize) -> Weights<'a> {
+        let values = rows.start * n_per_row..rows.end * n_per_row;
+        match *self {
+            Weights::F32(x) => Weights::F32(&x[values]),
+            Weights::Half(format, bits) => Weights::Half(format, &bits[values]),
+        }
     }
 
     fn check_finite(&self, n_per_row: usize) -> Result<()> {
@@ -91,30 +99,41 @@ impl Weights<'_> {
     }
 }
 
-/// Run `work` on a pool of `threads` workers (the global pool when `None`). Pools are kept
-/// per size so repeated calls pay no thread start-up.
+/// The most worker threads a call may ask for: far more than the machine's cores, far fewer
+/// than the thousands an OS refuses (`threads=10**9` would otherwise spawn threads until the
+/// OS says no).
+pub fn max_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (8 * cores).max(256)
+}
+
+/// Run `work` on a pool of `threads` workers (the global pool when `None`). The pool of the
+/// last size asked for is kept, so repeated calls pay no thread start-up; asking for another
+/// size replaces it, so calls with many different sizes do not keep a pool each.
 pub fn with_threads<T: Send>(threads: Option<usize>, work: impl FnOnce() -> T + Send) -> Result<T> {
     let Some(n) = threads else {
         return Ok(work());
     };
-    if n == 0 {
-        return Err(IqkError::InvalidArgument(
-            "threads must be at least 1".to_string(),
-        ));
+    if n == 0 || n > max_threads() {
+        return Err(IqkError::InvalidArgument(format!(
+            "threads must be between 1 and {} (8 per CPU, at least 256), not {n}",
+            max_threads()
+        )));
     }
-    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
+    static LAST_POOL: Mutex<Option<(usize, Arc<rayon::ThreadPool>)>> = Mutex::new(None);
     let pool = {
-        let mut pools = POOLS.get_or_init(Default::default).lock().unwrap();
-        match pools.get(&n) {
-            Some(pool) => pool.clone(),
-            None => {
+        let mut last = LAST_POOL.lock().unwrap_or_else(|e| e.into_inner());
+        match &*last {
+            Some((size, pool)) if *size == n => pool.clone(),
+            _ => {
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(n)
                     .build()
                     .map_err(|e| {
                         IqkError::InvalidArgument(format!("cannot start {n} threads: {e}"))
                     })?;
-                pools.entry(n).or_insert(Arc::new(pool)).clone()
+                // The replaced pool's threads end once no call is using it.
+                last.insert((n, Arc::new(pool))).1.clone()
             }
         }
     };
@@ -196,7 +215,8 @@ fn check_finite_half(format: HalfFormat, bits: &[u16], n_per_row: usize) -> Resu
     Err(non_finite("weights", pos, n_per_row, value[0]))
 }
 
-fn check_rows(qtype: QuantType, len: usize, n_per_row: usize) -> Result<usize> {
+/// Check that rows of `n_per_row` weights can be quantized to `qtype`; returns their size in bytes.
+pub fn check_row_length(qtype: QuantType, n_per_row: usize) -> Result<usize> {
     let t = qtype.info();
     if n_per_row == 0 || !n_per_row.is_multiple_of(t.block_size) {
         return Err(IqkError::Shape(format!(
@@ -204,6 +224,11 @@ fn check_rows(qtype: QuantType, len: usize, n_per_row: usize) -> Result<usize> {
             t.name, t.block_size
         )));
     }
+    qtype.row_size(n_per_row)
+}
+
+fn check_rows(qtype: QuantType, len: usize, n_per_row: usize) -> Result<usize> {
+    check_row_length(qtype, n_per_row)?;
     if !len.is_multiple_of(n_per_row) {
         return Err(IqkError::Shape(format!(
             "{len} values do not make whole rows of {n_per_row}"
@@ -292,9 +317,25 @@ pub fn quantize_into<'a>(
     if let Some(im) = imatrix {
         check_imatrix(im, n_per_row)?;
     }
+    let imatrix = imatrix.map(tame_importances);
+    let imatrix = imatrix.as_deref();
     if let Some(kind) = companion_kind(qtype) {
-        return quantize_companion(kind, x, n_per_row, imatrix, opts.threads, out);
+        quantize_companion(kind, qtype.info(), x, n_per_row, imatrix, opts.threads, out)?;
+    } else {
+        quantize_iqk(qtype, x, n_per_row, imatrix, opts, out)?;
     }
+    check_output_finite(qtype, out, row_size, n_per_row)
+}
+
+fn quantize_iqk(
+    qtype: QuantType,
+    x: Weights<'_>,
+    n_per_row: usize,
+    imatrix: Option<&[f32]>,
+    opts: &QuantizeOptions,
+    out: &mut [u8],
+) -> Result<()> {
+    let row_size = qtype.row_size(n_per_row)?;
     let block = sanitize_block(qtype).expect("every non-companion type is an IQK type");
     x.for_each_row(
         opts.threads,
@@ -311,8 +352,74 @@ pub fn quantize_into<'a>(
     )
 }
 
+/// Importances above this are scaled down, all by the same factor: their weighted sums
+/// (squares of sums of importance × weight × quant) could overflow f32 and give non-finite
+/// output. Scaling does not move the optimum of a weighted least-squares fit, and real
+/// importances (mean squared activations) stay far below it, so ik's bytes are kept.
+const MAX_IMPORTANCE: f32 = 1e10;
+
+fn tame_importances(imatrix: &[f32]) -> std::borrow::Cow<'_, [f32]> {
+    let max = imatrix.iter().fold(0f32, |m, &v| m.max(v));
+    if max <= MAX_IMPORTANCE {
+        return imatrix.into();
+    }
+    imatrix.iter().map(|&v| v / max).collect()
+}
+
+/// An f32 row scale above this could overflow once multiplied by a block's integer scale and
+/// value (both below 2^8): far beyond any real weight.
+const MAX_ROW_SCALE: f32 = 1.2e30; // about 2^100
+
+/// Whether a row's float scales (see `TypeInfo::block_f16_scales`) are finite and small enough
+/// for every value of the row to decode finite. A scan of a few bytes per block.
+fn scales_finite(t: &TypeInfo, row: &[u8]) -> bool {
+    const F16_EXPONENT: u16 = 0x7c00;
+    let f16_finite =
+        |at: usize| u16::from_le_bytes([row[at], row[at + 1]]) & F16_EXPONENT != F16_EXPONENT;
+    let prefix_ok = match t.row_meta_size {
+        0 => true,
+        2 => f16_finite(0),
+        _ => f32::from_le_bytes([row[0], row[1], row[2], row[3]]).abs() <= MAX_ROW_SCALE,
+    };
+    prefix_ok
+        && (t.row_meta_size..row.len())
+            .step_by(t.type_size)
+            .all(|block| t.block_f16_scales.iter().all(|&at| f16_finite(block + at)))
+}
+
+/// The last line of defence: whatever the input, never hand out bytes that decode to NaN or
+/// infinity (e.g. weights changed by another thread while they were quantized).
+fn check_output_finite(
+    qtype: QuantType,
+    out: &[u8],
+    row_size: usize,
+    n_per_row: usize,
+) -> Result<()> {
+    let t = qtype.info();
+    let Some(row) = out
+        .chunks_exact(row_size)
+        .position(|r| !scales_finite(t, r))
+    else {
+        return Ok(());
+    };
+    let mut values = vec![0f32; n_per_row];
+    dequantize_row(
+        qtype,
+        &out[row * row_size..(row + 1) * row_size],
+        &mut values,
+    );
+    let col = values.iter().position(|v| !v.is_finite()).unwrap_or(0);
+    Err(IqkError::NonFinite {
+        what: "quantized output",
+        row,
+        col,
+        value: values[col],
+    })
+}
+
 fn quantize_companion(
     kind: Companion,
+    info: &TypeInfo,
     x: Weights<'_>,
     n_per_row: usize,
     imatrix: Option<&[f32]>,
@@ -334,13 +441,47 @@ fn quantize_companion(
         return Ok(());
     }
     let row_size = kind.row_size(n_per_row);
+    let Some(im) = imatrix else {
+        return x.for_each_row(
+            threads,
+            (out, row_size),
+            n_per_row,
+            || (),
+            |_, o, r| companion::quantize_row(kind, r, None, o),
+        );
+    };
+    let (block, block_bytes) = (kind.block_size(), kind.type_size());
+    let uninformed = uninformed_blocks(kind, im);
     x.for_each_row(
         threads,
         (out, row_size),
         n_per_row,
         || (),
-        |_, o, r| companion::quantize_row(kind, r, imatrix, o),
+        |_, o, r| {
+            companion::quantize_row(kind, r, Some(im), o);
+            let blocks = o.chunks_exact_mut(block_bytes).zip(r.chunks_exact(block));
+            for ((ob, xb), &no_info) in blocks.zip(&uninformed) {
+                // Importances that are zero over every sub-block that matters make ik's
+                // Q2_K/Q4_K/Q5_K super-block fit divide 0 by 0: a NaN scale.
+                if no_info || !scales_finite(info, ob) {
+                    companion::quantize_row(kind, xb, None, ob);
+                }
+            }
+        },
     )
+}
+
+/// Per block of `kind`, whether its importances carry no information: all zero, as legacy
+/// imatrix files hold for MoE experts that saw no tokens. ik quantizes such blocks to zeros
+/// or NaN scales (0/0) for the types that use raw importances; they are quantized as without
+/// an imatrix instead. IQ5_K and IQ6_K sanitise importances themselves, as ik does (their
+/// output is finite), and Q8_0 ignores them.
+fn uninformed_blocks(kind: Companion, imatrix: &[f32]) -> Vec<bool> {
+    let uses_raw_importances = !matches!(kind, Companion::Q8_0 | Companion::Iq5K | Companion::Iq6K);
+    imatrix
+        .chunks_exact(kind.block_size())
+        .map(|b| uses_raw_importances && b.iter().all(|&w| w == 0.0))
+        .collect()
 }
 
 /// Widen f16 or bf16 values to f32, in parallel (exact, so independent of the thread count).
@@ -356,6 +497,17 @@ pub fn widen_to_f32(format: HalfFormat, src: &[u16], threads: Option<usize>) -> 
         |_, o, i| widen(format, i, o),
     )?;
     Ok(out)
+}
+
+/// Rows per call when a caller quantizes a large input in pieces (to notice an interrupt
+/// between them): about 4 M weights, a fraction of a second on any machine. Zero means the
+/// input must be quantized in one call: Q2_K without an imatrix tests its whole input for a
+/// ternary model, so splitting it would change the bytes.
+pub fn rows_per_piece(qtype: QuantType, n_per_row: usize, has_imatrix: bool) -> usize {
+    if qtype == QuantType::Q2K && !has_imatrix {
+        return 0;
+    }
+    ((1usize << 22) / n_per_row.max(1)).max(1)
 }
 
 /// Quantize `x` (rows of `n_per_row`); returns `nrows · row_size` bytes.
@@ -623,6 +775,80 @@ mod tests {
     use crate::numeric::f32_to_f16;
     use crate::registry::TYPES;
     use crate::testing::rng;
+
+    /// The last check before bytes are handed out: a row whose float scale is NaN, infinite
+    /// or (an f32 row scale) too large is an error naming that row.
+    #[test]
+    fn output_with_a_bad_scale_is_refused_with_its_row() {
+        let x: Vec<f32> = (0..4 * 256).map(|i| (i as f32 * 0.37).sin()).collect();
+        for t in &TYPES {
+            let q = quantize(t.qtype, &x, 256, None, &QuantizeOptions::default()).unwrap();
+            let row_size = t.qtype.row_size(256).unwrap();
+            check_output_finite(t.qtype, &q, row_size, 256).unwrap();
+            let mut fields: Vec<(usize, &[u8])> = t
+                .block_f16_scales
+                .iter()
+                .map(|&at| (t.row_meta_size + at, &[0x00u8, 0x7c][..]))
+                .collect();
+            match t.row_meta_size {
+                2 => fields.push((0, &[0x00, 0x7e])),
+                4 => fields.push((0, &[0x00, 0x00, 0x80, 0x72])), // 5.1e30
+                _ => {}
+            }
+            assert!(!fields.is_empty(), "{}", t.name);
+            for (at, bytes) in fields {
+                let mut bad = q.clone();
+                bad[2 * row_size + at..][..bytes.len()].copy_from_slice(bytes);
+                let err = check_output_finite(t.qtype, &bad, row_size, 256).unwrap_err();
+                assert!(
+                    matches!(err, IqkError::NonFinite { row: 2, .. }),
+                    "{}: {err}",
+                    t.name
+                );
+            }
+        }
+    }
+
+    /// `block_f16_scales` lists every byte that can make a block decode non-finite: with those
+    /// scales finite (1.0) and any other bytes, every type decodes finite; with one of them
+    /// infinite, it does not.
+    #[test]
+    fn block_f16_scales_are_where_the_registry_says() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for t in &TYPES {
+            let row_size = t.qtype.row_size(256).unwrap();
+            let mut values = vec![0f32; 256];
+            for _ in 0..200 {
+                let mut row: Vec<u8> = (0..row_size)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        state as u8
+                    })
+                    .collect();
+                match t.row_meta_size {
+                    2 => row[..2].copy_from_slice(&0x3c00u16.to_le_bytes()),
+                    4 => row[..4].copy_from_slice(&1f32.to_le_bytes()),
+                    _ => {}
+                }
+                for block in (t.row_meta_size..row_size).step_by(t.type_size) {
+                    for &at in t.block_f16_scales {
+                        row[block + at..][..2].copy_from_slice(&0x3c00u16.to_le_bytes());
+                    }
+                }
+                assert!(scales_finite(t, &row), "{}", t.name);
+                dequantize_row(t.qtype, &row, &mut values);
+                assert!(values.iter().all(|v| v.is_finite()), "{}", t.name);
+                for &at in t.block_f16_scales {
+                    let mut inf = row.clone();
+                    inf[t.row_meta_size + at..][..2].copy_from_slice(&0x7c00u16.to_le_bytes());
+                    dequantize_row(t.qtype, &inf, &mut values);
+                    assert!(values.iter().any(|v| !v.is_finite()), "{} @{at}", t.name);
+                }
+            }
+        }
+    }
 
     fn half_bits(format: HalfFormat, x: &[f32]) -> Vec<u16> {
         x.iter()

@@ -49,6 +49,10 @@ pub struct TypeInfo {
     pub row_meta_size: usize,
     /// One of the six IQK types this crate was built for (the rest are companions).
     pub is_iqk: bool,
+    /// Byte offsets, within each block, of its fp16 scales (d, dmin): with the row prefix
+    /// (an fp16 scale when it has 2 bytes, an f32 one when 4), the only bytes that can make
+    /// a block decode to NaN or infinity; everything else is a bounded integer.
+    pub block_f16_scales: &'static [usize],
 }
 
 impl TypeInfo {
@@ -58,6 +62,8 @@ impl TypeInfo {
     }
 }
 
+// One row of the table below, positional as ggml's `type_traits` rows are.
+#[allow(clippy::too_many_arguments)]
 const fn info(
     qtype: QuantType,
     name: &'static str,
@@ -66,6 +72,7 @@ const fn info(
     type_size: usize,
     row_meta_size: usize,
     is_iqk: bool,
+    block_f16_scales: &'static [usize],
 ) -> TypeInfo {
     TypeInfo {
         qtype,
@@ -76,27 +83,28 @@ const fn info(
         type_size,
         row_meta_size,
         is_iqk,
+        block_f16_scales,
     }
 }
 
 /// Every registered type, the six IQK types first.
 pub const TYPES: [TypeInfo; 16] = [
-    info(QuantType::Iq2K, "iq2_k", 138, QK_K, 76, 0, true),
-    info(QuantType::Iq3K, "iq3_k", 139, QK_K, 110, 0, true),
-    info(QuantType::Iq4K, "iq4_k", 140, QK_K, 144, 0, true),
-    info(QuantType::Iq2Ks, "iq2_ks", 147, QK_K, 70, 2, true),
-    info(QuantType::Iq3Ks, "iq3_ks", 154, QK_K, 102, 2, true),
-    info(QuantType::Iq4Ks, "iq4_ks", 145, QK_K, 136, 4, true),
-    info(QuantType::Q8_0, "q8_0", 7, 32, 34, 0, false),
-    info(QuantType::Q5_0, "q5_0", 8, 32, 22, 0, false),
-    info(QuantType::Q6_0, "q6_0", 135, 32, 26, 0, false),
-    info(QuantType::Iq4Nl, "iq4_nl", 25, 32, 18, 0, false),
-    info(QuantType::Q2K, "q2_K", 10, QK_K, 84, 0, false),
-    info(QuantType::Q4K, "q4_K", 15, QK_K, 144, 0, false),
-    info(QuantType::Q5K, "q5_K", 17, QK_K, 176, 0, false),
-    info(QuantType::Q6K, "q6_K", 18, QK_K, 210, 0, false),
-    info(QuantType::Iq5K, "iq5_k", 141, QK_K, 176, 0, false),
-    info(QuantType::Iq6K, "iq6_k", 142, QK_K, 212, 0, false),
+    info(QuantType::Iq2K, "iq2_k", 138, QK_K, 76, 0, true, &[0]),
+    info(QuantType::Iq3K, "iq3_k", 139, QK_K, 110, 0, true, &[0]),
+    info(QuantType::Iq4K, "iq4_k", 140, QK_K, 144, 0, true, &[0]),
+    info(QuantType::Iq2Ks, "iq2_ks", 147, QK_K, 70, 2, true, &[]),
+    info(QuantType::Iq3Ks, "iq3_ks", 154, QK_K, 102, 2, true, &[]),
+    info(QuantType::Iq4Ks, "iq4_ks", 145, QK_K, 136, 4, true, &[]),
+    info(QuantType::Q8_0, "q8_0", 7, 32, 34, 0, false, &[0]),
+    info(QuantType::Q5_0, "q5_0", 8, 32, 22, 0, false, &[0]),
+    info(QuantType::Q6_0, "q6_0", 135, 32, 26, 0, false, &[0]),
+    info(QuantType::Iq4Nl, "iq4_nl", 25, 32, 18, 0, false, &[0]),
+    info(QuantType::Q2K, "q2_K", 10, QK_K, 84, 0, false, &[80, 82]),
+    info(QuantType::Q4K, "q4_K", 15, QK_K, 144, 0, false, &[0, 2]),
+    info(QuantType::Q5K, "q5_K", 17, QK_K, 176, 0, false, &[0, 2]),
+    info(QuantType::Q6K, "q6_K", 18, QK_K, 210, 0, false, &[208]),
+    info(QuantType::Iq5K, "iq5_k", 141, QK_K, 176, 0, false, &[0]),
+    info(QuantType::Iq6K, "iq6_k", 142, QK_K, 212, 0, false, &[0]),
 ];
 
 impl QuantType {
@@ -138,7 +146,15 @@ impl QuantType {
                 t.name, t.block_size
             )));
         }
-        Ok(t.row_meta_size + n_per_row / t.block_size * t.type_size)
+        (n_per_row / t.block_size)
+            .checked_mul(t.type_size)
+            .and_then(|body| body.checked_add(t.row_meta_size))
+            .ok_or_else(|| {
+                IqkError::Shape(format!(
+                    "row length {n_per_row} is too large: a {} row of it overflows the address space",
+                    t.name
+                ))
+            })
     }
 
     /// The row length whose row takes exactly `row_bytes` bytes, if there is one.
@@ -151,7 +167,9 @@ impl QuantType {
                 t.name, t.row_meta_size, t.type_size
             )));
         }
-        Ok(body / t.type_size * t.block_size)
+        (body / t.type_size)
+            .checked_mul(t.block_size)
+            .ok_or_else(|| IqkError::Shape(format!("{row_bytes} bytes is too large a row size")))
     }
 }
 
@@ -189,5 +207,26 @@ mod tests {
         assert!(QuantType::Iq4K.row_size(100).is_err());
         assert!(QuantType::Iq4Ks.n_per_row_for_bytes(136).is_err());
         assert!(QuantType::from_name("iq9_k").is_err());
+    }
+
+    #[test]
+    fn sizes_near_the_address_space_limit_are_errors_not_wrapped() {
+        for t in &TYPES {
+            for n in [usize::MAX / t.block_size * t.block_size, 1 << 60, 1 << 40] {
+                let exact =
+                    (n / t.block_size) as u128 * t.type_size as u128 + t.row_meta_size as u128;
+                match t.qtype.row_size(n) {
+                    Ok(bytes) => assert_eq!(bytes as u128, exact, "{}", t.name),
+                    Err(_) => assert!(exact > usize::MAX as u128, "{}", t.name),
+                }
+            }
+            let bytes = (usize::MAX - 8) / t.type_size * t.type_size + t.row_meta_size;
+            let exact = ((bytes - t.row_meta_size) / t.type_size) as u128 * t.block_size as u128;
+            match t.qtype.n_per_row_for_bytes(bytes) {
+                Ok(n) => assert_eq!(n as u128, exact, "{}", t.name),
+                Err(_) => assert!(exact > usize::MAX as u128, "{}", t.name),
+            }
+        }
+        assert!(QuantType::Q8_0.row_size(usize::MAX - 255).is_err());
     }
 }

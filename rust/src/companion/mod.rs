@@ -29,7 +29,8 @@
 //! divide 0 by 0: when every sub-block with a non-zero scale (or min) has all-zero
 //! weights, e.g. an imatrix that is zero over a whole 256-column super-block. ik then
 //! stores a NaN d or dmin (fp16 0xFE00) for Q2_K and Q5_K, and aborts for Q4_K; this
-//! module stores the NaN for all three. Callers wanting ik's abort must check for it.
+//! module stores the NaN for all three, as ik's bytes. `ops::quantize` never hands such
+//! a block out: it quantizes it again without the imatrix.
 //!
 //! Re-implemented from ik_llama.cpp (<https://github.com/ikawrakow/ik_llama.cpp>), MIT
 //! License, Copyright (c) 2023-2024 The ggml authors, (c) 2024-2025 The ik_llama.cpp

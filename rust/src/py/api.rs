@@ -104,21 +104,33 @@ fn quantize_weights<'py>(
         Some(a) => Some(contiguous("imatrix", a)?),
         None => None,
     };
-    if nrows == 0 || n_per_row == 0 {
-        let row_size = qtype.row_size(n_per_row).unwrap_or(0);
-        return reshape2(
-            py,
-            Vec::new(),
-            nrows,
-            if n_per_row == 0 { 0 } else { row_size },
-        );
+    if nrows == 0 && n_per_row == 0 {
+        return reshape2(py, Vec::new(), 0, 0); // an empty 1-D input: no rows at all
+    }
+    // Checked even when there are no rows: (0, 100) has rows no type can hold.
+    let row_size = ops::check_row_length(qtype, n_per_row)?;
+    if nrows == 0 {
+        return reshape2(py, Vec::new(), 0, row_size);
     }
     let opts = QuantizeOptions {
         iq2ks_search: search,
         threads,
     };
-    let row_size = qtype.row_size(n_per_row)?;
-    let out = py.detach(|| ops::quantize(qtype, x, n_per_row, im, &opts))?;
+    // In pieces, so that Ctrl-C is noticed within a fraction of a second, not when a
+    // minute-long call returns. Rows are independent: the pieces give the same bytes.
+    let mut out = vec![0u8; nrows * row_size];
+    let piece = match ops::rows_per_piece(qtype, n_per_row, im.is_some()) {
+        0 => nrows,
+        rows => rows,
+    };
+    for (k, out_piece) in out.chunks_mut(piece * row_size).enumerate() {
+        let rows = k * piece..(k * piece + piece).min(nrows);
+        let first = rows.start;
+        let x_piece = x.rows(rows, n_per_row);
+        py.detach(|| ops::quantize_into(qtype, x_piece, n_per_row, im, &opts, out_piece))
+            .map_err(|e| e.in_rows_from(first))?;
+        py.check_signals()?;
+    }
     reshape2(py, out, nrows, row_size)
 }
 
