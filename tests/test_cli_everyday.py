@@ -208,6 +208,8 @@ def test_fallback_and_larger_output_warnings(tmp_path: Path) -> None:
         "warning: 4 of 30 tensors to quantize have rows that are not a multiple of 256 and get "
         "fallback types: 4 x q5_0 instead of iq4_k"
     ) in r.output
+    r = run("quantize", TINY, tmp_path / "o.gguf", "IQ3_KS", "--dry-run", "--pure")
+    assert "get fallback types: 4 x iq4_nl instead of iq3_ks" in r.output  # --pure too
     small = tmp_path / "iq2ks.gguf"
     run("quantize", TINY, small, "IQ2_KS", "-q")
     r = run("quantize", small, tmp_path / "big.gguf", "IQ4_K", "-q", "--allow-requantize")
