@@ -406,3 +406,18 @@ def test_ctrl_c_while_starting_is_one_line() -> None:
         assert p.returncode in (130, -signal.SIGINT), (delay, p.returncode, text)
         assert len(text.strip().splitlines()) <= 1, text
     assert interrupted, "every run ended before its Ctrl-C"
+
+
+def test_entry_point_imports_nothing_heavy() -> None:
+    """The Ctrl-C handler must be in place before numpy/typer/rich load (see iqk_rs._entry)."""
+    code = (
+        "import sys, iqk_rs._entry\n"
+        "heavy = sorted({'numpy', 'typer', 'rich'} & set(sys.modules))\n"
+        "assert not heavy, heavy\n"
+        "import iqk_rs\n"
+        "assert iqk_rs.row_size('iq2_ks', 4096) == 1122 and iqk_rs.QuantType.IQ4_K == 139\n"
+        "assert iqk_rs.api.quantize is iqk_rs.quantize\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str):
+    if name in ("api", "types"):  # iqk_rs.api without importing it, as before
+        return importlib.import_module(f".{name}", __name__)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
