@@ -785,8 +785,9 @@ def _plot_figure(diffs: list[cv.TensorDiff], title: str):
             fontsize="small",
         )
     else:
+        ax.set_axis_off()
         ax.text(0.5, 0.5, "all tensors identical", ha="center", va="center", transform=ax.transAxes)
-    if exact:
+    if exact and n_series:
         fig.text(
             0.01,
             -0.01,
