@@ -398,8 +398,8 @@ def test_ctrl_c_while_starting_is_one_line() -> None:
         text = err.decode()
         if p.returncode == 0:  # finished before the signal came
             continue
-        if "Traceback" in text and '"<string>"' not in text:
-            continue  # Python's own start-up (site), before the script: nothing to do there
+        if "Traceback" in text and not re.search(r"numpy|typer|rich|iqk_rs.cli", text):
+            continue  # Python's own start-up, before the handler can exist (a few ms)
         interrupted += 1
         assert "Traceback" not in text, f"after {delay} s:\n{text}"
         # killed by SIGINT before Python's handler existed is also a clean Ctrl-C

@@ -4,12 +4,13 @@ Quantize numpy weights to IQ2_K, IQ3_K, IQ4_K, IQ2_KS, IQ3_KS or IQ4_KS (optiona
 an importance matrix), dequantize them, and take dot products against Q8_K activations.
 """
 
-from __future__ import annotations
-
 import importlib
-from typing import TYPE_CHECKING
 
 from ._core import IqkValueError, __version__
+
+# Not typing.TYPE_CHECKING: importing typing takes ~10 ms, in which a Ctrl-C would still
+# print a traceback (mypy and pyright treat any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
 
 # The numpy-facing API loads on first use, so that the ``iqk`` command can set up its Ctrl-C
 # handling (iqk_rs._entry) before numpy is imported.

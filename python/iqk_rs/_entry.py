@@ -10,8 +10,12 @@ yet - then loads the CLI and gives Ctrl-C back to it (which removes partial outp
 from __future__ import annotations
 
 import os
-import signal
 import sys
+
+try:  # the C module: 'signal' itself imports enum, ~7 ms more without the handler
+    import _signal as signal
+except ImportError:  # pragma: no cover - interpreters without it
+    import signal
 
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a process ended by Ctrl-C
 
