@@ -267,7 +267,9 @@ def test_requantize(tmp_path: Path) -> None:
 def test_bf16_and_f32_inputs(tmp_path: Path) -> None:
     for t in ("bf16", "f32"):
         src = tmp_path / f"src-{t}.gguf"
-        run("dequantize", TINY, src, "--type", t, "-q")
+        run("dequantize", TINY, src, "--type", t, "-q", "--convert-float")
+        with GGUFReader(src) as r:
+            assert r.tensors["blk.0.attn_q.weight"].type.name == t
         out = tmp_path / f"out-{t}.gguf"
         run("quantize", src, out, "IQ4_KS", "-q", *iqk_only("IQ4_KS"))
         check_model(out, "IQ4_KS")

@@ -2,13 +2,17 @@
 
 Each command parses its options, calls ``iqk_rs.gguf.convert`` and renders the
 result with rich. Errors become one line on stderr and exit status 1; Ctrl-C
-exits with 130 and, like any error, leaves no partial output file.
+exits with 130 and, like any error, leaves no partial output file. The console
+script is ``iqk_rs._entry:main``, which also covers Ctrl-C while this module loads.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import tempfile
+import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -29,6 +33,7 @@ from rich.table import Table
 
 from .gguf import GGUFError, GGUFReader, GGUFWriteError
 from .gguf import convert as cv
+from .gguf.ftypes import ftype_name
 from .imatrix import ImatrixError, load_imatrix
 from .mix import MixError
 
@@ -80,6 +85,19 @@ def _run(fn, *args, **kwargs):
         raise _fail(str(e)) from None
 
 
+def _interruptible(command):
+    """Ctrl-C anywhere in a command (also while printing): one line and exit 130."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise _fail("interrupted", 130) from None
+
+    return wrapper
+
+
 def _mb(n: int) -> str:
     return f"{n / 2**20:.2f} MiB"
 
@@ -96,6 +114,9 @@ class _RichProgress(cv.Progress):
         self.quiet = quiet
         self._i = 0
         self._n = 0
+
+    def planned(self, report):
+        _plan_notes(report, self.verbose, self.quiet)
 
     def start(self, plans):
         self._n = len(plans)
@@ -127,6 +148,118 @@ class _RichProgress(cv.Progress):
     def stop(self):
         if hasattr(self, "progress"):
             self.progress.stop()
+
+
+# Seconds between progress lines inside a long tensor when stderr is not a terminal.
+PLAIN_PROGRESS_INTERVAL = 30.0
+
+
+class _PlainProgress(cv.Progress):
+    """Progress for logs (nohup, CI, batch jobs), where a live bar shows nothing: a line
+    per tensor, and one every PLAIN_PROGRESS_INTERVAL seconds inside a long tensor,
+    each with the bytes done, the rate and the time left."""
+
+    def __init__(self, verbose: bool, quiet: bool):
+        self.verbose = verbose
+        self.quiet = quiet
+        self._i = self._n = self._total = self._done = 0
+        self._t0 = self._last = 0.0
+        self._current = ""
+
+    def planned(self, report):
+        _plan_notes(report, self.verbose, self.quiet)
+
+    def start(self, plans):
+        self._n = len(plans)
+        self._total = sum(p.info.nbytes for p in plans)
+        self._t0 = self._last = time.monotonic()
+
+    def tensor_start(self, plan):
+        self._current = plan.name
+
+    def advance(self, nbytes_in):
+        self._done += nbytes_in
+        now = time.monotonic()
+        if now - self._last >= PLAIN_PROGRESS_INTERVAL:
+            w = len(str(self._n))
+            self._print(f"[{self._i + 1:>{w}}/{self._n}] {self._current} (in progress)", now)
+
+    def tensor_done(self, plan, seconds):
+        self._i += 1
+        self._print(_plan_line(plan, self._i, self._n, seconds), time.monotonic())
+
+    def _print(self, what: str, now: float) -> None:
+        self._last = now
+        if self.quiet:
+            return
+        elapsed = max(now - self._t0, 1e-9)
+        rate = self._done / elapsed
+        eta = (self._total - self._done) / rate if rate > 0 else 0.0
+        pct = 100.0 * self._done / max(self._total, 1)
+        err.print(
+            f"{what} | {pct:3.0f}% of {_mb(self._total)}, {rate / 2**20:.1f} MiB/s, "
+            f"ETA {_clock(eta)}",
+            markup=False,
+        )
+
+    def stop(self):
+        pass
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def _progress(verbose: bool, quiet: bool) -> _RichProgress | _PlainProgress:
+    """The live bar on a terminal; plain lines where stderr goes to a file or a pipe."""
+    return (_RichProgress if err.is_terminal else _PlainProgress)(verbose, quiet)
+
+
+def _plan_notes(report: cv.Report, verbose: bool, quiet: bool) -> None:
+    """What the plan means for the output, said before the work starts."""
+    for w in report.warnings:
+        err.print(f"warning: {w}", markup=False)
+    n_quant = report.count("quantize")
+    imx = report.imatrix
+    if imx is not None and n_quant:
+        missing = report.without_imatrix
+        if not report.n_with_imatrix:
+            err.print(
+                f"warning: no entry of {imx.path} matches a tensor to quantize; quantizing "
+                "without importance weights (and not recording the imatrix in the output)",
+                markup=False,
+            )
+        elif missing:
+            if verbose:
+                for name in missing:
+                    err.print(f"no importance weights for {name} (no imatrix entry)", markup=False)
+            shown = ", ".join(missing[:3]) + (
+                f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            )
+            err.print(
+                f"imatrix: importance weights for {n_quant - len(missing)} of {n_quant} "
+                f"tensors to quantize; without: {shown}" + ("" if verbose else " (-v lists them)"),
+                markup=False,
+            )
+        elif not quiet:
+            err.print(f"imatrix: importance weights for all {n_quant} tensors to quantize")
+    fallbacks = report.fallbacks
+    if fallbacks:
+        kinds = ", ".join(
+            f"{k} x {to} instead of {wanted}" for (wanted, to), k in sorted(fallbacks.items())
+        )
+        err.print(
+            f"warning: {sum(fallbacks.values())} of {n_quant} tensors to quantize have rows that "
+            f"are not a multiple of 256 and get fallback types: {kinds}",
+            markup=False,
+        )
+    if report.larger_than_input:
+        err.print(
+            f"warning: the output ({_mb(report.size_out)}) will be larger than the input "
+            f"({_mb(report.size_in)})",
+            markup=False,
+        )
 
 
 def _plan_line(p: cv.TensorPlan, i: int, n: int, seconds: float | None = None) -> str:
@@ -165,20 +298,39 @@ def _type_summary(plans: list[cv.TensorPlan], title: str) -> Table:
 # -- quantize ------------------------------------------------------------------------
 
 
+def _target_named(name: str) -> Target | None:
+    return next((t for t in Target if t.value.lower() == name.lower()), None)
+
+
+def default_output(inp: Path, qtype: Target) -> Path:
+    """llama-quantize's name when OUT is omitted: ggml-model-<TYPE>.gguf beside the input."""
+    return inp.parent / f"ggml-model-{qtype.value}.gguf"
+
+
 @app.command()
+@_interruptible
 def quantize(
     inp: Annotated[
         Path, typer.Argument(metavar="IN", help="Input GGUF (F32, F16 or BF16 weights).")
     ],
     output: Annotated[
-        Path, typer.Argument(metavar="OUT", help="Output GGUF (not written with --dry-run).")
-    ],
-    qtype: Annotated[
-        Target,
+        Path | None,
         typer.Argument(
-            metavar="TYPE", case_sensitive=False, help="IQ2_K IQ3_K IQ4_K IQ2_KS IQ3_KS IQ4_KS"
+            metavar="OUT",
+            help="Output GGUF (not written with --dry-run); without it, as llama-quantize: "
+            "ggml-model-TYPE.gguf beside IN.",
+            show_default=False,
         ),
-    ],
+    ] = None,
+    qtype: Annotated[
+        Target | None,
+        typer.Argument(
+            metavar="TYPE",
+            case_sensitive=False,
+            help="IQ2_K IQ3_K IQ4_K IQ2_KS IQ3_KS IQ4_KS",
+            show_default=False,
+        ),
+    ] = None,
     imatrix: Annotated[
         Path | None, typer.Option(help="Importance matrix: legacy .dat or GGUF imatrix.")
     ] = None,
@@ -192,6 +344,13 @@ def quantize(
     ] = None,
     hide_imatrix: Annotated[
         bool, typer.Option(help="Store 'top_secret' instead of imatrix details.")
+    ] = False,
+    allow_missing_imatrix: Annotated[
+        bool,
+        typer.Option(
+            help="Quantize IQ2_K/IQ2_KS even when no imatrix entry matches a tensor "
+            "(otherwise an error: likely the imatrix of another model)."
+        ),
     ] = False,
     threads: Annotated[
         int | None,
@@ -229,16 +388,40 @@ def quantize(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="One line per tensor.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Quantize a model with ik_llama.cpp's default tensor-type mix for TYPE."""
+    """Quantize a model with ik_llama.cpp's default tensor-type mix for TYPE.
+
+    Arguments: IN [OUT] TYPE, as llama-quantize takes them.
+    """
+    if qtype is None:  # IN TYPE: the second word names a type, not a file
+        qtype = _target_named(str(output)) if output is not None else None
+        if qtype is None:
+            raise typer.BadParameter(
+                "missing TYPE: one of " + ", ".join(t.value for t in Target), param_hint="TYPE"
+            )
+        output = None
+    if output is None and not dry_run:
+        output = default_output(inp, qtype)
     imx = None
     if imatrix is not None:
         imx = _run(load_imatrix, imatrix)
+        if not quiet:
+            err.print(
+                f"imatrix: loaded {len(imx)} entries from {imatrix}"
+                + (f", computed on {imx.chunks} chunks" if imx.chunks else "")
+                + (f" of {imx.dataset}" if imx.dataset else ""),
+                markup=False,
+            )
+        n_loaded = len(imx)
         imx = _run(imx.filtered, include_weights, exclude_weights)
         if not len(imx):
-            err.print(
-                f"warning: no imatrix entries left after filtering {imatrix}; quantizing without"
-            )
+            why = f"no imatrix entries left after filtering {imatrix}"
+            e = None if allow_missing_imatrix else cv.imatrix_unused_error(qtype.value, why)
+            if e is not None:
+                raise _fail(str(e))
+            err.print(f"warning: {why}; quantizing without", markup=False)
             imx = None
+        elif len(imx) != n_loaded and not quiet:
+            err.print(f"imatrix: {len(imx)} of {n_loaded} entries selected", markup=False)
     elif include_weights or exclude_weights:
         raise _fail("--include-weights/--exclude-weights need --imatrix")
     opts = cv.QuantizeOptions(
@@ -252,29 +435,35 @@ def quantize(
         allow_requantize=allow_requantize,
         iq2ks_search=iq2ks_search.value,
         hide_imatrix=hide_imatrix,
+        allow_missing_imatrix=allow_missing_imatrix,
     )
     if pure and custom_q:
         err.print("warning: --custom-q rules are not applied with --pure (as in llama-quantize)")
     if dry_run:
         report = _run(cv.quantize_model, inp, None, qtype.value, opts)
+        _plan_notes(report, verbose, quiet)
         n = len(report.plans)
         for i, p in enumerate(report.plans, 1):
             out.print(_plan_line(p, i, n), markup=False)
         out.print(_type_summary(report.plans, f"{qtype.value} mix (dry run, nothing written)"))
         out.print(
             f"size {_mb(report.size_in)} -> {_mb(report.size_out)}, "
-            f"{report.bpw:.3f} bits per weight"
+            f"{report.bpw:.3f} bits per weight" + _larger(report)
         )
         return
-    prog = _RichProgress(verbose, quiet)
+    prog = _progress(verbose, quiet)
     try:
         report = _run(cv.quantize_model, inp, output, qtype.value, opts, prog)
     finally:
         prog.stop()
-    _summary(report, f"quantized {inp} -> {output} ({qtype.value})")
+    _summary(report, f"quantized {inp} -> {output} ({qtype.value})", note_larger=True)
 
 
-def _summary(report: cv.Report, title: str) -> None:
+def _larger(report: cv.Report) -> str:
+    return "; larger than the input" if report.larger_than_input else ""
+
+
+def _summary(report: cv.Report, title: str, note_larger: bool = False) -> None:
     n_thr = report.threads or os.cpu_count()
     out.print(title)
     out.print(
@@ -286,6 +475,7 @@ def _summary(report: cv.Report, title: str) -> None:
     out.print(
         f"  size    : {_mb(report.size_in)} -> {_mb(report.size_out)} "
         f"({report.bpw:.3f} bits per weight, {report.n_weights:,} weights)"
+        + (_larger(report) if note_larger else "")
     )
     out.print(
         f"  time    : {report.seconds:.2f} s, {n_thr} thread(s)"
@@ -297,19 +487,28 @@ def _summary(report: cv.Report, title: str) -> None:
 
 
 @app.command()
+@_interruptible
 def dequantize(
     inp: Annotated[Path, typer.Argument(metavar="IN", help="Input GGUF.")],
     output: Annotated[Path, typer.Argument(metavar="OUT", help="Output GGUF.")],
     type_: Annotated[
-        FloatType, typer.Option("--type", case_sensitive=False, help="Output weight type.")
+        FloatType,
+        typer.Option("--type", case_sensitive=False, help="Type of the decoded weights."),
     ] = FloatType.f16,
+    convert_float: Annotated[
+        bool,
+        typer.Option(
+            help="Also convert unquantized matrices (e.g. f32 MoE routers, ffn_gate_inp) to "
+            "--type; by default they stay as they are. 1-D tensors always do."
+        ),
+    ] = False,
     threads: Annotated[int | None, typer.Option("--threads", "-t", min=1)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
-    """Decode every quantized weight back to f32, f16 or bf16."""
-    prog = _RichProgress(False, quiet)
+    """Decode every quantized weight back to f32, f16 or bf16; other tensors stay as they are."""
+    prog = _progress(False, quiet)
     try:
-        report = _run(cv.dequantize_model, inp, output, type_.value, threads, prog)
+        report = _run(cv.dequantize_model, inp, output, type_.value, threads, prog, convert_float)
     finally:
         prog.stop()
     _summary(report, f"dequantized {inp} -> {output} ({type_.value})")
@@ -320,6 +519,8 @@ def dequantize(
 
 def _kv_text(kv) -> str:
     v = kv.value
+    if kv.key == "general.file_type" and isinstance(v, int):
+        return f"{v} ({ftype_name(v)})"
     if kv.vtype.name == "ARRAY":
         n = len(v)
         sub = kv.sub_type.name.lower() if kv.sub_type is not None else "?"
@@ -333,6 +534,7 @@ def _kv_text(kv) -> str:
 
 
 @app.command()
+@_interruptible
 def info(
     file: Annotated[Path, typer.Argument(metavar="FILE", help="A GGUF file.")],
     metadata: Annotated[bool, typer.Option(help="Show metadata.")] = True,
@@ -341,9 +543,11 @@ def info(
     """Metadata, tensors (shape, type, size) and bits per weight by type."""
     r = _run(GGUFReader, file)
     with r:
+        ftype = r.get("general.file_type")
         out.print(
             f"{file}: GGUF v{r.version}, {len(r.kv)} metadata keys, {len(r.tensors)} tensors, "
             f"alignment {r.alignment}, {_mb(r.file_size)}"
+            + (f", file type {ftype_name(ftype)}" if isinstance(ftype, int) else "")
         )
         if metadata:
             t = Table(title="metadata", title_justify="left")
@@ -383,12 +587,16 @@ _LAYER = re.compile(r"^blk\.(\d+)\.(.+)$")
 
 
 @app.command()
+@_interruptible
 def compare(
     a: Annotated[Path, typer.Argument(metavar="A", help="Reference model (e.g. F16).")],
     b: Annotated[Path, typer.Argument(metavar="B", help="Model to compare (e.g. a quantization).")],
     plot: Annotated[
         Path | None,
-        typer.Option(help="Draw error per layer and tensor kind to a PNG (needs matplotlib)."),
+        typer.Option(
+            help="Draw the error per layer and tensor kind to an image (PNG, or SVG/PDF by "
+            "the file's suffix; needs matplotlib)."
+        ),
     ] = None,
     threads: Annotated[int | None, typer.Option("--threads", "-t", min=1)] = None,
     all_tensors: Annotated[
@@ -397,12 +605,7 @@ def compare(
 ) -> None:
     """Relative RMSE and cosine similarity of B's tensors against A's."""
     if plot is not None:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise _fail(
-                "--plot needs matplotlib, which is not installed (pip install matplotlib)"
-            ) from None
+        _check_plot_path(plot, a, b)
     diffs, unpaired = _run(cv.compare_models, a, b, threads)
     if all_tensors:
         t = Table(title=f"{b} vs {a}", title_justify="left")
@@ -441,29 +644,162 @@ def compare(
         out.print(f"plot written to {plot}")
 
 
+def _check_plot_path(plot: Path, a: Path, b: Path) -> None:
+    """Fail before the comparison, not after it, if the picture cannot be written."""
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        raise _fail(
+            "--plot needs matplotlib, which is not installed (pip install matplotlib)"
+        ) from None
+    for model in (a, b):
+        _run(cv.check_paths, model, plot)
+    suffix = plot.suffix.lower().lstrip(".")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if suffix and suffix not in formats:
+        raise _fail(
+            f"{plot}: cannot draw a '.{suffix}' image; use one of "
+            + ", ".join(f".{f}" for f in sorted(formats))
+        )
+
+
 def _plot(diffs: list[cv.TensorDiff], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series: dict[str, list[tuple[int, float]]] = {}
+    fig = _plot_figure(diffs, title)
+    fmt = path.suffix.lower().lstrip(".") or "png"
+    # a temporary file renamed into place: an interrupted run leaves no broken image
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
+
+
+def _plain_log_labels(ax, values: list[float]) -> None:
+    """Label a log axis 0.02, 0.05, 0.1 (the numbers people quote, not 2x10^-2), with
+    fewer labels between the powers of ten the more decades it spans."""
+    import math
+
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    span = math.log10(max(values) / min(values)) if values else 0.0
+    if span < 0.7:
+        keep: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+    else:
+        keep = (1, 2, 3, 5) if span < 1.5 else (1, 2, 5) if span < 2.5 else (1,)
+
+    def label(y: float, _pos: int) -> str:
+        mantissa = round(y / 10 ** math.floor(math.log10(y) + 1e-9))
+        return f"{y:g}" if mantissa in keep else ""
+
+    ax.yaxis.set_major_formatter(FuncFormatter(label))
+    ax.yaxis.set_minor_formatter(FuncFormatter(label) if len(keep) > 1 else NullFormatter())
+
+
+def _plot_figure(diffs: list[cv.TensorDiff], title: str):
+    """Relative RMSE per layer, one line per tensor kind, for a model card.
+
+    Kinds whose error is zero everywhere (tensors left as they were) cannot be drawn on a
+    log scale; they are named under the plot instead. Tensors outside the layers
+    (token_embd, output) are dashed horizontal lines.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    per_layer: dict[str, list[cv.TensorDiff]] = {}
+    single: list[tuple[str, cv.TensorDiff]] = []
     for d in diffs:
         m = _LAYER.match(d.name)
         if m:
-            series.setdefault(m.group(2), []).append((int(m.group(1)), d.rel_rmse))
-    fig, ax = plt.subplots(figsize=(9, 5))
-    for kind, pts in sorted(series.items()):
-        pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=kind)
+            per_layer.setdefault(m.group(2), []).append(d)
+        else:
+            single.append((d.name, d))
+    exact = sorted(k for k, ds in per_layer.items() if all(d.rel_rmse == 0 for d in ds))
+    exact += sorted(name for name, d in single if d.rel_rmse == 0)
+    series = {k: ds for k, ds in per_layer.items() if k not in exact}
+    lines = [(name, d) for name, d in single if name not in exact]
+
+    def kind_label(kind: str, ds: list[cv.TensorDiff]) -> str:
+        return f"{kind.removesuffix('.weight')} ({', '.join(sorted({d.type_b for d in ds}))})"
+
+    def mean_err(ds: list[cv.TensorDiff]) -> float:
+        return sum(d.rel_rmse for d in ds) / len(ds)
+
+    fig, ax = plt.subplots(figsize=(10, 5.2))
+    n_series = len(series) + len(lines)
+    cmap = plt.get_cmap("tab10" if n_series <= 10 else "tab20")
+    markers = "osD^vP*Xhp<>"
+    # worst first, so that the legend reads from the top curve down
+    ordered = sorted(series.items(), key=lambda kv: -mean_err(kv[1]))
+    for i, (kind, ds) in enumerate(ordered):
+        pts = sorted((int(_LAYER.match(d.name).group(1)), d.rel_rmse) for d in ds)
+        ax.plot(
+            [x for x, _ in pts],
+            [y for _, y in pts],
+            marker=markers[i % len(markers)],
+            markersize=4,
+            linewidth=1.5,
+            color=cmap(i % cmap.N),
+            label=kind_label(kind, ds),
+        )
+    for j, (name, d) in enumerate(sorted(lines, key=lambda nd: -nd[1].rel_rmse)):
+        ax.axhline(
+            d.rel_rmse,
+            linestyle="--",
+            linewidth=1.2,
+            color=cmap((len(ordered) + j) % cmap.N),
+            label=kind_label(name, [d]),
+        )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    layers = [int(_LAYER.match(d.name).group(1)) for ds in series.values() for d in ds]
+    if layers:
+        ax.set_xlim(min(layers) - 0.5, max(layers) + 0.5)
     ax.set_xlabel("layer")
-    ax.set_ylabel("relative RMSE")
-    ax.set_yscale("log")
-    ax.set_title(title)
-    ax.legend(fontsize="small")
+    ax.set_ylabel("relative RMSE (log scale)")
+    n = sum(d.n_elements for d in diffs)
+    overall = (sum(d.rel_rmse**2 * d.n_elements for d in diffs) / max(n, 1)) ** 0.5
+    ax.set_title(
+        f"{title}\nsize-weighted relative RMSE over all {len(diffs)} tensors: {overall:.4f}",
+        fontsize="medium",
+    )
+    if n_series:
+        ax.set_yscale("log")
+        _plain_log_labels(ax, [d.rel_rmse for d in diffs if d.rel_rmse > 0])
+        ax.grid(True, which="major", alpha=0.35)
+        ax.grid(True, which="minor", axis="y", alpha=0.12)
+        ax.legend(
+            title="tensor (type in B)",
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            borderaxespad=0.0,
+            frameon=False,
+            fontsize="small",
+        )
+    else:
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "all tensors identical", ha="center", va="center", transform=ax.transAxes)
+    if exact and n_series:
+        fig.text(
+            0.01,
+            -0.01,
+            "unchanged (error 0, not drawn): "
+            + ", ".join(e.removesuffix(".weight") for e in exact),
+            fontsize="small",
+            color="0.35",
+            va="top",
+            wrap=True,
+        )
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return fig
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -68,6 +68,22 @@ class Imatrix:
                     f"(first at column {int(bad[0])}: {w[bad[0]]}); refusing to use it"
                 )
 
+    def check_values(self) -> None:
+        """Every entry finite and non-negative (mean squares), checked before any work.
+
+        The quantizers reject negative importances too, but only when they reach that
+        tensor, which may be hours into a run.
+        """
+        self.check_finite()
+        for name, w in self.weights.items():
+            bad = np.flatnonzero(w < 0)
+            if bad.size:
+                raise ImatrixError(
+                    f"{self.path}: entry {name!r} has {bad.size} negative value(s) "
+                    f"(first at column {int(bad[0])}: {w[bad[0]]}); importances are mean "
+                    "squares and cannot be negative - refusing to use it"
+                )
+
     # -- lookup with ik_llama.cpp's name aliases ------------------------------------
     def lookup(self, name: str) -> tuple[str, np.ndarray] | None:
         """The entry for tensor ``name``, trying ik's aliases when the exact name is missing."""

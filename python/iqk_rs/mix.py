@@ -188,6 +188,8 @@ class MixPlanner:
         note = ""
         if self.o.pure:
             new = fallback(self.ft, ne0)
+            if new != self.ft:
+                note = f"fallback from {self.ft}"
         else:
             new, custom = self._mix(name, ne0)
             if custom is not None:

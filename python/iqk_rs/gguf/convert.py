@@ -8,10 +8,12 @@ expert slice at a time, so peak memory is a few chunks whatever the model size.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +73,8 @@ class QuantizeOptions:
     allow_requantize: bool = False
     iq2ks_search: str = "fast"
     hide_imatrix: bool = False
+    # An imatrix that matches no tensor is an error for the 2-bit targets unless this is set.
+    allow_missing_imatrix: bool = False
 
 
 @dataclass
@@ -82,6 +86,8 @@ class Report:
     seconds: float = 0.0
     threads: int | None = None
     out_path: Path | None = None
+    imatrix: Imatrix | None = None  # the one given, even if no entry was used
+    warnings: list[str] = field(default_factory=list)  # assumptions the plan had to make
 
     @property
     def bpw(self) -> float:
@@ -94,6 +100,31 @@ class Report:
     def n_fallback(self) -> int:
         return sum(p.note.startswith("fallback") for p in self.plans)
 
+    @property
+    def fallbacks(self) -> Counter[tuple[str, str]]:
+        """(wanted type, fallback type) -> tensor count, for rows not a multiple of 256."""
+        prefix = "fallback from "
+        return Counter(
+            (p.note[len(prefix) :], p.out_type.name)
+            for p in self.plans
+            if p.note.startswith(prefix)
+        )
+
+    @property
+    def without_imatrix(self) -> list[str]:
+        """Quantized tensors that got no importance weights although an imatrix was given."""
+        if self.imatrix is None:
+            return []
+        return [p.name for p in self.plans if p.action == "quantize" and p.imatrix is None]
+
+    @property
+    def n_with_imatrix(self) -> int:
+        return sum(p.imatrix is not None for p in self.plans)
+
+    @property
+    def larger_than_input(self) -> bool:
+        return self.size_out > self.size_in
+
 
 class Progress:
     """Progress hooks; the CLI draws a rich bar with them. All no-ops here."""
@@ -105,6 +136,9 @@ class Progress:
     def advance(self, nbytes_in: int) -> None: ...
 
     def tensor_done(self, plan: TensorPlan, seconds: float) -> None: ...
+
+    def planned(self, report: Report) -> None:
+        """Every type is chosen and every input checked; nothing has been written yet."""
 
 
 # -- helpers -------------------------------------------------------------------------
@@ -240,12 +274,16 @@ def _stream(
 
 
 def plan_quantize(
-    reader: GGUFReader, target: str, opts: QuantizeOptions, dry_run: bool = False
+    reader: GGUFReader,
+    target: str,
+    opts: QuantizeOptions,
+    dry_run: bool = False,
+    params: ModelParams | None = None,
 ) -> list[TensorPlan]:
     """Choose every tensor's type (ik's mix) and validate everything up front.
 
     A dry run, like llama-quantize's, only sizes: it does not insist that quantized
-    inputs may be requantized.
+    inputs may be requantized. ``params`` replaces the hyper-parameters read from the file.
     """
     target_t = type_by_name(target)
     imx = opts.imatrix
@@ -258,7 +296,7 @@ def plan_quantize(
             leave_output_tensor=opts.leave_output_tensor,
             has_imatrix=bool(imx),
         )
-        params = ModelParams.from_gguf(reader.get, reader.tensors)
+        params = params or ModelParams.from_gguf(reader.get, reader.tensors)
         planner = MixPlanner(target_t.name, params, mix_opts)
     except ValueError as e:
         raise ConvertError(str(e)) from None
@@ -284,6 +322,68 @@ def plan_quantize(
     return plans
 
 
+# Contrasting hyper-parameters: each threshold ik's rules test (GQA 2 and 4; 2, 4 and 8
+# experts; the 70B detection; falcon; the first n_layer/8 ffn_down) falls on both sides.
+_PROBE_ARCHS = ("", "llama", "falcon")
+_PROBE_EXPERTS = (0, 2, 4, 8)
+_PROBE_HEADS = ((8, 8), (8, 4), (8, 2))  # (n_head, n_head_kv): GQA 1, 2, 4
+_PROBE_LAYERS = (0, 80, 1024)
+
+
+def check_architecture(reader: GGUFReader, target: str, opts: QuantizeOptions) -> list[str]:
+    """Refuse a model of unknown architecture when its type mix would depend on it.
+
+    ik's rules read the layer, head and expert counts from ``<arch>.*`` keys; without a
+    known architecture (no ``general.architecture``, or no ``<arch>.block_count``, which
+    every architecture llama.cpp loads has) they would all be 0 and silently change the
+    mix, so llama-quantize refuses such files. Here the plan is made under contrasting
+    hyper-parameters instead: if no tensor's type changes (``--pure``, ``--custom-q``
+    rules covering those tensors, or no tensor the rules look at), the run goes on and
+    the returned warning says what was assumed.
+    """
+    arch = reader.architecture
+    if isinstance(arch, str) and arch and reader.get(f"{arch}.block_count") is not None:
+        return []
+    what = (
+        f"general.architecture {arch!r} has no {arch}.block_count"
+        if isinstance(arch, str) and arch
+        else "no general.architecture"
+    )
+    assumed = ModelParams.from_gguf(reader.get, reader.tensors)
+
+    def types(params: ModelParams) -> list[str] | None:
+        try:
+            plans = plan_quantize(reader, target, opts, dry_run=True, params=params)
+        except ConvertError:
+            return None  # e.g. a layer outside n_layer: the result depends on it
+        return [p.out_type.name for p in plans]
+
+    base = types(assumed)
+    for arch_, n_exp, (n_head, n_kv), n_layer in itertools.product(
+        _PROBE_ARCHS, _PROBE_EXPERTS, _PROBE_HEADS, _PROBE_LAYERS
+    ):
+        probe = replace(
+            assumed, arch=arch_, n_expert=n_exp, n_head=n_head, n_head_kv=n_kv, n_layer=n_layer
+        )
+        got = types(probe)
+        if got != base:
+            names = list(reader.tensors)
+            first = next(
+                (n for n, a, b in zip(names, base or [], got or [], strict=False) if a != b), None
+            )
+            which = f" (e.g. {first!r})" if first else ""
+            raise ConvertError(
+                f"{reader.path}: {what}; ik's type mix needs the architecture's layer, head and "
+                f"expert counts for this model's tensors{which}, so llama-quantize refuses it "
+                "too; set the architecture's metadata, or choose the types with --pure or "
+                "--custom-q"
+            )
+    return [
+        f"{reader.path}: {what}; assumed no layers, heads or experts (no tensor's type "
+        "depends on them here)"
+    ]
+
+
 def _opt_type(name: str | None, option: str) -> str | None:
     if not name:
         return None
@@ -291,6 +391,36 @@ def _opt_type(name: str | None, option: str) -> str | None:
         return _normalize_type(name)
     except ValueError as e:
         raise ConvertError(f"{option}: {e}") from None
+
+
+# ik refuses to make its 2-bit i-quants (IQ2_XXS/XS/S, IQ1_S/M) without an imatrix; it
+# lets IQ2_K and IQ2_KS through, but they lose much of their quality without one, so an
+# imatrix given for them that matches no tensor at all (a wrong file) is an error here.
+NEEDS_IMATRIX = frozenset({"iq2_k", "iq2_ks"})
+
+
+def imatrix_unused_error(target: str, why: str) -> ConvertError | None:
+    """The error for an imatrix that weights no tensor, or None where that is allowed."""
+    if type_by_name(target).name not in NEEDS_IMATRIX:
+        return None
+    return ConvertError(
+        f"{why}; {type_by_name(target).name.upper()} loses much quality without importance "
+        "weights - check that the imatrix belongs to this model, or pass "
+        "--allow-missing-imatrix to quantize without it"
+    )
+
+
+def _check_imatrix_used(report: Report, target: str, allow_missing: bool) -> None:
+    imx = report.imatrix
+    if imx is None or report.n_with_imatrix or not report.count("quantize") or allow_missing:
+        return
+    err = imatrix_unused_error(
+        target,
+        f"{imx.path}: none of its {len(imx)} entries matches a tensor to quantize "
+        f"(e.g. {report.without_imatrix[0]!r})",
+    )
+    if err is not None:
+        raise err
 
 
 def _check_decodable(reader: GGUFReader, t: TensorInfo, allow_requantize: bool) -> None:
@@ -332,7 +462,8 @@ def quantize_model(
     t0 = time.perf_counter()
     with GGUFReader(inp) as reader:
         if opts.imatrix is not None:
-            opts.imatrix.check_finite()
+            opts.imatrix.check_values()
+        warnings = check_architecture(reader, target, opts)
         plans = plan_quantize(reader, target, opts, dry_run=out is None)
         report = Report(
             plans,
@@ -340,11 +471,17 @@ def quantize_model(
             sum(p.out_nbytes for p in plans),
             sum(p.info.n_elements for p in plans),
             threads=opts.threads,
+            imatrix=opts.imatrix,
+            warnings=warnings,
         )
+        _check_imatrix_used(report, target, opts.allow_missing_imatrix)
+        if progress is not None:
+            progress.planned(report)
         if out is None:
             return report
         _probe_types({p.out_type for p in plans if p.action == "quantize"})
-        extra = opts.imatrix.metadata(opts.hide_imatrix) if opts.imatrix else []
+        # like ik, record the imatrix only when it was used
+        extra = opts.imatrix.metadata(opts.hide_imatrix) if report.n_with_imatrix else []
         kvs = output_metadata(reader, type_by_name(target).llama_ftype, extra)
         _stream(
             reader,
@@ -369,8 +506,14 @@ def dequantize_model(
     out_type: str = "f16",
     threads: int | None = None,
     progress: Progress | None = None,
+    convert_float: bool = False,
 ) -> Report:
-    """Decode every quantized (and float) weight matrix to f32/f16/bf16; 1-D stays as is."""
+    """Decode every quantized weight matrix to f32/f16/bf16.
+
+    Unquantized tensors keep their type (f32 MoE routers stay f32, as llama-quantize
+    leaves them); ``convert_float`` also converts float matrices of another type (2-D and
+    up; 1-D tensors such as norms always stay as they are).
+    """
     inp, out = Path(inp), Path(out)
     target = type_by_name(out_type)
     if target.id not in FLOAT_TYPES:
@@ -382,7 +525,7 @@ def dequantize_model(
         for t in reader.tensors.values():
             if t.type.id == target.id or not t.type.quantized and t.type.id not in FLOAT_TYPES:
                 plans.append(TensorPlan(t, t.type, "copy"))
-            elif t.ggml_n_dims < 2 and t.type.id in FLOAT_TYPES:
+            elif t.type.id in FLOAT_TYPES and (t.ggml_n_dims < 2 or not convert_float):
                 plans.append(TensorPlan(t, t.type, "keep"))
             else:
                 _check_decodable(reader, t, allow_requantize=True)

@@ -70,6 +70,25 @@ def _pad(n: int, align: int) -> int:
     return -(-n // align) * align
 
 
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def check_free_space(path: Path, nbytes: int) -> None:
+    """Refuse to start a write that cannot fit (the temporary file sits beside ``path``)."""
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        st = os.statvfs(directory)
+    except (OSError, AttributeError):  # no statvfs (Windows) or a file system without it
+        return
+    free = st.f_bavail * st.f_frsize
+    if nbytes > free:
+        raise GGUFWriteError(
+            f"{path}: not enough free space: the output needs {_mib(nbytes)}, "
+            f"{directory} has {_mib(free)} free"
+        )
+
+
 class GGUFStreamWriter:
     """Write a GGUF file tensor by tensor, in the declared order.
 
@@ -109,19 +128,35 @@ class GGUFStreamWriter:
             offset = _pad(offset + nbytes, alignment)
         header += bytes(_pad(len(header), alignment) - len(header))
         self.total_bytes = len(header) + offset
+        check_free_space(self.path, self.total_bytes)
 
         directory = self.path.parent if str(self.path.parent) else Path(".")
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".partial", dir=directory)
+        try:
+            fd, tmp = tempfile.mkstemp(
+                prefix=f".{self.path.name}.", suffix=".partial", dir=directory
+            )
+        except OSError as e:
+            raise self._io_error(e) from None
         self._tmp = Path(tmp)
         self._f = os.fdopen(fd, "wb")
         self._next = 0  # index into _plan of the tensor being written
         self._written = 0  # bytes of the current tensor so far
         self._done = False
         try:
-            self._f.write(header)
+            self._write(header)
         except BaseException:
             self.abort()
             raise
+
+    def _io_error(self, e: OSError) -> OSError:
+        """The same error, naming the output file (a full disk's message names none)."""
+        return OSError(e.errno, e.strerror or str(e), str(self.path))
+
+    def _write(self, data: bytes | memoryview) -> None:
+        try:
+            self._f.write(data)
+        except OSError as e:
+            raise self._io_error(e) from None
 
     # -- tensor data -------------------------------------------------------------
     def write_chunk(self, name: str, data: np.ndarray | bytes | memoryview) -> None:
@@ -137,10 +172,10 @@ class GGUFStreamWriter:
         n = buf.nbytes
         if self._written + n > nbytes:
             raise GGUFWriteError(f"tensor {name!r}: got more than its {nbytes} bytes")
-        self._f.write(buf)
+        self._write(buf)
         self._written += n
         if self._written == nbytes:
-            self._f.write(bytes(_pad(nbytes, self.alignment) - nbytes))
+            self._write(bytes(_pad(nbytes, self.alignment) - nbytes))
             self._next += 1
             self._written = 0
 
@@ -162,6 +197,7 @@ class GGUFStreamWriter:
             self.abort()
             raise GGUFWriteError(f"cannot finish {self.path}: tensor {missing!r} was not written")
         try:
+            # buffered data reaches the disk here: a full disk may only show now
             self._f.flush()
             os.fsync(self._f.fileno())
             self._f.close()
@@ -170,6 +206,9 @@ class GGUFStreamWriter:
             os.umask(umask)
             os.chmod(self._tmp, 0o666 & ~umask)
             os.replace(self._tmp, self.path)
+        except OSError as e:
+            self.abort()
+            raise self._io_error(e) from None
         except BaseException:
             self.abort()
             raise
@@ -182,6 +221,8 @@ class GGUFStreamWriter:
         self._done = True
         try:
             self._f.close()
+        except OSError:
+            pass  # flushing to a full disk fails again; the file is discarded anyway
         finally:
             try:
                 self._tmp.unlink()
