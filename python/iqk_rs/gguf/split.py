@@ -181,7 +181,7 @@ def open_model(path: str | os.PathLike[str]) -> GGUFReader | SplitModel:
     """
     given = GGUFReader(path)
     info = split_info(given)
-    if info is None or info[1] == 1 and info[2] == len(given.tensors):
+    if info is None or info[1] == 1:  # ggml loads a one-part "split" as a plain file
         return given
     no, count, n_tensors = info
     prefix = split_prefix(given.path, no, count)
