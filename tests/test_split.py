@@ -369,3 +369,10 @@ def test_commit_syncs_file_and_directory(tmp_path: Path, monkeypatch: pytest.Mon
         w.commit()
     assert synced[-1] == str(tmp_path.resolve())
     assert any(".m.gguf." in s for s in synced)
+
+
+def test_dry_run_lists_the_files(tmp_path: Path, parts: list[Path]) -> None:
+    r = run("quantize", parts[0], tmp_path / "q.gguf", "IQ4_K", "--dry-run", "--keep-split")
+    for i, k in enumerate([20, 20, 3], 1):
+        assert f"would write {tmp_path}/q-{i:05d}-of-00003.gguf: {k} tensors" in r.output
+    assert list(tmp_path.iterdir()) == []

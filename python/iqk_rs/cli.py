@@ -216,6 +216,16 @@ def _files_summary(report: cv.Report) -> None:
         )
 
 
+def _shards_preview(report: cv.Report, output: Path, split: cv.SplitOptions) -> None:
+    sizes = {p.name: p.out_nbytes for p in report.plans}
+    for shard in cv.plan_files(report.plans, report.input_parts, output, split):
+        data = sum(sizes[n] for n in shard.names)
+        out.print(
+            f"  would write {shard.path}: {len(shard.names)} tensors, {_mb(data)} of tensor data",
+            markup=False,
+        )
+
+
 # -- quantize ------------------------------------------------------------------------
 
 
@@ -327,6 +337,8 @@ def quantize(
             f"size {_mb(report.size_in)} -> {_mb(report.size_out)}, "
             f"{report.bpw:.3f} bits per weight"
         )
+        if split.splits:
+            _shards_preview(report, output, split)
         return
     prog = _RichProgress(verbose, quiet)
     try:

@@ -30,6 +30,7 @@ from .ggml_types import (
 )
 from .reader import KV, GGUFError, GGUFReader, TensorInfo
 from .split import (
+    Shard,
     SplitModel,
     open_model,
     plan_shards,
@@ -131,6 +132,7 @@ class Report:
     threads: int | None = None
     out_path: Path | None = None
     files: list[OutputFile] = field(default_factory=list)
+    input_parts: list[int] = field(default_factory=list)  # per plan, for --keep-split
 
     @property
     def bpw(self) -> float:
@@ -285,6 +287,22 @@ def _write_file(
         w.commit()
 
 
+def plan_files(
+    plans: list[TensorPlan], input_parts: list[int], out: Path, split: SplitOptions
+) -> list[Shard]:
+    """The output files and the tensors of each: OUT alone, or the shards split asks for."""
+    if not split.splits:
+        return [Shard(out, 0, 1, [p.name for p in plans])]
+    return plan_shards(
+        out,
+        [(p.name, p.out_nbytes) for p in plans],
+        keep_split_of=input_parts if split.keep_split else None,
+        max_size=split.max_size,
+        max_tensors=split.max_tensors,
+        alignment=GGUF_DEFAULT_ALIGNMENT,
+    )
+
+
 def write_output(
     reader: GGUFReader | SplitModel,
     plans: list[TensorPlan],
@@ -302,33 +320,21 @@ def write_output(
     Each file is complete or absent whatever happens (temporary file, fsync, rename), so a
     killed run is resumed by running it again with --partial-requant.
     """
-    if not split.splits:
+    by_name = {p.name: p for p in plans}
+    files = []
+    for shard in plan_files(plans, input_parts(reader, plans), out, split):
         for path in _input_paths(reader):
-            check_paths(path, out)
-        files = [(out, plans, kvs, reader.alignment, None)]
-    else:
-        shards = plan_shards(
-            out,
-            [(p.name, p.out_nbytes) for p in plans],
-            keep_split_of=_parts_of(reader, plans) if split.keep_split else None,
-            max_size=split.max_size,
-            max_tensors=split.max_tensors,
-            alignment=GGUF_DEFAULT_ALIGNMENT,
-        )
-        by_name = {p.name: p for p in plans}
-        files = []
-        for shard in shards:
-            keys = shard_keys(shard, len(plans), single_without_keys=split.keep_split)
-            # ggml keeps the model's metadata in the first file only; the other files
-            # carry the split keys and use the default alignment
-            shard_kvs = kvs + keys if shard.no == 0 else keys
-            alignment = reader.alignment if shard.no == 0 else GGUF_DEFAULT_ALIGNMENT
-            info = (shard.no, shard.count, len(plans)) if keys else None
-            files.append(
-                (shard.path, [by_name[n] for n in shard.names], shard_kvs, alignment, info)
-            )
-            for path in _input_paths(reader):
-                check_paths(path, shard.path)
+            check_paths(path, shard.path)
+        if not split.splits:
+            files.append((shard.path, plans, kvs, reader.alignment, None))
+            continue
+        keys = shard_keys(shard, len(plans), single_without_keys=split.keep_split)
+        # ggml keeps the model's metadata in the first file only; the other files
+        # carry the split keys and use the default alignment
+        shard_kvs = kvs + keys if shard.no == 0 else keys
+        alignment = reader.alignment if shard.no == 0 else GGUF_DEFAULT_ALIGNMENT
+        info = (shard.no, shard.count, len(plans)) if keys else None
+        files.append((shard.path, [by_name[n] for n in shard.names], shard_kvs, alignment, info))
     todo, done = [], []
     for path, shard_plans, shard_kvs, alignment, info in files:
         if split.partial_requant and path.exists():
@@ -353,7 +359,8 @@ def _input_paths(reader: GGUFReader | SplitModel) -> list[Path]:
     return list(reader.paths) if isinstance(reader, SplitModel) else [reader.path]
 
 
-def _parts_of(reader: GGUFReader | SplitModel, plans: list[TensorPlan]) -> list[int]:
+def input_parts(reader: GGUFReader | SplitModel, plans: list[TensorPlan]) -> list[int]:
+    """The input part (0-based) each planned tensor comes from."""
     if isinstance(reader, SplitModel):
         return [reader.part_index(p.name) for p in plans]
     return [0] * len(plans)
@@ -496,6 +503,7 @@ def quantize_model(
             sum(p.out_nbytes for p in plans),
             sum(p.info.n_elements for p in plans),
             threads=opts.threads,
+            input_parts=input_parts(reader, plans),
         )
         if out is None:
             return report
