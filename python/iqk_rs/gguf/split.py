@@ -118,7 +118,8 @@ class SplitModel:
         self.file_size = sum(p.file_size for p in self.parts)
         self.tensors: dict[str, TensorInfo] = {}
         self._part_of: dict[str, GGUFReader] = {}
-        for part in self.parts:
+        self._part_no: dict[str, int] = {}
+        for no, part in enumerate(self.parts):
             for name, t in part.tensors.items():
                 if name in self._part_of:
                     raise GGUFError(
@@ -126,10 +127,12 @@ class SplitModel:
                     )
                 self.tensors[name] = t
                 self._part_of[name] = part
+                self._part_no[name] = no
 
     def part_index(self, name: str) -> int:
         """0-based index of the part holding tensor ``name``."""
-        return self.parts.index(self._part(name))
+        self._part(name)  # a clear KeyError for an unknown name
+        return self._part_no[name]
 
     def _part(self, name: str) -> GGUFReader:
         try:
