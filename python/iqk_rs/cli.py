@@ -31,8 +31,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .gguf import GGUFError, GGUFReader, GGUFWriteError
+from .gguf import GGUFError, GGUFWriteError
 from .gguf import convert as cv
+from .gguf import split as gsplit
 from .gguf.ftypes import ftype_name
 from .imatrix import ImatrixError, load_imatrix
 from .mix import MixError
@@ -295,6 +296,69 @@ def _type_summary(plans: list[cv.TensorPlan], title: str) -> Table:
     return t
 
 
+# -- split output (quantize, dequantize) -------------------------------------------------
+
+_SPLIT_HELP = "Split output"
+KeepSplit = Annotated[
+    bool,
+    typer.Option(
+        help="Write the same shards as the split input: OUT-0000i-of-0000N.gguf "
+        "(OUT without .gguf, as llama-quantize).",
+        rich_help_panel=_SPLIT_HELP,
+    ),
+]
+SplitMaxSize = Annotated[
+    str | None,
+    typer.Option(
+        metavar="SIZE",
+        help="Split the output into files of at most SIZE tensor data (500M, 48G; "
+        "10^6/10^9 bytes, as llama-gguf-split).",
+        rich_help_panel=_SPLIT_HELP,
+    ),
+]
+SplitMaxTensors = Annotated[
+    int | None,
+    typer.Option(
+        metavar="N", help="Split the output every N tensors.", rich_help_panel=_SPLIT_HELP
+    ),
+]
+PartialRequant = Annotated[
+    bool,
+    typer.Option(
+        help="Resume: keep output files already there (checked to match) and write only "
+        "the missing ones.",
+        rich_help_panel=_SPLIT_HELP,
+    ),
+]
+
+
+def _split_options(
+    keep_split: bool, max_size: str | None, max_tensors: int | None, partial_requant: bool
+) -> cv.SplitOptions:
+    size = None if max_size is None else _run(gsplit.parse_size, max_size)
+    return cv.SplitOptions(keep_split, size, max_tensors, partial_requant)
+
+
+def _files_summary(report: cv.Report) -> None:
+    """One line per output file: what a person checks before uploading or loading it."""
+    for f in report.files:
+        state = "kept, already there" if f.skipped else "written"
+        out.print(
+            f"  file    : {f.path}  {f.n_tensors} tensors, {_mb(f.nbytes)} ({state})",
+            markup=False,
+        )
+
+
+def _shards_preview(report: cv.Report, output: Path, split: cv.SplitOptions) -> None:
+    sizes = {p.name: p.out_nbytes for p in report.plans}
+    for shard in cv.plan_files(report.plans, report.input_parts, output, split):
+        data = sum(sizes[n] for n in shard.names)
+        out.print(
+            f"  would write {shard.path}: {len(shard.names)} tensors, {_mb(data)} of tensor data",
+            markup=False,
+        )
+
+
 # -- quantize ------------------------------------------------------------------------
 
 
@@ -387,11 +451,17 @@ def quantize(
     ] = Search.fast,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="One line per tensor.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    keep_split: KeepSplit = False,
+    split_max_size: SplitMaxSize = None,
+    split_max_tensors: SplitMaxTensors = None,
+    partial_requant: PartialRequant = False,
 ) -> None:
     """Quantize a model with ik_llama.cpp's default tensor-type mix for TYPE.
 
-    Arguments: IN [OUT] TYPE, as llama-quantize takes them.
+    Arguments: IN [OUT] TYPE, as llama-quantize takes them. IN may be any part of a split
+    model (NAME-00001-of-00003.gguf): all parts are read.
     """
+    split = _split_options(keep_split, split_max_size, split_max_tensors, partial_requant)
     if qtype is None:  # IN TYPE: the second word names a type, not a file
         qtype = _target_named(str(output)) if output is not None else None
         if qtype is None:
@@ -450,13 +520,15 @@ def quantize(
             f"size {_mb(report.size_in)} -> {_mb(report.size_out)}, "
             f"{report.bpw:.3f} bits per weight" + _larger(report)
         )
+        if split.splits and output is not None:
+            _shards_preview(report, output, split)
         return
     prog = _progress(verbose, quiet)
     try:
-        report = _run(cv.quantize_model, inp, output, qtype.value, opts, prog)
+        report = _run(cv.quantize_model, inp, output, qtype.value, opts, prog, split)
     finally:
         prog.stop()
-    _summary(report, f"quantized {inp} -> {output} ({qtype.value})", note_larger=True)
+    _summary(report, f"quantized {inp} -> {report.out_path} ({qtype.value})", note_larger=True)
 
 
 def _larger(report: cv.Report) -> str:
@@ -481,6 +553,7 @@ def _summary(report: cv.Report, title: str, note_larger: bool = False) -> None:
         f"  time    : {report.seconds:.2f} s, {n_thr} thread(s)"
         + ("" if report.threads else " (auto)")
     )
+    _files_summary(report)
 
 
 # -- dequantize ----------------------------------------------------------------------
@@ -504,14 +577,21 @@ def dequantize(
     ] = False,
     threads: Annotated[int | None, typer.Option("--threads", "-t", min=1)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    keep_split: KeepSplit = False,
+    split_max_size: SplitMaxSize = None,
+    split_max_tensors: SplitMaxTensors = None,
+    partial_requant: PartialRequant = False,
 ) -> None:
     """Decode every quantized weight back to f32, f16 or bf16; other tensors stay as they are."""
+    split = _split_options(keep_split, split_max_size, split_max_tensors, partial_requant)
     prog = _progress(False, quiet)
     try:
-        report = _run(cv.dequantize_model, inp, output, type_.value, threads, prog, convert_float)
+        report = _run(
+            cv.dequantize_model, inp, output, type_.value, threads, prog, convert_float, split
+        )
     finally:
         prog.stop()
-    _summary(report, f"dequantized {inp} -> {output} ({type_.value})")
+    _summary(report, f"dequantized {inp} -> {report.out_path} ({type_.value})")
 
 
 # -- info ------------------------------------------------------------------------------
@@ -541,14 +621,18 @@ def info(
     tensors: Annotated[bool, typer.Option(help="Show the tensor list.")] = True,
 ) -> None:
     """Metadata, tensors (shape, type, size) and bits per weight by type."""
-    r = _run(GGUFReader, file)
+    r = _run(gsplit.open_model, file)
     with r:
         ftype = r.get("general.file_type")
+        parts = f"{len(r.parts)} parts, " if isinstance(r, gsplit.SplitModel) else ""
         out.print(
-            f"{file}: GGUF v{r.version}, {len(r.kv)} metadata keys, {len(r.tensors)} tensors, "
-            f"alignment {r.alignment}, {_mb(r.file_size)}"
+            f"{file}: GGUF v{r.version}, {parts}{len(r.kv)} metadata keys, "
+            f"{len(r.tensors)} tensors, alignment {r.alignment}, {_mb(r.file_size)}"
             + (f", file type {ftype_name(ftype)}" if isinstance(ftype, int) else "")
         )
+        if isinstance(r, gsplit.SplitModel):
+            for part in r.parts:
+                out.print(f"  part {part.path}: {len(part.tensors)} tensors", markup=False)
         if metadata:
             t = Table(title="metadata", title_justify="left")
             t.add_column("key")

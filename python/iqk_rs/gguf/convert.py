@@ -14,13 +14,14 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from glob import escape as glob_escape
 from pathlib import Path
 
 import numpy as np
 
 from ..imatrix import Imatrix
 from ..mix import MixOptions, MixPlanner, ModelParams, parse_custom_q
-from .constants import GGUFValueType
+from .constants import GGUF_DEFAULT_ALIGNMENT, GGUFValueType
 from .ggml_types import (
     FLOAT_TYPES,
     GGMLType,
@@ -29,7 +30,15 @@ from .ggml_types import (
     rows_to_f32,
     type_by_name,
 )
-from .reader import KV, GGUFReader, TensorInfo
+from .reader import KV, GGUFError, GGUFReader, TensorInfo
+from .split import (
+    Shard,
+    SplitModel,
+    open_model,
+    plan_shards,
+    shard_keys,
+    split_info,
+)
 from .writer import GGUFStreamWriter
 
 GGML_QNT_VERSION = 2
@@ -78,6 +87,46 @@ class QuantizeOptions:
 
 
 @dataclass
+class SplitOptions:
+    """Split output (at most one of the first three) and resuming, as llama-quantize's
+    --keep-split / --partial-requant and llama-gguf-split's --split-max-size/-tensors."""
+
+    keep_split: bool = False
+    max_size: int | None = None  # bytes of tensor data per file
+    max_tensors: int | None = None
+    partial_requant: bool = False
+
+    @property
+    def splits(self) -> bool:
+        return self.keep_split or self.max_size is not None or self.max_tensors is not None
+
+    def check(self) -> None:
+        chosen = [
+            o
+            for o, v in (
+                ("--keep-split", self.keep_split),
+                ("--split-max-size", self.max_size is not None),
+                ("--split-max-tensors", self.max_tensors is not None),
+            )
+            if v
+        ]
+        if len(chosen) > 1:
+            raise ConvertError(f"{' and '.join(chosen)} exclude each other; give one")
+        if self.max_tensors is not None and self.max_tensors < 1:
+            raise ConvertError(f"--split-max-tensors must be at least 1, got {self.max_tensors}")
+        if self.max_size is not None and self.max_size < 1:
+            raise ConvertError(f"--split-max-size must be positive, got {self.max_size}")
+
+
+@dataclass
+class OutputFile:
+    path: Path
+    n_tensors: int
+    nbytes: int
+    skipped: bool = False  # already there (--partial-requant), not written by this run
+
+
+@dataclass
 class Report:
     plans: list[TensorPlan]
     size_in: int
@@ -88,6 +137,8 @@ class Report:
     out_path: Path | None = None
     imatrix: Imatrix | None = None  # the one given, even if no entry was used
     warnings: list[str] = field(default_factory=list)  # assumptions the plan had to make
+    files: list[OutputFile] = field(default_factory=list)
+    input_parts: list[int] = field(default_factory=list)  # per plan, for --keep-split
 
     @property
     def bpw(self) -> float:
@@ -221,20 +272,20 @@ def output_metadata(reader: GGUFReader, file_type: int | None, extra: list[KV] =
     return list(kvs.values())
 
 
-def _stream(
-    reader: GGUFReader,
+def _write_file(
+    reader: GGUFReader | SplitModel,
     plans: list[TensorPlan],
     out: Path,
     kvs: list[KV],
-    *,
+    alignment: int,
     threads: int | None,
     iq2ks_search: str,
     progress: Progress,
 ) -> None:
+    """One output file, written to a temporary file and renamed into place when complete."""
     tensors = [(p.name, p.out_type, p.info.ne) for p in plans]
     chunk_values = _chunk_values(threads)
-    progress.start(plans)
-    with GGUFStreamWriter(out, kvs, tensors, reader.alignment) as w:
+    with GGUFStreamWriter(out, kvs, tensors, alignment) as w:
         for p in plans:
             t0 = time.perf_counter()
             progress.tensor_start(p)
@@ -268,6 +319,114 @@ def _stream(
             reader.release(t.name)
             progress.tensor_done(p, time.perf_counter() - t0)
         w.commit()
+
+
+def plan_files(
+    plans: list[TensorPlan], input_parts: list[int], out: Path, split: SplitOptions
+) -> list[Shard]:
+    """The output files and the tensors of each: OUT alone, or the shards split asks for."""
+    if not split.splits:
+        return [Shard(out, 0, 1, [p.name for p in plans])]
+    return plan_shards(
+        out,
+        [(p.name, p.out_nbytes) for p in plans],
+        keep_split_of=input_parts if split.keep_split else None,
+        max_size=split.max_size,
+        max_tensors=split.max_tensors,
+        alignment=GGUF_DEFAULT_ALIGNMENT,
+    )
+
+
+def write_output(
+    reader: GGUFReader | SplitModel,
+    plans: list[TensorPlan],
+    out: Path,
+    kvs: list[KV],
+    split: SplitOptions,
+    *,
+    threads: int | None,
+    iq2ks_search: str,
+    progress: Progress,
+) -> list[OutputFile]:
+    """Write the model as one file or as shards; with --partial-requant keep the files
+    already there (checked to hold what this run would write) and write only the others.
+
+    Each file is complete or absent whatever happens (temporary file, fsync, rename), so a
+    killed run is resumed by running it again with --partial-requant.
+    """
+    by_name = {p.name: p for p in plans}
+    files = []
+    for shard in plan_files(plans, input_parts(reader, plans), out, split):
+        for path in _input_paths(reader):
+            check_paths(path, shard.path)
+        if not split.splits:
+            files.append((shard.path, plans, kvs, reader.alignment, None))
+            continue
+        keys = shard_keys(shard, len(plans), single_without_keys=split.keep_split)
+        # ggml keeps the model's metadata in the first file only; the other files
+        # carry the split keys and use the default alignment
+        shard_kvs = kvs + keys if shard.no == 0 else keys
+        alignment = reader.alignment if shard.no == 0 else GGUF_DEFAULT_ALIGNMENT
+        info = (shard.no, shard.count, len(plans)) if keys else None
+        files.append((shard.path, [by_name[n] for n in shard.names], shard_kvs, alignment, info))
+    todo, done = [], []
+    for path, shard_plans, shard_kvs, alignment, info in files:
+        if split.partial_requant and path.exists():
+            _check_existing(path, shard_plans, info)
+            done.append(path)
+        else:
+            todo.append((path, shard_plans, shard_kvs, alignment))
+    progress.start([p for f in todo for p in f[1]])
+    for path, shard_plans, shard_kvs, alignment in todo:
+        if split.partial_requant:
+            _remove_stale_temporaries(path)
+        _write_file(
+            reader, shard_plans, path, shard_kvs, alignment, threads, iq2ks_search, progress
+        )
+    return [
+        OutputFile(path, len(shard_plans), path.stat().st_size, path in done)
+        for path, shard_plans, *_ in files
+    ]
+
+
+def _input_paths(reader: GGUFReader | SplitModel) -> list[Path]:
+    return list(reader.paths) if isinstance(reader, SplitModel) else [reader.path]
+
+
+def input_parts(reader: GGUFReader | SplitModel, plans: list[TensorPlan]) -> list[int]:
+    """The input part (0-based) each planned tensor comes from."""
+    if isinstance(reader, SplitModel):
+        return [reader.part_index(p.name) for p in plans]
+    return [0] * len(plans)
+
+
+def _check_existing(
+    path: Path, plans: list[TensorPlan], split: tuple[int, int, int] | None
+) -> None:
+    """An output file kept by --partial-requant must be the one this run would write."""
+    hint = "delete it to have it written again"
+    try:
+        with GGUFReader(path) as r:
+            have = [(t.name, t.type.id, t.ne) for t in r.tensors.values()]
+            have_split = split_info(r)
+    except GGUFError as e:
+        raise ConvertError(f"{path}: exists but cannot be kept ({e}); {hint}") from None
+    want = [(p.name, p.out_type.id, p.info.ne) for p in plans]
+    if have != want or have_split != split:
+        raise ConvertError(
+            f"{path}: exists but holds other tensors, types or split numbers than this run "
+            f"writes there; {hint}"
+        )
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """A killed run leaves its half-written file as .NAME.*.partial (GGUFStreamWriter)."""
+    parent = path.parent if str(path.parent) else Path(".")
+    for tmp in parent.glob(f".{glob_escape(path.name)}.*.partial"):
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
 
 
 # -- quantize --------------------------------------------------------------------------
@@ -450,17 +609,21 @@ def quantize_model(
     target: str,
     opts: QuantizeOptions | None = None,
     progress: Progress | None = None,
+    split: SplitOptions | None = None,
 ) -> Report:
-    """Quantize a GGUF model with ik_llama.cpp's default mix for ``target``.
+    """Quantize a GGUF model (one file or all parts of a split one) with ik_llama.cpp's
+    default mix for ``target``.
 
     ``out=None`` is a dry run: plan and sizes only, nothing written.
     """
     opts = opts or QuantizeOptions()
+    split = split or SplitOptions()
+    split.check()
     inp = Path(inp)
-    if out is not None:
+    if out is not None and not split.splits:
         check_paths(inp, Path(out))
     t0 = time.perf_counter()
-    with GGUFReader(inp) as reader:
+    with open_model(inp) as reader:
         if opts.imatrix is not None:
             opts.imatrix.check_values()
         warnings = check_architecture(reader, target, opts)
@@ -473,6 +636,7 @@ def quantize_model(
             threads=opts.threads,
             imatrix=opts.imatrix,
             warnings=warnings,
+            input_parts=input_parts(reader, plans),
         )
         _check_imatrix_used(report, target, opts.allow_missing_imatrix)
         if progress is not None:
@@ -483,17 +647,18 @@ def quantize_model(
         # like ik, record the imatrix only when it was used
         extra = opts.imatrix.metadata(opts.hide_imatrix) if report.n_with_imatrix else []
         kvs = output_metadata(reader, type_by_name(target).llama_ftype, extra)
-        _stream(
+        report.files = write_output(
             reader,
             plans,
             Path(out),
             kvs,
+            split,
             threads=opts.threads,
             iq2ks_search=opts.iq2ks_search,
             progress=progress or Progress(),
         )
     report.seconds = time.perf_counter() - t0
-    report.out_path = Path(out)
+    report.out_path = report.files[0].path
     return report
 
 
@@ -507,6 +672,7 @@ def dequantize_model(
     threads: int | None = None,
     progress: Progress | None = None,
     convert_float: bool = False,
+    split: SplitOptions | None = None,
 ) -> Report:
     """Decode every quantized weight matrix to f32/f16/bf16.
 
@@ -515,12 +681,15 @@ def dequantize_model(
     up; 1-D tensors such as norms always stay as they are).
     """
     inp, out = Path(inp), Path(out)
+    split = split or SplitOptions()
+    split.check()
     target = type_by_name(out_type)
     if target.id not in FLOAT_TYPES:
         raise ConvertError(f"dequantize writes f32, f16 or bf16, not {target.name}")
-    check_paths(inp, out)
+    if not split.splits:
+        check_paths(inp, out)
     t0 = time.perf_counter()
-    with GGUFReader(inp) as reader:
+    with open_model(inp) as reader:
         plans = []
         for t in reader.tensors.values():
             if t.type.id == target.id or not t.type.quantized and t.type.id not in FLOAT_TYPES:
@@ -531,11 +700,12 @@ def dequantize_model(
                 _check_decodable(reader, t, allow_requantize=True)
                 plans.append(TensorPlan(t, target, "quantize"))
         kvs = output_metadata(reader, target.llama_ftype)
-        _stream(
+        files = write_output(
             reader,
             plans,
             out,
             kvs,
+            split,
             threads=threads,
             iq2ks_search="fast",
             progress=progress or Progress(),
@@ -547,7 +717,8 @@ def dequantize_model(
         sum(p.info.n_elements for p in plans),
         time.perf_counter() - t0,
         threads,
-        out,
+        files[0].path,
+        files,
     )
     return report
 
@@ -572,7 +743,7 @@ def compare_models(
 
     Returns the diffs and the names of tensors that could not be paired.
     """
-    with GGUFReader(a) as ra, GGUFReader(b) as rb:
+    with open_model(a) as ra, open_model(b) as rb:
         if ra.architecture != rb.architecture:
             raise ConvertError(
                 f"models differ in architecture: {ra.architecture!r} vs {rb.architecture!r}"

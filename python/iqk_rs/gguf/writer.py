@@ -5,7 +5,8 @@ from type and shape), then tensor data one tensor - or one chunk of rows - at a
 time, so memory stays bounded by the largest chunk, not the model.
 
 The output goes to a hidden temporary file in the destination directory and is
-renamed into place only by ``commit()``; any exception (including Ctrl-C) or a
+fsync'd and renamed into place (the directory fsync'd too) only by ``commit()``, so after
+even a crash the file is complete or absent; any exception (including Ctrl-C) or a
 missing commit removes it, so a failed run never leaves a partial model behind.
 
 Why not ``gguf.GGUFWriter``: it cannot write empty or nested typed arrays, picks
@@ -64,6 +65,20 @@ def encode_kv(kv: KV) -> bytes:
         + struct.pack("<I", int(kv.vtype))
         + _pack_value(kv.vtype, kv.value, kv.sub_type)
     )
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename durable: after a crash the file is there, complete, or not at all."""
+    try:
+        fd = os.open(directory if str(directory) else ".", os.O_RDONLY)
+    except OSError:
+        return  # e.g. Windows, where directories cannot be opened; the rename stands
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _pad(n: int, align: int) -> int:
@@ -213,6 +228,7 @@ class GGUFStreamWriter:
             self.abort()
             raise
         self._done = True
+        _fsync_directory(self.path.parent)
         return self.path
 
     def abort(self) -> None:
