@@ -30,7 +30,8 @@ from rich.table import Table
 from .gguf import GGUFError, GGUFReader, GGUFWriteError
 from .gguf import convert as cv
 from .imatrix import ImatrixError, load_imatrix
-from .mix import MixError
+from .mix import TARGETS, MixError
+from .recipe import recipe_warnings, type_listing
 
 app = typer.Typer(
     name="iqk",
@@ -165,7 +166,10 @@ def _type_summary(plans: list[cv.TensorPlan], title: str) -> Table:
 # -- quantize ------------------------------------------------------------------------
 
 
-@app.command()
+_TYPE_HELP = "The per-tensor type options, as llama-quantize's (see the type list below)."
+
+
+@app.command(epilog=type_listing([t.upper() for t in TARGETS]))
 def quantize(
     inp: Annotated[
         Path, typer.Argument(metavar="IN", help="Input GGUF (F32, F16 or BF16 weights).")
@@ -179,6 +183,14 @@ def quantize(
             metavar="TYPE", case_sensitive=False, help="IQ2_K IQ3_K IQ4_K IQ2_KS IQ3_KS IQ4_KS"
         ),
     ],
+    nthreads: Annotated[
+        int | None,
+        typer.Argument(
+            metavar="[NTHREADS]",
+            help="Worker threads, as llama-quantize's positional nthreads (<= 0: all cores).",
+            show_default=False,
+        ),
+    ] = None,
     imatrix: Annotated[
         Path | None, typer.Option(help="Importance matrix: legacy .dat or GGUF imatrix.")
     ] = None,
@@ -214,6 +226,44 @@ def quantize(
         str | None, typer.Option(help="Type for token_embd.weight.")
     ] = None,
     leave_output_tensor: Annotated[bool, typer.Option(help="Keep output.weight as it is.")] = False,
+    attn_q_type: Annotated[str | None, typer.Option(help="attn_q* tensors.")] = None,
+    attn_k_type: Annotated[str | None, typer.Option(help="attn_k* tensors.")] = None,
+    attn_v_type: Annotated[str | None, typer.Option(help="attn_v tensors.")] = None,
+    attn_qkv_type: Annotated[
+        str | None, typer.Option(help="attn_qkv (ik matches those as attn_q first).")
+    ] = None,
+    attn_output_type: Annotated[str | None, typer.Option(help="attn_output tensors.")] = None,
+    ffn_gate_type: Annotated[str | None, typer.Option(help="ffn_gate* tensors.")] = None,
+    ffn_down_type: Annotated[str | None, typer.Option(help="ffn_down* tensors.")] = None,
+    ffn_up_type: Annotated[str | None, typer.Option(help="ffn_up* tensors.")] = None,
+    ffn_gate_inp_type: Annotated[
+        str | None, typer.Option(help="MoE routers (ffn_gate_inp), otherwise kept as they are.")
+    ] = None,
+    per_layer_token_embedding_type: Annotated[
+        str | None, typer.Option(help="per_layer_token_embd.weight.")
+    ] = None,
+    extra_output_tensor: Annotated[
+        str | None,
+        typer.Option(
+            metavar="TYPE",
+            help="Also write output.weight (or the tied token_embd) in TYPE as "
+            "output_extra.weight, if that is smaller.",
+        ),
+    ] = None,
+    override_kv: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="KEY=TYPE:VALUE",
+            help="Set metadata in the output (TYPE int, float, bool or str; repeatable).",
+        ),
+    ] = None,
+    ignore_imatrix_rules: Annotated[
+        bool,
+        typer.Option(
+            help="Accepted for llama-quantize recipes; its imatrix rules concern only types "
+            "we do not produce."
+        ),
+    ] = False,
     allow_requantize: Annotated[
         bool, typer.Option(help="Accept quantized inputs (dequantized first).")
     ] = False,
@@ -230,6 +280,37 @@ def quantize(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Quantize a model with ik_llama.cpp's default tensor-type mix for TYPE."""
+    threads = _threads(threads, nthreads)
+    per_tensor = {
+        "--attn-q-type": attn_q_type,
+        "--attn-k-type": attn_k_type,
+        "--attn-v-type": attn_v_type,
+        "--attn-qkv-type": attn_qkv_type,
+        "--attn-output-type": attn_output_type,
+        "--ffn-gate-type": ffn_gate_type,
+        "--ffn-down-type": ffn_down_type,
+        "--ffn-up-type": ffn_up_type,
+        "--ffn-gate-inp-type": ffn_gate_inp_type,
+        "--per-layer-token-embedding-type": per_layer_token_embedding_type,
+    }
+    opts = cv.QuantizeOptions(
+        threads=threads,
+        pure=pure,
+        custom_q=custom_q or [],
+        output_tensor_type=output_tensor_type,
+        token_embedding_type=token_embedding_type,
+        leave_output_tensor=leave_output_tensor,
+        allow_requantize=allow_requantize,
+        iq2ks_search=iq2ks_search.value,
+        hide_imatrix=hide_imatrix,
+        tensor_types={k: v for k, v in per_tensor.items() if v is not None},
+        extra_output_type=extra_output_tensor,
+        kv_overrides=override_kv or [],
+        ignore_imatrix_rules=ignore_imatrix_rules,
+    )
+    _run(cv.check_recipe, opts)  # a bad recipe fails before the imatrix is even read
+    for msg in recipe_warnings(qtype.value, opts):
+        err.print(f"warning: {msg}")
     imx = None
     if imatrix is not None:
         imx = _run(load_imatrix, imatrix)
@@ -241,25 +322,13 @@ def quantize(
             imx = None
     elif include_weights or exclude_weights:
         raise _fail("--include-weights/--exclude-weights need --imatrix")
-    opts = cv.QuantizeOptions(
-        imatrix=imx,
-        threads=threads,
-        pure=pure,
-        custom_q=custom_q or [],
-        output_tensor_type=output_tensor_type,
-        token_embedding_type=token_embedding_type,
-        leave_output_tensor=leave_output_tensor,
-        allow_requantize=allow_requantize,
-        iq2ks_search=iq2ks_search.value,
-        hide_imatrix=hide_imatrix,
-    )
-    if pure and custom_q:
-        err.print("warning: --custom-q rules are not applied with --pure (as in llama-quantize)")
+    opts.imatrix = imx
     if dry_run:
         report = _run(cv.quantize_model, inp, None, qtype.value, opts)
         n = len(report.plans)
         for i, p in enumerate(report.plans, 1):
             out.print(_plan_line(p, i, n), markup=False)
+        _extra_output_note(report, opts)
         out.print(_type_summary(report.plans, f"{qtype.value} mix (dry run, nothing written)"))
         out.print(
             f"size {_mb(report.size_in)} -> {_mb(report.size_out)}, "
@@ -271,7 +340,26 @@ def quantize(
         report = _run(cv.quantize_model, inp, output, qtype.value, opts, prog)
     finally:
         prog.stop()
+    _extra_output_note(report, opts)
     _summary(report, f"quantized {inp} -> {output} ({qtype.value})")
+
+
+def _threads(option: int | None, positional: int | None) -> int | None:
+    """--threads or llama-quantize's positional NTHREADS (<= 0: all cores)."""
+    if positional is None:
+        return option
+    positional = positional if positional > 0 else None
+    if option is not None and positional != option:
+        raise _fail(f"--threads {option} and NTHREADS {positional or 0} disagree; give one")
+    return positional
+
+
+def _extra_output_note(report: cv.Report, opts: cv.QuantizeOptions) -> None:
+    if opts.extra_output_type and not any(p.out_name for p in report.plans):
+        err.print(
+            f"warning: --extra-output-tensor {opts.extra_output_type}: not added, it would not "
+            "be smaller than the output tensor (llama-quantize skips it too)"
+        )
 
 
 def _summary(report: cv.Report, title: str) -> None:
