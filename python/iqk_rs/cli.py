@@ -186,7 +186,7 @@ def quantize(
     nthreads: Annotated[
         int | None,
         typer.Argument(
-            metavar="[NTHREADS]",
+            metavar="NTHREADS",
             help="Worker threads, as llama-quantize's positional nthreads (<= 0: all cores).",
             show_default=False,
         ),

@@ -5,7 +5,7 @@
 - ``convert``: whole-model operations used by the ``iqk`` CLI.
 """
 
-from .ggml_types import GGMLType, all_types, type_by_id, type_by_name
+from .ggml_types import GGMLType, all_types, producible_types, type_by_id, type_by_name
 from .reader import KV, GGUFError, GGUFReader, StringArray, TensorInfo
 from .writer import GGUFStreamWriter, GGUFWriteError
 
@@ -19,6 +19,7 @@ __all__ = [
     "StringArray",
     "TensorInfo",
     "all_types",
+    "producible_types",
     "type_by_id",
     "type_by_name",
 ]
