@@ -166,9 +166,6 @@ def _type_summary(plans: list[cv.TensorPlan], title: str) -> Table:
 # -- quantize ------------------------------------------------------------------------
 
 
-_TYPE_HELP = "The per-tensor type options, as llama-quantize's (see the type list below)."
-
-
 @app.command(epilog=type_listing([t.upper() for t in TARGETS]))
 def quantize(
     inp: Annotated[
