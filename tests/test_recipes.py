@@ -23,8 +23,8 @@ RECIPES = json.loads((DATA / "recipes.json").read_text())
 TINY = DATA / "tiny-llama-f16.gguf"
 
 
-def run(*args: object, expect: int = 0):
-    r = CliRunner().invoke(app, [str(a) for a in args])
+def run(*args: object, expect: int = 0, env: dict[str, str] | None = None):
+    r = CliRunner().invoke(app, [str(a) for a in args], env=env)
     assert r.exit_code == expect, f"exit {r.exit_code}:\n{r.output}\n{r.exception!r}"
     return r
 
@@ -76,15 +76,16 @@ def test_types_as_ik_chose(monkeypatch, models, run_) -> None:
 
 
 def test_recipes_cover() -> None:
-    """The options the brief names all appear in ik's runs (so each is checked above)."""
+    """Each recipe option is ours (in --help) and appears in ik's runs (so is checked above)."""
     used = {a for r in RUNS for a in r["args"] if a.startswith("--")}
+    helptext = run("quantize", "--help", env={"COLUMNS": "200"}).output
     for opt in (
         "--attn-q-type --attn-k-type --attn-v-type --attn-qkv-type --attn-output-type "
         "--ffn-gate-type --ffn-down-type --ffn-up-type --ffn-gate-inp-type "
         "--per-layer-token-embedding-type --extra-output-tensor --ignore-imatrix-rules "
         "--override-kv --custom-q --pure --output-tensor-type --token-embedding-type"
     ).split():
-        assert opt in used, opt
+        assert opt in used and re.search(rf"{opt}\b", helptext), opt
 
 
 def test_override_kv_written_as_ik_writes(tmp_path: Path) -> None:
