@@ -36,7 +36,8 @@ from .gguf import convert as cv
 from .gguf import split as gsplit
 from .gguf.ftypes import ftype_name
 from .imatrix import ImatrixError, load_imatrix
-from .mix import MixError
+from .mix import TARGETS, MixError
+from .recipe import recipe_warnings, type_listing
 
 app = typer.Typer(
     name="iqk",
@@ -371,7 +372,7 @@ def default_output(inp: Path, qtype: Target) -> Path:
     return inp.parent / f"ggml-model-{qtype.value}.gguf"
 
 
-@app.command()
+@app.command(epilog=type_listing([t.upper() for t in TARGETS]))
 @_interruptible
 def quantize(
     inp: Annotated[
@@ -387,11 +388,18 @@ def quantize(
         ),
     ] = None,
     qtype: Annotated[
-        Target | None,
+        str | None,
         typer.Argument(
             metavar="TYPE",
-            case_sensitive=False,
             help="IQ2_K IQ3_K IQ4_K IQ2_KS IQ3_KS IQ4_KS",
+            show_default=False,
+        ),
+    ] = None,
+    nthreads: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="NTHREADS",
+            help="Worker threads, as llama-quantize's positional nthreads (<= 0: all cores).",
             show_default=False,
         ),
     ] = None,
@@ -437,6 +445,44 @@ def quantize(
         str | None, typer.Option(help="Type for token_embd.weight.")
     ] = None,
     leave_output_tensor: Annotated[bool, typer.Option(help="Keep output.weight as it is.")] = False,
+    attn_q_type: Annotated[str | None, typer.Option(help="attn_q* tensors.")] = None,
+    attn_k_type: Annotated[str | None, typer.Option(help="attn_k* tensors.")] = None,
+    attn_v_type: Annotated[str | None, typer.Option(help="attn_v tensors.")] = None,
+    attn_qkv_type: Annotated[
+        str | None, typer.Option(help="attn_qkv (ik matches those as attn_q first).")
+    ] = None,
+    attn_output_type: Annotated[str | None, typer.Option(help="attn_output tensors.")] = None,
+    ffn_gate_type: Annotated[str | None, typer.Option(help="ffn_gate* tensors.")] = None,
+    ffn_down_type: Annotated[str | None, typer.Option(help="ffn_down* tensors.")] = None,
+    ffn_up_type: Annotated[str | None, typer.Option(help="ffn_up* tensors.")] = None,
+    ffn_gate_inp_type: Annotated[
+        str | None, typer.Option(help="MoE routers (ffn_gate_inp), otherwise kept as they are.")
+    ] = None,
+    per_layer_token_embedding_type: Annotated[
+        str | None, typer.Option(help="per_layer_token_embd.weight.")
+    ] = None,
+    extra_output_tensor: Annotated[
+        str | None,
+        typer.Option(
+            metavar="TYPE",
+            help="Also write output.weight (or the tied token_embd) in TYPE as "
+            "output_extra.weight, if that is smaller.",
+        ),
+    ] = None,
+    override_kv: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="KEY=TYPE:VALUE",
+            help="Set metadata in the output (TYPE int, float, bool or str; repeatable).",
+        ),
+    ] = None,
+    ignore_imatrix_rules: Annotated[
+        bool,
+        typer.Option(
+            help="Accepted for llama-quantize recipes; its imatrix rules concern only types "
+            "we do not produce."
+        ),
+    ] = False,
     allow_requantize: Annotated[
         bool, typer.Option(help="Accept quantized inputs (dequantized first).")
     ] = False,
@@ -458,19 +504,46 @@ def quantize(
 ) -> None:
     """Quantize a model with ik_llama.cpp's default tensor-type mix for TYPE.
 
-    Arguments: IN [OUT] TYPE, as llama-quantize takes them. IN may be any part of a split
-    model (NAME-00001-of-00003.gguf): all parts are read.
+    Arguments: IN [OUT] TYPE [NTHREADS], as llama-quantize takes them. IN may be any part of
+    a split model (NAME-00001-of-00003.gguf): all parts are read.
     """
     split = _split_options(keep_split, split_max_size, split_max_tensors, partial_requant)
-    if qtype is None:  # IN TYPE: the second word names a type, not a file
-        qtype = _target_named(str(output)) if output is not None else None
-        if qtype is None:
-            raise typer.BadParameter(
-                "missing TYPE: one of " + ", ".join(t.value for t in Target), param_hint="TYPE"
-            )
-        output = None
+    output, target, nthreads = _positionals(output, qtype, nthreads)
     if output is None and not dry_run:
-        output = default_output(inp, qtype)
+        output = default_output(inp, target)
+    qtype = target
+    threads = _threads(threads, nthreads)
+    per_tensor = {
+        "--attn-q-type": attn_q_type,
+        "--attn-k-type": attn_k_type,
+        "--attn-v-type": attn_v_type,
+        "--attn-qkv-type": attn_qkv_type,
+        "--attn-output-type": attn_output_type,
+        "--ffn-gate-type": ffn_gate_type,
+        "--ffn-down-type": ffn_down_type,
+        "--ffn-up-type": ffn_up_type,
+        "--ffn-gate-inp-type": ffn_gate_inp_type,
+        "--per-layer-token-embedding-type": per_layer_token_embedding_type,
+    }
+    opts = cv.QuantizeOptions(
+        threads=threads,
+        pure=pure,
+        custom_q=custom_q or [],
+        output_tensor_type=output_tensor_type,
+        token_embedding_type=token_embedding_type,
+        leave_output_tensor=leave_output_tensor,
+        allow_requantize=allow_requantize,
+        iq2ks_search=iq2ks_search.value,
+        hide_imatrix=hide_imatrix,
+        allow_missing_imatrix=allow_missing_imatrix,
+        tensor_types={k: v for k, v in per_tensor.items() if v is not None},
+        extra_output_type=extra_output_tensor,
+        kv_overrides=override_kv or [],
+        ignore_imatrix_rules=ignore_imatrix_rules,
+    )
+    _run(cv.check_recipe, opts)  # a bad recipe fails before the imatrix is even read
+    for msg in recipe_warnings(qtype.value, opts):
+        err.print(f"warning: {msg}")
     imx = None
     if imatrix is not None:
         imx = _run(load_imatrix, imatrix)
@@ -494,27 +567,14 @@ def quantize(
             err.print(f"imatrix: {len(imx)} of {n_loaded} entries selected", markup=False)
     elif include_weights or exclude_weights:
         raise _fail("--include-weights/--exclude-weights need --imatrix")
-    opts = cv.QuantizeOptions(
-        imatrix=imx,
-        threads=threads,
-        pure=pure,
-        custom_q=custom_q or [],
-        output_tensor_type=output_tensor_type,
-        token_embedding_type=token_embedding_type,
-        leave_output_tensor=leave_output_tensor,
-        allow_requantize=allow_requantize,
-        iq2ks_search=iq2ks_search.value,
-        hide_imatrix=hide_imatrix,
-        allow_missing_imatrix=allow_missing_imatrix,
-    )
-    if pure and custom_q:
-        err.print("warning: --custom-q rules are not applied with --pure (as in llama-quantize)")
+    opts.imatrix = imx
     if dry_run:
         report = _run(cv.quantize_model, inp, None, qtype.value, opts)
         _plan_notes(report, verbose, quiet)
         n = len(report.plans)
         for i, p in enumerate(report.plans, 1):
             out.print(_plan_line(p, i, n), markup=False)
+        _extra_output_note(report, opts)
         out.print(_type_summary(report.plans, f"{qtype.value} mix (dry run, nothing written)"))
         out.print(
             f"size {_mb(report.size_in)} -> {_mb(report.size_out)}, "
@@ -528,7 +588,51 @@ def quantize(
         report = _run(cv.quantize_model, inp, output, qtype.value, opts, prog, split)
     finally:
         prog.stop()
+    _extra_output_note(report, opts)
     _summary(report, f"quantized {inp} -> {report.out_path} ({qtype.value})", note_larger=True)
+
+
+def _positionals(
+    output: Path | None, qtype: str | None, nthreads: str | None
+) -> tuple[Path | None, Target, int | None]:
+    """IN [OUT] TYPE [NTHREADS]: OUT is left out when the word after IN names a type."""
+    words = [str(w) for w in (output, qtype, nthreads) if w is not None]
+    if words and _target_named(words[0]) is not None:
+        words.insert(0, "")  # no OUT
+    if len(words) < 2 or _target_named(words[1]) is None:
+        what = f"unknown TYPE {words[1]!r}" if len(words) >= 2 else "missing TYPE"
+        raise typer.BadParameter(
+            what + ": one of " + ", ".join(t.value for t in Target), param_hint="TYPE"
+        )
+    if len(words) > 3:
+        raise typer.BadParameter(f"unexpected extra argument {words[3]!r}")
+    n = None
+    if len(words) == 3:
+        try:
+            n = int(words[2])
+        except ValueError:
+            raise typer.BadParameter(
+                f"NTHREADS must be an integer, not {words[2]!r}", param_hint="NTHREADS"
+            ) from None
+    return (Path(words[0]) if words[0] else None), _target_named(words[1]), n
+
+
+def _threads(option: int | None, positional: int | None) -> int | None:
+    """--threads or llama-quantize's positional NTHREADS (<= 0: all cores)."""
+    if positional is None:
+        return option
+    positional = positional if positional > 0 else None
+    if option is not None and positional != option:
+        raise _fail(f"--threads {option} and NTHREADS {positional or 0} disagree; give one")
+    return positional
+
+
+def _extra_output_note(report: cv.Report, opts: cv.QuantizeOptions) -> None:
+    if opts.extra_output_type and not any(p.out_name for p in report.plans):
+        err.print(
+            f"warning: --extra-output-tensor {opts.extra_output_type}: not added, it would not "
+            "be smaller than the output tensor (llama-quantize skips it too)"
+        )
 
 
 def _larger(report: cv.Report) -> str:

@@ -11,6 +11,15 @@ Quirks kept on purpose, because they decide real outputs:
   dense models generally), not from the layer number in the name;
 - custom rules (--custom-q) override the mix but not the fallback, and are not
   applied under --pure.
+
+Per-tensor options (--attn-q-type ... --ffn-up-type, ``MixOptions.tensor_types``) act where
+ik reads them: inside the rules, each in its own branch, so that a custom rule beats them,
+the fallback follows them, --pure ignores them, and IQ2_KS's low-bit branch honours only
+--attn-output-type. Names are still matched by substring in branch order, so attn_qkv
+tensors take the attn_q branch (--attn-q-type) and --attn-qkv-type never applies to them.
+--token-embedding-type, --per-layer-token-embedding-type, --output-tensor-type and
+--ffn-gate-inp-type are applied once more after the rules and the fallback (also under
+--pure), so they beat custom rules.
 """
 
 from __future__ import annotations
@@ -79,12 +88,38 @@ class ModelParams:
         return self.arch in ("qwen2", "qwen2vl", "deci", "olmo")
 
     @classmethod
-    def from_gguf(cls, get: Callable[[str], object], tensor_names: Iterable[str]) -> ModelParams:
-        """Build from GGUF metadata (``get(key)`` returns the value or None)."""
-        arch = str(get("general.architecture") or "")
+    def from_gguf(
+        cls,
+        get: Callable[[str], object],
+        tensor_names: Iterable[str],
+        overrides: Iterable[object] = (),
+    ) -> ModelParams:
+        """Build from GGUF metadata (``get(key)`` returns the value or None).
+
+        ``overrides`` (KVs with ``key``, ``vtype``, ``value``: --override-kv) replace what
+        llama-quantize's model loader lets them replace: a str the architecture, an int a
+        scalar integer key; one of another type is ignored there, as in ik.
+        """
+        by_key = {kv.key: kv for kv in overrides}
+
+        def overridden(key: str, vtype: str) -> object:
+            kv = by_key.get(key)
+            return kv.value if kv is not None and kv.vtype.name == vtype else None
+
+        arch_override = overridden("general.architecture", "STRING")
+        arch = str(
+            arch_override if arch_override is not None else get("general.architecture") or ""
+        )
 
         def first(key: str, default: int = 0) -> int:
             v = get(f"{arch}.{key}")
+            ov = overridden(f"{arch}.{key}", "INT32")
+            # get_key takes any int override; get_key_or_arr (head counts) only over a
+            # scalar that is in the file
+            if ov is not None and (
+                not key.startswith("attention.") or (v is not None and not hasattr(v, "__len__"))
+            ):
+                return int(ov)
             if v is None:
                 return default
             try:
@@ -103,6 +138,21 @@ class ModelParams:
         )
 
 
+# llama-quantize's per-tensor type options: option name -> MixOptions.tensor_types key.
+TENSOR_TYPE_OPTIONS = {
+    "--attn-q-type": "attn_q",
+    "--attn-k-type": "attn_k",
+    "--attn-v-type": "attn_v",
+    "--attn-qkv-type": "attn_qkv",
+    "--attn-output-type": "attn_output",
+    "--ffn-gate-type": "ffn_gate",
+    "--ffn-down-type": "ffn_down",
+    "--ffn-up-type": "ffn_up",
+    "--ffn-gate-inp-type": "ffn_gate_inp",
+    "--per-layer-token-embedding-type": "per_layer_token_embd",
+}
+
+
 @dataclass
 class MixOptions:
     pure: bool = False
@@ -111,6 +161,15 @@ class MixOptions:
     token_embedding_type: str | None = None
     leave_output_tensor: bool = False
     has_imatrix: bool = False
+    # per-tensor options, keyed by TENSOR_TYPE_OPTIONS' values: {"attn_v": "q6_K", ...}
+    tensor_types: dict[str, str] = field(default_factory=dict)
+    # --extra-output-tensor: the output tensor is then always converted (even if left)
+    extra_output_type: str | None = None
+
+    def __post_init__(self) -> None:
+        unknown = set(self.tensor_types) - set(TENSOR_TYPE_OPTIONS.values())
+        if unknown:
+            raise MixError(f"unknown per-tensor type option(s): {', '.join(sorted(unknown))}")
 
 
 def parse_custom_q(
@@ -139,16 +198,25 @@ def parse_custom_q(
 
 
 def is_quantizable(
-    name: str, n_dims: int, type_name: str, arch: str = "", leave_output: bool = False
+    name: str,
+    n_dims: int,
+    type_name: str,
+    arch: str = "",
+    leave_output: bool = False,
+    ffn_gate_inp_type: str | None = None,
 ) -> bool:
-    """llama-quantize's filter: which tensors get a new type at all."""
+    """llama-quantize's filter: which tensors get a new type at all.
+
+    Routers (ffn_gate_inp) only with --ffn-gate-inp-type, and only if it changes their type.
+    """
+    if "ffn_gate_inp.weight" in name and ffn_gate_inp_type in (None, type_name):
+        return False
     return (
         type_name not in ("i8", "i16", "i32", "i64")
         and name.endswith("weight")
         and n_dims >= 2
         and "_norm.weight" not in name
         and not (leave_output and name == "output.weight")
-        and "ffn_gate_inp.weight" not in name
         and name not in ("position_embd.weight", "token_types.weight")
         and "ssm_conv1d" not in name
         and "ssm_x.weight" not in name
@@ -162,7 +230,16 @@ class Choice:
     name: str
     type: str  # ggml name of the output type
     action: str  # "quantize", "copy" (same type as input) or "keep" (not a weight to quantize)
-    note: str = ""  # "custom", "fallback from X", "override"
+    note: str = ""  # "custom", "fallback from X", or the option that chose the type
+
+
+_OPTION_OF = {key: opt for opt, key in TENSOR_TYPE_OPTIONS.items()}
+
+
+def _fitted(gtype: str, ne0: int, note: str) -> tuple[str, str]:
+    """An option's type after the row-size fallback (ik does not check; we must)."""
+    fb = fallback(gtype, ne0)
+    return (fb, f"fallback from {gtype} ({note})") if fb != gtype else (gtype, note)
 
 
 class MixPlanner:
@@ -178,47 +255,77 @@ class MixPlanner:
         self.ft = target
         self.p = params
         self.o = opts or MixOptions()
-        self.i_ffn_down = 0
+        self.i_ffn_down = self.i_ffn_gate = self.i_ffn_up = 0
 
-    def choose(self, name: str, ne: tuple[int, ...] | list[int], cur_type: str) -> Choice:
+    def choose(
+        self, name: str, ne: tuple[int, ...] | list[int], cur_type: str, always: bool = False
+    ) -> Choice:
+        """The type for tensor ``name``; ``always``: convert it even if the filter says
+        not (ik does so for the tensor that --extra-output-tensor duplicates)."""
+        o = self.o
         n_dims = max((i + 1 for i, d in enumerate(ne) if d > 1), default=1)
-        if not is_quantizable(name, n_dims, cur_type, self.p.arch, self.o.leave_output_tensor):
+        if not always and not is_quantizable(
+            name,
+            n_dims,
+            cur_type,
+            self.p.arch,
+            o.leave_output_tensor,
+            o.tensor_types.get("ffn_gate_inp"),
+        ):
             return Choice(name, cur_type, "keep")
         ne0 = int(ne[0])
         note = ""
-        if self.o.pure:
+        if o.pure:
             new = fallback(self.ft, ne0)
             if new != self.ft:
                 note = f"fallback from {self.ft}"
         else:
-            new, custom = self._mix(name, ne0)
-            if custom is not None:
-                new, note = custom, "custom"
+            new, note = self._mix(name, ne0)
             fb = fallback(new, ne0)
             if fb != new:
                 new, note = fb, f"fallback from {new}"
-        override = None
-        if self.o.token_embedding_type and name == "token_embd.weight":
-            override = self.o.token_embedding_type
-        if self.o.output_tensor_type and name == "output.weight":
-            override = self.o.output_tensor_type
-        if override is not None:
-            # ik applies these after the fallback; we still make sure the rows fit
-            new, note = fallback(override, ne0), "override"
+        # applied again after the rules, as llama_model_quantize_impl does (also under --pure)
+        late = self._late_override(name)
+        if late is not None:
+            new, note = _fitted(late[0], ne0, late[1])
         if new == cur_type:
             return Choice(name, new, "copy", note)
         return Choice(name, new, "quantize", note)
 
-    # llama_tensor_get_type for the six file types; returns (type, custom type or None)
-    def _mix(self, name: str, ne0: int) -> tuple[str, str | None]:
+    def _late_override(self, name: str) -> tuple[str, str] | None:
+        o, tt = self.o, self.o.tensor_types
+        if name == "token_embd.weight" and o.token_embedding_type:
+            return o.token_embedding_type, "--token-embedding-type"
+        if name == "per_layer_token_embd.weight" and "per_layer_token_embd" in tt:
+            return tt["per_layer_token_embd"], _OPTION_OF["per_layer_token_embd"]
+        if name == "output.weight" and o.output_tensor_type:
+            return o.output_tensor_type, "--output-tensor-type"
+        if "ffn_gate_inp.weight" in name and "ffn_gate_inp" in tt:
+            return tt["ffn_gate_inp"], _OPTION_OF["ffn_gate_inp"]
+        # ik compares these with the whole name, so only a tensor named exactly so matches
+        for key in ("attn_q", "attn_k", "attn_v", "attn_qkv", "attn_output"):
+            if name == f"{key}.weight" and key in tt:
+                return tt[key], _OPTION_OF[key]
+        for key in ("ffn_gate", "ffn_down", "ffn_up"):
+            if name == key and key in tt:
+                return tt[key], _OPTION_OF[key]
+        return None
+
+    def _opt(self, key: str) -> tuple[str, str] | None:
+        t = self.o.tensor_types.get(key)
+        return None if t is None else (t, _OPTION_OF[key])
+
+    # llama_tensor_get_type for the six file types; returns (type, note)
+    def _mix(self, name: str, ne0: int) -> tuple[str, str]:
         ft, p, o = self.ft, self.p, self.o
-        new = ft
+        new, note = ft, ""
         custom = next((t for rx, t in o.custom if rx.search(name)), None)
         n_exp, gqa = p.n_expert, p.n_gqa
+        opt = None  # (type, option name) of a per-tensor option that decided
 
         if name == "output.weight" or (not p.has_output and name == "token_embd.weight"):
             if o.output_tensor_type:
-                new = o.output_tensor_type
+                opt = (o.output_tensor_type, "--output-tensor-type")
             elif p.arch == "falcon" or ne0 % 256:
                 new = "q8_0"
             elif ft in ("iq2_k", "iq3_k", "iq2_ks", "iq3_ks"):
@@ -229,10 +336,10 @@ class MixPlanner:
                 new = "q6_K"
         elif name == "token_embd.weight":
             if o.token_embedding_type:
-                new = o.token_embedding_type
+                opt = (o.token_embedding_type, "--token-embedding-type")
         elif name == "per_layer_token_embd.weight":
-            pass
-        elif ft == "iq2_ks":  # ik's very-low-bit branch
+            opt = self._opt("per_layer_token_embd")
+        elif ft == "iq2_ks":  # ik's very-low-bit branch: only --attn-output-type counts here
             if "attn_v.weight" in name:
                 new = (
                     "iq4_k"
@@ -251,10 +358,15 @@ class MixPlanner:
                 if self.i_ffn_down < p.n_layer // 8:
                     new = "q2_K"
                 self.i_ffn_down += 1
-            elif "attn_output.weight" in name and n_exp >= 4:
-                new = "q5_K"
+            elif "attn_output.weight" in name:
+                opt = self._opt("attn_output")
+                if opt is None and n_exp >= 4:
+                    new = "q5_K"
         elif "attn_v.weight" in name:
-            if n_exp >= 4:
+            opt = self._opt("attn_v")
+            if opt is not None:
+                pass
+            elif n_exp >= 4:
                 new = "q8_0"
             elif p.is_70b:
                 if new == "iq3_k":
@@ -266,22 +378,39 @@ class MixPlanner:
                     ft
                 ]
         elif "attn_k" in name:
-            if n_exp >= 4:
+            opt = self._opt("attn_k")
+            if opt is None and n_exp >= 4:
                 new = "q8_0"
-        elif "attn_q" in name:
-            pass
+        elif "attn_q" in name:  # also attn_qkv: this branch comes first
+            opt = self._opt("attn_q")
         elif "ffn_down" in name:
             i_layer = self._layer(name, self.i_ffn_down)
-            if ft == "iq4_ks" and i_layer < p.n_layer // 8 and not o.has_imatrix:
+            opt = self._opt("ffn_down")
+            if opt is None and ft == "iq4_ks" and i_layer < p.n_layer // 8 and not o.has_imatrix:
                 new = "q5_K"
             self.i_ffn_down += 1
         elif "attn_output.weight" in name:
-            if p.arch != "falcon":
+            opt = self._opt("attn_output")
+            if opt is None and p.arch != "falcon":
                 if n_exp >= 4:
                     new = "q5_K"
                 elif ft == "iq2_k":
                     new = "iq3_k"
-        return new, custom
+        elif "attn_qkv.weight" in name:  # unreachable for ik's names (see the module doc)
+            opt = self._opt("attn_qkv")
+        elif "ffn_gate" in name:  # also ffn_gate_inp, when --ffn-gate-inp-type converts it
+            self._layer(name, self.i_ffn_gate)
+            opt = self._opt("ffn_gate")
+            self.i_ffn_gate += 1
+        elif "ffn_up" in name:
+            self._layer(name, self.i_ffn_up)
+            opt = self._opt("ffn_up")
+            self.i_ffn_up += 1
+        if opt is not None:
+            new, note = opt
+        if custom is not None:
+            new, note = custom, "custom"
+        return new, note
 
     def _layer(self, name: str, counter: int) -> int:
         """Layer index as ik's layer_info: from the name for MoE models, else the counter."""

@@ -6,7 +6,7 @@
 - ``convert``: whole-model operations used by the ``iqk`` CLI.
 """
 
-from .ggml_types import GGMLType, all_types, type_by_id, type_by_name
+from .ggml_types import GGMLType, all_types, producible_types, type_by_id, type_by_name
 from .reader import KV, GGUFError, GGUFReader, StringArray, TensorInfo
 from .split import SplitModel, open_model
 from .writer import GGUFStreamWriter, GGUFWriteError
@@ -23,6 +23,7 @@ __all__ = [
     "TensorInfo",
     "all_types",
     "open_model",
+    "producible_types",
     "type_by_id",
     "type_by_name",
 ]

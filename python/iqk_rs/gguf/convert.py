@@ -20,7 +20,15 @@ from pathlib import Path
 import numpy as np
 
 from ..imatrix import Imatrix
-from ..mix import MixOptions, MixPlanner, ModelParams, parse_custom_q
+from ..mix import (
+    TENSOR_TYPE_OPTIONS,
+    MixOptions,
+    MixPlanner,
+    ModelParams,
+    fallback,
+    parse_custom_q,
+)
+from ..recipe import RecipeError, check_type, custom_q_type, parse_kv_overrides
 from .constants import GGUF_DEFAULT_ALIGNMENT, GGUFValueType
 from .ggml_types import (
     FLOAT_TYPES,
@@ -60,10 +68,12 @@ class TensorPlan:
     action: str  # "quantize" | "copy" | "keep"
     note: str = ""
     imatrix: np.ndarray | None = None
+    out_name: str | None = None  # set for a tensor added to the output (output_extra.weight)
 
     @property
     def name(self) -> str:
-        return self.info.name
+        """The tensor's name in the output."""
+        return self.out_name or self.info.name
 
     @property
     def out_nbytes(self) -> int:
@@ -84,6 +94,14 @@ class QuantizeOptions:
     hide_imatrix: bool = False
     # An imatrix that matches no tensor is an error for the 2-bit targets unless this is set.
     allow_missing_imatrix: bool = False
+
+    # llama-quantize's recipe options: {"--attn-v-type": "q6_K", ...} (mix.TENSOR_TYPE_OPTIONS)
+    tensor_types: dict[str, str] = field(default_factory=dict)
+    extra_output_type: str | None = None  # --extra-output-tensor
+    kv_overrides: list[str] = field(default_factory=list)  # --override-kv KEY=TYPE:VALUE
+    # ik's rules refusing very-low-bit types (IQ1_*, IQ2_XXS/XS/S, KT) without an imatrix;
+    # none of those can be produced here, so this is accepted for recipes and changes nothing
+    ignore_imatrix_rules: bool = False
 
 
 @dataclass
@@ -195,10 +213,6 @@ class Progress:
 # -- helpers -------------------------------------------------------------------------
 
 
-def _normalize_type(name: str) -> str:
-    return type_by_name(name).name
-
-
 def check_paths(inp: Path, out: Path) -> None:
     """Refuse to clobber the input or write where we cannot, before any work is done."""
     if out.exists():
@@ -224,9 +238,32 @@ def _probe_types(types: set[GGMLType]) -> None:
             f32_to_rows(np.zeros((1, t.block_size * (256 // t.block_size or 1)), np.float32), t)
         except (NotImplementedError, ValueError) as e:
             raise ConvertError(
-                f"tensor type {t.name} is needed by this mix but not available in this build "
-                f"({e}); use --custom-q or --pure to avoid it"
+                f"tensor type {t.name} is needed by this mix but not available in this build ({e})"
             ) from None
+
+
+def check_recipe(opts: QuantizeOptions) -> MixOptions:
+    """Parse and check every recipe option (types we can produce, --override-kv syntax)
+    before any work; the MixOptions for them (has_imatrix is left to the caller)."""
+    try:
+        parse_kv_overrides(opts.kv_overrides)
+        tensor_types = {}
+        for option, t in opts.tensor_types.items():
+            if option not in TENSOR_TYPE_OPTIONS:
+                raise RecipeError(f"unknown per-tensor type option {option}")
+            tensor_types[TENSOR_TYPE_OPTIONS[option]] = check_type(t, option)
+        if opts.extra_output_type:
+            check_type(opts.extra_output_type, "--extra-output-tensor")
+        return MixOptions(
+            pure=opts.pure,
+            custom=parse_custom_q(opts.custom_q, custom_q_type),
+            output_tensor_type=_opt_type(opts.output_tensor_type, "--output-tensor-type"),
+            token_embedding_type=_opt_type(opts.token_embedding_type, "--token-embedding-type"),
+            leave_output_tensor=opts.leave_output_tensor,
+            tensor_types=tensor_types,
+        )
+    except ValueError as e:
+        raise ConvertError(str(e)) from None
 
 
 def _matrices(reader: GGUFReader, t: TensorInfo) -> Iterator[tuple[int, np.ndarray]]:
@@ -292,7 +329,7 @@ def _write_file(
             t = p.info
             if p.action != "quantize":
                 for chunk in _row_chunks(reader.raw(t.name), t.ne[0] * 4, chunk_values):
-                    w.write_chunk(t.name, chunk)
+                    w.write_chunk(p.name, chunk)
                     progress.advance(chunk.nbytes)
             else:
                 for e, rows in _matrices(reader, t):
@@ -314,7 +351,7 @@ def _write_file(
                             raise ConvertError(
                                 f"tensor {t.name!r} ({t.type.name} -> {p.out_type.name}): {err}"
                             ) from err
-                        w.write_chunk(t.name, q)
+                        w.write_chunk(p.name, q)
                         progress.advance(chunk.nbytes)
             reader.release(t.name)
             progress.tensor_done(p, time.perf_counter() - t0)
@@ -446,38 +483,37 @@ def plan_quantize(
     """
     target_t = type_by_name(target)
     imx = opts.imatrix
+    mix_opts = check_recipe(opts)
+    mix_opts.has_imatrix = bool(imx)
     try:
-        mix_opts = MixOptions(
-            pure=opts.pure,
-            custom=parse_custom_q(opts.custom_q, _normalize_type),
-            output_tensor_type=_opt_type(opts.output_tensor_type, "--output-tensor-type"),
-            token_embedding_type=_opt_type(opts.token_embedding_type, "--token-embedding-type"),
-            leave_output_tensor=opts.leave_output_tensor,
-            has_imatrix=bool(imx),
-        )
-        params = params or ModelParams.from_gguf(reader.get, reader.tensors)
+        overrides = parse_kv_overrides(opts.kv_overrides)
+        params = params or ModelParams.from_gguf(reader.get, reader.tensors, overrides)
         planner = MixPlanner(target_t.name, params, mix_opts)
     except ValueError as e:
         raise ConvertError(str(e)) from None
+    extra = _extra_output_plan(reader, opts.extra_output_type)
 
     plans = []
     for t in reader.tensors.values():
+        always = extra is not None and t is extra.info
         try:
-            c = planner.choose(t.name, t.ne, t.type.name)
+            c = planner.choose(t.name, t.ne, t.type.name, always=always)
             out_t = type_by_name(c.type)
         except ValueError as e:
             raise ConvertError(f"{reader.path}: tensor {t.name!r}: {e}") from None
         plan = TensorPlan(t, out_t if c.action == "quantize" else t.type, c.action, c.note)
-        if c.action == "quantize":
-            if not dry_run:
-                _check_decodable(reader, t, opts.allow_requantize)
-            if imx is not None:
-                n_mat = t.nrows // t.ne[1] if len(t.ne) > 1 else 1
-                try:
-                    plan.imatrix = imx.for_tensor(t.name, t.ne[0], n_mat)
-                except ValueError as e:
-                    raise ConvertError(str(e)) from None
-        plans.append(plan)
+        group = [plan, extra] if always else [plan]
+        for p in group:
+            if p.action == "quantize":
+                if not dry_run:
+                    _check_decodable(reader, t, opts.allow_requantize)
+                if imx is not None:
+                    n_mat = t.nrows // t.ne[1] if len(t.ne) > 1 else 1
+                    try:
+                        p.imatrix = imx.for_tensor(t.name, t.ne[0], n_mat)
+                    except ValueError as e:
+                        raise ConvertError(str(e)) from None
+        plans += group
     return plans
 
 
@@ -508,7 +544,9 @@ def check_architecture(reader: GGUFReader, target: str, opts: QuantizeOptions) -
         if isinstance(arch, str) and arch
         else "no general.architecture"
     )
-    assumed = ModelParams.from_gguf(reader.get, reader.tensors)
+    assumed = ModelParams.from_gguf(
+        reader.get, reader.tensors, parse_kv_overrides(opts.kv_overrides)
+    )
 
     def types(params: ModelParams) -> list[str] | None:
         try:
@@ -543,13 +581,31 @@ def check_architecture(reader: GGUFReader, target: str, opts: QuantizeOptions) -
     ]
 
 
-def _opt_type(name: str | None, option: str) -> str | None:
-    if not name:
+EXTRA_OUTPUT_NAME = "output_extra.weight"
+
+
+def _extra_output_plan(reader: GGUFReader, type_name: str | None) -> TensorPlan | None:
+    """--extra-output-tensor: a copy of output.weight (else token_embd.weight) in another
+    type, written right after it as output_extra.weight. As in ik, only if it is smaller
+    than the original; None otherwise (the caller may say so)."""
+    if not type_name:
         return None
-    try:
-        return _normalize_type(name)
-    except ValueError as e:
-        raise ConvertError(f"{option}: {e}") from None
+    src = reader.tensors.get("output.weight") or reader.tensors.get("token_embd.weight")
+    if src is None:
+        raise ConvertError(
+            f"{reader.path}: --extra-output-tensor needs output.weight or token_embd.weight"
+        )
+    name = check_type(type_name, "--extra-output-tensor")
+    fitted = fallback(name, src.ne[0])
+    out_t = type_by_name(fitted)
+    if out_t.nbytes(src.ne) >= src.nbytes:
+        return None
+    note = "--extra-output-tensor" + (f", fallback from {name}" if fitted != name else "")
+    return TensorPlan(src, out_t, "quantize", note, out_name=EXTRA_OUTPUT_NAME)
+
+
+def _opt_type(name: str | None, option: str) -> str | None:
+    return check_type(name, option) if name else None
 
 
 # ik refuses to make its 2-bit i-quants (IQ2_XXS/XS/S, IQ1_S/M) without an imatrix; it
@@ -630,7 +686,7 @@ def quantize_model(
         plans = plan_quantize(reader, target, opts, dry_run=out is None)
         report = Report(
             plans,
-            sum(p.info.nbytes for p in plans),
+            sum(p.info.nbytes for p in plans if p.out_name is None),
             sum(p.out_nbytes for p in plans),
             sum(p.info.n_elements for p in plans),
             threads=opts.threads,
@@ -644,8 +700,9 @@ def quantize_model(
         if out is None:
             return report
         _probe_types({p.out_type for p in plans if p.action == "quantize"})
-        # like ik, record the imatrix only when it was used
-        extra = opts.imatrix.metadata(opts.hide_imatrix) if report.n_with_imatrix else []
+        # ik applies the user's overrides first, then its own imatrix keys (only when used)
+        extra = parse_kv_overrides(opts.kv_overrides)
+        extra += opts.imatrix.metadata(opts.hide_imatrix) if report.n_with_imatrix else []
         kvs = output_metadata(reader, type_by_name(target).llama_ftype, extra)
         report.files = write_output(
             reader,

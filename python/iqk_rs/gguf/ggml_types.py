@@ -212,6 +212,15 @@ def type_by_name(name: str) -> GGMLType:
     raise ValueError(f"unknown tensor type {name!r}")
 
 
+def producible_types() -> list[GGMLType]:
+    """The types a tensor can be converted to by this build (the core's and the floats), by
+    id; without importing the gguf package."""
+    return sorted(
+        (t for t in _own_table().values() if t.in_core or t.id in FLOAT_TYPES),
+        key=lambda t: t.id,
+    )
+
+
 def all_types() -> list[GGMLType]:
     return sorted(_table().values(), key=lambda t: t.id)
 
