@@ -376,3 +376,42 @@ def test_dry_run_lists_the_files(tmp_path: Path, parts: list[Path]) -> None:
     for i, k in enumerate([20, 20, 3], 1):
         assert f"would write {tmp_path}/q-{i:05d}-of-00003.gguf: {k} tensors" in r.output
     assert list(tmp_path.iterdir()) == []
+
+
+# -- regressions found in review ---------------------------------------------------------------
+
+
+def test_extra_output_tensor_on_a_split_input(tmp_path: Path, parts: list[Path]) -> None:
+    """output_extra.weight is planned in its source tensor's part (was a KeyError traceback)."""
+    args = ["quantize", parts[0], tmp_path / "q.gguf", "IQ4_K", "--extra-output-tensor", "q4_K"]
+    r = run(*args, "--keep-split", "--dry-run")
+    assert "output_extra.weight" in r.output
+    run(*args, "-q")
+    with GGUFReader(tmp_path / "q.gguf") as q:
+        assert q.tensors["output_extra.weight"].type.name == "q4_K"
+
+
+def test_dequantize_lists_its_output_files(tmp_path: Path, parts: list[Path]) -> None:
+    r = run("dequantize", parts[0], tmp_path / "d.gguf", "-q", "--keep-split")
+    assert r.output.count("(written)") == 3
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_dry_run_checks_split_options(tmp_path: Path, value: str) -> None:
+    r = run("quantize", TINY, tmp_path / "q.gguf", "IQ4_K", "--dry-run",
+            "--split-max-tensors", value, expect=1)  # fmt: skip
+    assert "--split-max-tensors must be at least 1" in r.output
+
+
+def test_dry_run_without_out_lists_the_default_files(tmp_path: Path, parts: list[Path]) -> None:
+    r = run("quantize", parts[0], "IQ4_K", "--dry-run", "--keep-split")
+    assert "would write" in r.output and "ggml-model-IQ4_K-00001-of-00003.gguf" in r.output
+
+
+def test_partial_requant_refuses_a_file_with_other_metadata(tmp_path: Path) -> None:
+    args = ["quantize", TINY, tmp_path / "q.gguf", "IQ4_K", "-q", *IQK_ONLY]
+    run(*args, "--split-max-tensors", 20, "--override-kv", "general.name=str:first")
+    shard_files(tmp_path)[1].unlink()
+    r = run(*args, "--split-max-tensors", 20, "--override-kv", "general.name=str:second",
+            "--partial-requant", expect=1)  # fmt: skip
+    assert "metadata differs" in r.output

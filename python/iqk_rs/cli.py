@@ -337,7 +337,9 @@ def _split_options(
     keep_split: bool, max_size: str | None, max_tensors: int | None, partial_requant: bool
 ) -> cv.SplitOptions:
     size = None if max_size is None else _run(gsplit.parse_size, max_size)
-    return cv.SplitOptions(keep_split, size, max_tensors, partial_requant)
+    split = cv.SplitOptions(keep_split, size, max_tensors, partial_requant)
+    _run(split.check)  # before the imatrix is read, and for a dry run too
+    return split
 
 
 def _files_summary(report: cv.Report) -> None:
@@ -509,7 +511,7 @@ def quantize(
     """
     split = _split_options(keep_split, split_max_size, split_max_tensors, partial_requant)
     output, target, nthreads = _positionals(output, qtype, nthreads)
-    if output is None and not dry_run:
+    if output is None:  # a dry run lists the files it would write under this name too
         output = default_output(inp, target)
     qtype = target
     threads = _threads(threads, nthreads)

@@ -47,7 +47,7 @@ from .split import (
     shard_keys,
     split_info,
 )
-from .writer import GGUFStreamWriter
+from .writer import GGUFStreamWriter, check_free_space, encode_kv
 
 GGML_QNT_VERSION = 2
 # Values per row chunk and worker thread (at least one MiB of values per chunk): enough rows
@@ -409,10 +409,12 @@ def write_output(
     todo, done = [], []
     for path, shard_plans, shard_kvs, alignment, info in files:
         if split.partial_requant and path.exists():
-            _check_existing(path, shard_plans, info)
+            _check_existing(path, shard_plans, shard_kvs, info)
             done.append(path)
         else:
             todo.append((path, shard_plans, shard_kvs, alignment))
+    if todo:  # all files at once, not shard by shard hours into the run
+        check_free_space(todo[0][0], sum(p.out_nbytes for f in todo for p in f[1]))
     progress.start([p for f in todo for p in f[1]])
     for path, shard_plans, shard_kvs, alignment in todo:
         if split.partial_requant:
@@ -433,19 +435,22 @@ def _input_paths(reader: GGUFReader | SplitModel) -> list[Path]:
 def input_parts(reader: GGUFReader | SplitModel, plans: list[TensorPlan]) -> list[int]:
     """The input part (0-based) each planned tensor comes from."""
     if isinstance(reader, SplitModel):
-        return [reader.part_index(p.name) for p in plans]
+        # by the source tensor: --extra-output-tensor's plan has a name of its own
+        return [reader.part_index(p.info.name) for p in plans]
     return [0] * len(plans)
 
 
 def _check_existing(
-    path: Path, plans: list[TensorPlan], split: tuple[int, int, int] | None
+    path: Path, plans: list[TensorPlan], kvs: list[KV], split: tuple[int, int, int] | None
 ) -> None:
-    """An output file kept by --partial-requant must be the one this run would write."""
+    """An output file kept by --partial-requant must be the one this run would write: same
+    metadata (an --override-kv or imatrix change shows there), tensors, types, split numbers."""
     hint = "delete it to have it written again"
     try:
         with GGUFReader(path) as r:
             have = [(t.name, t.type.id, t.ne) for t in r.tensors.values()]
             have_split = split_info(r)
+            same_metadata = [encode_kv(kv) for kv in r.kv.values()] == [encode_kv(kv) for kv in kvs]
     except GGUFError as e:
         raise ConvertError(f"{path}: exists but cannot be kept ({e}); {hint}") from None
     want = [(p.name, p.out_type.id, p.info.ne) for p in plans]
@@ -453,6 +458,11 @@ def _check_existing(
         raise ConvertError(
             f"{path}: exists but holds other tensors, types or split numbers than this run "
             f"writes there; {hint}"
+        )
+    if not same_metadata:
+        raise ConvertError(
+            f"{path}: exists but its metadata differs from what this run writes (another "
+            f"imatrix, --override-kv or source model?); {hint}"
         )
 
 
@@ -772,10 +782,10 @@ def dequantize_model(
         sum(p.info.nbytes for p in plans),
         sum(p.out_nbytes for p in plans),
         sum(p.info.n_elements for p in plans),
-        time.perf_counter() - t0,
-        threads,
-        files[0].path,
-        files,
+        seconds=time.perf_counter() - t0,
+        threads=threads,
+        out_path=files[0].path,
+        files=files,
     )
     return report
 
