@@ -52,13 +52,8 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 _ERRORS = (GGUFError, GGUFWriteError, ImatrixError, MixError, cv.ConvertError, OSError, ValueError)
 
 
-class Target(str, Enum):
-    IQ2_K = "IQ2_K"
-    IQ3_K = "IQ3_K"
-    IQ4_K = "IQ4_K"
-    IQ2_KS = "IQ2_KS"
-    IQ3_KS = "IQ3_KS"
-    IQ4_KS = "IQ4_KS"
+# The target types of `iqk quantize`: those ik's mixes are defined for (mix.TARGETS).
+Target = Enum("Target", {t.upper(): t.upper() for t in TARGETS}, type=str)
 
 
 class FloatType(str, Enum):
@@ -393,7 +388,7 @@ def quantize(
         str | None,
         typer.Argument(
             metavar="TYPE",
-            help="IQ2_K IQ3_K IQ4_K IQ2_KS IQ3_KS IQ4_KS",
+            help=" ".join(t.value for t in Target),
             show_default=False,
         ),
     ] = None,
@@ -433,7 +428,9 @@ def quantize(
     pure: Annotated[
         bool,
         typer.Option(
-            help="Every tensor gets TYPE (then the row-size fallback); no mix, no --custom-q."
+            help="Every weight matrix gets TYPE (then the row-size fallback): no mix and no "
+            "--custom-q or --attn-*/--ffn-* rules; the embedding, output and router type "
+            "options still apply."
         ),
     ] = False,
     custom_q: Annotated[
@@ -506,14 +503,14 @@ def quantize(
 ) -> None:
     """Quantize a model with ik_llama.cpp's default tensor-type mix for TYPE.
 
-    Arguments: IN [OUT] TYPE [NTHREADS], as llama-quantize takes them. IN may be any part of
-    a split model (NAME-00001-of-00003.gguf): all parts are read.
+    Arguments: IN [OUT] TYPE [NTHREADS], as llama-quantize takes them.
+
+    IN may be any part of a split model (NAME-00001-of-00003.gguf): all parts are read.
     """
     split = _split_options(keep_split, split_max_size, split_max_tensors, partial_requant)
     output, target, nthreads = _positionals(output, qtype, nthreads)
     if output is None:  # a dry run lists the files it would write under this name too
         output = default_output(inp, target)
-    qtype = target
     threads = _threads(threads, nthreads)
     per_tensor = {
         "--attn-q-type": attn_q_type,
@@ -544,7 +541,7 @@ def quantize(
         ignore_imatrix_rules=ignore_imatrix_rules,
     )
     _run(cv.check_recipe, opts)  # a bad recipe fails before the imatrix is even read
-    for msg in recipe_warnings(qtype.value, opts):
+    for msg in recipe_warnings(target.value, opts):
         err.print(f"warning: {msg}")
     imx = None
     if imatrix is not None:
@@ -560,7 +557,7 @@ def quantize(
         imx = _run(imx.filtered, include_weights, exclude_weights)
         if not len(imx):
             why = f"no imatrix entries left after filtering {imatrix}"
-            e = None if allow_missing_imatrix else cv.imatrix_unused_error(qtype.value, why)
+            e = None if allow_missing_imatrix else cv.imatrix_unused_error(target.value, why)
             if e is not None:
                 raise _fail(str(e))
             err.print(f"warning: {why}; quantizing without", markup=False)
@@ -571,13 +568,13 @@ def quantize(
         raise _fail("--include-weights/--exclude-weights need --imatrix")
     opts.imatrix = imx
     if dry_run:
-        report = _run(cv.quantize_model, inp, None, qtype.value, opts)
+        report = _run(cv.quantize_model, inp, None, target.value, opts)
         _plan_notes(report, verbose, quiet)
         n = len(report.plans)
         for i, p in enumerate(report.plans, 1):
             out.print(_plan_line(p, i, n), markup=False)
         _extra_output_note(report, opts)
-        out.print(_type_summary(report.plans, f"{qtype.value} mix (dry run, nothing written)"))
+        out.print(_type_summary(report.plans, f"{target.value} mix (dry run, nothing written)"))
         out.print(
             f"size {_mb(report.size_in)} -> {_mb(report.size_out)}, "
             f"{report.bpw:.3f} bits per weight" + _larger(report)
@@ -587,11 +584,11 @@ def quantize(
         return
     prog = _progress(verbose, quiet)
     try:
-        report = _run(cv.quantize_model, inp, output, qtype.value, opts, prog, split)
+        report = _run(cv.quantize_model, inp, output, target.value, opts, prog, split)
     finally:
         prog.stop()
     _extra_output_note(report, opts)
-    _summary(report, f"quantized {inp} -> {report.out_path} ({qtype.value})", note_larger=True)
+    _summary(report, f"quantized {inp} -> {report.out_path} ({target.value})", note_larger=True)
 
 
 def _positionals(

@@ -163,8 +163,6 @@ class MixOptions:
     has_imatrix: bool = False
     # per-tensor options, keyed by TENSOR_TYPE_OPTIONS' values: {"attn_v": "q6_K", ...}
     tensor_types: dict[str, str] = field(default_factory=dict)
-    # --extra-output-tensor: the output tensor is then always converted (even if left)
-    extra_output_type: str | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.tensor_types) - set(TENSOR_TYPE_OPTIONS.values())
