@@ -7,10 +7,10 @@
 #    scripts/smoke_installed.py runs the Quickstart's job (`iqk quantize` on the bundled model),
 #    then a subset of the tests runs, copied out of the source tree, with one added test that
 #    asserts the import came from site-packages.
-# 3. The sdist goes into another fresh venv (this build needs Rust; cargo keeps its cache in
-#    target/sdist-build/); the installed package must hold the same files as the wheel's (stubs,
-#    py.typed, licenses), the sdist every tracked file, and its `iqk quantize` must write the
-#    wheel's bytes.
+# 3. The sdist goes into another fresh venv (this build needs Rust; cargo reuses target/release/,
+#    where `pip install .` builds); the installed package must hold the same files as the wheel's
+#    (stubs, py.typed, licenses), the sdist every tracked file, and its `iqk quantize` must write
+#    the wheel's bytes.
 # 4. The release workflow passes a GitHub Actions schema check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -82,7 +82,7 @@ installed_files "$venvs/wheel" >"$work/wheel-files.txt"
 
 echo "== [$((SECONDS - started)) s] sdist: fresh venv, built with Rust"
 python3 -m venv "$venvs/sdist"
-CARGO_TARGET_DIR="$repo/target/sdist-build" "$venvs/sdist/bin/python" -m pip install --quiet "$sdist"
+CARGO_TARGET_DIR="$repo/target" "$venvs/sdist/bin/python" -m pip install --quiet "$sdist"
 installed_files "$venvs/sdist" >"$work/sdist-files.txt"
 diff -u "$work/wheel-files.txt" "$work/sdist-files.txt" || {
     echo "error: the sdist installs other files than the wheel" >&2
