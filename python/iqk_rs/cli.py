@@ -31,6 +31,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from ._core import __version__
 from .gguf import GGUFError, GGUFWriteError
 from .gguf import convert as cv
 from .gguf import split as gsplit
@@ -50,6 +51,25 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 _ERRORS = (GGUFError, GGUFWriteError, ImatrixError, MixError, cv.ConvertError, OSError, ValueError)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"iqk {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    # Options that come before the command; --version acts in its callback.
+    pass
 
 
 # The target types of `iqk quantize`: those ik's mixes are defined for (mix.TARGETS).
