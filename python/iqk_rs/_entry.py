@@ -25,6 +25,17 @@ def _interrupted_while_loading(signum, frame) -> None:
     os._exit(INTERRUPTED)
 
 
+def bare_ray_to_auto(args: list[str]) -> list[str]:
+    """``--ray`` without an address (last, or followed by another option) means ``--ray auto``:
+    typer has no options with an optional value."""
+    out = []
+    for i, a in enumerate(args):
+        out.append(a)
+        if a == "--ray" and (i + 1 == len(args) or args[i + 1].startswith("-")):
+            out.append("auto")
+    return out
+
+
 def main() -> int:
     previous = signal.getsignal(signal.SIGINT)
     if previous is not signal.SIG_IGN:  # e.g. started with '&' by a script: leave it ignored
@@ -33,6 +44,7 @@ def main() -> int:
         from .cli import app
     finally:
         signal.signal(signal.SIGINT, previous or signal.default_int_handler)
+    sys.argv[1:] = bare_ray_to_auto(sys.argv[1:])
     try:
         return app()
     except KeyboardInterrupt:  # outside a command, e.g. while typer parses the arguments

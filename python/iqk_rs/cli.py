@@ -154,6 +154,9 @@ class _RichProgress(cv.Progress):
     def tensor_start(self, plan):
         self.progress.update(self.task, description=plan.name)
 
+    def units(self, done, total, nodes):
+        self.progress.update(self.task, description=f"units {done}/{total} on {nodes} nodes")
+
     def advance(self, nbytes_in):
         self.progress.advance(self.task, nbytes_in)
 
@@ -182,6 +185,7 @@ class _PlainProgress(cv.Progress):
         self._i = self._n = self._total = self._done = 0
         self._t0 = self._last = 0.0
         self._current = ""
+        self._units = ""  # a --ray run's count of work units
 
     def planned(self, report):
         _plan_notes(report, self.verbose, self.quiet)
@@ -193,6 +197,9 @@ class _PlainProgress(cv.Progress):
 
     def tensor_start(self, plan):
         self._current = plan.name
+
+    def units(self, done, total, nodes):
+        self._units = f"units {done}/{total} on {nodes} nodes, "
 
     def advance(self, nbytes_in):
         self._done += nbytes_in
@@ -214,7 +221,7 @@ class _PlainProgress(cv.Progress):
         eta = (self._total - self._done) / rate if rate > 0 else 0.0
         pct = 100.0 * self._done / max(self._total, 1)
         err.print(
-            f"{what} | {pct:3.0f}% of {_mb(self._total)}, {rate / 2**20:.1f} MiB/s, "
+            f"{what} | {self._units}{pct:3.0f}% of {_mb(self._total)}, {rate / 2**20:.1f} MiB/s, "
             f"ETA {_clock(eta)}",
             markup=False,
         )
@@ -344,6 +351,35 @@ PartialRequant = Annotated[
         help="Resume: keep output files already there (checked to match) and write only "
         "the missing ones.",
         rich_help_panel=_SPLIT_HELP,
+    ),
+]
+
+_RAY_HELP = "Distributed run (Ray)"
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        metavar="ADDRESS",
+        help="Run on a Ray cluster: 'auto' (the cluster this runs in; also a bare --ray) or "
+        "its address. Needs pip install 'iqk-rs[ray]' and IN/OUT on a filesystem every node "
+        "sees; --threads is then the threads of each work unit (default 1).",
+        rich_help_panel=_RAY_HELP,
+    ),
+]
+Resume = Annotated[
+    bool,
+    typer.Option(
+        help="With --ray: continue a killed run from the manifests beside its temporary "
+        "files (finished units checked, the rest redone).",
+        rich_help_panel=_RAY_HELP,
+    ),
+]
+RayUnitSize = Annotated[
+    str,
+    typer.Option(
+        metavar="SIZE",
+        help="With --ray: input bytes per work unit (K, M or G: 10^3, 10^6, 10^9).",
+        rich_help_panel=_RAY_HELP,
     ),
 ]
 
@@ -520,6 +556,9 @@ def quantize(
     split_max_size: SplitMaxSize = None,
     split_max_tensors: SplitMaxTensors = None,
     partial_requant: PartialRequant = False,
+    ray: RayAddress = None,
+    resume: Resume = False,
+    ray_unit_size: RayUnitSize = "256M",
 ) -> None:
     """Quantize a model with ik_llama.cpp's default tensor-type mix for TYPE.
 
@@ -602,13 +641,52 @@ def quantize(
         if split.splits and output is not None:
             _shards_preview(report, output, split)
         return
+    if resume and ray is None:
+        raise _fail("--resume continues a --ray run; a local run resumes with --partial-requant")
     prog = _progress(verbose, quiet)
     try:
-        report = _run(cv.quantize_model, inp, output, target.value, opts, prog, split)
+        if ray is None:
+            report = _run(cv.quantize_model, inp, output, target.value, opts, prog, split)
+        else:
+            ray_args = (ray, resume, ray_unit_size, quiet)
+            report = _run(_quantize_on_ray, inp, output, target.value, opts, prog, split, *ray_args)
     finally:
         prog.stop()
     _extra_output_note(report, opts)
     _summary(report, f"quantized {inp} -> {report.out_path} ({target.value})", note_larger=True)
+    if ray is not None:
+        _ray_summary(report)
+
+
+def _quantize_on_ray(inp, output, target, opts, prog, split, address, resume, unit_size, quiet):
+    from . import distributed  # imports Ray only now
+
+    ray_opts = distributed.RayOptions(
+        address=address,
+        max_unit_bytes=distributed.parse_unit_size(unit_size),
+        resume=resume,
+        cpus_per_task=opts.threads or 1,
+        log=None if quiet else lambda msg: err.print(msg, markup=False),
+    )
+    return distributed.quantize_model(inp, output, target, opts, prog, split, ray_opts)
+
+
+def _ray_summary(report) -> None:
+    """Per node: its share of the work and its throughput over the run."""
+    run = report.run
+    out.print(
+        f"  cluster : {run.units_done} of {run.units} units converted"
+        + (f", {run.units_verified} finished earlier" if run.units_verified else "")
+        + f", {_mb(run.bytes_in)} in {run.seconds:.2f} s "
+        f"({run.bytes_in / 2**20 / max(run.seconds, 1e-9):.1f} MiB/s)",
+        markup=False,
+    )
+    for ns in sorted(run.nodes.values(), key=lambda n: n.node):
+        out.print(
+            f"  node    : {ns.node}  {ns.units} units, {_mb(ns.bytes_in)}, "
+            f"{ns.bytes_in / 2**20 / max(run.seconds, 1e-9):.1f} MiB/s",
+            markup=False,
+        )
 
 
 def _positionals(

@@ -12,7 +12,7 @@ import itertools
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from glob import escape as glob_escape
 from pathlib import Path
@@ -209,6 +209,9 @@ class Progress:
     def planned(self, report: Report) -> None:
         """Every type is chosen and every input checked; nothing has been written yet."""
 
+    def units(self, done: int, total: int, nodes: int) -> None:
+        """A distributed run: work units finished of all, and the cluster's node count."""
+
 
 # -- helpers -------------------------------------------------------------------------
 
@@ -309,6 +312,24 @@ def output_metadata(reader: GGUFReader, file_type: int | None, extra: list[KV] =
     return list(kvs.values())
 
 
+def quantize_rows(
+    t: TensorInfo,
+    out_type: GGMLType,
+    rows: np.ndarray,
+    imatrix: np.ndarray | None,
+    threads: int | None,
+    iq2ks_search: str,
+) -> np.ndarray:
+    """Rows of tensor ``t`` (raw, one matrix's) in ``out_type``: the one place of the
+    conversion, for the local writer and the distributed one alike."""
+    try:
+        return encode_rows(
+            rows, t.type, t.ne[0], out_type, imatrix, iq2ks_search=iq2ks_search, threads=threads
+        )
+    except (ValueError, NotImplementedError) as err:
+        raise ConvertError(f"tensor {t.name!r} ({t.type.name} -> {out_type.name}): {err}") from err
+
+
 def _write_file(
     reader: GGUFReader | SplitModel,
     plans: list[TensorPlan],
@@ -337,20 +358,7 @@ def _write_file(
                     if p.imatrix is not None:
                         imat = np.ascontiguousarray(p.imatrix[e * t.ne[0] : (e + 1) * t.ne[0]])
                     for chunk in _row_chunks(rows, t.ne[0], chunk_values):
-                        try:
-                            q = encode_rows(
-                                chunk,
-                                t.type,
-                                t.ne[0],
-                                p.out_type,
-                                imat,
-                                iq2ks_search=iq2ks_search,
-                                threads=threads,
-                            )
-                        except (ValueError, NotImplementedError) as err:
-                            raise ConvertError(
-                                f"tensor {t.name!r} ({t.type.name} -> {p.out_type.name}): {err}"
-                            ) from err
+                        q = quantize_rows(t, p.out_type, chunk, imat, threads, iq2ks_search)
                         w.write_chunk(p.name, q)
                         progress.advance(chunk.nbytes)
             reader.release(t.name)
@@ -374,6 +382,57 @@ def plan_files(
     )
 
 
+@dataclass
+class FileSpec:
+    """One output file as planned: its tensors, metadata, alignment and split numbers."""
+
+    path: Path
+    plans: list[TensorPlan]
+    kvs: list[KV]
+    alignment: int
+    split: tuple[int, int, int] | None  # (split.no, split.count, split.tensors.count)
+
+    def tensors(self) -> list[tuple[str, GGMLType, tuple[int, ...]]]:
+        """What the writer's layout (writer.plan_layout) takes."""
+        return [(p.name, p.out_type, p.info.ne) for p in self.plans]
+
+
+def output_files(
+    reader: GGUFReader | SplitModel,
+    plans: list[TensorPlan],
+    out: Path,
+    kvs: list[KV],
+    split: SplitOptions,
+) -> list[FileSpec]:
+    """Every output file of the run, checked not to overwrite an input."""
+    by_name = {p.name: p for p in plans}
+    files = []
+    for shard in plan_files(plans, input_parts(reader, plans), out, split):
+        for path in _input_paths(reader):
+            check_paths(path, shard.path)
+        if not split.splits:
+            files.append(FileSpec(shard.path, plans, kvs, reader.alignment, None))
+            continue
+        keys = shard_keys(shard, len(plans), single_without_keys=split.keep_split)
+        # ggml keeps the model's metadata in the first file only; the other files
+        # carry the split keys and use the default alignment
+        shard_kvs = kvs + keys if shard.no == 0 else keys
+        alignment = reader.alignment if shard.no == 0 else GGUF_DEFAULT_ALIGNMENT
+        info = (shard.no, shard.count, len(plans)) if keys else None
+        files.append(
+            FileSpec(shard.path, [by_name[n] for n in shard.names], shard_kvs, alignment, info)
+        )
+    return files
+
+
+def kept_file(spec: FileSpec, split: SplitOptions) -> bool:
+    """--partial-requant: the file is there already, checked to be the one this run writes."""
+    if split.partial_requant and spec.path.exists():
+        _check_existing(spec.path, spec.plans, spec.kvs, spec.split)
+        return True
+    return False
+
+
 def write_output(
     reader: GGUFReader | SplitModel,
     plans: list[TensorPlan],
@@ -391,41 +450,17 @@ def write_output(
     Each file is complete or absent whatever happens (temporary file, fsync, rename), so a
     killed run is resumed by running it again with --partial-requant.
     """
-    by_name = {p.name: p for p in plans}
-    files = []
-    for shard in plan_files(plans, input_parts(reader, plans), out, split):
-        for path in _input_paths(reader):
-            check_paths(path, shard.path)
-        if not split.splits:
-            files.append((shard.path, plans, kvs, reader.alignment, None))
-            continue
-        keys = shard_keys(shard, len(plans), single_without_keys=split.keep_split)
-        # ggml keeps the model's metadata in the first file only; the other files
-        # carry the split keys and use the default alignment
-        shard_kvs = kvs + keys if shard.no == 0 else keys
-        alignment = reader.alignment if shard.no == 0 else GGUF_DEFAULT_ALIGNMENT
-        info = (shard.no, shard.count, len(plans)) if keys else None
-        files.append((shard.path, [by_name[n] for n in shard.names], shard_kvs, alignment, info))
-    todo, done = [], []
-    for path, shard_plans, shard_kvs, alignment, info in files:
-        if split.partial_requant and path.exists():
-            _check_existing(path, shard_plans, shard_kvs, info)
-            done.append(path)
-        else:
-            todo.append((path, shard_plans, shard_kvs, alignment))
+    files = output_files(reader, plans, out, kvs, split)
+    done = {f.path for f in files if kept_file(f, split)}
+    todo = [f for f in files if f.path not in done]
     if todo:  # all files at once, not shard by shard hours into the run
-        check_free_space(todo[0][0], sum(p.out_nbytes for f in todo for p in f[1]))
-    progress.start([p for f in todo for p in f[1]])
-    for path, shard_plans, shard_kvs, alignment in todo:
+        check_free_space(todo[0].path, sum(p.out_nbytes for f in todo for p in f.plans))
+    progress.start([p for f in todo for p in f.plans])
+    for f in todo:
         if split.partial_requant:
-            _remove_stale_temporaries(path)
-        _write_file(
-            reader, shard_plans, path, shard_kvs, alignment, threads, iq2ks_search, progress
-        )
-    return [
-        OutputFile(path, len(shard_plans), path.stat().st_size, path in done)
-        for path, shard_plans, *_ in files
-    ]
+            _remove_stale_temporaries(f.path)
+        _write_file(reader, f.plans, f.path, f.kvs, f.alignment, threads, iq2ks_search, progress)
+    return [OutputFile(f.path, len(f.plans), f.path.stat().st_size, f.path in done) for f in files]
 
 
 def _input_paths(reader: GGUFReader | SplitModel) -> list[Path]:
@@ -676,11 +711,13 @@ def quantize_model(
     opts: QuantizeOptions | None = None,
     progress: Progress | None = None,
     split: SplitOptions | None = None,
+    write: Callable[..., list[OutputFile]] | None = None,
 ) -> Report:
     """Quantize a GGUF model (one file or all parts of a split one) with ik_llama.cpp's
     default mix for ``target``.
 
-    ``out=None`` is a dry run: plan and sizes only, nothing written.
+    ``out=None`` is a dry run: plan and sizes only, nothing written. ``write`` replaces
+    ``write_output`` (same arguments), e.g. by the distributed writer of ``iqk_rs.distributed``.
     """
     opts = opts or QuantizeOptions()
     split = split or SplitOptions()
@@ -714,7 +751,7 @@ def quantize_model(
         extra = parse_kv_overrides(opts.kv_overrides)
         extra += opts.imatrix.metadata(opts.hide_imatrix) if report.n_with_imatrix else []
         kvs = output_metadata(reader, type_by_name(target).llama_ftype, extra)
-        report.files = write_output(
+        report.files = (write or write_output)(
             reader,
             plans,
             Path(out),

@@ -21,6 +21,7 @@ import os
 import struct
 import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,52 @@ def check_free_space(path: Path, nbytes: int) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Where everything of one GGUF file goes: its header (metadata and tensor infos, padded)
+    and each tensor's data, at an absolute offset in the file."""
+
+    header: bytes
+    names: list[str]
+    nbytes: list[int]
+    offsets: list[int]  # from the start of the file
+    total_bytes: int
+
+
+def plan_layout(
+    kvs: Iterable[KV],
+    tensors: Iterable[tuple[str, GGMLType, tuple[int, ...]]],
+    alignment: int = GGUF_DEFAULT_ALIGNMENT,
+) -> Layout:
+    """The one computation of a file's header and tensor offsets: the stream writer and the
+    distributed writer (which writes each tensor's rows at their offset) both use it."""
+    if alignment <= 0 or alignment & (alignment - 1):
+        raise GGUFWriteError(f"alignment must be a power of two, got {alignment}")
+    kvs = list(kvs)
+    tensors = list(tensors)
+    header = bytearray(struct.pack("<IIQQ", GGUF_MAGIC, 3, len(tensors), len(kvs)))
+    for kv in kvs:
+        header += encode_kv(kv)
+    names, sizes, rel_offsets = [], [], []
+    offset = 0
+    seen = set()
+    for name, gtype, ne in tensors:
+        if name in seen:
+            raise GGUFWriteError(f"duplicate tensor name {name!r}")
+        seen.add(name)
+        nbytes = gtype.nbytes(ne)
+        header += _pack_string(name) + struct.pack("<I", len(ne))
+        header += struct.pack(f"<{len(ne)}Q", *ne) + struct.pack("<IQ", gtype.id, offset)
+        names.append(name)
+        sizes.append(nbytes)
+        rel_offsets.append(offset)
+        offset = _pad(offset + nbytes, alignment)
+    header += bytes(_pad(len(header), alignment) - len(header))
+    return Layout(
+        bytes(header), names, sizes, [len(header) + o for o in rel_offsets], len(header) + offset
+    )
+
+
 class GGUFStreamWriter:
     """Write a GGUF file tensor by tensor, in the declared order.
 
@@ -119,30 +166,12 @@ class GGUFStreamWriter:
         tensors: Iterable[tuple[str, GGMLType, tuple[int, ...]]],
         alignment: int = GGUF_DEFAULT_ALIGNMENT,
     ):
-        if alignment <= 0 or alignment & (alignment - 1):
-            raise GGUFWriteError(f"alignment must be a power of two, got {alignment}")
         self.path = Path(path)
         self.alignment = alignment
-        self._plan: list[tuple[str, int]] = []  # (name, nbytes)
-        header = bytearray(struct.pack("<IIQQ", GGUF_MAGIC, 3, 0, 0))
-        kvs = list(kvs)
-        tensors = list(tensors)
-        struct.pack_into("<QQ", header, 8, len(tensors), len(kvs))
-        for kv in kvs:
-            header += encode_kv(kv)
-        offset = 0
-        seen = set()
-        for name, gtype, ne in tensors:
-            if name in seen:
-                raise GGUFWriteError(f"duplicate tensor name {name!r}")
-            seen.add(name)
-            nbytes = gtype.nbytes(ne)
-            header += _pack_string(name) + struct.pack("<I", len(ne))
-            header += struct.pack(f"<{len(ne)}Q", *ne) + struct.pack("<IQ", gtype.id, offset)
-            self._plan.append((name, nbytes))
-            offset = _pad(offset + nbytes, alignment)
-        header += bytes(_pad(len(header), alignment) - len(header))
-        self.total_bytes = len(header) + offset
+        layout = plan_layout(kvs, tensors, alignment)
+        header = layout.header
+        self._plan = list(zip(layout.names, layout.nbytes, strict=True))  # (name, nbytes)
+        self.total_bytes = layout.total_bytes
         check_free_space(self.path, self.total_bytes)
 
         directory = self.path.parent if str(self.path.parent) else Path(".")
