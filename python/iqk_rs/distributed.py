@@ -330,11 +330,17 @@ class RayWriter:
                     stale.unlink(missing_ok=True)
         files = [self._plan_file(reader, s, iq2ks_search) for s in specs if s.path not in kept]
         ray = _ray()
-        own = not ray.is_initialized()
+        own = files and not ray.is_initialized()
         if own:
             self._connect(ray)
         try:
-            self._run(ray, files, iq2ks_search, progress)
+            if files:
+                self._run(ray, files, iq2ks_search, progress)
+        except cv.ConvertError as e:
+            raise cv.ConvertError(
+                f"{e}; the finished units are kept in {files[0].tmp.name} (and the like "
+                "beside each output file): run again with --resume to convert only the others"
+            ) from None
         finally:
             for f in files:
                 if f.log is not None:
