@@ -264,10 +264,14 @@ def test_driver_killed_then_resume(cluster, synthetic, tmp_path: Path) -> None:
     left = sorted(p.name for p in remote.iterdir())
     assert ".q-00001-of-00002.gguf.ray.manifest" in left and "q-00002-of-00002.gguf" not in left
 
+    loud = [a for a in run if a != "-q"]  # progress lines on stderr (a pipe, not a terminal)
     resumed = subprocess.run(
-        [*run, "--resume"], env=DRIVER_ENV, capture_output=True, text=True, timeout=90
+        [*loud, "--resume"], env=DRIVER_ENV, capture_output=True, text=True, timeout=90
     )
     assert resumed.returncode == 0, resumed.stderr
+    assert re.search(r"resumed: \d+ of \d+ units finished earlier", resumed.stderr)
+    progress = r"units \d+/\d+ on 3 nodes, +\d+% of [\d.]+ MiB, [\d.]+ MiB/s, ETA \d+:\d\d:\d\d"
+    assert re.search(progress, resumed.stderr), resumed.stderr
     m = re.search(
         r"cluster : (\d+) of (\d+) units converted, (\d+) finished earlier", resumed.stdout
     )
