@@ -330,7 +330,7 @@ class RayWriter:
                     stale.unlink(missing_ok=True)
         files = [self._plan_file(reader, s, iq2ks_search) for s in specs if s.path not in kept]
         ray = _ray()
-        own = files and not ray.is_initialized()
+        own = bool(files) and not ray.is_initialized()
         if own:
             self._connect(ray)
         try:
@@ -404,7 +404,6 @@ class RayWriter:
 
     def _start_file(self, f: _File, keep_manifest: bool) -> None:
         if not keep_manifest:
-            check_free_space(f.spec.path, f.total_bytes)
             with open(f.tmp, "wb") as fh:
                 fh.truncate(f.total_bytes)  # sparse; the padding between tensors stays zero
             with open(f.manifest, "w") as fh:
@@ -415,7 +414,7 @@ class RayWriter:
             os.fsync(fd)
         finally:
             os.close(fd)
-        f.log = open(f.manifest, "a")  # noqa: SIM115 - closed by __call__
+        f.log = open(f.manifest, "a")  # closed by __call__, or when the file is finished
 
     def _record(self, f: _File, u: Unit, digest: str) -> None:
         entry = {"unit": u.id, "offset": u.dst_offset, "nbytes": u.dst_nbytes, "blake2b": digest}
@@ -449,6 +448,9 @@ class RayWriter:
         t0 = time.perf_counter()
 
         verified = self._verify(ray, files)
+        fresh = [f for f in files if not verified.get(f.tmp)]
+        if fresh:  # all files at once, as the local run, not file by file into the run
+            check_free_space(fresh[0].spec.path, sum(f.total_bytes for f in fresh))
         for f in files:
             self._start_file(f, keep_manifest=bool(verified.get(f.tmp)))
             for uid in verified.get(f.tmp, ()):
