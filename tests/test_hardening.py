@@ -21,7 +21,7 @@ from iqk_rs.gguf import GGUFReader
 from iqk_rs.gguf import convert as cv
 from iqk_rs.gguf.constants import GGUFValueType
 from iqk_rs.gguf.reader import KV
-from iqk_rs.gguf.writer import GGUFStreamWriter
+from iqk_rs.gguf.writer import GGUFStreamWriter, GGUFWriteError
 from typer.testing import CliRunner
 
 TINY = Path(__file__).parent / "data" / "tiny-llama-f16.gguf"
@@ -260,3 +260,65 @@ def test_info_of_many_tensors_is_fast(tmp_path: Path) -> None:
     assert f"{n} tensors" in r.output and "t19999" in r.output
     # rich's Table took about 1.4 ms a row here (28 s); the plain listing about 0.05 s
     assert seconds < 8, f"info of {n} one-byte tensors took {seconds:.1f} s"
+
+
+# -- 6: the output path: special files refused, symlinks followed, mode kept -------------------
+
+
+def special_outputs(tmp_path: Path) -> list[Path]:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    sock = tmp_path / "sock"
+    import socket
+
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(sock))
+    s.close()
+    paths = [fifo, sock]
+    link = tmp_path / "link-to-fifo"
+    link.symlink_to(fifo)
+    paths.append(link)
+    if os.geteuid() == 0:  # a copy of /dev/null (mknod needs root)
+        import stat
+
+        dev = tmp_path / "null"
+        os.mknod(dev, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        paths.append(dev)
+    return paths
+
+
+def test_special_output_files_are_refused(tmp_path: Path) -> None:
+    for out in special_outputs(tmp_path):
+        kind = out.stat().st_mode
+        r = run("quantize", TINY, out, "IQ4_K", *IQK_ONLY, "-q", expect=1)
+        assert "not a regular file; refusing to replace it" in r.output, r.output
+        r = run("dequantize", TINY, out, expect=1)
+        assert "refusing to replace it" in r.output
+        assert out.stat().st_mode == kind  # still the FIFO / socket / device
+    with pytest.raises(GGUFWriteError, match="FIFO, not a regular file"):
+        GGUFStreamWriter(tmp_path / "fifo", [], [])
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_output_symlink_is_followed_and_mode_kept(tmp_path: Path) -> None:
+    real_dir = tmp_path / "models"
+    real_dir.mkdir()
+    target = real_dir / "model.gguf"
+    target.write_bytes(b"old")
+    target.chmod(0o640)
+    link = tmp_path / "latest.gguf"
+    link.symlink_to(target)
+    run("quantize", TINY, link, "IQ4_K", *IQK_ONLY, "-q")
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.stat().st_mode & 0o777 == 0o640
+    with GGUFReader(link) as r:
+        assert r.tensors["blk.0.attn_q.weight"].type.name == "iq4_k"
+    assert sorted(p.name for p in real_dir.iterdir()) == ["model.gguf"]
+    # a dangling link: its target is created, with the usual mode
+    (tmp_path / "new.gguf").symlink_to(real_dir / "new.gguf")
+    run("dequantize", TINY, tmp_path / "new.gguf")
+    assert (real_dir / "new.gguf").is_file() and (tmp_path / "new.gguf").is_symlink()
+    # a link to the input is still the input
+    (tmp_path / "in.gguf").symlink_to(TINY)
+    r = run("quantize", TINY, tmp_path / "in.gguf", "IQ4_K", expect=1)
+    assert "overwrite the input" in r.output

@@ -48,7 +48,13 @@ from .split import (
     shard_keys,
     split_info,
 )
-from .writer import GGUFStreamWriter, check_free_space, encode_kv
+from .writer import (
+    GGUFStreamWriter,
+    GGUFWriteError,
+    check_free_space,
+    encode_kv,
+    resolve_output,
+)
 
 GGML_QNT_VERSION = 2
 # Values per row chunk and worker thread (at least one MiB of values per chunk): enough rows
@@ -215,15 +221,21 @@ class Progress:
 
 
 def check_paths(inp: Path, out: Path) -> None:
-    """Refuse to clobber the input or write where we cannot, before any work is done."""
-    if out.exists():
-        if out.is_dir():
-            raise ConvertError(f"{out}: output path is a directory")
-        if inp.exists() and os.path.samefile(inp, out):
+    """Refuse to clobber the input or write where we cannot, before any work is done.
+
+    ``out`` is checked as the file it names: the target of a symlink (see
+    ``writer.resolve_output``, which also refuses devices, FIFOs and sockets).
+    """
+    try:
+        target = resolve_output(out)
+    except GGUFWriteError as e:
+        raise ConvertError(str(e)) from None
+    if target.exists():
+        if inp.exists() and os.path.samefile(inp, target):
             raise ConvertError(f"{out}: output would overwrite the input file")
-    elif out.resolve() == inp.resolve():
+    elif target == inp.resolve():
         raise ConvertError(f"{out}: output would overwrite the input file")
-    parent = out.parent if str(out.parent) else Path(".")
+    parent = target.parent
     if not parent.is_dir():
         raise ConvertError(f"{out}: output directory {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
