@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -322,3 +323,90 @@ def test_output_symlink_is_followed_and_mode_kept(tmp_path: Path) -> None:
     (tmp_path / "in.gguf").symlink_to(TINY)
     r = run("quantize", TINY, tmp_path / "in.gguf", "IQ4_K", expect=1)
     assert "overwrite the input" in r.output
+
+
+# -- 8: one line naming file, key and expectation; no numpy warnings ---------------------------
+
+
+def test_hparam_that_is_not_a_count(tmp_path: Path) -> None:
+    for vtype, value in [
+        (GGUFValueType.FLOAT32, float("inf")),
+        (GGUFValueType.FLOAT32, 2.5),
+        (GGUFValueType.INT32, -1),
+        (GGUFValueType.STRING, "four"),
+    ]:
+        model = rewrite(tmp_path / "m.gguf", kvs=[KV("llama.block_count", vtype, value)])
+        r = run("quantize", model, tmp_path / "o.gguf", "IQ4_K", "--dry-run", expect=1)
+        lines = r.output.strip().splitlines()
+        assert len(lines) == 1, r.output
+        assert "m.gguf: metadata key llama.block_count: expected a non-negative integer" in lines[0]
+
+
+def imatrix_with(path: Path, key: str, vtype: GGUFValueType, value, sub=None) -> Path:
+    """A one-entry GGUF imatrix for blk.0.attn_q.weight with metadata ``key`` set so."""
+    f32 = cv.type_by_name("f32")
+    kvs = [KV("general.type", GGUFValueType.STRING, "imatrix"), KV(key, vtype, value, sub)]
+    sums = np.ones((1, 256), np.float32)
+    counts = np.ones((1, 1), np.float32)
+    tensors = [
+        ("blk.0.attn_q.weight.in_sum2", f32, (256, 1)),
+        ("blk.0.attn_q.weight.counts", f32, (1, 1)),
+    ]
+    with GGUFStreamWriter(path, kvs, tensors) as w:
+        w.write_tensor(tensors[0][0], sums)
+        w.write_tensor(tensors[1][0], counts)
+        w.commit()
+    return path
+
+
+BAD_IMATRIX_KEYS = [
+    ("imatrix.datasets", GGUFValueType.UINT32, 7, None, "expected an array of strings, got uint32"),
+    ("imatrix.datasets", GGUFValueType.FLOAT32, 1.5, None, "expected an array of strings"),
+    ("imatrix.datasets", GGUFValueType.BOOL, True, None, "expected an array of strings, got bool"),
+    ("imatrix.datasets", GGUFValueType.ARRAY, np.array([1, 2], np.uint32), GGUFValueType.UINT32,
+     "expected an array of strings, got array of uint32"),
+    ("imatrix.chunk_count", GGUFValueType.FLOAT32, float("inf"), None,
+     "expected an integer, got float32"),
+    ("imatrix.chunk_count", GGUFValueType.ARRAY, np.array([3], np.uint32), GGUFValueType.UINT32,
+     "expected an integer, got array of uint32"),
+    ("imatrix.chunk_count", GGUFValueType.ARRAY, np.array([3, 4], np.uint32),
+     GGUFValueType.UINT32, "expected an integer"),
+    ("imatrix.chunk_count", GGUFValueType.STRING, "many", None, "expected an integer, got string"),
+    ("imatrix.chunk_count", GGUFValueType.UINT64, 2**31, None, "expected 0 to 2^31-1"),
+    ("imatrix.chunk_count", GGUFValueType.INT32, -5, None, "expected 0 to 2^31-1"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("key,vtype,value,sub,expected", BAD_IMATRIX_KEYS)
+def test_imatrix_metadata_of_the_wrong_type(tmp_path: Path, key, vtype, value, sub, expected):
+    im = imatrix_with(tmp_path / "im.gguf", key, vtype, value, sub)
+    r = run("quantize", TINY, tmp_path / "o.gguf", "IQ4_K", *IQK_ONLY, "--imatrix", im, expect=1)
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1, r.output
+    assert f"im.gguf: {key}: {expected}" in lines[0], lines[0]
+    assert list(tmp_path.iterdir()) == [im]
+
+
+def test_metadata_that_cannot_be_encoded_names_the_key(tmp_path: Path) -> None:
+    kv = KV("quantize.imatrix.chunks_count", GGUFValueType.INT32, 2**31)
+    with pytest.raises(GGUFWriteError, match="metadata key 'quantize.imatrix.chunks_count'"):
+        GGUFStreamWriter(tmp_path / "o.gguf", [kv], [])
+
+
+def test_no_numpy_warnings_reach_the_user(tmp_path: Path) -> None:
+    # float64 weights beyond float32's range (the CLI reads no f64 weights)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="non-finite value inf in weights at row 0"):
+            iqk_rs.quantize(np.full((1, 256), 1e300), "iq4_k")
+    # an imatrix whose sum / count overflows
+    im = imatrix_with(tmp_path / "im.gguf", "imatrix.chunk_count", GGUFValueType.UINT32, 1)
+    with GGUFReader(im) as r:
+        raw = bytearray(im.read_bytes())
+        counts_at = r.data_offset + r.tensors["blk.0.attn_q.weight.counts"].offset
+    raw[counts_at : counts_at + 4] = np.float32(1e-45).tobytes()  # ones / 1e-45 overflows
+    im.write_bytes(bytes(raw))
+    p = run_iqk_subprocess(["quantize", TINY, tmp_path / "o.gguf", "IQ4_K", "-q", "--imatrix", im])
+    err = p.stderr.decode()
+    assert p.returncode == 1 and len(err.splitlines()) == 1, err
+    assert "non-finite" in err and "Warning" not in err

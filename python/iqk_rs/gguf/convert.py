@@ -520,6 +520,9 @@ def plan_quantize(
     try:
         overrides = parse_kv_overrides(opts.kv_overrides)
         params = params or ModelParams.from_gguf(reader.get, reader.tensors, overrides)
+    except ValueError as e:
+        raise ConvertError(f"{reader.path}: {e}") from None
+    try:
         planner = MixPlanner(target_t.name, params, mix_opts)
     except ValueError as e:
         raise ConvertError(str(e)) from None

@@ -64,11 +64,13 @@ def _pack_value(vtype: GGUFValueType, value: Any, sub_type: GGUFValueType | None
 
 
 def encode_kv(kv: KV) -> bytes:
-    return (
-        _pack_string(kv.key)
-        + struct.pack("<I", int(kv.vtype))
-        + _pack_value(kv.vtype, kv.value, kv.sub_type)
-    )
+    try:
+        value = _pack_value(kv.vtype, kv.value, kv.sub_type)
+    except (struct.error, OverflowError, TypeError, ValueError) as e:
+        raise GGUFWriteError(
+            f"metadata key {kv.key!r}: cannot store {kv.value!r:.60} as {kv.vtype.name}: {e}"
+        ) from None
+    return _pack_string(kv.key) + struct.pack("<I", int(kv.vtype)) + value
 
 
 def _fsync_directory(directory: Path) -> None:
