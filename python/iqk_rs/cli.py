@@ -106,7 +106,10 @@ def _setup() -> None:
 
 
 def _fail(msg: str, code: int = 1) -> typer.Exit:
-    err.print(Text.assemble(("error:", "bold red"), " ", printable(msg)))
+    try:
+        err.print(Text.assemble(("error:", "bold red"), " ", printable(msg)))
+    except OSError:
+        pass  # stderr is gone (SIGHUP: the terminal closed); the exit status still tells
     return typer.Exit(code)
 
 

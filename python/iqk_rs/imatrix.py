@@ -203,7 +203,8 @@ def _load_dat(p: Path) -> Imatrix:
         vals = np.frombuffer(take(4 * nval, f"the {nval} values of {name!r}"), dtype="<f4")
         w = vals.astype(np.float32)
         if ncall > 0:
-            w = w / np.float32(ncall)
+            with np.errstate(all="ignore"):  # NaN/inf values are refused by check_finite
+                w = w / np.float32(ncall)
         weights[name] = w
         ncalls[name] = ncall
     dataset, chunks = None, 0
