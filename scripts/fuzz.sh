@@ -9,14 +9,20 @@
 #   FUZZ_TARGETS="gguf imatrix quantize"   which targets to run
 #
 # Exits non-zero, naming the saved input, on the first traceback, panic or NaN output.
-# Needs atheris (pip install ".[fuzz]").
+# Installs the `fuzz` extra's requirements (atheris) when the installed package lacks them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+python=${PYTHON:-python}
+missing=$("$python" scripts/missing_test_deps.py fuzz)
+if [ -n "$missing" ] && [ "$missing" != "iqk-rs" ]; then
+    echo "== installing the fuzz extra's missing requirements: $missing"
+    # shellcheck disable=SC2086  # one argument per requirement
+    "$python" -m pip install --quiet $missing
+fi
 total=${1:-90}
 targets=${FUZZ_TARGETS:-gguf imatrix quantize}
 n_targets=$(wc -w <<<"$targets")
 per=$(( total / n_targets > 1 ? total / n_targets : 1 ))
-python=${PYTHON:-python}
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
