@@ -410,3 +410,16 @@ def test_no_numpy_warnings_reach_the_user(tmp_path: Path) -> None:
     err = p.stderr.decode()
     assert p.returncode == 1 and len(err.splitlines()) == 1, err
     assert "non-finite" in err and "Warning" not in err
+
+
+def test_imatrix_text_is_escaped(tmp_path: Path) -> None:
+    from iqk_rs.gguf.reader import StringArray
+
+    names = StringArray.of(["calib\x1b]0;pwned\x07[b]x[/b].txt"])
+    im = imatrix_with(
+        tmp_path / "im.gguf", "imatrix.datasets", GGUFValueType.ARRAY, names, GGUFValueType.STRING
+    )
+    r = run("quantize", TINY, tmp_path / "o.gguf", "IQ4_K", *IQK_ONLY, "--imatrix", im, "-v",
+            "--dry-run")  # fmt: skip
+    assert_escaped(r.output)
+    assert "of calib\\x1b]0;pwned\\x07[b]x[/b].txt" in r.output
