@@ -10,6 +10,7 @@ the file and what is wrong instead of a crash or a huge allocation.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import struct
@@ -137,7 +138,7 @@ class TensorInfo:
 
     @property
     def n_elements(self) -> int:
-        return int(np.prod(self.ne, dtype=np.int64))
+        return math.prod(self.ne)  # plain ints: info sums this over 10^5 tensors
 
     @property
     def nrows(self) -> int:
