@@ -78,7 +78,11 @@ def _options(
     ] = False,
 ) -> None:
     # Options that come before the command; --version acts in its callback.
-    pass
+    # A terminal or pipe that cannot encode some character (LANG=C, PYTHONIOENCODING=ascii)
+    # gets a backslash escape for it instead of a UnicodeEncodeError.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
 
 
 # The target types of `iqk quantize`: those ik's mixes are defined for (mix.TARGETS).
@@ -94,15 +98,6 @@ class FloatType(str, Enum):
 class Search(str, Enum):
     fast = "fast"
     exhaustive = "exhaustive"
-
-
-@app.callback()
-def _setup() -> None:
-    # A terminal or pipe that cannot encode some character (LANG=C, PYTHONIOENCODING=ascii)
-    # gets a backslash escape for it instead of a UnicodeEncodeError.
-    for stream in (sys.stdout, sys.stderr):
-        if isinstance(stream, io.TextIOWrapper):
-            stream.reconfigure(errors="backslashreplace")
 
 
 def _fail(msg: str, code: int = 1) -> typer.Exit:
