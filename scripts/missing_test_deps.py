@@ -1,17 +1,19 @@
 """Print what the test suite lacks in the active environment, for scripts/test.sh.
 
 `iqk-rs` when the package itself is not installed; otherwise the requirements of its `test`
-extra (read from the installed metadata, so pyproject.toml stays their one source) that are
-not installed, space-separated; nothing when all is there.
+extra (or the extra named as the argument: scripts/fuzz.sh asks for `fuzz`), read from the
+installed metadata so pyproject.toml stays their one source, that are not installed,
+space-separated; nothing when all is there.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from importlib import metadata
 
 
-def missing() -> list[str]:
+def missing(extra: str = "test") -> list[str]:
     try:
         requires = metadata.requires("iqk-rs") or []
     except metadata.PackageNotFoundError:
@@ -19,7 +21,7 @@ def missing() -> list[str]:
     out = []
     for req in requires:
         spec, _, marker = req.partition(";")
-        if not re.search(r"""extra\s*==\s*["']test["']""", marker):
+        if not re.search(rf"""extra\s*==\s*["']{re.escape(extra)}["']""", marker):
             continue
         name = re.match(r"[A-Za-z0-9._-]+", spec.strip()).group(0)
         try:
@@ -30,4 +32,4 @@ def missing() -> list[str]:
 
 
 if __name__ == "__main__":
-    print(" ".join(missing()))
+    print(" ".join(missing(*sys.argv[1:2])))

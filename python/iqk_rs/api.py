@@ -18,8 +18,10 @@ def _floats(a: npt.ArrayLike, what: str, ndims: tuple[int, ...]) -> np.ndarray:
     if arr.ndim not in ndims:
         want = " or ".join(f"{n}-D" for n in ndims)
         raise ValueError(f"{what} must be {want}, got shape {arr.shape}")
-    # No copy when the input already is contiguous, aligned float32.
-    return np.require(arr, np.float32, ["C_CONTIGUOUS", "ALIGNED"])
+    # No copy when the input already is contiguous, aligned float32. A float64 beyond float32's
+    # range becomes inf, which the core rejects with its row and column: no RuntimeWarning first.
+    with np.errstate(over="ignore"):
+        return np.require(arr, np.float32, ["C_CONTIGUOUS", "ALIGNED"])
 
 
 def _bytes(a: npt.ArrayLike, what: str) -> np.ndarray:

@@ -1,25 +1,32 @@
 """The ``iqk`` command line: quantize, dequantize, inspect and compare GGUF models.
 
 Each command parses its options, calls ``iqk_rs.gguf.convert`` and renders the
-result with rich. Errors become one line on stderr and exit status 1; Ctrl-C
-exits with 130 and, like any error, leaves no partial output file. The console
-script is ``iqk_rs._entry:main``, which also covers Ctrl-C while this module loads.
+result with rich. Errors become one line on stderr and exit status 1; Ctrl-C,
+SIGTERM and SIGHUP exit with 128 + the signal number and, like any error, leave no
+partial output file. Text from the files (names, keys, values) is shown through
+``display.printable`` and never as rich markup. The console script is
+``iqk_rs._entry:main``, which also covers Ctrl-C while this module loads.
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import os
 import re
+import signal
+import sys
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -30,8 +37,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from ._core import __version__
+from .display import printable
 from .gguf import GGUFError, GGUFWriteError
 from .gguf import convert as cv
 from .gguf import split as gsplit
@@ -69,7 +78,11 @@ def _options(
     ] = False,
 ) -> None:
     # Options that come before the command; --version acts in its callback.
-    pass
+    # A terminal or pipe that cannot encode some character (LANG=C, PYTHONIOENCODING=ascii)
+    # gets a backslash escape for it instead of a UnicodeEncodeError.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
 
 
 # The target types of `iqk quantize`: those ik's mixes are defined for (mix.TARGETS).
@@ -88,16 +101,50 @@ class Search(str, Enum):
 
 
 def _fail(msg: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {escape(msg)}")
+    try:
+        err.print(Text.assemble(("error:", "bold red"), " ", printable(msg)))
+    except OSError:
+        pass  # stderr is gone (SIGHUP: the terminal closed); the exit status still tells
     return typer.Exit(code)
 
 
-def _run(fn, *args, **kwargs):
-    """Call into the library, turning its errors into clean CLI exits."""
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived; unwinds like Ctrl-C so the partial output is removed."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, _frame) -> None:
+    raise _Terminated(signum)
+
+
+@contextmanager
+def _termination_unwinds():
+    """While inside, SIGTERM and SIGHUP raise ``_Terminated`` (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _raise_terminated) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        return fn(*args, **kwargs)
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _run(fn, *args, **kwargs):
+    """Call into the library, turning its errors and signals into clean CLI exits."""
+    try:
+        # numpy's floating-point RuntimeWarnings are noise on the way to a clean error
+        with _termination_unwinds(), np.errstate(all="ignore"):
+            return fn(*args, **kwargs)
     except KeyboardInterrupt:
-        raise _fail("interrupted; no output was written", 130) from None
+        raise _fail("interrupted; no output was written", 128 + signal.SIGINT) from None
+    except _Terminated as e:
+        name = signal.Signals(e.signum).name
+        raise _fail(f"terminated by {name}; no output was written", 128 + e.signum) from None
     except _ERRORS as e:
         raise _fail(str(e)) from None
 
@@ -138,7 +185,7 @@ class _RichProgress(cv.Progress):
     def start(self, plans):
         self._n = len(plans)
         self.progress = Progress(
-            TextColumn("{task.description:<36.36}"),
+            TextColumn("{task.description:<36.36}", markup=False),
             BarColumn(),
             DownloadColumn(binary_units=True),
             MofNCompleteColumn(),
@@ -152,7 +199,7 @@ class _RichProgress(cv.Progress):
         self.progress.start()
 
     def tensor_start(self, plan):
-        self.progress.update(self.task, description=plan.name)
+        self.progress.update(self.task, description=printable(plan.name))
 
     def units(self, done, total, nodes):
         self.progress.update(self.task, description=f"units {done}/{total} on {nodes} nodes")
@@ -206,7 +253,8 @@ class _PlainProgress(cv.Progress):
         now = time.monotonic()
         if now - self._last >= PLAIN_PROGRESS_INTERVAL:
             w = len(str(self._n))
-            self._print(f"[{self._i + 1:>{w}}/{self._n}] {self._current} (in progress)", now)
+            name = printable(self._current)
+            self._print(f"[{self._i + 1:>{w}}/{self._n}] {name} (in progress)", now)
 
     def tensor_done(self, plan, seconds):
         self._i += 1
@@ -243,22 +291,26 @@ def _progress(verbose: bool, quiet: bool) -> _RichProgress | _PlainProgress:
 def _plan_notes(report: cv.Report, verbose: bool, quiet: bool) -> None:
     """What the plan means for the output, said before the work starts."""
     for w in report.warnings:
-        err.print(f"warning: {w}", markup=False)
+        err.print(printable(f"warning: {w}"), markup=False)
     n_quant = report.count("quantize")
     imx = report.imatrix
     if imx is not None and n_quant:
         missing = report.without_imatrix
         if not report.n_with_imatrix:
             err.print(
-                f"warning: no entry of {imx.path} matches a tensor to quantize; quantizing "
-                "without importance weights (and not recording the imatrix in the output)",
+                printable(f"warning: no entry of {imx.path} matches a tensor to quantize; ")
+                + "quantizing without importance weights (and not recording the imatrix in the "
+                "output)",
                 markup=False,
             )
         elif missing:
             if verbose:
                 for name in missing:
-                    err.print(f"no importance weights for {name} (no imatrix entry)", markup=False)
-            shown = ", ".join(missing[:3]) + (
+                    err.print(
+                        printable(f"no importance weights for {name} (no imatrix entry)"),
+                        markup=False,
+                    )
+            shown = ", ".join(printable(m) for m in missing[:3]) + (
                 f" and {len(missing) - 3} more" if len(missing) > 3 else ""
             )
             err.print(
@@ -294,7 +346,7 @@ def _plan_line(p: cv.TensorPlan, i: int, n: int, seconds: float | None = None) -
         else (f"{p.info.type.name:>6} ({p.action})".ljust(17))
     )
     line = (
-        f"[{i:>{w}}/{n}] {p.name:<36} {_shape(p.info.ne):<18} {arrow} "
+        f"[{i:>{w}}/{n}] {printable(p.name):<36} {_shape(p.info.ne):<18} {arrow} "
         f"{_mb(p.info.nbytes):>11} -> {_mb(p.out_nbytes):>11}"
     )
     if seconds is not None:
@@ -398,7 +450,7 @@ def _files_summary(report: cv.Report) -> None:
     for f in report.files:
         state = "kept, already there" if f.skipped else "written"
         out.print(
-            f"  file    : {f.path}  {f.n_tensors} tensors, {_mb(f.nbytes)} ({state})",
+            printable(f"  file    : {f.path}  {f.n_tensors} tensors, {_mb(f.nbytes)} ({state})"),
             markup=False,
         )
 
@@ -408,7 +460,10 @@ def _shards_preview(report: cv.Report, output: Path, split: cv.SplitOptions) -> 
     for shard in cv.plan_files(report.plans, report.input_parts, output, split):
         data = sum(sizes[n] for n in shard.names)
         out.print(
-            f"  would write {shard.path}: {len(shard.names)} tensors, {_mb(data)} of tensor data",
+            printable(
+                f"  would write {shard.path}: {len(shard.names)} tensors, {_mb(data)} of tensor "
+                "data"
+            ),
             markup=False,
         )
 
@@ -601,15 +656,17 @@ def quantize(
     )
     _run(cv.check_recipe, opts)  # a bad recipe fails before the imatrix is even read
     for msg in recipe_warnings(target.value, opts):
-        err.print(f"warning: {msg}")
+        err.print(printable(f"warning: {msg}"), markup=False)
     imx = None
     if imatrix is not None:
         imx = _run(load_imatrix, imatrix)
         if not quiet:
             err.print(
-                f"imatrix: loaded {len(imx)} entries from {imatrix}"
-                + (f", computed on {imx.chunks} chunks" if imx.chunks else "")
-                + (f" of {imx.dataset}" if imx.dataset else ""),
+                printable(
+                    f"imatrix: loaded {len(imx)} entries from {imatrix}"
+                    + (f", computed on {imx.chunks} chunks" if imx.chunks else "")
+                    + (f" of {imx.dataset}" if imx.dataset else "")
+                ),
                 markup=False,
             )
         n_loaded = len(imx)
@@ -619,7 +676,7 @@ def quantize(
             e = None if allow_missing_imatrix else cv.imatrix_unused_error(target.value, why)
             if e is not None:
                 raise _fail(str(e))
-            err.print(f"warning: {why}; quantizing without", markup=False)
+            err.print(printable(f"warning: {why}; quantizing without"), markup=False)
             imx = None
         elif len(imx) != n_loaded and not quiet:
             err.print(f"imatrix: {len(imx)} of {n_loaded} entries selected", markup=False)
@@ -738,7 +795,7 @@ def _larger(report: cv.Report) -> str:
 
 def _summary(report: cv.Report, title: str, note_larger: bool = False) -> None:
     n_thr = report.threads or os.cpu_count()
-    out.print(title)
+    out.print(printable(title), markup=False)
     out.print(
         f"  tensors : {len(report.plans)} ({report.count('quantize')} converted, "
         f"{report.count('copy')} copied, {report.count('keep')} kept"
@@ -810,8 +867,29 @@ def _kv_text(kv) -> str:
         return f"[{sub} x {n}]"
     if kv.vtype.name == "FLOAT32":
         return f"{v:.7g}"
-    s = repr(v) if isinstance(v, str) else str(v)
+    s = repr(v[:100]) if isinstance(v, str) else str(v)
     return s if len(s) <= 80 else s[:77] + "..."
+
+
+def _columns(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]], right: str) -> None:
+    """A plain aligned listing: one line per row, linear in time and memory.
+
+    rich's Table measures and renders every cell as a renderable (about a millisecond per
+    row), which made ``info`` on a file of 10^5 tensors take minutes; file text is escaped
+    by the caller. ``right`` flags the right-aligned columns ("l"/"r" per column).
+    """
+    cap = 60  # a very long name pushes its own line out instead of every line's columns
+    widths = [min(cap, max([len(h)] + [len(r[i]) for r in rows])) for i, h in enumerate(header)]
+
+    def line(cells: tuple[str, ...]) -> str:
+        parts = [
+            c.rjust(w) if a == "r" else c.ljust(w)
+            for c, w, a in zip(cells, widths, right, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    text = [title, line(header)] + [line(r) for r in rows]
+    out.file.write("\n".join(text) + "\n")
 
 
 @app.command()
@@ -827,36 +905,38 @@ def info(
         ftype = r.get("general.file_type")
         parts = f"{len(r.parts)} parts, " if isinstance(r, gsplit.SplitModel) else ""
         out.print(
-            f"{file}: GGUF v{r.version}, {parts}{len(r.kv)} metadata keys, "
-            f"{len(r.tensors)} tensors, alignment {r.alignment}, {_mb(r.file_size)}"
-            + (f", file type {ftype_name(ftype)}" if isinstance(ftype, int) else "")
+            printable(
+                f"{file}: GGUF v{r.version}, {parts}{len(r.kv)} metadata keys, "
+                f"{len(r.tensors)} tensors, alignment {r.alignment}, {_mb(r.file_size)}"
+                + (f", file type {ftype_name(ftype)}" if isinstance(ftype, int) else "")
+            ),
+            markup=False,
         )
         if isinstance(r, gsplit.SplitModel):
             for part in r.parts:
-                out.print(f"  part {part.path}: {len(part.tensors)} tensors", markup=False)
+                out.print(
+                    printable(f"  part {part.path}: {len(part.tensors)} tensors"), markup=False
+                )
         if metadata:
-            t = Table(title="metadata", title_justify="left")
-            t.add_column("key")
-            t.add_column("type")
-            t.add_column("value", overflow="fold")
-            for kv in r.kv.values():
-                t.add_row(escape(kv.key), kv.vtype.name.lower(), escape(_kv_text(kv)))
-            out.print(t)
+            rows = [
+                (printable(kv.key), kv.vtype.name.lower(), printable(_kv_text(kv)))
+                for kv in r.kv.values()
+            ]
+            _columns("metadata", ("key", "type", "value"), rows, "lll")
         plans = [cv.TensorPlan(ti, ti.type, "keep") for ti in r.tensors.values()]
         if tensors:
-            t = Table(title="tensors", title_justify="left")
-            for c in ("#", "name", "shape", "type", "size", "bpw"):
-                t.add_column(c, justify="right" if c in ("#", "size", "bpw") else "left")
-            for i, ti in enumerate(r.tensors.values()):
-                t.add_row(
+            rows = [
+                (
                     str(i),
-                    escape(ti.name),
+                    printable(ti.name),
                     _shape(ti.ne),
                     ti.type.name,
                     _mb(ti.nbytes),
                     f"{8 * ti.nbytes / ti.n_elements:.3f}",
                 )
-            out.print(t)
+                for i, ti in enumerate(r.tensors.values())
+            ]
+            _columns("tensors", ("#", "name", "shape", "type", "size", "bpw"), rows, "rllrrr")
         out.print(_type_summary(plans, "by type"))
         total = sum(ti.nbytes for ti in r.tensors.values())
         n = sum(ti.n_elements for ti in r.tensors.values())
@@ -895,9 +975,15 @@ def compare(
     if all_tensors:
         t = Table(title=f"{b} vs {a}", title_justify="left")
         for c in ("name", "A", "B", "rel. RMSE", "cosine"):
-            t.add_column(c, justify="right" if c in ("rel. RMSE", "cosine") else "left")
+            t.add_column(
+                c,
+                justify="right" if c in ("rel. RMSE", "cosine") else "left",
+                overflow="fold",  # whole names, never cut short
+            )
         for d in diffs:
-            t.add_row(d.name, d.type_a, d.type_b, f"{d.rel_rmse:.5f}", f"{d.cosine:.6f}")
+            t.add_row(
+                Text(printable(d.name)), d.type_a, d.type_b, f"{d.rel_rmse:.5f}", f"{d.cosine:.6f}"
+            )
         out.print(t)
     kinds: dict[str, list[cv.TensorDiff]] = {}
     for d in diffs:
@@ -910,7 +996,7 @@ def compare(
         n = sum(d.n_elements for d in ds)
         rms = (sum(d.rel_rmse**2 * d.n_elements for d in ds) / n) ** 0.5
         t.add_row(
-            kind,
+            Text(printable(kind)),
             str(len(ds)),
             ",".join(sorted({d.type_b for d in ds})),
             f"{rms:.5f}",
@@ -918,15 +1004,29 @@ def compare(
             f"{min(d.cosine for d in ds):.6f}",
         )
     out.print(t)
-    worst = max(diffs, key=lambda d: d.rel_rmse)
+    # NaN/Inf first (their rel. RMSE is inf), then by error; ties keep the file order
+    worst = max(diffs, key=lambda d: (not d.finite, d.nonfinite_b + d.nonfinite_a, d.rel_rmse))
+    how = (
+        f"rel. RMSE {worst.rel_rmse:.5f}"
+        if worst.finite
+        else f"{worst.nonfinite_a} NaN/Inf value(s) in A, {worst.nonfinite_b} in B"
+    )
     out.print(
-        f"{len(diffs)} tensors compared; worst: {worst.name} (rel. RMSE {worst.rel_rmse:.5f})"
+        printable(f"{len(diffs)} tensors compared; worst: {worst.name} ({how})"), markup=False
     )
     if unpaired:
-        out.print(f"not compared (missing or different shape): {', '.join(unpaired)}")
+        names = ", ".join(printable(n) for n in unpaired)
+        out.print(f"not compared (missing or different shape): {names}", markup=False)
     if plot is not None:
         _run(_plot, diffs, plot, f"{b.name} vs {a.name}")
-        out.print(f"plot written to {plot}")
+        out.print(printable(f"plot written to {plot}"), markup=False)
+    broken = [d for d in diffs if not d.finite]
+    if broken:
+        which = ", ".join(
+            f"{d.name!r} ({d.nonfinite_a} in A, {d.nonfinite_b} in B)" for d in broken[:5]
+        )
+        more = f" and {len(broken) - 5} more" if len(broken) > 5 else ""
+        raise _fail(f"{len(broken)} tensor(s) hold NaN/Inf values: {which}{more}")
 
 
 def _check_plot_path(plot: Path, a: Path, b: Path) -> None:
@@ -1004,6 +1104,8 @@ def _plot_figure(diffs: list[cv.TensorDiff], title: str):
     single: list[tuple[str, cv.TensorDiff]] = []
     for d in diffs:
         m = _LAYER.match(d.name)
+        if not d.finite:
+            continue  # NaN/Inf: reported as an error, nothing to draw
         if m:
             per_layer.setdefault(m.group(2), []).append(d)
         else:

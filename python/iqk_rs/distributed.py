@@ -27,7 +27,7 @@ import os
 import re
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,13 @@ from .gguf import convert as cv
 from .gguf.ggml_types import type_by_id
 from .gguf.reader import GGUFReader, TensorInfo
 from .gguf.split import SplitModel
-from .gguf.writer import _fsync_directory, check_free_space, plan_layout
+from .gguf.writer import (
+    _fsync_directory,
+    check_free_space,
+    plan_layout,
+    resolve_output,
+    take_over_attributes,
+)
 
 DEFAULT_UNIT_BYTES = 256 * 10**6
 MANIFEST_VERSION = 1
@@ -190,12 +196,22 @@ def _fingerprint(header: bytes, units: list[Unit], iq2ks_search: str) -> str:
     return h.hexdigest()
 
 
+def _row_chunks(rows: np.ndarray, row_values: int, chunk_values: int) -> Iterator[np.ndarray]:
+    """A unit's rows in chunks of about ``chunk_values`` values, as the local writer takes them."""
+    step = max(1, chunk_values // max(row_values, 1))
+    for i in range(0, rows.shape[0], step):
+        yield rows[i : i + step]
+
+
 def temp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.ray.partial")
+    """Beside the file the output replaces (a symlink's target), as the local writer's."""
+    target = resolve_output(path)
+    return target.with_name(f".{target.name}.ray.partial")
 
 
 def manifest_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.ray.manifest")
+    target = resolve_output(path)
+    return target.with_name(f".{target.name}.ray.manifest")
 
 
 # -- work (Ray tasks) -------------------------------------------------------------------
@@ -229,12 +245,16 @@ def run_unit(
     try:
         offset = unit.dst_offset
         if unit.action != "quantize":
-            chunks = cv._row_chunks(rows, max(1, in_row), cv._chunk_values(threads))
+            chunks = _row_chunks(rows, max(1, in_row), cv._chunk_values(threads))
         else:
-            chunks = cv._row_chunks(rows, t.ne[0], cv._chunk_values(threads))
+            chunks = _row_chunks(rows, t.ne[0], cv._chunk_values(threads))
+        per_matrix = t.ne[1] if len(t.ne) > 1 else 1
+        row = unit.row0
         for chunk in chunks:
             if unit.action == "quantize":
-                q = cv.quantize_rows(t, out_type, chunk, unit.imatrix, threads, iq2ks_search)
+                at = (row // per_matrix, row % per_matrix)
+                q = cv.quantize_rows(t, out_type, chunk, unit.imatrix, threads, iq2ks_search, at)
+                row += len(chunk)
             else:
                 q = chunk
             data = memoryview(np.ascontiguousarray(q)).cast("B")
@@ -429,11 +449,10 @@ class RayWriter:
             os.fsync(fd)
         finally:
             os.close(fd)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(f.tmp, 0o666 & ~umask)
-        os.replace(f.tmp, f.spec.path)
-        _fsync_directory(f.spec.path.parent)
+        target = resolve_output(f.spec.path)
+        take_over_attributes(f.tmp, target)
+        os.replace(f.tmp, target)
+        _fsync_directory(target.parent)
         f.manifest.unlink(missing_ok=True)
 
     # -- the run ---------------------------------------------------------------------------

@@ -203,7 +203,8 @@ def _load_dat(p: Path) -> Imatrix:
         vals = np.frombuffer(take(4 * nval, f"the {nval} values of {name!r}"), dtype="<f4")
         w = vals.astype(np.float32)
         if ncall > 0:
-            w = w / np.float32(ncall)
+            with np.errstate(all="ignore"):  # NaN/inf values are refused by check_finite
+                w = w / np.float32(ncall)
         weights[name] = w
         ncalls[name] = ncall
     dataset, chunks = None, 0
@@ -243,11 +244,45 @@ def _load_gguf(p: Path) -> Imatrix:
                 raise ImatrixError(
                     f"{p}: {base!r}: {c.size} counts for {s.shape[0]} expert(s) of sums"
                 )
-            with np.errstate(divide="ignore", invalid="ignore"):
+            with np.errstate(all="ignore"):  # inf/NaN weights are refused by check_finite
                 w = s / c[:, None].astype(np.float32)
             w[c == 0, :] = 1.0  # an expert that saw no tokens: neutral weight
             weights[base] = np.ascontiguousarray(w, dtype=np.float32).reshape(-1)
-        datasets = r.get("imatrix.datasets")
-        dataset = str(datasets[0]) if datasets is not None and len(datasets) else None
-        chunks = int(r.get("imatrix.chunk_count", 0) or 0)
+        dataset = _dataset_name(p, r.kv.get("imatrix.datasets"))
+        chunks = _chunk_count(p, r.kv.get("imatrix.chunk_count"))
     return Imatrix(p, "gguf", weights, {}, dataset, chunks)
+
+
+def _kv_type(kv: KV) -> str:
+    sub = f" of {kv.sub_type.name.lower()}" if kv.sub_type is not None else ""
+    return kv.vtype.name.lower() + sub
+
+
+def _dataset_name(p: Path, kv: KV | None) -> str | None:
+    """The first name in ``imatrix.datasets`` (mainline writes an array of strings)."""
+    if kv is None:
+        return None
+    if kv.vtype == GGUFValueType.STRING:
+        return kv.value
+    if kv.vtype == GGUFValueType.ARRAY and kv.sub_type == GGUFValueType.STRING:
+        return kv.value[0] if len(kv.value) else None
+    raise ImatrixError(f"{p}: imatrix.datasets: expected an array of strings, got {_kv_type(kv)}")
+
+
+_INTEGER_TYPES = {
+    GGUFValueType.UINT8, GGUFValueType.INT8, GGUFValueType.UINT16, GGUFValueType.INT16,
+    GGUFValueType.UINT32, GGUFValueType.INT32, GGUFValueType.UINT64, GGUFValueType.INT64,
+}  # fmt: skip
+
+
+def _chunk_count(p: Path, kv: KV | None) -> int:
+    """``imatrix.chunk_count``; it goes into the output as an int32, as ik writes it."""
+    if kv is None:
+        return 0
+    if kv.vtype not in _INTEGER_TYPES:
+        raise ImatrixError(f"{p}: imatrix.chunk_count: expected an integer, got {_kv_type(kv)}")
+    if not 0 <= kv.value < 2**31:
+        raise ImatrixError(
+            f"{p}: imatrix.chunk_count: expected 0 to 2^31-1 (an int32), got {kv.value}"
+        )
+    return int(kv.value)

@@ -24,6 +24,8 @@ tensors take the attn_q branch (--attn-q-type) and --attn-qkv-type never applies
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -112,6 +114,7 @@ class ModelParams:
         )
 
         def first(key: str, default: int = 0) -> int:
+            """The value, or the first of a per-layer array, as a count; a bad one is an error."""
             v = get(f"{arch}.{key}")
             ov = overridden(f"{arch}.{key}", "INT32")
             # get_key takes any int override; get_key_or_arr (head counts) only over a
@@ -122,10 +125,18 @@ class ModelParams:
                 return int(ov)
             if v is None:
                 return default
-            try:
-                return int(v[0]) if hasattr(v, "__len__") else int(v)
-            except (TypeError, ValueError, IndexError):
-                return default
+            x = v[0] if hasattr(v, "__len__") and not isinstance(v, str) and len(v) else v
+            if (
+                isinstance(x, numbers.Real)
+                and not isinstance(x, bool)
+                and math.isfinite(x)
+                and x == int(x)
+                and 0 <= x < 2**31
+            ):
+                return int(x)
+            raise MixError(
+                f"metadata key {arch}.{key}: expected a non-negative integer, got {v!r:.60}"
+            )
 
         n_head = first("attention.head_count")
         return cls(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -47,7 +48,13 @@ from .split import (
     shard_keys,
     split_info,
 )
-from .writer import GGUFStreamWriter, check_free_space, encode_kv
+from .writer import (
+    GGUFStreamWriter,
+    GGUFWriteError,
+    check_free_space,
+    encode_kv,
+    resolve_output,
+)
 
 GGML_QNT_VERSION = 2
 # Values per row chunk and worker thread (at least one MiB of values per chunk): enough rows
@@ -217,15 +224,21 @@ class Progress:
 
 
 def check_paths(inp: Path, out: Path) -> None:
-    """Refuse to clobber the input or write where we cannot, before any work is done."""
-    if out.exists():
-        if out.is_dir():
-            raise ConvertError(f"{out}: output path is a directory")
-        if inp.exists() and os.path.samefile(inp, out):
+    """Refuse to clobber the input or write where we cannot, before any work is done.
+
+    ``out`` is checked as the file it names: the target of a symlink (see
+    ``writer.resolve_output``, which also refuses devices, FIFOs and sockets).
+    """
+    try:
+        target = resolve_output(out)
+    except GGUFWriteError as e:
+        raise ConvertError(str(e)) from None
+    if target.exists():
+        if inp.exists() and os.path.samefile(inp, target):
             raise ConvertError(f"{out}: output would overwrite the input file")
-    elif out.resolve() == inp.resolve():
+    elif target == inp.resolve():
         raise ConvertError(f"{out}: output would overwrite the input file")
-    parent = out.parent if str(out.parent) else Path(".")
+    parent = target.parent
     if not parent.is_dir():
         raise ConvertError(f"{out}: output directory {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -269,12 +282,29 @@ def check_recipe(opts: QuantizeOptions) -> MixOptions:
         raise ConvertError(str(e)) from None
 
 
-def _matrices(reader: GGUFReader, t: TensorInfo) -> Iterator[tuple[int, np.ndarray]]:
-    """(expert index, raw rows) for each 2-D matrix of a tensor (one for dense tensors)."""
-    rows = reader.raw(t.name)
+def _chunks(
+    reader: GGUFReader, t: TensorInfo, row_values: int, chunk_values: int = 0
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(expert index, first row within the expert's matrix, raw rows) over a whole tensor.
+
+    Each 2-D matrix (one for a dense tensor, one per expert of a 3-D one) comes in chunks of
+    about ``chunk_values`` values (rows of ``row_values``), read by ``reader.read_rows`` so that
+    an input truncated during the run is an error rather than SIGBUS.
+    """
     per = t.ne[1] if len(t.ne) > 1 else 1
+    step = max(1, (chunk_values or MIN_CHUNK_VALUES) // max(row_values, 1))
     for e in range(t.nrows // per):
-        yield e, rows[e * per : (e + 1) * per]
+        for r in range(0, per, step):
+            yield e, r, reader.read_rows(t.name, e * per + r, e * per + min(r + step, per))
+
+
+_ROW = re.compile(r"\brow (\d+)")
+
+
+def _tensor_row_message(message: str, t: TensorInfo, expert: int, first_row: int) -> str:
+    """A core error about row k of a chunk, told as the tensor's own row (and expert)."""
+    where = f"expert {expert}, " if len(t.ne) > 2 else ""
+    return _ROW.sub(lambda m: f"{where}row {first_row + int(m.group(1))}", message, count=1)
 
 
 def _chunk_values(threads: int | None) -> int:
@@ -285,14 +315,6 @@ def _chunk_values(threads: int | None) -> int:
     else:
         workers = os.cpu_count() or 1
     return max(MIN_CHUNK_VALUES, workers * CHUNK_VALUES_PER_THREAD)
-
-
-def _row_chunks(
-    rows: np.ndarray, ne0: int, chunk_values: int = MIN_CHUNK_VALUES
-) -> Iterator[np.ndarray]:
-    step = max(1, chunk_values // max(ne0, 1))
-    for i in range(0, rows.shape[0], step):
-        yield rows[i : i + step]
 
 
 def _set_kv(kvs: dict[str, KV], kv: KV) -> None:
@@ -319,15 +341,20 @@ def quantize_rows(
     imatrix: np.ndarray | None,
     threads: int | None,
     iq2ks_search: str,
+    at: tuple[int, int],
 ) -> np.ndarray:
     """Rows of tensor ``t`` (raw, one matrix's) in ``out_type``: the one place of the
-    conversion, for the local writer and the distributed one alike."""
+    conversion, for the local writer and the distributed one alike. ``at`` is (expert, row
+    of the matrix) of the first row, so that errors name the tensor's own row."""
     try:
         return encode_rows(
             rows, t.type, t.ne[0], out_type, imatrix, iq2ks_search=iq2ks_search, threads=threads
         )
     except (ValueError, NotImplementedError) as err:
-        raise ConvertError(f"tensor {t.name!r} ({t.type.name} -> {out_type.name}): {err}") from err
+        raise ConvertError(
+            f"tensor {t.name!r} ({t.type.name} -> {out_type.name}): "
+            + _tensor_row_message(str(err), t, *at)
+        ) from err
 
 
 def _write_file(
@@ -349,18 +376,17 @@ def _write_file(
             progress.tensor_start(p)
             t = p.info
             if p.action != "quantize":
-                for chunk in _row_chunks(reader.raw(t.name), t.ne[0] * 4, chunk_values):
+                for _, _, chunk in _chunks(reader, t, t.ne[0] * 4, chunk_values):
                     w.write_chunk(p.name, chunk)
                     progress.advance(chunk.nbytes)
             else:
-                for e, rows in _matrices(reader, t):
+                for e, r, chunk in _chunks(reader, t, t.ne[0], chunk_values):
                     imat = None
                     if p.imatrix is not None:
                         imat = np.ascontiguousarray(p.imatrix[e * t.ne[0] : (e + 1) * t.ne[0]])
-                    for chunk in _row_chunks(rows, t.ne[0], chunk_values):
-                        q = quantize_rows(t, p.out_type, chunk, imat, threads, iq2ks_search)
-                        w.write_chunk(p.name, q)
-                        progress.advance(chunk.nbytes)
+                    q = quantize_rows(t, p.out_type, chunk, imat, threads, iq2ks_search, (e, r))
+                    w.write_chunk(p.name, q)
+                    progress.advance(chunk.nbytes)
             reader.release(t.name)
             progress.tensor_done(p, time.perf_counter() - t0)
         w.commit()
@@ -533,6 +559,9 @@ def plan_quantize(
     try:
         overrides = parse_kv_overrides(opts.kv_overrides)
         params = params or ModelParams.from_gguf(reader.get, reader.tensors, overrides)
+    except ValueError as e:
+        raise ConvertError(f"{reader.path}: {e}") from None
+    try:
         planner = MixPlanner(target_t.name, params, mix_opts)
     except ValueError as e:
         raise ConvertError(str(e)) from None
@@ -836,8 +865,14 @@ class TensorDiff:
     type_a: str
     type_b: str
     n_elements: int
-    rel_rmse: float
-    cosine: float
+    rel_rmse: float  # inf when either tensor holds NaN or Inf
+    cosine: float  # nan then
+    nonfinite_a: int = 0  # NaN/Inf values in A's tensor
+    nonfinite_b: int = 0
+
+    @property
+    def finite(self) -> bool:
+        return not (self.nonfinite_a or self.nonfinite_b)
 
 
 def compare_models(
@@ -859,23 +894,36 @@ def compare_models(
                 unpaired.append(name)
                 continue
             num = den = dot = nb2 = 0.0
-            for (_, xa), (_, xb) in zip(_matrices(ra, ta), _matrices(rb, tb), strict=True):
-                for ca, cb in zip(
-                    _row_chunks(xa, ta.ne[0]), _row_chunks(xb, ta.ne[0]), strict=True
-                ):
-                    try:
-                        fa = rows_to_f32(ca, ta.type, ta.ne[0], threads).astype(np.float64)
-                        fb = rows_to_f32(cb, tb.type, tb.ne[0], threads).astype(np.float64)
-                    except NotImplementedError as e:
-                        raise ConvertError(f"tensor {name!r}: {e}") from None
+            bad_a = bad_b = 0
+            for (_, _, ca), (_, _, cb) in zip(
+                _chunks(ra, ta, ta.ne[0]), _chunks(rb, tb, tb.ne[0]), strict=True
+            ):
+                try:
+                    fa = rows_to_f32(ca, ta.type, ta.ne[0], threads).astype(np.float64)
+                    fb = rows_to_f32(cb, tb.type, tb.ne[0], threads).astype(np.float64)
+                except NotImplementedError as e:
+                    raise ConvertError(f"tensor {name!r}: {e}") from None
+                with np.errstate(all="ignore"):
+                    a2, b2 = float(np.sum(fa * fa)), float(np.sum(fb * fb))
+                    # squares of f32 values cannot overflow f64: a non-finite sum means
+                    # a NaN or Inf value, which must make this tensor the worst, not vanish
+                    if not np.isfinite(a2):
+                        bad_a += int(np.count_nonzero(~np.isfinite(fa)))
+                    if not np.isfinite(b2):
+                        bad_b += int(np.count_nonzero(~np.isfinite(fb)))
                     num += float(np.sum((fa - fb) ** 2))
-                    den += float(np.sum(fa * fa))
+                    den += a2
                     dot += float(np.sum(fa * fb))
-                    nb2 += float(np.sum(fb * fb))
-            rel = float(np.sqrt(num / den)) if den > 0 else (0.0 if num == 0 else float("inf"))
-            cos = dot / np.sqrt(den * nb2) if den > 0 and nb2 > 0 else float(den == nb2)
+                    nb2 += b2
+            if bad_a or bad_b:
+                rel, cos = float("inf"), float("nan")
+            else:
+                rel = float(np.sqrt(num / den)) if den > 0 else (0.0 if num == 0 else float("inf"))
+                cos = dot / np.sqrt(den * nb2) if den > 0 and nb2 > 0 else float(den == nb2)
             diffs.append(
-                TensorDiff(name, ta.type.name, tb.type.name, ta.n_elements, rel, float(cos))
+                TensorDiff(
+                    name, ta.type.name, tb.type.name, ta.n_elements, rel, float(cos), bad_a, bad_b
+                )
             )
         unpaired += [n for n in rb.tensors if n not in ra.tensors]
     if not diffs:

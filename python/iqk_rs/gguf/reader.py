@@ -10,6 +10,7 @@ the file and what is wrong instead of a crash or a huge allocation.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import struct
@@ -137,7 +138,7 @@ class TensorInfo:
 
     @property
     def n_elements(self) -> int:
-        return int(np.prod(self.ne, dtype=np.int64))
+        return math.prod(self.ne)  # plain ints: info sums this over 10^5 tensors
 
     @property
     def nrows(self) -> int:
@@ -153,6 +154,14 @@ class TensorInfo:
 
 
 _U64 = struct.Struct("<Q")
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    """What tells that an open file was changed in place: its size and modification time.
+
+    (A file replaced by a rename does not count: the open descriptor keeps the old one.)
+    """
+    return st.st_size, st.st_mtime_ns
 
 
 class _Cursor:
@@ -257,14 +266,21 @@ class GGUFReader:
         size = self.path.stat().st_size
         if size < 24:
             raise GGUFError(f"{self.path}: not a GGUF file ({size} bytes, too short for a header)")
+        self._fd: int | None = None
         try:
             self._mm = np.memmap(self.path, dtype=np.uint8, mode="r")
+            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except OSError as e:
             raise GGUFError(f"{self.path}: cannot read: {e.strerror or e}") from None
+        self._identity = _identity(os.fstat(self._fd))
         self.file_size = size
         self.kv: dict[str, KV] = {}
         self.tensors: dict[str, TensorInfo] = {}
-        self._parse(memoryview(self._mm))
+        try:
+            self._parse(memoryview(self._mm))
+        except BaseException:
+            self.close()
+            raise
 
     # -- parsing ---------------------------------------------------------------
     def _parse(self, buf: memoryview) -> None:
@@ -306,15 +322,21 @@ class GGUFReader:
             self.alignment = int(a.value)
 
         raw = []
+        # One struct call per tensor for dims, type and offset: files with 10^5 tensors exist.
+        fields = {n: struct.Struct(f"<{n}QIQ") for n in range(1, MAX_DIMS + 1)}
+        u32 = struct.Struct("<I").unpack_from
         for i in range(n_tensors):
             name = c.string(f"name of tensor {i}", MAX_NAME_LEN)
-            n_dims = c.unpack("<I", f"dimension count of {name!r}")
+            c.need(4, f"dimension count of {name!r}")
+            (n_dims,) = u32(buf, c.pos)
+            c.pos += 4
             if not 1 <= n_dims <= MAX_DIMS:
                 raise c.fail(f"tensor {name!r} has {n_dims} dimensions (1..{MAX_DIMS} allowed)")
-            ne = tuple(c.unpack("<Q", f"dimensions of {name!r}") for _ in range(n_dims))
-            tid = c.unpack("<I", f"type of {name!r}")
-            offset = c.unpack("<Q", f"offset of {name!r}")
-            raw.append((name, n_dims, ne, tid, offset))
+            f = fields[n_dims]
+            c.need(f.size, f"dimensions, type and offset of {name!r}")
+            *ne, tid, offset = f.unpack_from(buf, c.pos)
+            c.pos += f.size
+            raw.append((name, n_dims, tuple(ne), tid, offset))
 
         self.data_offset = -(-c.pos // self.alignment) * self.alignment
         if self.data_offset > self.file_size:
@@ -386,6 +408,44 @@ class GGUFReader:
             return rows.view(dt[t.type.id]).reshape(t.shape)
         return rows.reshape(*t.shape[:-1], rows.shape[1])
 
+    def check_unchanged(self) -> None:
+        """Raise if the file was truncated or rewritten in place since it was opened.
+
+        The mapping then shows other bytes, or none: touching a page past a new end of
+        file kills the process with SIGBUS.
+        """
+        if self._fd is None:
+            return
+        now = _identity(os.fstat(self._fd))
+        if now != self._identity:
+            raise GGUFError(
+                f"{self.path}: the file changed while it was being read (size {self._identity[0]}"
+                f" -> {now[0]} bytes); no output was written - rerun once it is complete"
+            )
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """A copy of rows ``start:stop`` of a tensor, uint8 (rows, row_bytes).
+
+        Read with pread, not through the mapping, after ``check_unchanged``: a file
+        truncated in between gives a short read and this error, not SIGBUS.
+        """
+        t = self.tensor(name)
+        row_bytes = t.nbytes // t.nrows
+        buf = np.empty((stop - start, row_bytes), np.uint8)
+        self.check_unchanged()
+        if not hasattr(os, "preadv"):  # not on Windows, where a mapped file cannot shrink
+            buf[:] = self.raw(name)[start:stop]
+            return buf
+        view = memoryview(buf).cast("B")
+        pos, done = self.data_offset + t.offset + start * row_bytes, 0
+        while done < view.nbytes:
+            n = os.preadv(self._fd, [view[done:]], pos + done)
+            if n == 0:
+                self.check_unchanged()
+                raise GGUFError(f"{self.path}: the file ended early while reading {name!r}")
+            done += n
+        return buf
+
     def to_f32(self, name: str, threads: int | None = None) -> np.ndarray:
         """Decode a whole tensor to float32 in numpy order (copies)."""
         t = self.tensor(name)
@@ -415,6 +475,9 @@ class GGUFReader:
         # Dropping the reference unmaps once no tensor view is alive any more; closing
         # the mmap explicitly would fail (or worse) while views exist.
         self._mm = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> GGUFReader:
         return self

@@ -104,7 +104,8 @@ class SplitModel:
     """All parts of a split model as one read-only model (metadata from part 1, as ggml).
 
     Offers what the pipeline uses from ``GGUFReader``: ``kv``, ``get``, ``tensors`` (in
-    part order), ``raw``, ``array``, ``to_f32``, ``release``, ``alignment``, ``path``.
+    part order), ``raw``, ``read_rows``, ``array``, ``to_f32``, ``release``, ``alignment``,
+    ``path``.
     """
 
     def __init__(self, parts: Sequence[GGUFReader]):
@@ -153,6 +154,9 @@ class SplitModel:
 
     def raw(self, name: str) -> np.ndarray:
         return self._part(name).raw(name)
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        return self._part(name).read_rows(name, start, stop)
 
     def array(self, name: str) -> np.ndarray:
         return self._part(name).array(name)

@@ -8,6 +8,9 @@ The output goes to a hidden temporary file in the destination directory and is
 fsync'd and renamed into place (the directory fsync'd too) only by ``commit()``, so after
 even a crash the file is complete or absent; any exception (including Ctrl-C) or a
 missing commit removes it, so a failed run never leaves a partial model behind.
+An output path that is a symlink is followed (its target is replaced, the link
+stays); an existing output keeps its permissions (and owner, where allowed); a
+device, FIFO or socket is refused rather than replaced by a regular file.
 
 Why not ``gguf.GGUFWriter``: it cannot write empty or nested typed arrays, picks
 value types from Python types, and sizes uint8 payloads from its own table
@@ -18,6 +21,7 @@ value types still come from the ``gguf`` package.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import tempfile
 from collections.abc import Iterable
@@ -61,11 +65,13 @@ def _pack_value(vtype: GGUFValueType, value: Any, sub_type: GGUFValueType | None
 
 
 def encode_kv(kv: KV) -> bytes:
-    return (
-        _pack_string(kv.key)
-        + struct.pack("<I", int(kv.vtype))
-        + _pack_value(kv.vtype, kv.value, kv.sub_type)
-    )
+    try:
+        value = _pack_value(kv.vtype, kv.value, kv.sub_type)
+    except (struct.error, OverflowError, TypeError, ValueError) as e:
+        raise GGUFWriteError(
+            f"metadata key {kv.key!r}: cannot store {kv.value!r:.60} as {kv.vtype.name}: {e}"
+        ) from None
+    return _pack_string(kv.key) + struct.pack("<I", int(kv.vtype)) + value
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -80,6 +86,59 @@ def _fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+_SPECIAL = (
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISSOCK, "socket"),
+)
+
+
+def resolve_output(path: str | os.PathLike[str]) -> Path:
+    """The file that writing ``path`` replaces: symlinks followed, anything but a file refused.
+
+    Renaming a finished file over a device, FIFO or socket would silently replace it
+    (run as root, ``/dev/null`` itself), so those are errors, as is a directory.
+    """
+    p = Path(path)
+    try:
+        st = os.stat(p)  # follows symlinks, /proc's fd links too
+    except FileNotFoundError:
+        st = None  # a new file, or a dangling symlink whose target will be created
+    except OSError as e:
+        raise GGUFWriteError(f"{p}: cannot use as output: {e.strerror or e}") from None
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            raise GGUFWriteError(f"{p}: output path is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            kind = next((k for test, k in _SPECIAL if test(st.st_mode)), "special file")
+            raise GGUFWriteError(
+                f"{p}: output path is a {kind}, not a regular file; refusing to replace it"
+            )
+    return Path(os.path.realpath(p))
+
+
+def take_over_attributes(tmp: Path | str, target: Path) -> None:
+    """Give a finished temporary file the mode the output ``target`` should have before it is
+    renamed over it: that of the file it replaces, as writing into it would keep (owner too,
+    where allowed); else what a plain open() would create.
+    """
+    resolve_output(target)  # it may have become a FIFO or device meanwhile
+    try:
+        old = os.stat(target)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        return
+    if hasattr(os, "chown"):
+        try:
+            os.chown(tmp, old.st_uid, old.st_gid)
+        except PermissionError:
+            pass  # not root: the file is ours, as a new file would be
+    os.chmod(tmp, stat.S_IMODE(old.st_mode))
 
 
 def _pad(n: int, align: int) -> int:
@@ -167,17 +226,17 @@ class GGUFStreamWriter:
         alignment: int = GGUF_DEFAULT_ALIGNMENT,
     ):
         self.path = Path(path)
+        self.target = resolve_output(self.path)
         self.alignment = alignment
         layout = plan_layout(kvs, tensors, alignment)
         header = layout.header
         self._plan = list(zip(layout.names, layout.nbytes, strict=True))  # (name, nbytes)
         self.total_bytes = layout.total_bytes
-        check_free_space(self.path, self.total_bytes)
+        check_free_space(self.target, self.total_bytes)
 
-        directory = self.path.parent if str(self.path.parent) else Path(".")
         try:
             fd, tmp = tempfile.mkstemp(
-                prefix=f".{self.path.name}.", suffix=".partial", dir=directory
+                prefix=f".{self.target.name}.", suffix=".partial", dir=self.target.parent
             )
         except OSError as e:
             raise self._io_error(e) from None
@@ -245,11 +304,8 @@ class GGUFStreamWriter:
             self._f.flush()
             os.fsync(self._f.fileno())
             self._f.close()
-            # mkstemp creates 0600; give the model the mode a plain open() would
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self._tmp, 0o666 & ~umask)
-            os.replace(self._tmp, self.path)
+            self._take_over_attributes()
+            os.replace(self._tmp, self.target)
         except OSError as e:
             self.abort()
             raise self._io_error(e) from None
@@ -257,8 +313,11 @@ class GGUFStreamWriter:
             self.abort()
             raise
         self._done = True
-        _fsync_directory(self.path.parent)
+        _fsync_directory(self.target.parent)
         return self.path
+
+    def _take_over_attributes(self) -> None:
+        take_over_attributes(self._tmp, self.target)
 
     def abort(self) -> None:
         if self._done:
