@@ -139,7 +139,7 @@ def test_signals_remove_the_partial_file(tmp_path: Path, sig: signal.Signals) ->
     )
     assert p.returncode == 128 + sig, (p.returncode, p.stderr)
     lines = p.stderr.decode().splitlines()
-    assert len(lines) == 1 and "no output was written" in lines[0], lines
+    assert len(lines) == 1 and "no partial file left behind" in lines[0], lines
     assert list(tmp_path.iterdir()) == []
 
 

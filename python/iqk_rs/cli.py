@@ -134,6 +134,11 @@ def _termination_unwinds():
             signal.signal(s, handler)
 
 
+# What a stopped run leaves: nothing half-written (finished split files stay, for
+# --partial-requant, so "no output" would not be true).
+_STOPPED = "no partial file left behind"
+
+
 def _run(fn, *args, **kwargs):
     """Call into the library, turning its errors and signals into clean CLI exits."""
     try:
@@ -141,10 +146,10 @@ def _run(fn, *args, **kwargs):
         with _termination_unwinds(), np.errstate(all="ignore"):
             return fn(*args, **kwargs)
     except KeyboardInterrupt:
-        raise _fail("interrupted; no output was written", 128 + signal.SIGINT) from None
+        raise _fail(f"interrupted; {_STOPPED}", 128 + signal.SIGINT) from None
     except _Terminated as e:
         name = signal.Signals(e.signum).name
-        raise _fail(f"terminated by {name}; no output was written", 128 + e.signum) from None
+        raise _fail(f"terminated by {name}; {_STOPPED}", 128 + e.signum) from None
     except _ERRORS as e:
         raise _fail(str(e)) from None
 
