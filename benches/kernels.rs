@@ -45,19 +45,7 @@ impl Rng {
 /// Random block bytes with sane scales (fp16 1/16 per block, row scale 1/16).
 fn make(kind: DotType, nrows: usize, ncols: usize) -> Mat {
     let nb = ncols / 256;
-    let meta = match kind {
-        DotType::Iq2Ks | DotType::Iq3Ks => 2,
-        DotType::Iq4Ks => 4,
-        _ => 0,
-    };
-    let bb = match kind {
-        DotType::Iq2K => 76,
-        DotType::Iq3K => 110,
-        DotType::Iq4K => 144,
-        DotType::Iq2Ks => 70,
-        DotType::Iq3Ks => 102,
-        DotType::Iq4Ks => 136,
-    };
+    let (meta, bb) = (kind.row_meta(), kind.block_bytes());
     let row_bytes = meta + nb * bb;
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (kind as u64 + 1));
     let mut data = vec![0u8; nrows * row_bytes];

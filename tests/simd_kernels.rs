@@ -22,14 +22,9 @@ fn golden_dir() -> std::path::PathBuf {
 }
 
 fn to_scalar_kind(kind: DotType) -> scalar::DotType {
-    match kind {
-        DotType::Iq2K => scalar::DotType::Iq2K,
-        DotType::Iq3K => scalar::DotType::Iq3K,
-        DotType::Iq4K => scalar::DotType::Iq4K,
-        DotType::Iq2Ks => scalar::DotType::Iq2Ks,
-        DotType::Iq3Ks => scalar::DotType::Iq3Ks,
-        DotType::Iq4Ks => scalar::DotType::Iq4Ks,
-    }
+    // The crate's DotType is this file's, compiled twice: same variants in the same order.
+    let at = DotType::ALL.iter().position(|&k| k == kind).unwrap();
+    scalar::DotType::ALL[at]
 }
 
 fn simd_paths() -> Vec<SimdPath> {

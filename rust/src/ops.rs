@@ -541,16 +541,8 @@ fn dequantize_row(qtype: QuantType, row: &[u8], out: &mut [f32]) {
     if let Some(kind) = companion_kind(qtype) {
         return companion::dequantize_row(kind, row, out);
     }
-    let f: fn(&[u8], &mut [f32]) = match qtype {
-        QuantType::Iq2K => iq2_k::dequantize_row,
-        QuantType::Iq3K => iq3_k::dequantize_row,
-        QuantType::Iq4K => iq4_k::dequantize_row,
-        QuantType::Iq2Ks => iq2_ks::dequantize_row,
-        QuantType::Iq3Ks => iq3_ks::dequantize_row,
-        QuantType::Iq4Ks => iq4_ks::dequantize_row,
-        _ => unreachable!("every type is an IQK or a companion type"),
-    };
-    f(row, out)
+    let kind = dot_type(qtype).expect("every type is an IQK or a companion type");
+    simd::dequantize_row(kind, row, out)
 }
 
 /// Row length of `row_bytes`-byte rows, checking that `len` bytes are whole rows.

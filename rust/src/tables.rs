@@ -2,17 +2,10 @@
 //! Each table has a base half and a shifted half; the shifted half is the base plus a constant
 //! (+5, +4, +4), which the SIMD kernels rely on.
 
-/// IQ2_K / IQ2_KS: 4 levels, shifted half = base + 5.
-pub const IQ2NL: [i8; 8] = [-31, -13, 1, 17, -26, -8, 6, 22];
-/// IQ3_K / IQ3_KS: 8 levels, shifted half = base + 4.
-pub const IQ3NL: [i8; 16] = [
-    -63, -40, -23, -10, 1, 13, 28, 47, -59, -36, -19, -6, 5, 17, 32, 51,
-];
-/// IQ4_K / IQ4_KS: 16 levels (base half = IQ4_NL's grid), shifted half = base + 4.
-pub const IQ4K: [i8; 32] = [
-    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113, //
-    -123, -100, -79, -61, -45, -31, -18, -6, 5, 17, 29, 42, 57, 73, 93, 117,
-];
+// The value tables are written once, in the dependency-free layout module the kernels (and
+// the NEON harness) share: IQ2NL (shifted half = base + 5), IQ3NL (+4), IQ4K (+4; base half =
+// IQ4_NL's grid).
+pub use crate::simd::{IQ2NL, IQ3NL, IQ4K};
 
 /// One half (base or shifted) of a value grid with its look-up table for nearest-value search.
 pub struct Grid {

@@ -1,10 +1,8 @@
 //! IQ2_K: 2.375 bpw. 76-byte super-blocks of 256: fp16 d, u16 shifted-grid flags, 16 4-bit
 //! sub-block scales (offset 8), 64 bytes of 2-bit grid indices. Sub-blocks of 16.
 
-use super::common::{
-    low2_position, pack_iq2_block, read_u16, signed_max, write_u16, PartitionSearch, Weighting,
-};
-use crate::numeric::{f16_to_f32, f32_to_f16, make_qx_quants, nearest_int};
+use super::common::{pack_iq2_block, signed_max, write_u16, PartitionSearch, Weighting};
+use crate::numeric::{f32_to_f16, make_qx_quants, nearest_int};
 use crate::registry::QK_K;
 use crate::tables::{IQ2NL, IQ2_GRIDS};
 
@@ -82,31 +80,5 @@ pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
         let (sumqx, sumq2) = sums;
         let d_final = if sumq2 > 0.0 { sumqx / sumq2 } else { d };
         write_u16(y, 0, f32_to_f16(1.030 * d_final));
-    }
-}
-
-/// Sub-block scale (in units of d), grid half and index of every element of a super-block.
-#[inline(always)]
-fn decode(y: &[u8], mut f: impl FnMut(usize, i32, &[i8], usize)) {
-    let extra = read_u16(y, 2);
-    for i in 0..QK_K {
-        let ib = i / SUB;
-        let s = ((y[SCALES + ib / 2] >> (4 * (ib % 2))) & 0xf) as i32 - 8;
-        let grid = &IQ2_GRIDS[(extra >> ib & 1 == 1) as usize];
-        let values = grid.values;
-        let (byte, shift) = low2_position(i);
-        f(i, s, values, ((y[QS + byte] >> shift) & 3) as usize);
-    }
-}
-
-pub fn dequantize_row(row: &[u8], out: &mut [f32]) {
-    for (y, o) in row
-        .chunks_exact(BLOCK_BYTES)
-        .zip(out.chunks_exact_mut(QK_K))
-    {
-        let d = f16_to_f32(read_u16(y, 0));
-        decode(y, |i, s, values, idx| {
-            o[i] = d * s as f32 * values[idx] as f32
-        });
     }
 }

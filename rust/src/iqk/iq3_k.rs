@@ -2,11 +2,9 @@
 //! signs, 16 4-bit scale magnitudes (odd scales ±1..±31), 2-bit low index planes, 1-bit high
 //! plane. Sub-blocks of 16.
 
-use super::common::{
-    high1_position, low2_position, read_u16, signed_max, write_u16, NlSearch, Weighting,
-};
+use super::common::{high1_position, low2_position, signed_max, write_u16, NlSearch, Weighting};
 use super::fit::nearest_indices;
-use crate::numeric::{f16_to_f32, f32_to_f16, nearest_int};
+use crate::numeric::{f32_to_f16, nearest_int};
 use crate::registry::QK_K;
 use crate::tables::IQ3_GRIDS;
 
@@ -119,34 +117,5 @@ pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
         write_u16(y, 4, signs);
         let d_final = if sumq2 > 0.0 { sumqx / sumq2 } else { d };
         write_u16(y, 0, f32_to_f16(1.01 * d_final));
-    }
-}
-
-#[inline(always)]
-fn decode(y: &[u8], mut f: impl FnMut(usize, i32, &[i8], usize)) {
-    let extra = read_u16(y, 2);
-    let signs = read_u16(y, 4);
-    for i in 0..QK_K {
-        let ib = i / SUB;
-        let magnitude = ((y[SCALES_L + ib / 2] >> (4 * (ib % 2))) & 0xf) as i32;
-        let s = (2 * magnitude + 1) * if signs >> ib & 1 == 1 { -1 } else { 1 };
-        let grid = &IQ3_GRIDS[(extra >> ib & 1 == 1) as usize];
-        let values = grid.values;
-        let (byte, shift) = low2_position(i);
-        let (hbyte, hshift) = high1_position(i);
-        let idx = ((y[QS + byte] >> shift) & 3) | (((y[QH + hbyte] >> hshift) & 1) << 2);
-        f(i, s, values, idx as usize);
-    }
-}
-
-pub fn dequantize_row(row: &[u8], out: &mut [f32]) {
-    for (y, o) in row
-        .chunks_exact(BLOCK_BYTES)
-        .zip(out.chunks_exact_mut(QK_K))
-    {
-        let d = f16_to_f32(read_u16(y, 0));
-        decode(y, |i, s, values, idx| {
-            o[i] = d * s as f32 * values[idx] as f32
-        });
     }
 }

@@ -7,7 +7,7 @@ use super::common::{
     high1_position, low2_position, read_u16, signed_max, write_u16, NlSearch, Weighting,
 };
 use super::fit::nearest_indices;
-use crate::numeric::{f16_to_f32, f32_to_f16, nearest_int};
+use crate::numeric::{f32_to_f16, nearest_int};
 use crate::registry::QK_K;
 use crate::tables::IQ3_GRIDS;
 
@@ -103,33 +103,5 @@ pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
     }
     if sumq2 > 0.0 {
         write_u16(meta, 0, f32_to_f16(sumqx / sumq2));
-    }
-}
-
-#[inline(always)]
-fn decode(y: &[u8], mut f: impl FnMut(usize, i32, &[i8], usize)) {
-    let extra = read_u16(y, 0);
-    for i in 0..QK_K {
-        let ib = i / SUB;
-        let low = (y[SCALES + ib % 4] >> (4 * (ib / 4))) & 0xf;
-        let s = (low as u16 | ((extra >> ib) & 1) << 4) as i32 - 16;
-        let grid = &IQ3_GRIDS[(extra >> (8 + ib) & 1 == 1) as usize];
-        let values = grid.values;
-        let (byte, shift) = low2_position(i);
-        let (hbyte, hshift) = high1_position(i);
-        let idx = ((y[QS + byte] >> shift) & 3) | (((y[QH + hbyte] >> hshift) & 1) << 2);
-        f(i, s, values, idx as usize);
-    }
-}
-
-pub fn dequantize_row(row: &[u8], out: &mut [f32]) {
-    let d = f16_to_f32(read_u16(row, 0));
-    for (y, o) in row[ROW_META..]
-        .chunks_exact(BLOCK_BYTES)
-        .zip(out.chunks_exact_mut(QK_K))
-    {
-        decode(y, |i, s, values, idx| {
-            o[i] = d * s as f32 * values[idx] as f32
-        });
     }
 }

@@ -2,9 +2,9 @@
 //! sub-block scales (offset 32) split into 2 high bits and 4 low bits, 4-bit grid indices.
 //! Sub-blocks of 16.
 
-use super::common::{read_u16, signed_max, write_u16, NlSearch, Weighting};
+use super::common::{signed_max, write_u16, NlSearch, Weighting};
 use super::fit::nearest_indices;
-use crate::numeric::{f16_to_f32, f32_to_f16, nearest_int};
+use crate::numeric::{f32_to_f16, nearest_int};
 use crate::registry::QK_K;
 use crate::tables::IQ4_GRIDS;
 
@@ -97,32 +97,5 @@ pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
         if sumq2 > 0.0 {
             write_u16(y, 0, f32_to_f16(sumqx / sumq2));
         }
-    }
-}
-
-#[inline(always)]
-fn decode(y: &[u8], mut f: impl FnMut(usize, i32, &[i8], usize)) {
-    let extra = read_u16(y, 2);
-    for i in 0..QK_K {
-        let ib = i / SUB;
-        let low = (y[SCALES_L + ib / 2] >> (4 * (ib % 2))) & 0xf;
-        let high = (y[SCALES_H + ib / 4] >> (2 * (ib % 4))) & 3;
-        let s = (low | high << 4) as i32 - 32;
-        let grid = &IQ4_GRIDS[(extra >> ib & 1 == 1) as usize];
-        let values = grid.values;
-        let (byte, shift) = nibble_position(i);
-        f(i, s, values, ((y[QS + byte] >> shift) & 0xf) as usize);
-    }
-}
-
-pub fn dequantize_row(row: &[u8], out: &mut [f32]) {
-    for (y, o) in row
-        .chunks_exact(BLOCK_BYTES)
-        .zip(out.chunks_exact_mut(QK_K))
-    {
-        let d = f16_to_f32(read_u16(y, 0));
-        decode(y, |i, s, values, idx| {
-            o[i] = d * s as f32 * values[idx] as f32
-        });
     }
 }

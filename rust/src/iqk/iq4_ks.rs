@@ -2,7 +2,7 @@
 //! (bit 0 shifted-grid flag, `(byte & 0xfe) - 127` the odd 7-bit scale), then 16 bytes of
 //! index nibbles per 32-block (low nibbles first 16 elements, high nibbles the next 16).
 
-use super::common::{read_f32, signed_max, NlSearch, Weighting};
+use super::common::{signed_max, NlSearch, Weighting};
 use super::fit::nearest_indices;
 use crate::numeric::nearest_int;
 use crate::registry::QK_K;
@@ -90,31 +90,5 @@ pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
     }
     if sumq2 > 0.0 {
         meta.copy_from_slice(&(sumqx / sumq2).to_le_bytes());
-    }
-}
-
-#[inline(always)]
-fn decode(y: &[u8], mut f: impl FnMut(usize, i32, &[i8], usize)) {
-    for i in 0..QK_K {
-        let ib = i / SUB;
-        let s = (y[ib] & 0xfe) as i32 - 127;
-        let grid = &IQ4_GRIDS[(y[ib] & 1 == 1) as usize];
-        let values = grid.values;
-        let j = i % SUB;
-        let byte = y[QS + 16 * ib + j % 16];
-        let idx = if j < 16 { byte & 0xf } else { byte >> 4 };
-        f(i, s, values, idx as usize);
-    }
-}
-
-pub fn dequantize_row(row: &[u8], out: &mut [f32]) {
-    let d = read_f32(row, 0);
-    for (y, o) in row[ROW_META..]
-        .chunks_exact(BLOCK_BYTES)
-        .zip(out.chunks_exact_mut(QK_K))
-    {
-        decode(y, |i, s, values, idx| {
-            o[i] = d * s as f32 * values[idx] as f32
-        });
     }
 }

@@ -1,5 +1,6 @@
-//! The six IQK types: quantizers (bit-exact with ik_llama.cpp) and dequantizers. Their dot
-//! products against Q8_K live in `crate::simd`.
+//! The IQK types' quantizers (bit-exact with ik_llama.cpp). Their bit layouts are decoded in
+//! one place, the dependency-free layout module `simd/scalar.rs`, which the dot-product
+//! kernels' scalar twins and dequantization (`simd::dequantize_row`) share.
 
 pub mod common;
 pub mod fit;

@@ -30,7 +30,7 @@ mod avx512;
 mod neon;
 mod scalar;
 
-pub use scalar::{ActRows, DotType};
+pub use scalar::{dequantize_row, ActRows, DotType, IQ2NL, IQ3NL, IQ4K};
 
 /// Bytes of one Q8_K block (ik_llama.cpp's layout: f32 d, f32 sum, 256 × i8, 16 × i16).
 pub const Q8K_BLOCK_BYTES: usize = scalar::Q8K_BYTES;

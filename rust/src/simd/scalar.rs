@@ -372,6 +372,26 @@ pub fn vec_dot(kind: DotType, row: &[u8], q8k: &[u8]) -> f32 {
     }
 }
 
+/// Dequantizes one row of `kind` as ik's `dequantize_row_*` do: each weight is
+/// `(d · scale) · value` in f32, d the block's fp16 scale (K types) or the row scale (KS
+/// types). The one decoder the kernels' scalar twins use, so the layout is written once.
+pub fn dequantize_row(kind: DotType, row: &[u8], out: &mut [f32]) {
+    let meta = kind.row_meta();
+    // One of the two is 1.0 (exact), whatever the kind.
+    let d_row = row_scale(kind, row);
+    let mut dec = Decoded::new();
+    for (x, o) in row[meta..]
+        .chunks_exact(kind.block_bytes())
+        .zip(out.chunks_exact_mut(QK))
+    {
+        decode(kind, x, &mut dec);
+        let d = d_row * block_scale(kind, x);
+        for (i, o) in o.iter_mut().enumerate() {
+            *o = d * dec.scales[i / 16] as f32 * dec.values[i] as f32;
+        }
+    }
+}
+
 /// 2-bit index of element `i` in the Q2_K-style packing shared by IQ2_K/IQ3_K/IQ2_KS/IQ3_KS.
 #[inline]
 fn idx2(qs: &[u8], i: usize) -> usize {

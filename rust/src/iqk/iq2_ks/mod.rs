@@ -15,7 +15,7 @@
 use super::common::{
     low2_position, pack_iq2_block, read_u16, signed_max, write_u16, PartitionSearch, Weighting,
 };
-use crate::numeric::{f16_to_f32, f32_to_f16, make_qx_quants};
+use crate::numeric::{f32_to_f16, make_qx_quants};
 use crate::registry::QK_K;
 use crate::tables::{IQ2NL, IQ2_GRIDS};
 
@@ -511,32 +511,6 @@ fn fast(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], rs: &mut RowScales) {
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod bands;
-
-#[inline(always)]
-fn decode(y: &[u8], mut f: impl FnMut(usize, i32, &[i8], usize)) {
-    let extra = read_u16(y, 0);
-    for i in 0..QK_K {
-        let ib = i / SUB;
-        let low = (y[SCALES + ib / 2] >> (4 * (ib % 2))) & 0xf;
-        let s = (low as u16 | ((extra >> (8 + ib)) & 1) << 4) as i32 - 16;
-        let grid = &IQ2_GRIDS[(extra >> ib & 1 == 1) as usize];
-        let values = grid.values;
-        let (byte, shift) = low2_position(i);
-        f(i, s, values, ((y[QS + byte] >> shift) & 3) as usize);
-    }
-}
-
-pub fn dequantize_row(row: &[u8], out: &mut [f32]) {
-    let d = f16_to_f32(read_u16(row, 0));
-    for (y, o) in row[ROW_META..]
-        .chunks_exact(BLOCK_BYTES)
-        .zip(out.chunks_exact_mut(QK_K))
-    {
-        decode(y, |i, s, values, idx| {
-            o[i] = d * s as f32 * values[idx] as f32
-        });
-    }
-}
 
 #[cfg(test)]
 mod tests {
