@@ -6,13 +6,14 @@ use iqk_rs::ops::{self, QuantizeOptions};
 use iqk_rs::{q8k, Iq2KsSearch, QuantType};
 
 const CASES: [&str; 4] = ["gauss", "heavy", "edge", "synthetic"];
-const TYPES: [(&str, QuantType); 6] = [
+const TYPES: [(&str, QuantType); 7] = [
     ("iq2_k", QuantType::Iq2K),
     ("iq3_k", QuantType::Iq3K),
     ("iq4_k", QuantType::Iq4K),
     ("iq2_ks", QuantType::Iq2Ks),
     ("iq3_ks", QuantType::Iq3Ks),
     ("iq4_ks", QuantType::Iq4Ks),
+    ("iq5_ks", QuantType::Iq5Ks),
 ];
 
 fn dir(case: &str) -> PathBuf {
@@ -134,6 +135,10 @@ fn iq3_ks_bytes() {
 fn iq4_ks_bytes() {
     check_quantize(QuantType::Iq4Ks, "iq4_ks", Iq2KsSearch::Fast, "");
 }
+#[test]
+fn iq5_ks_bytes() {
+    check_quantize(QuantType::Iq5Ks, "iq5_ks", Iq2KsSearch::Fast, "");
+}
 
 #[test]
 fn dequantized_values_are_bit_identical() {
@@ -160,7 +165,11 @@ fn dequantized_values_are_bit_identical() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 12, "expected deq files for edge and synthetic");
+    assert_eq!(
+        checked,
+        2 * TYPES.len(),
+        "expected deq files for edge and synthetic"
+    );
 }
 
 #[test]

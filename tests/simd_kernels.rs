@@ -148,7 +148,9 @@ fn extreme_inputs_do_not_overflow() {
                     DotType::Iq2Ks | DotType::Iq3Ks => {
                         row[0..2].copy_from_slice(&0x3c00u16.to_le_bytes())
                     }
-                    DotType::Iq4Ks => row[0..4].copy_from_slice(&1.0f32.to_le_bytes()),
+                    DotType::Iq4Ks | DotType::Iq5Ks => {
+                        row[0..4].copy_from_slice(&1.0f32.to_le_bytes())
+                    }
                     _ => {}
                 }
                 let mut q8 = testgen::make_q8k(&mut rng, 2, &|_| act);

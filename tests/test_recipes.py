@@ -123,6 +123,24 @@ def test_extra_output_tensor_written(tmp_path: Path, models) -> None:
         assert np.sqrt(np.sum((x - y) ** 2) / np.sum(x * x)) < 0.15
 
 
+def test_iq5_ks_selectable_per_tensor(tmp_path: Path) -> None:
+    """IQ5_KS, a core type, is produced through --custom-q and the per-tensor options, and rows
+    that are not whole 256-blocks fall back to Q5_0 as in ik's llama-quantize."""
+    out = tmp_path / "o.gguf"
+    run("quantize", TINY, out, "IQ4_K", "--custom-q", "attn_v=iq5_ks",
+        "--ffn-down-type", "iq5_ks", "-q")  # fmt: skip
+    from iqk_rs.gguf.ggml_types import rows_to_f32
+
+    with GGUFReader(out) as r, GGUFReader(TINY) as src:
+        types = {n: t.type.name for n, t in r.tensors.items()}
+        assert types["blk.0.attn_v.weight"] == "iq5_ks"
+        assert types["blk.0.ffn_down_exps.weight"] == "q5_0"  # rows of 128
+        t = r.tensors["blk.0.attn_v.weight"]
+        x = src.array(t.name).astype(np.float64).reshape(-1, t.ne[0])
+        y = rows_to_f32(r.raw(t.name), t.type, t.ne[0]).astype(np.float64)
+        assert np.sqrt(np.sum((x - y) ** 2) / np.sum(x * x)) < 0.05
+
+
 def test_extra_output_skipped_says_so(tmp_path: Path, models) -> None:
     r = run("quantize", models["moe8"], tmp_path / "o.gguf", "IQ4_K", "--dry-run",
             "--extra-output-tensor", "f32")  # fmt: skip
@@ -133,7 +151,7 @@ def test_extra_output_skipped_says_so(tmp_path: Path, models) -> None:
 
 
 CANNOT = [
-    ("--custom-q", "attn=iq5_ks", "iq5_ks"),
+    ("--custom-q", "attn=iq4_kss", "iq4_kss"),
     ("--custom-q", "ffn_down=iq2_kt", "iq2_kt"),
     ("--custom-q", "attn_q=q4_k_r4", "q4_k_r4"),
     ("--attn-v-type", "iq4_k_r4", "iq4_k_r4"),
@@ -142,7 +160,7 @@ CANNOT = [
     ("--per-layer-token-embedding-type", "iq1_s", "iq1_s"),
     ("--output-tensor-type", "iq4_kss", "iq4_kss"),
     ("--token-embedding-type", "q3_K", "q3_K"),
-    ("--extra-output-tensor", "iq5_ks", "iq5_ks"),
+    ("--extra-output-tensor", "iq1_kt", "iq1_kt"),
 ]
 
 
@@ -275,4 +293,4 @@ def test_help_lists_types_with_bpw() -> None:
         m = re.search(rf"\b{t.id}\s+{re.escape(t.name)}\s+([\d.]+) bpw", text)
         assert m, t.name
         assert float(m.group(1)) == pytest.approx(t.bits_per_weight, rel=1e-3)
-    assert "iq5_ks" not in text and "_r4" not in text
+    assert "iq4_kss" not in text and "_r4" not in text

@@ -2,7 +2,7 @@
 
 A recipe (``--custom-q`` rules, the per-tensor ``--*-type`` options, ``--output-tensor-type``,
 ``--token-embedding-type``, ``--extra-output-tensor``) may only name types this build can
-produce: the core's types and f32/f16/bf16. Anything else (iq5_ks, the trellis KT types,
+produce: the core's types and f32/f16/bf16. Anything else (iq4_kss, the trellis KT types,
 the row-interleaved _r4/_r8 types, ...) is an error when the option is parsed, never a silent
 substitution. The list comes from the type registry (``gguf.ggml_types``), not from here.
 

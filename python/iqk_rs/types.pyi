@@ -30,6 +30,7 @@ class QuantType(_QuantTypeBase):
     IQ2_KS = 145
     IQ3_KS = 156
     IQ4_KS = 144
+    IQ5_KS = 152
     Q8_0 = 8
     Q5_0 = 6
     Q6_0 = 133

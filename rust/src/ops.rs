@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use crate::companion::{self, Companion};
 use crate::error::{IqkError, Result};
 use crate::iqk::iq2_ks::Iq2KsSearch;
-use crate::iqk::{iq2_k, iq2_ks, iq3_k, iq3_ks, iq4_k, iq4_ks};
+use crate::iqk::{iq2_k, iq2_ks, iq3_k, iq3_ks, iq4_k, iq4_ks, iq5_ks};
 use crate::numeric::sanitized_row_weights;
 use crate::q8k;
 use crate::registry::{QuantType, TypeInfo, QK_K};
@@ -168,7 +168,7 @@ fn zip_rows<O: Send, I: Sync, S>(
 fn sanitize_block(qtype: QuantType) -> Option<usize> {
     match qtype {
         QuantType::Iq2K | QuantType::Iq3K | QuantType::Iq4K => Some(16),
-        QuantType::Iq2Ks | QuantType::Iq3Ks | QuantType::Iq4Ks => Some(32),
+        QuantType::Iq2Ks | QuantType::Iq3Ks | QuantType::Iq4Ks | QuantType::Iq5Ks => Some(32),
         _ => None,
     }
 }
@@ -286,6 +286,7 @@ fn quantize_iqk_row(
         QuantType::Iq2Ks => iq2_ks::quantize_row(x, weights, out, search),
         QuantType::Iq3Ks => iq3_ks::quantize_row(x, weights, out),
         QuantType::Iq4Ks => iq4_ks::quantize_row(x, weights, out),
+        QuantType::Iq5Ks => iq5_ks::quantize_row(x, weights, out),
         _ => unreachable!("not an IQK type"),
     }
 }
@@ -643,6 +644,7 @@ fn dot_type(qtype: QuantType) -> Result<DotType> {
         QuantType::Iq2Ks => DotType::Iq2Ks,
         QuantType::Iq3Ks => DotType::Iq3Ks,
         QuantType::Iq4Ks => DotType::Iq4Ks,
+        QuantType::Iq5Ks => DotType::Iq5Ks,
         _ => {
             return Err(IqkError::Unsupported {
                 qtype: qtype.name(),

@@ -17,6 +17,7 @@ pub enum QuantType {
     Iq4Ks = 144,
     Iq2Ks = 145,
     Iq3Ks = 156,
+    Iq5Ks = 152,
     // Companion types that ik_llama.cpp's quantization mixes use.
     Q5_0 = 6,
     Q8_0 = 8,
@@ -47,7 +48,7 @@ pub struct TypeInfo {
     pub type_size: usize,
     /// Bytes at the start of every row before its blocks (KS types' row scale).
     pub row_meta_size: usize,
-    /// One of the six IQK types this crate was built for (the rest are companions).
+    /// One of the IQK types this crate was built for (the rest are companions).
     pub is_iqk: bool,
     /// Byte offsets, within each block, of its fp16 scales (d, dmin): with the row prefix
     /// (an fp16 scale when it has 2 bytes, an f32 one when 4), the only bytes that can make
@@ -87,14 +88,15 @@ const fn info(
     }
 }
 
-/// Every registered type, the six IQK types first.
-pub const TYPES: [TypeInfo; 16] = [
+/// Every registered type, the IQK types first.
+pub const TYPES: [TypeInfo; 17] = [
     info(QuantType::Iq2K, "iq2_k", 138, QK_K, 76, 0, true, &[0]),
     info(QuantType::Iq3K, "iq3_k", 139, QK_K, 110, 0, true, &[0]),
     info(QuantType::Iq4K, "iq4_k", 140, QK_K, 144, 0, true, &[0]),
     info(QuantType::Iq2Ks, "iq2_ks", 147, QK_K, 70, 2, true, &[]),
     info(QuantType::Iq3Ks, "iq3_ks", 154, QK_K, 102, 2, true, &[]),
     info(QuantType::Iq4Ks, "iq4_ks", 145, QK_K, 136, 4, true, &[]),
+    info(QuantType::Iq5Ks, "iq5_ks", 150, QK_K, 168, 4, true, &[]),
     info(QuantType::Q8_0, "q8_0", 7, 32, 34, 0, false, &[0]),
     info(QuantType::Q5_0, "q5_0", 8, 32, 22, 0, false, &[0]),
     info(QuantType::Q6_0, "q6_0", 135, 32, 26, 0, false, &[0]),

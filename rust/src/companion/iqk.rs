@@ -18,13 +18,8 @@ use crate::numeric::FitPick;
 
 const QK_K: usize = 256;
 
-/// `iq5nl_values`: base row, then the shifted row (= base + 2).
-pub(super) const IQ5NL_VALUES: [i8; 64] = [
-    -126, -114, -103, -92, -83, -74, -65, -57, -50, -43, -36, -30, -24, -18, -12, -6, -1, 5, 11,
-    17, 23, 29, 36, 43, 51, 59, 68, 77, 87, 97, 109, 121, //
-    -124, -112, -101, -90, -81, -72, -63, -55, -48, -41, -34, -28, -22, -16, -10, -4, 1, 7, 13, 19,
-    25, 31, 38, 45, 53, 61, 70, 79, 89, 99, 111, 123,
-];
+/// `iq5nl_values`: base row, then the shifted row (= base + 2); shared with IQ5_KS.
+pub(super) const IQ5NL_VALUES: [i8; 64] = crate::simd::IQ5NL;
 /// `iq6nl_values`, base row (the quantizer's shifted row is base + 1).
 pub(super) const IQ6NL_VALUES: [i8; 64] = [
     -127, -121, -115, -109, -104, -98, -93, -88, -84, -79, -74, -70, -66, -62, -58, -54, -51, -47,
@@ -81,6 +76,18 @@ static IQ6NL_F: [f32; 128] = {
     }
     v
 };
+
+/// ik's `best_index_iq5nl(values, x)` on `vals`, the base or the shifted row of
+/// `iq5nl_values` as f32 (IQ5_KS's quantizer shares it with IQ5_K).
+#[inline]
+pub(crate) fn best_index_iq5nl(vals: &[f32], x: f32) -> usize {
+    Iq5::best_index(vals, x)
+}
+
+/// `iq5nl_values` as f32: the base row, then the shifted row.
+pub(crate) fn iq5nl_f32() -> &'static [f32; 64] {
+    &IQ5NL_F
+}
 
 /// The part of the IQ5_K and IQ6_K quantizers that differs between the two.
 trait NlTable {

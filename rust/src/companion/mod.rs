@@ -41,6 +41,7 @@
 #![allow(clippy::needless_range_loop)]
 
 mod iqk;
+pub(crate) use iqk::{best_index_iq5nl, iq5nl_f32};
 mod kquants;
 mod legacy;
 mod search;

@@ -10,3 +10,4 @@ pub mod iq3_k;
 pub mod iq3_ks;
 pub mod iq4_k;
 pub mod iq4_ks;
+pub mod iq5_ks;

@@ -22,8 +22,8 @@ use std::arch::x86_64::*;
 
 use super::scalar::{
     acc_k, acc_ks, check_rows, check_tile, finish_ks, row_scale_at, ActRows, DotType, IQ2KS_BYTES,
-    IQ2K_BYTES, IQ3KS_BYTES, IQ3K_BYTES, IQ4K, IQ4KS_BYTES, IQ4K_BYTES, Q8K_BSUMS, Q8K_BYTES,
-    Q8K_QS,
+    IQ2K_BYTES, IQ3KS_BYTES, IQ3K_BYTES, IQ4K, IQ4KS_BYTES, IQ4K_BYTES, IQ5KS_BYTES, IQ5NL,
+    Q8K_BSUMS, Q8K_BYTES, Q8K_QS,
 };
 
 /// Even sub-blocks first, then odd ones.
@@ -415,6 +415,38 @@ unsafe fn tab_iq4_pair(sel: usize) -> __m256i {
     _mm256_load_si256(IQ4_TABLES.0[sel].as_ptr() as *const __m256i)
 }
 
+/// The IQ5 value table in 16-entry halves, each in both lanes: entry `2·shifted + high`
+/// holds `iq5nl_values[32·shifted + 16·high..][..16]`.
+#[repr(align(32))]
+struct Iq5Tables([[i8; 32]; 4]);
+
+static IQ5_TABLES: Iq5Tables = {
+    let mut t = [[0i8; 32]; 4];
+    let mut sel = 0;
+    while sel < 4 {
+        let mut k = 0;
+        while k < 16 {
+            t[sel][k] = IQ5NL[16 * sel + k];
+            t[sel][16 + k] = IQ5NL[16 * sel + k];
+            k += 1;
+        }
+        sel += 1;
+    }
+    Iq5Tables(t)
+};
+
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn tab_iq5(sel: usize) -> __m256i {
+    _mm256_load_si256(IQ5_TABLES.0[sel].as_ptr() as *const __m256i)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn tab_none() -> __m256i {
+    _mm256_setzero_si256()
+}
+
 // ---------------------------------------------------------------- superblock bodies
 
 /// The values of chunk c = 0..8 (32 weights each) of a 2-bit type, or of a 3-bit one when
@@ -702,6 +734,62 @@ unsafe fn sb_iq4ks_no_min8<const N: usize>(
     _tab: __m256i,
 ) -> [__m256i; N] {
     sb_iq4ks_with::<N, true>(x, y)
+}
+
+/// IQ5_KS's superblock: 32-weight sub-block c takes its low index bits from nibble c%2 of
+/// the 32 bytes at `qs + 32(c/2)` and its fifth bit from bit c of the 32 `qh` bytes; the
+/// value is a `vpshufb` in the low or the high 16 entries of its (base or shifted) row, the
+/// fifth bit choosing between the two by `vpblendvb`. The values are signed (|v| <= 126), so
+/// the 4-bit types' sign trick multiplies them exactly.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn sb_iq5ks_with<const N: usize, const ABS_SHARED: bool>(
+    x: *const u8,
+    y: [*const u8; N],
+) -> [__m256i; N] {
+    let sc = scales_iq4ks(x);
+    let qh = loadu256(x.add(136));
+    let m = _mm256_set1_epi8(0x0f);
+    let mut acc = [_mm256_setzero_si256(); N];
+    for k in 0..4usize {
+        let b = loadu256(x.add(8 + 32 * k));
+        for (h, idx) in [
+            _mm256_and_si256(b, m),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(b), m),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let c = 2 * k + h;
+            let sel = 2 * (*x.add(c) & 1) as usize;
+            // Bit c of each qh byte moved to bit 7, the bit `vpblendvb` reads.
+            let high = _mm256_sll_epi16(qh, _mm_cvtsi32_si128(7 - c as i32));
+            let v = _mm256_blendv_epi8(
+                _mm256_shuffle_epi8(tab_iq5(sel), idx),
+                _mm256_shuffle_epi8(tab_iq5(sel + 1), idx),
+                high,
+            );
+            add_signed_chunk::<N, ABS_SHARED>(&mut acc, v, chunk_scale(sc, c), &y, c);
+        }
+    }
+    acc
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn sb_iq5ks<const N: usize>(x: *const u8, y: [*const u8; N], _tab: __m256i) -> [__m256i; N] {
+    sb_iq5ks_with::<N, false>(x, y)
+}
+
+/// `sb_iq5ks` for activations without -128.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn sb_iq5ks_no_min8<const N: usize>(
+    x: *const u8,
+    y: [*const u8; N],
+    _tab: __m256i,
+) -> [__m256i; N] {
+    sb_iq5ks_with::<N, true>(x, y)
 }
 
 // ---------------------------------------------------------------- row entry points
@@ -1074,6 +1162,19 @@ row!(
     sb_iq4ks,
     sb_iq4ks_no_min8,
     tab_iq4,
+    scales4_ks,
+    fold1_ks,
+    act_scales_ks
+);
+row!(
+    vec_dot_iq5ks,
+    vec_dot_iq5ks_rows,
+    tile_iq5ks,
+    DotType::Iq5Ks,
+    IQ5KS_BYTES,
+    sb_iq5ks,
+    sb_iq5ks_no_min8,
+    tab_none,
     scales4_ks,
     fold1_ks,
     act_scales_ks

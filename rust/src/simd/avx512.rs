@@ -14,11 +14,11 @@ use std::arch::x86_64::*;
 
 use super::avx2::{
     hsum_i32, prep_iq2k, prep_iq2ks, prep_iq3k, prep_iq3ks, prep_iq4k, prep_iq4ks, tab_iq2,
-    tab_iq3, tab_iq4,
+    tab_iq3, tab_iq4, tab_iq5,
 };
 use super::scalar::{
     acc_k, acc_ks, check_lens, f16_to_f32, finish_k, finish_ks, row_scale, DotType, IQ2KS_BYTES,
-    IQ2K_BYTES, IQ3KS_BYTES, IQ3K_BYTES, IQ4KS_BYTES, IQ4K_BYTES, Q8K_BYTES, Q8K_QS,
+    IQ2K_BYTES, IQ3KS_BYTES, IQ3K_BYTES, IQ4KS_BYTES, IQ4K_BYTES, IQ5KS_BYTES, Q8K_BYTES, Q8K_QS,
 };
 
 #[inline]
@@ -107,8 +107,14 @@ unsafe fn step_signed(
     t: usize,
     sc: __m512i,
 ) -> __m512i {
+    step_values(acc, _mm512_shuffle_epi8(tab, idx), y, t, sc)
+}
+
+/// [`step_signed`] on signed values `v` already looked up.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn step_values(acc: __m512i, v: __m512i, y: *const u8, t: usize, sc: __m512i) -> __m512i {
     let q = loadu512(y.add(Q8K_QS + 64 * t));
-    let v = _mm512_shuffle_epi8(tab, idx);
     let neg = _mm512_movepi8_mask(q);
     let vs = _mm512_mask_sub_epi8(v, neg, _mm512_setzero_si512(), v);
     let prod = _mm512_maddubs_epi16(_mm512_abs_epi8(q), vs);
@@ -239,6 +245,47 @@ unsafe fn sb_iq4ks(x: *const u8, y: *const u8, tab: __m512i) -> i32 {
     reduce(acc, st.mins(y))
 }
 
+/// IQ5_KS: step t covers sub-blocks 2t (low nibbles of `qs[32t..32t+32]`, fifth bit 2t of
+/// `qh`) and 2t + 1 (high nibbles, bit 2t + 1), each half with the table row its shift bit
+/// picks; the fifth bit chooses the table's low or high 16 entries by a mask blend. No
+/// block-sum correction: the shifted row is looked up directly.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn sb_iq5ks(x: *const u8, y: *const u8, _tab: __m512i) -> i32 {
+    let sc = widen(prep_iq4ks(x).sc);
+    let qh256 = _mm256_loadu_si256(x.add(136) as *const __m256i);
+    let qh = join(qh256, qh256);
+    let m = _mm256_set1_epi8(0x0f);
+    let mut acc = _mm512_setzero_si512();
+    for t in 0..4usize {
+        let b = _mm256_loadu_si256(x.add(8 + 32 * t) as *const __m256i);
+        let idx = join(
+            _mm256_and_si256(b, m),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(b), m),
+        );
+        let (sel_a, sel_b) = (
+            2 * (*x.add(2 * t) & 1) as usize,
+            2 * (*x.add(2 * t + 1) & 1) as usize,
+        );
+        let lo = join(tab_iq5(sel_a), tab_iq5(sel_b));
+        let hi = join(tab_iq5(sel_a + 1), tab_iq5(sel_b + 1));
+        let bit = join(
+            _mm256_set1_epi8(1 << (2 * t)),
+            _mm256_set1_epi8((1u8 << (2 * t + 1)) as i8),
+        );
+        let high = _mm512_test_epi8_mask(qh, bit);
+        let v = _mm512_mask_blend_epi8(
+            high,
+            _mm512_shuffle_epi8(lo, idx),
+            _mm512_shuffle_epi8(hi, idx),
+        );
+        let t2 = 2 * t as i16;
+        let s = _mm512_permutexvar_epi16(lanes16([t2, t2, t2 + 1, t2 + 1]), sc);
+        acc = step_values(acc, v, y, t, s);
+    }
+    reduce(acc, _mm256_setzero_si256())
+}
+
 macro_rules! row_k {
     ($name:ident, $kind:expr, $bytes:expr, $sb:ident, $tab:ident) => {
         /// One row (K type) against Q8_K activations.
@@ -306,5 +353,12 @@ row_ks!(
     DotType::Iq4Ks,
     IQ4KS_BYTES,
     sb_iq4ks,
+    tab_iq4
+);
+row_ks!(
+    vec_dot_iq5ks,
+    DotType::Iq5Ks,
+    IQ5KS_BYTES,
+    sb_iq5ks,
     tab_iq4
 );

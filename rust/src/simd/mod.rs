@@ -30,7 +30,7 @@ mod avx512;
 mod neon;
 mod scalar;
 
-pub use scalar::{dequantize_row, ActRows, DotType, IQ2NL, IQ3NL, IQ4K};
+pub use scalar::{dequantize_row, ActRows, DotType, IQ2NL, IQ3NL, IQ4K, IQ5NL};
 
 /// Bytes of one Q8_K block (ik_llama.cpp's layout: f32 d, f32 sum, 256 × i8, 16 × i16).
 pub const Q8K_BLOCK_BYTES: usize = scalar::Q8K_BYTES;
@@ -193,6 +193,7 @@ macro_rules! per_kind {
             DotType::Iq2Ks => |$($arg),*| $($f)::+(DotType::Iq2Ks, $($extra,)* $($arg),*),
             DotType::Iq3Ks => |$($arg),*| $($f)::+(DotType::Iq3Ks, $($extra,)* $($arg),*),
             DotType::Iq4Ks => |$($arg),*| $($f)::+(DotType::Iq4Ks, $($extra,)* $($arg),*),
+            DotType::Iq5Ks => |$($arg),*| $($f)::+(DotType::Iq5Ks, $($extra,)* $($arg),*),
         }
     };
 }
@@ -334,6 +335,7 @@ mod x86 {
             DotType::Iq2Ks => wrap!(avx2, vec_dot_iq2ks),
             DotType::Iq3Ks => wrap!(avx2, vec_dot_iq3ks),
             DotType::Iq4Ks => wrap!(avx2, vec_dot_iq4ks),
+            DotType::Iq5Ks => wrap!(avx2, vec_dot_iq5ks),
         }
     }
 
@@ -354,6 +356,7 @@ mod x86 {
             DotType::Iq2Ks => wrap_rows!(avx2, vec_dot_iq2ks_rows),
             DotType::Iq3Ks => wrap_rows!(avx2, vec_dot_iq3ks_rows),
             DotType::Iq4Ks => wrap_rows!(avx2, vec_dot_iq4ks_rows),
+            DotType::Iq5Ks => wrap_rows!(avx2, vec_dot_iq5ks_rows),
         }
     }
 
@@ -374,6 +377,7 @@ mod x86 {
             DotType::Iq2Ks => wrap_tile!(avx2, tile_iq2ks),
             DotType::Iq3Ks => wrap_tile!(avx2, tile_iq3ks),
             DotType::Iq4Ks => wrap_tile!(avx2, tile_iq4ks),
+            DotType::Iq5Ks => wrap_tile!(avx2, tile_iq5ks),
         }
     }
 
@@ -385,6 +389,7 @@ mod x86 {
             DotType::Iq2Ks => wrap!(avx512, vec_dot_iq2ks),
             DotType::Iq3Ks => wrap!(avx512, vec_dot_iq3ks),
             DotType::Iq4Ks => wrap!(avx512, vec_dot_iq4ks),
+            DotType::Iq5Ks => wrap!(avx512, vec_dot_iq5ks),
         }
     }
 }
@@ -410,12 +415,14 @@ mod arm {
             (DotType::Iq2Ks, false) => wrap!(vec_dot_iq2ks),
             (DotType::Iq3Ks, false) => wrap!(vec_dot_iq3ks),
             (DotType::Iq4Ks, false) => wrap!(vec_dot_iq4ks),
+            (DotType::Iq5Ks, false) => wrap!(vec_dot_iq5ks),
             (DotType::Iq2K, true) => wrap!(vec_dot_iq2k_dotprod),
             (DotType::Iq3K, true) => wrap!(vec_dot_iq3k_dotprod),
             (DotType::Iq4K, true) => wrap!(vec_dot_iq4k_dotprod),
             (DotType::Iq2Ks, true) => wrap!(vec_dot_iq2ks_dotprod),
             (DotType::Iq3Ks, true) => wrap!(vec_dot_iq3ks_dotprod),
             (DotType::Iq4Ks, true) => wrap!(vec_dot_iq4ks_dotprod),
+            (DotType::Iq5Ks, true) => wrap!(vec_dot_iq5ks_dotprod),
         }
     }
 }

@@ -17,8 +17,8 @@ use core::arch::aarch64::*;
 
 use super::scalar::{
     acc_k, acc_ks, check_lens, f16_to_f32, finish_k, finish_ks, row_scale, DotType, IQ2KS_BYTES,
-    IQ2K_BYTES, IQ3KS_BYTES, IQ3K_BYTES, IQ4K, IQ4KS_BYTES, IQ4K_BYTES, Q8K_BSUMS, Q8K_BYTES,
-    Q8K_QS,
+    IQ2K_BYTES, IQ3KS_BYTES, IQ3K_BYTES, IQ4K, IQ4KS_BYTES, IQ4K_BYTES, IQ5KS_BYTES, IQ5NL,
+    Q8K_BSUMS, Q8K_BYTES, Q8K_QS,
 };
 
 const TAB2: [i8; 16] = [-31, -13, 1, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
@@ -169,6 +169,22 @@ unsafe fn scales_iq4ks(x: *const u8) -> Scales {
     }
 }
 
+/// IQ5_KS: IQ4_KS's scale bytes; the shifted row of iq5nl is the base + 2.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn scales_iq5ks(x: *const u8) -> Scales {
+    let b = vld1_u8(x);
+    let s = vsub_s8(
+        vreinterpret_s8_u8(vand_u8(b, vdup_n_u8(0xfe))),
+        vdup_n_s8(127),
+    );
+    let m = vreinterpret_s8_u8(vshl_n_u8::<1>(vand_u8(b, vdup_n_u8(1))));
+    Scales {
+        s: dup8(s),
+        m: dup8(m),
+    }
+}
+
 /// Σ_g s_g · m_g · bsum_g, in 4 × i32.
 #[inline]
 #[target_feature(enable = "neon")]
@@ -251,6 +267,29 @@ unsafe fn idx_4bit(qs: *const u8) -> [uint8x16_t; 16] {
     out
 }
 
+/// Table indices (0..32) of the 16 groups of an IQ5_KS superblock: group k (sub-block k/2)
+/// takes nibble (k/2)%2 of `qs[32(k/4) + 16(k%2)..]` and bit k/2 of `qh[16(k%2)..]` as bit 4.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn idx_5bit(qs: *const u8, qh: *const u8) -> [uint8x16_t; 16] {
+    let m = vdupq_n_u8(15);
+    let b4 = vdupq_n_u8(16);
+    let h = [vld1q_u8(qh), vld1q_u8(qh.add(16))];
+    let mut out = [vdupq_n_u8(0); 16];
+    for k in 0..16 {
+        let ib = k / 2;
+        let b = vld1q_u8(qs.add(32 * (ib / 2) + 16 * (k % 2)));
+        let nib = if ib % 2 == 0 {
+            vandq_u8(b, m)
+        } else {
+            vshrq_n_u8::<4>(b)
+        };
+        let high = vandq_u8(vtstq_u8(h[k % 2], vdupq_n_u8(1 << ib)), b4);
+        out[k] = vorrq_u8(nib, high);
+    }
+    out
+}
+
 /// The row loop shared by all kernels (`k`: fp16 scale per block; `ks`: row scale first).
 macro_rules! row_body {
     ($row:ident, $q8k:ident, $kind:expr, $bytes:expr, $tab:expr, $scales:ident, |$x:ident| $idx:expr, $sb:ident, $flavour:ident) => {{
@@ -308,6 +347,49 @@ macro_rules! kernels {
                 acc = vmlaq_s32(acc, t, s32[k]);
             }
             vaddvq_s32(acc)
+        }
+
+        /// `superblock` with a 32-entry table (`tbl` on two registers).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn superblock32(
+            tab: int8x16x2_t,
+            idx: &[uint8x16_t; 16],
+            sc: &Scales,
+            y: *const u8,
+        ) -> i32 {
+            let mut g = [vdupq_n_s32(0); 16];
+            for k in 0..16 {
+                let v = vqtbl2q_s8(tab, idx[k]);
+                let q = vld1q_s8(y.add(Q8K_QS + 16 * k) as *const i8);
+                g[k] = $group(v, q);
+            }
+            let s32 = scales32(sc.s);
+            let mut acc = mins(sc, y);
+            for k in 0..4 {
+                let t = quad(g[4 * k], g[4 * k + 1], g[4 * k + 2], g[4 * k + 3]);
+                acc = vmlaq_s32(acc, t, s32[k]);
+            }
+            vaddvq_s32(acc)
+        }
+
+        /// IQ5_KS row (f32 row scale first) · Q8_K: the base half of iq5nl through `tbl` on
+        /// two registers, the shifted half's +2 through the block sums. # Safety: as above.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn vec_dot_iq5ks(row: &[u8], q8k: &[u8]) -> f32 {
+            let kind = DotType::Iq5Ks;
+            let nb = check_lens(kind, row, q8k);
+            let tab = int8x16x2_t(vld1q_s8(IQ5NL.as_ptr()), vld1q_s8(IQ5NL.as_ptr().add(16)));
+            let meta = kind.row_meta();
+            let mut acc = 0.0f64;
+            for i in 0..nb {
+                let x = row.as_ptr().add(meta + i * IQ5KS_BYTES);
+                let y = q8k.as_ptr().add(i * Q8K_BYTES);
+                let idx = idx_5bit(x.add(8), x.add(136));
+                let sumi = superblock32(tab, &idx, &scales_iq5ks(x), y);
+                acc = acc_ks(acc, rdf32(y), sumi);
+            }
+            finish_ks(acc, row_scale(kind, row))
         }
 
         /// IQ2_K row · Q8_K. # Safety: the CPU must support the enabled features.
@@ -443,7 +525,9 @@ pub use self::dotprod::{
     vec_dot_iq2k as vec_dot_iq2k_dotprod, vec_dot_iq2ks as vec_dot_iq2ks_dotprod,
     vec_dot_iq3k as vec_dot_iq3k_dotprod, vec_dot_iq3ks as vec_dot_iq3ks_dotprod,
     vec_dot_iq4k as vec_dot_iq4k_dotprod, vec_dot_iq4ks as vec_dot_iq4ks_dotprod,
+    vec_dot_iq5ks as vec_dot_iq5ks_dotprod,
 };
 pub use self::plain::{
     vec_dot_iq2k, vec_dot_iq2ks, vec_dot_iq3k, vec_dot_iq3ks, vec_dot_iq4k, vec_dot_iq4ks,
+    vec_dot_iq5ks,
 };

@@ -33,6 +33,7 @@ mod tests {
             DotType::Iq2Ks => neon::vec_dot_iq2ks,
             DotType::Iq3Ks => neon::vec_dot_iq3ks,
             DotType::Iq4Ks => neon::vec_dot_iq4ks,
+            DotType::Iq5Ks => neon::vec_dot_iq5ks,
         };
         let dot: Kernel = match kind {
             DotType::Iq2K => neon::vec_dot_iq2k_dotprod,
@@ -41,6 +42,7 @@ mod tests {
             DotType::Iq2Ks => neon::vec_dot_iq2ks_dotprod,
             DotType::Iq3Ks => neon::vec_dot_iq3ks_dotprod,
             DotType::Iq4Ks => neon::vec_dot_iq4ks_dotprod,
+            DotType::Iq5Ks => neon::vec_dot_iq5ks_dotprod,
         };
         let mut v = vec![("neon", plain)];
         if is_aarch64_feature_detected!("dotprod") {
@@ -104,6 +106,10 @@ mod tests {
     #[test]
     fn random_iq4ks() {
         check_random(DotType::Iq4Ks)
+    }
+    #[test]
+    fn random_iq5ks() {
+        check_random(DotType::Iq5Ks)
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub const IQ4K_BYTES: usize = 144;
 pub const IQ2KS_BYTES: usize = 70;
 pub const IQ3KS_BYTES: usize = 102;
 pub const IQ4KS_BYTES: usize = 136;
+pub const IQ5KS_BYTES: usize = 168;
 
 /// `iq2nl_values`: base half then the shifted half (base + 5).
 pub const IQ2NL: [i8; 8] = [-31, -13, 1, 17, -26, -8, 6, 22];
@@ -41,7 +42,15 @@ pub const IQ4K: [i8; 32] = [
     -45, -31, -18, -6, 5, 17, 29, 42, 57, 73, 93, 117,
 ];
 
-/// The six weight formats the kernels handle.
+/// `iq5nl_values`: base half then the shifted half (base + 2).
+pub const IQ5NL: [i8; 64] = [
+    -126, -114, -103, -92, -83, -74, -65, -57, -50, -43, -36, -30, -24, -18, -12, -6, -1, 5, 11,
+    17, 23, 29, 36, 43, 51, 59, 68, 77, 87, 97, 109, 121, //
+    -124, -112, -101, -90, -81, -72, -63, -55, -48, -41, -34, -28, -22, -16, -10, -4, 1, 7, 13, 19,
+    25, 31, 38, 45, 53, 61, 70, 79, 89, 99, 111, 123,
+];
+
+/// The weight formats the kernels handle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DotType {
     Iq2K,
@@ -50,16 +59,18 @@ pub enum DotType {
     Iq2Ks,
     Iq3Ks,
     Iq4Ks,
+    Iq5Ks,
 }
 
 impl DotType {
-    pub const ALL: [DotType; 6] = [
+    pub const ALL: [DotType; 7] = [
         DotType::Iq2K,
         DotType::Iq3K,
         DotType::Iq4K,
         DotType::Iq2Ks,
         DotType::Iq3Ks,
         DotType::Iq4Ks,
+        DotType::Iq5Ks,
     ];
 
     /// Bytes of one 256-weight block.
@@ -71,6 +82,7 @@ impl DotType {
             DotType::Iq2Ks => IQ2KS_BYTES,
             DotType::Iq3Ks => IQ3KS_BYTES,
             DotType::Iq4Ks => IQ4KS_BYTES,
+            DotType::Iq5Ks => IQ5KS_BYTES,
         }
     }
 
@@ -78,7 +90,7 @@ impl DotType {
     pub fn row_meta(self) -> usize {
         match self {
             DotType::Iq2Ks | DotType::Iq3Ks => 2,
-            DotType::Iq4Ks => 4,
+            DotType::Iq4Ks | DotType::Iq5Ks => 4,
             _ => 0,
         }
     }
@@ -96,6 +108,7 @@ impl DotType {
             DotType::Iq2Ks => "iq2_ks",
             DotType::Iq3Ks => "iq3_ks",
             DotType::Iq4Ks => "iq4_ks",
+            DotType::Iq5Ks => "iq5_ks",
         }
     }
 }
@@ -242,11 +255,11 @@ pub fn rd_f32(b: &[u8], off: usize) -> f32 {
     f32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
 }
 
-/// The row scale of a KS row (fp16 for IQ2_KS/IQ3_KS, f32 for IQ4_KS), as f32.
+/// The row scale of a KS row (fp16 for IQ2_KS/IQ3_KS, f32 for IQ4_KS/IQ5_KS), as f32.
 #[inline]
 pub fn row_scale(kind: DotType, row: &[u8]) -> f32 {
     match kind {
-        DotType::Iq4Ks => rd_f32(row, 0),
+        DotType::Iq4Ks | DotType::Iq5Ks => rd_f32(row, 0),
         DotType::Iq2Ks | DotType::Iq3Ks => f16_to_f32(rd_u16(row, 0)),
         _ => 1.0,
     }
@@ -315,6 +328,7 @@ pub fn decode(kind: DotType, x: &[u8], out: &mut Decoded) {
         DotType::Iq2Ks => decode_iq2ks(x, out),
         DotType::Iq3Ks => decode_iq3ks(x, out),
         DotType::Iq4Ks => decode_iq4ks(x, out),
+        DotType::Iq5Ks => decode_iq5ks(x, out),
     }
 }
 
@@ -498,6 +512,24 @@ pub fn decode_iq4ks(x: &[u8], out: &mut Decoded) {
         let tab = &IQ4K[16 * (scales[ib] & 1) as usize..];
         for i in 32 * ib..32 * ib + 32 {
             out.values[i] = tab[idx4(qs, i)];
+        }
+    }
+}
+
+/// IQ5_KS block: `scales[8]`@0 (as IQ4_KS: bit 0 shift, `s = (b & 0xfe) - 127`), `qs[128]`@8
+/// (sub-block ib: the ib%2 nibble of `qs[32(ib/2) + j]`), `qh[32]`@136 (bit ib of `qh[j]`: the
+/// fifth index bit).
+pub fn decode_iq5ks(x: &[u8], out: &mut Decoded) {
+    let (scales, qs, qh) = (&x[0..8], &x[8..136], &x[136..168]);
+    for ib in 0..8 {
+        let s = (scales[ib] & 0xfe) as i32 - 127;
+        out.scales[2 * ib] = s;
+        out.scales[2 * ib + 1] = s;
+        let tab = &IQ5NL[32 * (scales[ib] & 1) as usize..];
+        for j in 0..32 {
+            let lo = (qs[32 * (ib / 2) + j] >> (4 * (ib % 2))) & 15;
+            let hi = ((qh[j] >> ib) & 1) << 4;
+            out.values[32 * ib + j] = tab[(lo | hi) as usize];
         }
     }
 }

@@ -78,6 +78,7 @@ pub fn layout(kind: DotType) -> (usize, usize, usize) {
         DotType::Iq2Ks => (0, 6, 70),
         DotType::Iq3Ks => (0, 6, 102),
         DotType::Iq4Ks => (0, 8, 136),
+        DotType::Iq5Ks => (0, 8, 168),
     }
 }
 
@@ -129,7 +130,7 @@ pub fn make_row(kind: DotType, rng: &mut Rng, nb: usize, fill: &dyn Fn(usize) ->
             let d = f16_scale(rng, special);
             row[0..2].copy_from_slice(&d.to_le_bytes());
         }
-        DotType::Iq4Ks => {
+        DotType::Iq4Ks | DotType::Iq5Ks => {
             let d = if rng.below(6) == 0 {
                 F32_SPECIAL[rng.below(F32_SPECIAL.len() as u64) as usize]
             } else {

@@ -1,0 +1,134 @@
+//! IQ5_KS: 5.25 bpw plus an f32 scale per row. 168-byte super-blocks of 256: 8 scale bytes (as
+//! IQ4_KS: bit 0 shifted-table flag, `(byte & 0xfe) - 127` the odd 7-bit scale), 128 bytes of
+//! low index nibbles (32-block ib: nibble ib%2 of `qs[32(ib/2) + j]`), 32 bytes of fifth bits
+//! (bit ib of `qh[j]`). Values from `iq5nl_values` (base row, shifted row = base + 2).
+//!
+//! Re-implemented from ik_llama.cpp's `quantize_row_iq5_ks_impl` (`iqk_quantize.cpp`,
+//! <https://github.com/ikawrakow/ik_llama.cpp>, MIT License, (c) 2024-2025 Iwan Kawrakow),
+//! operation for operation: the bytes must be identical.
+
+use super::common::{signed_max, Weighting};
+use crate::companion::{best_index_iq5nl, iq5nl_f32};
+use crate::numeric::nearest_int;
+use crate::registry::QK_K;
+
+pub const BLOCK_BYTES: usize = 168;
+pub const ROW_META: usize = 4;
+const SUB: usize = 32;
+const NSUB: usize = QK_K / SUB;
+const QS: usize = 8;
+const QH: usize = 136;
+const WEIGHTING: Weighting = Weighting::Narrow;
+const NTRY: i32 = 5;
+
+/// `(Σ w·q·x, Σ w·q², Σ w·q'·x, Σ w·q'²)`: q nearest to id·x, q' to −id·x, in element order.
+fn sums(vals: &[f32], id: f32, xb: &[f32], weight: &[f32]) -> [f32; 4] {
+    let (mut sp, mut qp, mut sm, mut qm) = (0f32, 0f32, 0f32, 0f32);
+    for (&x, &w) in xb.iter().zip(weight) {
+        let al = id * x;
+        let q = vals[best_index_iq5nl(vals, al)];
+        sp += w * q * x;
+        qp += w * q * q;
+        let q = vals[best_index_iq5nl(vals, -al)];
+        sm += w * q * x;
+        qm += w * q * q;
+    }
+    [sp, qp, sm, qm]
+}
+
+/// The best scale of one 32-block and whether the shifted row wins (ik's search with
+/// ntry = 5, step 1; the first fit is taken unconditionally).
+fn block_search(xb: &[f32], weight: &[f32], max: f32) -> (f32, bool) {
+    let (base, shifted) = iq5nl_f32().split_at(32);
+    let mut d = -max / base[0];
+    let [sp, qp, sm, qm] = sums(base, 1.0 / d, xb, weight);
+    d = sp / qp;
+    let mut best = d * sp;
+    if qm > 0.0 && sm * sm > best * qm {
+        d = sm / qm;
+        best = d * sm;
+    }
+    let mut is_shifted = false;
+    for itry in -NTRY..=NTRY {
+        for (vals, this_shifted) in [(base, false), (shifted, true)] {
+            let id = (itry as f32 + vals[0]) / max;
+            let [sp, qp, sm, qm] = sums(vals, id, xb, weight);
+            if qp > 0.0 && sp * sp > best * qp {
+                d = sp / qp;
+                best = d * sp;
+                is_shifted = this_shifted;
+            }
+            if qm > 0.0 && sm * sm > best * qm {
+                d = sm / qm;
+                best = d * sm;
+                is_shifted = this_shifted;
+            }
+        }
+    }
+    (d, is_shifted)
+}
+
+pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
+    out.fill(0);
+    let (meta, blocks) = out.split_at_mut(ROW_META);
+    let mut scales = vec![0.0f32; x.len() / SUB];
+    let mut weight = [0.0f32; SUB];
+    let mut amax_scale = 0.0f32;
+    for (ibl, (xbl, y)) in x
+        .chunks_exact(QK_K)
+        .zip(blocks.chunks_exact_mut(BLOCK_BYTES))
+        .enumerate()
+    {
+        let sigma2 = WEIGHTING.sigma2(xbl);
+        for ib in 0..NSUB {
+            let range = SUB * ib..SUB * (ib + 1);
+            let xb = &xbl[range.clone()];
+            WEIGHTING.fill(sigma2, xb, qw.map(|w| &w[ibl * QK_K..][range]), &mut weight);
+            let (max, amax) = signed_max(xb);
+            if amax < 1e-16 {
+                continue;
+            }
+            let (d, shifted) = block_search(xb, &weight, max);
+            y[ib] = shifted as u8;
+            scales[ibl * NSUB + ib] = d;
+            amax_scale = amax_scale.max(d.abs());
+        }
+    }
+    let d = amax_scale / 127.0;
+    meta.copy_from_slice(&d.to_le_bytes());
+    if d == 0.0 {
+        return;
+    }
+    let id = 1.0 / d;
+    let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+    for (ibl, (xbl, y)) in x
+        .chunks_exact(QK_K)
+        .zip(blocks.chunks_exact_mut(BLOCK_BYTES))
+        .enumerate()
+    {
+        let sigma2 = WEIGHTING.sigma2(xbl);
+        for ib in 0..NSUB {
+            let values = &iq5nl_f32()[32 * (y[ib] & 1) as usize..][..32];
+            let code = nearest_int(0.5 * (id * scales[ibl * NSUB + ib] + 127.0)).clamp(0, 127) << 1;
+            y[ib] |= code as u8;
+            let l = code - 127;
+            let dl = d * l as f32;
+            let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
+            let range = SUB * ib..SUB * (ib + 1);
+            let xb = &xbl[range.clone()];
+            WEIGHTING.fill(sigma2, xb, qw.map(|w| &w[ibl * QK_K..][range]), &mut weight);
+            for j in 0..SUB {
+                let idx = best_index_iq5nl(values, idl * xb[j]);
+                y[QS + SUB * (ib / 2) + j] |= ((idx & 0xf) << (4 * (ib % 2))) as u8;
+                y[QH + j] |= ((idx >> 4) << ib) as u8;
+                let w = weight[j];
+                let q = (values[idx] as i32 * l) as f32;
+                sumqx += w * q * xb[j];
+                sumq2 += w * q * q;
+            }
+        }
+    }
+    if sumq2 > 0.0 {
+        meta.copy_from_slice(&(sumqx / sumq2).to_le_bytes());
+    }
+}
