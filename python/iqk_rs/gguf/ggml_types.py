@@ -60,23 +60,13 @@ _IK_ONLY: dict[int, tuple[str, int, int, int]] = {
     31: ("q4_0_4x4", 32, 18, 0),
     32: ("q4_0_4x8", 32, 18, 0),
     33: ("q4_0_8x8", 32, 18, 0),
-    133: ("q6_0", 32, 26, 0),
     134: ("iq1_bn", 64, 13, 2),
     135: ("iq2_bn", 64, 16, 4),
-    137: ("iq2_k", 256, 76, 0),
-    138: ("iq3_k", 256, 110, 0),
-    139: ("iq4_k", 256, 144, 0),
-    140: ("iq5_k", 256, 176, 0),
-    141: ("iq6_k", 256, 212, 0),
-    144: ("iq4_ks", 256, 136, 4),
-    145: ("iq2_ks", 256, 70, 2),
     146: ("iq4_kss", 256, 128, 4),
     151: ("q8_KV", 32, 32, 8),
-    152: ("iq5_ks", 256, 168, 4),
     153: ("iq2_kt", 256, 68, 4),
     154: ("iq3_kt", 256, 100, 4),
     155: ("iq4_kt", 256, 128, 4),
-    156: ("iq3_ks", 256, 102, 2),
     157: ("iq2_kl", 256, 86, 2),
     158: ("iq1_kt", 256, 56, 4),
     202: ("q4_0_r8", 32, 18, 0),
@@ -108,8 +98,7 @@ _IK_ONLY: dict[int, tuple[str, int, int, int]] = {
     398: ("q8_KV_r8", 32, 32, 4),
     399: ("q8_k_r8", 256, 258, 0),
 }
-# (The core's types are listed too, so that files can still be sized when the
-# extension cannot be imported; the core's own table replaces those rows.)
+# The core's own types are not listed: their sizes come from its registry alone.
 INT_TYPES = frozenset({24, 25, 26, 27})  # I8, I16, I32, I64
 F32, F16, BF16 = 0, 1, 30
 FLOAT_TYPES = frozenset({F32, F16, BF16})
