@@ -636,23 +636,16 @@ pub fn dot_kernel(qtype: QuantType) -> Result<simd::DotFn> {
     Ok(simd::dot_fn(dot_type(qtype)?, simd::active_path()))
 }
 
+/// The layout module's kind of `qtype`, matched by name (the test
+/// `layout_module_agrees_with_the_registry` pins the two tables together).
 fn dot_type(qtype: QuantType) -> Result<DotType> {
-    let kind = match qtype {
-        QuantType::Iq2K => DotType::Iq2K,
-        QuantType::Iq3K => DotType::Iq3K,
-        QuantType::Iq4K => DotType::Iq4K,
-        QuantType::Iq2Ks => DotType::Iq2Ks,
-        QuantType::Iq3Ks => DotType::Iq3Ks,
-        QuantType::Iq4Ks => DotType::Iq4Ks,
-        QuantType::Iq5Ks => DotType::Iq5Ks,
-        _ => {
-            return Err(IqkError::Unsupported {
-                qtype: qtype.name(),
-                op: "the Q8_K dot product",
-            })
-        }
-    };
-    Ok(kind)
+    DotType::ALL
+        .into_iter()
+        .find(|k| k.name() == qtype.name())
+        .ok_or(IqkError::Unsupported {
+            qtype: qtype.name(),
+            op: "the Q8_K dot product",
+        })
 }
 
 /// Dot every row of `q` (rows of `row_bytes`) with the Q8_K activations `a8`.
@@ -919,6 +912,22 @@ mod tests {
         // The largest finite values pass: f16 65504, bf16 ±2^121 and ±3.39e38.
         assert!(check_finite_half(HalfFormat::F16, &[0x7bff, 0xfbff], 2).is_ok());
         assert!(check_finite_half(HalfFormat::Bf16, &[0x7c00, 0xfc00, 0x7f7f], 3).is_ok());
+    }
+
+    /// Every kind of the layout module is a registered IQK type with the same block and row
+    /// prefix sizes, and every IQK type has a kind (so a dot product).
+    #[test]
+    fn layout_module_agrees_with_the_registry() {
+        for kind in DotType::ALL {
+            let t = QuantType::from_name(kind.name()).unwrap().info();
+            assert!(t.is_iqk, "{}", t.name);
+            assert_eq!(t.type_size, kind.block_bytes(), "{}", t.name);
+            assert_eq!(t.row_meta_size, kind.row_meta(), "{}", t.name);
+            assert_eq!(t.block_size, 256, "{}", t.name);
+        }
+        for t in TYPES.iter().filter(|t| t.is_iqk) {
+            assert!(dot_type(t.qtype).is_ok(), "{}", t.name);
+        }
     }
 
     #[test]

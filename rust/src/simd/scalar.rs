@@ -30,6 +30,16 @@ pub const IQ3KS_BYTES: usize = 102;
 pub const IQ4KS_BYTES: usize = 136;
 pub const IQ5KS_BYTES: usize = 168;
 
+// Each block size is the sum of its fields (see the decoders below).
+const _: () = assert!(IQ2K_BYTES == 2 + 2 + 8 + 64); // d, extra, scales, qs
+const _: () = assert!(IQ3K_BYTES == 2 + 2 + 2 + 8 + 64 + 32); // d, extra, scales_h, scales_l, qs, qh
+const _: () = assert!(IQ4K_BYTES == 2 + 2 + 4 + 8 + 128); // d, extra, scales_h, scales_l, qs
+const _: () = assert!(IQ2KS_BYTES == 2 + 4 + 64); // extra, scales, qs
+const _: () = assert!(IQ3KS_BYTES == 2 + 4 + 64 + 32); // extra, scales, qs, qh
+const _: () = assert!(IQ4KS_BYTES == 8 + 128); // scales, qs
+const _: () = assert!(IQ5KS_BYTES == 8 + 128 + 32); // scales, qs, qh
+const _: () = assert!(Q8K_BYTES == 4 + 4 + QK + 2 * 16); // d, sum, qs, bsums
+
 /// `iq2nl_values`: base half then the shifted half (base + 5).
 pub const IQ2NL: [i8; 8] = [-31, -13, 1, 17, -26, -8, 6, 22];
 /// `iq3nl_values`: base half then the shifted half (base + 4).
