@@ -186,8 +186,8 @@ fn sizes_and_ids() {
         assert_eq!(k.row_size(512), 512 / k.block_size() * k.type_size());
     }
     assert_eq!(Companion::Iq6K.type_size(), 212);
-    assert_eq!(Companion::Q6_0.ggml_type(), 133);
-    assert_eq!(Companion::Iq5K.llama_ftype(), 141);
+    assert_eq!(Companion::Q6_0.info().ggml_id, 133);
+    assert_eq!(Companion::Iq5K.info().llama_ftype, 141);
 }
 
 /// Q2_K without imatrix: a ternary matrix is written as exact ternary blocks (d = dmin =

@@ -40,6 +40,8 @@
 // iterator chains would obscure the correspondence.
 #![allow(clippy::needless_range_loop)]
 
+use crate::registry::{TypeInfo, TYPES};
+
 mod iqk;
 pub(crate) use iqk::{best_index_iq5nl, iq5nl_f32};
 mod kquants;
@@ -87,66 +89,28 @@ impl Companion {
         Companion::Iq6K,
     ];
 
+    /// The registry's facts about this type (ids, sizes): written there only, found by name.
+    pub fn info(self) -> &'static TypeInfo {
+        let name = self.name();
+        TYPES
+            .iter()
+            .find(|t| t.name == name)
+            .expect("every companion type is registered")
+    }
+
     /// Elements per block.
-    pub const fn block_size(self) -> usize {
-        match self {
-            Companion::Q8_0 | Companion::Q5_0 | Companion::Q6_0 | Companion::Iq4Nl => 32,
-            _ => 256,
-        }
+    pub fn block_size(self) -> usize {
+        self.info().block_size
     }
 
     /// Bytes per block.
-    pub const fn type_size(self) -> usize {
-        match self {
-            Companion::Q8_0 => 34,
-            Companion::Q5_0 => 22,
-            Companion::Q6_0 => 26,
-            Companion::Iq4Nl => 18,
-            Companion::Q2K => 84,
-            Companion::Q4K => 144,
-            Companion::Q5K => 176,
-            Companion::Q6K => 210,
-            Companion::Iq5K => 176,
-            Companion::Iq6K => 212,
-        }
+    pub fn type_size(self) -> usize {
+        self.info().type_size
     }
 
     /// Bytes of a row of `n` elements (`n` a multiple of [`Self::block_size`]); no row prefix.
-    pub const fn row_size(self, n: usize) -> usize {
+    pub fn row_size(self, n: usize) -> usize {
         n / self.block_size() * self.type_size()
-    }
-
-    /// ggml type id (ik_llama.cpp `ggml.h`).
-    pub const fn ggml_type(self) -> u32 {
-        match self {
-            Companion::Q5_0 => 6,
-            Companion::Q8_0 => 8,
-            Companion::Q2K => 10,
-            Companion::Q4K => 12,
-            Companion::Q5K => 13,
-            Companion::Q6K => 14,
-            Companion::Iq4Nl => 20,
-            Companion::Q6_0 => 133,
-            Companion::Iq5K => 140,
-            Companion::Iq6K => 141,
-        }
-    }
-
-    /// `LLAMA_FTYPE_MOSTLY_*` (GGUF `general.file_type`) of a model mostly of this type
-    /// (ik_llama.cpp `include/llama.h`; the `_M` mix for Q4_K and Q5_K).
-    pub const fn llama_ftype(self) -> u32 {
-        match self {
-            Companion::Q8_0 => 7,
-            Companion::Q5_0 => 8,
-            Companion::Q2K => 10,
-            Companion::Q4K => 15,
-            Companion::Q5K => 17,
-            Companion::Q6K => 18,
-            Companion::Iq4Nl => 25,
-            Companion::Q6_0 => 135,
-            Companion::Iq5K => 141,
-            Companion::Iq6K => 142,
-        }
     }
 
     /// ggml's type name (`"q8_0"`, `"q6_K"`, `"iq5_k"`, ...).
