@@ -10,27 +10,8 @@ pub fn nearest_int(f: f32) -> i32 {
     (biased.to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
 }
 
-/// IEEE binary16 (bits) to f32; exact.
-#[inline]
-pub fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h as u32) & 0x8000) << 16;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let mant = (h & 0x03ff) as u32;
-    let bits = if exp == 0 {
-        if mant == 0 {
-            sign
-        } else {
-            // Subnormal: value = mant * 2^-24, exactly representable in f32.
-            let magnitude = mant as f32 * f32::from_bits(0x3380_0000); // 2^-24
-            return f32::from_bits(sign | magnitude.to_bits());
-        }
-    } else if exp == 0x1f {
-        sign | 0x7f80_0000 | (mant << 13)
-    } else {
-        sign | ((exp + 112) << 23) | (mant << 13)
-    };
-    f32::from_bits(bits)
-}
+/// IEEE binary16 (bits) to f32, exact: the layout module's, written once.
+pub use crate::simd::f16_to_f32;
 
 /// f32 to IEEE binary16 bits, round to nearest even (what F16C `_cvtss_sh(x, 0)` does).
 /// The sign of zero is kept: -0.0 becomes 0x8000.
@@ -77,12 +58,6 @@ pub fn f32_to_f16(x: f32) -> u16 {
         out += 1;
     }
     sign | out as u16
-}
-
-/// Round an f32 through fp16 and back, as storing a `ggml_half` and reading it again does.
-#[inline]
-pub fn round_f16(x: f32) -> f32 {
-    f16_to_f32(f32_to_f16(x))
 }
 
 /// ik's running pick among least-squares fits `(Σw·q·x, Σw·q²)` tried one after another, the

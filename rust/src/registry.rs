@@ -3,8 +3,8 @@
 
 use crate::error::{IqkError, Result};
 
-/// Elements per super-block of the K-family types.
-pub const QK_K: usize = 256;
+/// Elements per super-block of the K-family types (the layout module's).
+pub const QK_K: usize = crate::simd::QK;
 
 /// A quantization type this crate reads or writes. Discriminants are ggml type ids as
 /// ik_llama.cpp numbers them (which differ from mainline ggml for the ik-only types).

@@ -175,10 +175,6 @@ def _table() -> dict[int, GGMLType]:
     return table
 
 
-def core_available() -> bool:
-    return any(t.in_core for t in _own_table().values())
-
-
 def type_by_id(tid: int) -> GGMLType:
     t = _own_table().get(int(tid)) or _table().get(int(tid))
     if t is None:

@@ -16,7 +16,7 @@ use super::util::{
 };
 use crate::numeric::FitPick;
 
-const QK_K: usize = 256;
+use crate::registry::QK_K;
 
 /// `iq5nl_values`: base row, then the shifted row (= base + 2); shared with IQ5_KS.
 pub(super) const IQ5NL_VALUES: [i8; 64] = crate::simd::IQ5NL;

@@ -14,7 +14,7 @@ use super::search::{
 };
 use super::util::{f16_to_f32, f32_to_f16, nearest_int, read_f16, write_f16};
 
-const QK_K: usize = 256;
+use crate::registry::QK_K;
 
 /// Pack 2-bit values the Q2_K way: in each 128-half, byte l holds elements l, l+32, l+64,
 /// l+96 at bit offsets 0, 2, 4, 6.

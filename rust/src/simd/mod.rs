@@ -30,7 +30,7 @@ mod avx512;
 mod neon;
 mod scalar;
 
-pub use scalar::{dequantize_row, ActRows, DotType, IQ2NL, IQ3NL, IQ4K, IQ5NL};
+pub use scalar::{dequantize_row, f16_to_f32, ActRows, DotType, IQ2NL, IQ3NL, IQ4K, IQ5NL, QK};
 
 /// Bytes of one Q8_K block (ik_llama.cpp's layout: f32 d, f32 sum, 256 × i8, 16 × i16).
 pub const Q8K_BLOCK_BYTES: usize = scalar::Q8K_BYTES;
@@ -144,11 +144,6 @@ pub fn best_path() -> SimdPath {
     *available_paths()
         .last()
         .expect("the scalar path is always available")
-}
-
-/// Whether the NEON path uses the `dotprod` (SDOT) kernels on this CPU.
-pub fn neon_dotprod() -> bool {
-    caps().dotprod
 }
 
 /// The path used by the crate, chosen once: `IQK_RS_SIMD` if set (and available), else the
