@@ -183,9 +183,14 @@ fn candidates<T: NlTable>(max: f32) -> ([f32; N_PADDED], [bool; N_PADDED]) {
 
 /// `(Σ w·q·x, Σ w·q², Σ w·q'·x, Σ w·q'²)` of one candidate: q nearest to id·x, q' to −id·x,
 /// summed in element order as ik does.
-fn candidate_sums<T: NlTable>(vals: &[f32], id: f32, xb: &[f32], weight: &[f32; 16]) -> [f32; 4] {
+fn candidate_sums<T: NlTable, const B: usize>(
+    vals: &[f32],
+    id: f32,
+    xb: &[f32],
+    weight: &[f32; B],
+) -> [f32; 4] {
     let (mut sp, mut qp, mut sm, mut qm) = (0f32, 0f32, 0f32, 0f32);
-    for j in 0..16 {
+    for j in 0..B {
         let w = weight[j];
         let al = id * xb[j];
         let q = vals[T::best_index(vals, al)];
@@ -206,27 +211,7 @@ fn block_search<T: NlTable>(xb: &[f32], weight: &[f32; 16], max: f32) -> (f32, b
     let n = T::N;
     let all = T::values();
     let (base, shifted) = (&all[..n], &all[n..2 * n]);
-    let (ids, is_shifted_row) = candidates::<T>(max);
-    let mut sums = [[0f32; 4]; N_PADDED];
-    fill_sums::<T>(
-        crate::cpu::quantize_path(),
-        xb,
-        weight,
-        &ids,
-        &is_shifted_row,
-        &mut sums,
-    );
-    let [sp, qp, sm, qm] = sums[0];
-    let mut pick = FitPick::first(sp / qp, sp);
-    pick.offer(sm, qm);
-    let mut is_shifted = false;
-    for (&[sp, qp, sm, qm], &sh) in sums.iter().zip(&is_shifted_row).take(N_TRIES).skip(1) {
-        // Both signs are offered (`|`, not `||`).
-        if pick.offer(sp, qp) | pick.offer(sm, qm) {
-            is_shifted = sh;
-        }
-    }
-    let mut d = pick.scale;
+    let (mut d, is_shifted) = pick_scale::<T, 16>(xb, weight, max);
     if d != 0.0 {
         let vals = if is_shifted { shifted } else { base };
         let id = 1.0 / d;
@@ -244,11 +229,48 @@ fn block_search<T: NlTable>(xb: &[f32], weight: &[f32; 16], max: f32) -> (f32, b
     (d, is_shifted)
 }
 
+/// IQ5_KS's per-32-block scale search (`quantize_row_iq5_ks_impl`, ntry 5): the candidate
+/// search of IQ5_K on a block of `B` values, without IQ5_K's refit. Returns `(d, shifted)`.
+pub(crate) fn iq5nl_block_scale<const B: usize>(
+    xb: &[f32],
+    weight: &[f32; B],
+    max: f32,
+) -> (f32, bool) {
+    pick_scale::<Iq5, B>(xb, weight, max)
+}
+
+/// The best scale over the candidates of [`candidates`] and whether the shifted row won:
+/// ik's accept rule run over the candidates' sums in order (the first fit taken whatever its
+/// denominator, then each later fit of either sign when it scores higher).
+fn pick_scale<T: NlTable, const B: usize>(xb: &[f32], weight: &[f32; B], max: f32) -> (f32, bool) {
+    let (ids, is_shifted_row) = candidates::<T>(max);
+    let mut sums = [[0f32; 4]; N_PADDED];
+    fill_sums::<T, B>(
+        crate::cpu::quantize_path(),
+        xb,
+        weight,
+        &ids,
+        &is_shifted_row,
+        &mut sums,
+    );
+    let [sp, qp, sm, qm] = sums[0];
+    let mut pick = FitPick::first(sp / qp, sp);
+    pick.offer(sm, qm);
+    let mut is_shifted = false;
+    for (&[sp, qp, sm, qm], &sh) in sums.iter().zip(&is_shifted_row).take(N_TRIES).skip(1) {
+        // Both signs are offered (`|`, not `||`).
+        if pick.offer(sp, qp) | pick.offer(sm, qm) {
+            is_shifted = sh;
+        }
+    }
+    (pick.scale, is_shifted)
+}
+
 /// The sums of candidates 0..N_TRIES on `path` (which must be available on this CPU).
-fn fill_sums<T: NlTable>(
+fn fill_sums<T: NlTable, const B: usize>(
     path: crate::cpu::Path,
     xb: &[f32],
-    weight: &[f32; 16],
+    weight: &[f32; B],
     ids: &[f32; N_PADDED],
     shifted: &[bool; N_PADDED],
     sums: &mut [[f32; 4]; N_PADDED],
@@ -257,14 +279,14 @@ fn fill_sums<T: NlTable>(
     if path == crate::cpu::Path::Avx2 {
         assert!(std::is_x86_feature_detected!("avx2"));
         // SAFETY: the CPU has AVX2 (asserted above).
-        return unsafe { avx2::fill_sums::<T>(xb, weight, ids, shifted, sums) };
+        return unsafe { avx2::fill_sums::<T, B>(xb, weight, ids, shifted, sums) };
     }
     let _ = path;
     let n = T::N;
     let all = T::values();
     for c in 0..N_TRIES {
         let off = if shifted[c] { n } else { 0 };
-        sums[c] = candidate_sums::<T>(&all[off..off + n], ids[c], xb, weight);
+        sums[c] = candidate_sums::<T, B>(&all[off..off + n], ids[c], xb, weight);
     }
 }
 
@@ -310,9 +332,9 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2")]
-    pub unsafe fn fill_sums<T: NlTable>(
+    pub unsafe fn fill_sums<T: NlTable, const B: usize>(
         xb: &[f32],
-        weight: &[f32; 16],
+        weight: &[f32; B],
         ids: &[f32; N_PADDED],
         shifted: &[bool; N_PADDED],
         sums: &mut [[f32; 4]; N_PADDED],
@@ -328,7 +350,7 @@ mod avx2 {
             let id = _mm256_loadu_ps(ids[8 * g..].as_ptr());
             let zero = _mm256_setzero_ps();
             let (mut sp, mut qp, mut sm, mut qm) = (zero, zero, zero, zero);
-            for j in 0..16 {
+            for j in 0..B {
                 let x = _mm256_set1_ps(xb[j]);
                 let w = _mm256_set1_ps(weight[j]);
                 let al = _mm256_mul_ps(id, x);
@@ -636,7 +658,7 @@ mod tests {
                 let (ids, shifted) = candidates::<T>(max);
                 let mut scalar = [[0f32; 4]; N_PADDED];
                 let mut simd = [[0f32; 4]; N_PADDED];
-                fill_sums::<T>(
+                fill_sums::<T, 16>(
                     crate::cpu::Path::Scalar,
                     &x,
                     &weight,
@@ -644,7 +666,7 @@ mod tests {
                     &shifted,
                     &mut scalar,
                 );
-                fill_sums::<T>(
+                fill_sums::<T, 16>(
                     crate::cpu::Path::Avx2,
                     &x,
                     &weight,

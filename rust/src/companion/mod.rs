@@ -43,7 +43,7 @@
 use crate::registry::{TypeInfo, TYPES};
 
 mod iqk;
-pub(crate) use iqk::{best_index_iq5nl, iq5nl_f32};
+pub(crate) use iqk::{best_index_iq5nl, iq5nl_block_scale, iq5nl_f32};
 mod kquants;
 mod legacy;
 mod search;

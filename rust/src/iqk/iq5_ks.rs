@@ -8,7 +8,7 @@
 //! operation for operation: the bytes must be identical.
 
 use super::common::{signed_max, Weighting};
-use crate::companion::{best_index_iq5nl, iq5nl_f32};
+use crate::companion::{best_index_iq5nl, iq5nl_block_scale, iq5nl_f32};
 use crate::numeric::nearest_int;
 use crate::registry::QK_K;
 
@@ -19,54 +19,6 @@ const NSUB: usize = QK_K / SUB;
 const QS: usize = 8;
 const QH: usize = 136;
 const WEIGHTING: Weighting = Weighting::Narrow;
-const NTRY: i32 = 5;
-
-/// `(Σ w·q·x, Σ w·q², Σ w·q'·x, Σ w·q'²)`: q nearest to id·x, q' to −id·x, in element order.
-fn sums(vals: &[f32], id: f32, xb: &[f32], weight: &[f32]) -> [f32; 4] {
-    let (mut sp, mut qp, mut sm, mut qm) = (0f32, 0f32, 0f32, 0f32);
-    for (&x, &w) in xb.iter().zip(weight) {
-        let al = id * x;
-        let q = vals[best_index_iq5nl(vals, al)];
-        sp += w * q * x;
-        qp += w * q * q;
-        let q = vals[best_index_iq5nl(vals, -al)];
-        sm += w * q * x;
-        qm += w * q * q;
-    }
-    [sp, qp, sm, qm]
-}
-
-/// The best scale of one 32-block and whether the shifted row wins (ik's search with
-/// ntry = 5, step 1; the first fit is taken unconditionally).
-fn block_search(xb: &[f32], weight: &[f32], max: f32) -> (f32, bool) {
-    let (base, shifted) = iq5nl_f32().split_at(32);
-    let mut d = -max / base[0];
-    let [sp, qp, sm, qm] = sums(base, 1.0 / d, xb, weight);
-    d = sp / qp;
-    let mut best = d * sp;
-    if qm > 0.0 && sm * sm > best * qm {
-        d = sm / qm;
-        best = d * sm;
-    }
-    let mut is_shifted = false;
-    for itry in -NTRY..=NTRY {
-        for (vals, this_shifted) in [(base, false), (shifted, true)] {
-            let id = (itry as f32 + vals[0]) / max;
-            let [sp, qp, sm, qm] = sums(vals, id, xb, weight);
-            if qp > 0.0 && sp * sp > best * qp {
-                d = sp / qp;
-                best = d * sp;
-                is_shifted = this_shifted;
-            }
-            if qm > 0.0 && sm * sm > best * qm {
-                d = sm / qm;
-                best = d * sm;
-                is_shifted = this_shifted;
-            }
-        }
-    }
-    (d, is_shifted)
-}
 
 pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
     out.fill(0);
@@ -88,7 +40,8 @@ pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
             if amax < 1e-16 {
                 continue;
             }
-            let (d, shifted) = block_search(xb, &weight, max);
+            // IQ5_K's candidate search (ntry 5, both rows, both signs), on 32 values.
+            let (d, shifted) = iq5nl_block_scale(xb, &weight, max);
             y[ib] = shifted as u8;
             scales[ibl * NSUB + ib] = d;
             amax_scale = amax_scale.max(d.abs());
