@@ -46,7 +46,8 @@ def quantize(
     qtype: QuantType | str,
     imatrix: npt.ArrayLike | None = None,
     *,
-    iq2ks_search: str = "fast",
+    search: str | None = None,
+    iq2ks_search: str | None = None,
     threads: int | None = None,
 ) -> np.ndarray:
     """Quantize rows of weights; returns uint8 of shape (nrows, row_size).
@@ -54,26 +55,40 @@ def quantize(
     ``x`` is float32, float16 (widened row by row, without a float32 copy) or float64
     (converted), 1-D (one row) or 2-D (rows). ``imatrix`` is the per-column importance
     (length n_per_row, finite, non-negative); importance blocks that are all zero are taken
-    as "no information". ``iq2ks_search`` picks ik's IQ2_KS search: ``"fast"``
-    (llama-quantize's default on x86) or ``"exhaustive"``. ``threads`` caps the worker
+    as "no information". ``search`` is ``"ik"`` (default: ik_llama.cpp's bytes, for IQ2_KS
+    its fast search, llama-quantize's default on x86), ``"ik-exhaustive"`` (IQ2_KS's
+    exhaustive search) or ``"best"``: valid bytes of the same format with a lower
+    importance-weighted error than ik's, never higher per super-block (per row for the _KS
+    types); it applies to the six IQK types, the others are quantized as with ``"ik"``.
+    ``iq2ks_search`` (``"fast"``/``"exhaustive"``) is the older name of the same option.
+    ``threads`` caps the worker
     threads (default: every core; at most 8 per CPU, 256 always allowed); the bytes never
     depend on it. Large inputs are quantized in pieces, so Ctrl-C interrupts within a
     fraction of a second (``KeyboardInterrupt``).
 
     Raises ``ValueError`` for a row length that is not a multiple of the type's block
     size, NaN/Inf weights or importances (naming row and column), an imatrix of the wrong
-    length or with negative entries, a bad ``threads`` or ``iq2ks_search``, and an unknown
+    length or with negative entries, a bad ``threads`` or ``search``, and an unknown
     type name; ``TypeError`` for arrays of a wrong dtype or a ``qtype`` of a wrong kind.
     """
     qt = as_quant_type(qtype)
+    mode = search_mode(search, iq2ks_search)
     im = None if imatrix is None else _floats(imatrix, "imatrix", (1,))
     half = np.asarray(x)
     if half.dtype == np.float16 and half.ndim in (1, 2):
         # Widened row by row inside the workers: no float32 copy of the whole array.
         bits = _rows(np.require(half, None, ["C_CONTIGUOUS", "ALIGNED"]).view(np.uint16))
-        return _core.quantize_half(bits, "f16", qt.value, im, iq2ks_search, _threads(threads))
+        return _core.quantize_half(bits, "f16", qt.value, im, mode, _threads(threads))
     rows = _rows(_floats(x, "x", (1, 2)))
-    return _core.quantize(rows, qt.value, im, iq2ks_search, _threads(threads))
+    return _core.quantize(rows, qt.value, im, mode, _threads(threads))
+
+
+def search_mode(search: str | None, iq2ks_search: str | None) -> str:
+    """The search name from ``search`` and its older alias ``iq2ks_search`` (default "ik")."""
+    if search is not None and iq2ks_search is not None and search != iq2ks_search:
+        raise ValueError(f"search={search!r} and iq2ks_search={iq2ks_search!r} disagree")
+    mode = search if search is not None else iq2ks_search
+    return "ik" if mode is None else mode
 
 
 def _rows(arr: np.ndarray) -> np.ndarray:

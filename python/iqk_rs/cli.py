@@ -45,6 +45,7 @@ from .gguf import GGUFError, GGUFWriteError
 from .gguf import convert as cv
 from .gguf import split as gsplit
 from .gguf.ftypes import ftype_name
+from .api import search_mode
 from .imatrix import ImatrixError, load_imatrix
 from .mix import TARGETS, MixError
 from .recipe import recipe_warnings, type_listing
@@ -98,6 +99,12 @@ class FloatType(str, Enum):
 class Search(str, Enum):
     fast = "fast"
     exhaustive = "exhaustive"
+
+
+class SearchMode(str, Enum):
+    ik = "ik"
+    ik_exhaustive = "ik-exhaustive"
+    best = "best"
 
 
 def _fail(msg: str, code: int = 1) -> typer.Exit:
@@ -604,12 +611,21 @@ def quantize(
     dry_run: Annotated[
         bool, typer.Option(help="Print the types and sizes; write nothing.")
     ] = False,
-    iq2ks_search: Annotated[
-        Search,
+    search: Annotated[
+        SearchMode | None,
         typer.Option(
-            case_sensitive=False, help="IQ2_KS scale search: ik's fast path or the exhaustive one."
+            case_sensitive=False,
+            help="ik: ik_llama.cpp's bytes (default); ik-exhaustive: the same with IQ2_KS's "
+            "exhaustive search; best: same formats and size, lower weighted error "
+            "(IQ2_K..IQ4_KS).",
         ),
-    ] = Search.fast,
+    ] = None,
+    iq2ks_search: Annotated[
+        Search | None,
+        typer.Option(
+            case_sensitive=False, help="Older name of --search: fast = ik, exhaustive = ik-exhaustive."
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="One line per tensor.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     keep_split: KeepSplit = False,
@@ -651,7 +667,9 @@ def quantize(
         token_embedding_type=token_embedding_type,
         leave_output_tensor=leave_output_tensor,
         allow_requantize=allow_requantize,
-        iq2ks_search=iq2ks_search.value,
+        iq2ks_search=_run(
+            search_mode, search and search.value, iq2ks_search and iq2ks_search.value
+        ),
         hide_imatrix=hide_imatrix,
         allow_missing_imatrix=allow_missing_imatrix,
         tensor_types={k: v for k, v in per_tensor.items() if v is not None},

@@ -7,6 +7,7 @@ use rayon::prelude::*;
 
 use crate::companion::{self, Companion};
 use crate::error::{IqkError, Result};
+use crate::iqk::best;
 use crate::iqk::iq2_ks::Iq2KsSearch;
 use crate::iqk::{iq2_k, iq2_ks, iq3_k, iq3_ks, iq4_k, iq4_ks, iq5_ks};
 use crate::numeric::sanitized_row_weights;
@@ -20,6 +21,8 @@ use crate::widen::{widen, HalfFormat};
 pub struct QuantizeOptions {
     /// Which IQ2_KS search to reproduce (ignored by the other types).
     pub iq2ks_search: Iq2KsSearch,
+    /// `Some`: the lower-error search of `iqk::best` under this objective instead of ik's bytes.
+    pub best: Option<best::Objective>,
     /// Worker threads; `None` uses every core.
     pub threads: Option<usize>,
 }
@@ -338,7 +341,10 @@ fn quantize_iqk(
                 sanitized_row_weights(im, x_row, block, weights);
                 &weights[..]
             });
-            quantize_iqk_row(qtype, x_row, w, out_row, opts.iq2ks_search);
+            match opts.best {
+                Some(obj) => best::quantize_row(qtype, x_row, w, out_row, opts.iq2ks_search, obj),
+                None => quantize_iqk_row(qtype, x_row, w, out_row, opts.iq2ks_search),
+            }
         },
     )
 }

@@ -2,6 +2,7 @@
 //! one place, the dependency-free layout module `simd/scalar.rs`, which the dot-product
 //! kernels' scalar twins and dequantization (`simd::dequantize_row`) share.
 
+pub mod best;
 pub mod common;
 pub mod fit;
 pub mod iq2_k;

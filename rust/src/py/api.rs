@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::error::IqkError;
+use crate::iqk::best::Objective;
 use crate::iqk::iq2_ks::Iq2KsSearch;
 use crate::ops::{self, QuantizeOptions, Weights};
 use crate::registry::{QuantType, TYPES};
@@ -80,6 +81,24 @@ fn quantize_half<'py>(
     quantize_weights(py, x, shape, qtype, imatrix, iq2ks_search, threads)
 }
 
+/// The `search` option: ik's bytes (`"ik"`/`"fast"`, `"ik-exhaustive"`/`"exhaustive"`, the
+/// two IQ2_KS searches) or the lower-error search (`"best"`; `"best-plain"` minimises the
+/// plain-imatrix weighted error instead of ik's weighting).
+fn parse_search(name: &str) -> PyResult<(Iq2KsSearch, Option<Objective>)> {
+    Ok(match name.to_ascii_lowercase().as_str() {
+        "ik" | "fast" => (Iq2KsSearch::Fast, None),
+        "ik-exhaustive" | "exhaustive" => (Iq2KsSearch::Exhaustive, None),
+        "best" => (Iq2KsSearch::Fast, Some(Objective::IkWeights)),
+        "best-plain" => (Iq2KsSearch::Fast, Some(Objective::PlainImatrix)),
+        other => {
+            return Err(IqkError::InvalidArgument(format!(
+                "search must be 'ik', 'ik-exhaustive' or 'best', not {other:?}"
+            ))
+            .into())
+        }
+    })
+}
+
 fn quantize_weights<'py>(
     py: Python<'py>,
     x: Weights<'_>,
@@ -90,16 +109,7 @@ fn quantize_weights<'py>(
     threads: Option<usize>,
 ) -> PyResult<Bound<'py, PyArray2<u8>>> {
     let qtype = resolve(qtype)?;
-    let search = match iq2ks_search.to_ascii_lowercase().as_str() {
-        "fast" => Iq2KsSearch::Fast,
-        "exhaustive" => Iq2KsSearch::Exhaustive,
-        other => {
-            return Err(IqkError::InvalidArgument(format!(
-                "iq2ks_search must be 'fast' or 'exhaustive', not {other:?}"
-            ))
-            .into())
-        }
-    };
+    let (search, best) = parse_search(iq2ks_search)?;
     let im = match &imatrix {
         Some(a) => Some(contiguous("imatrix", a)?),
         None => None,
@@ -114,6 +124,7 @@ fn quantize_weights<'py>(
     }
     let opts = QuantizeOptions {
         iq2ks_search: search,
+        best,
         threads,
     };
     // In pieces, so that Ctrl-C is noticed within a fraction of a second, not when a

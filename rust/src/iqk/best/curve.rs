@@ -1,0 +1,227 @@
+//! A block's weighted squared error as a function of its effective scale, for one grid half and
+//! one sign: E(a) = Σw·(y - a·v[k(y/a)])², with k the nearest grid index and y = ±x.
+//!
+//! As u = 1/a grows from 0, each y·u moves away from 0 and its nearest index changes only when
+//! y·u crosses a midpoint of neighbouring grid values, at u = midpoint / y. Between those
+//! breakpoints the indices are fixed, so E(a) = C - 2a·A + a²·B with A = Σw·y·v, B = Σw·v².
+//! The breakpoints are sorted once per block; a scale is then one look-up (or one step of a
+//! monotone walk, when the scales come in order).
+
+/// The sorted breakpoints of one curve and the (A, B) that hold after each.
+pub struct Curve<'a> {
+    /// Breakpoints in u = 1/a, ascending.
+    pub u: &'a [f32],
+    /// `a_sum[p]`, `b_sum[p]`: A and B once the first p breakpoints are passed.
+    pub a_sum: &'a [f64],
+    pub b_sum: &'a [f64],
+    /// The local minima of E(a): (a, index of the segment holding it).
+    pub minima: &'a [(f32, u32)],
+}
+
+impl Curve<'_> {
+    /// E(a) - C for a > 0: the part that depends on the scale.
+    #[inline]
+    pub fn at(&self, a: f32) -> f64 {
+        let p = self.u.partition_point(|&u| u * a <= 1.0);
+        self.value(p, a)
+    }
+
+    /// E(a) - C, walking from segment `p` (a segment near a, for speed).
+    #[inline]
+    pub fn at_from(&self, mut p: usize, a: f32) -> f64 {
+        while p < self.u.len() && self.u[p] * a <= 1.0 {
+            p += 1;
+        }
+        while p > 0 && self.u[p - 1] * a > 1.0 {
+            p -= 1;
+        }
+        self.value(p, a)
+    }
+
+    #[inline(always)]
+    pub fn value(&self, p: usize, a: f32) -> f64 {
+        let a = a as f64;
+        a * (a * self.b_sum[p] - 2.0 * self.a_sum[p])
+    }
+}
+
+/// Index of the grid value nearest to 0 (grids are ascending with no value at 0).
+pub fn zero_index(values: &[i8]) -> usize {
+    let mut best = 0;
+    for (k, &v) in values.iter().enumerate() {
+        if v.unsigned_abs() < values[best].unsigned_abs() {
+            best = k;
+        }
+    }
+    best
+}
+
+/// Reusable storage for the curves of many blocks.
+#[derive(Default)]
+pub struct CurveStore {
+    pub u: Vec<f32>,
+    pub a_sum: Vec<f64>,
+    pub b_sum: Vec<f64>,
+    /// Start of each curve's breakpoints; curve c spans `u[start[c]..start[c+1]]` and
+    /// `a_sum`/`b_sum[start[c] + c..start[c+1] + c + 1]` (one more prefix entry than points).
+    pub start: Vec<usize>,
+    pub minima: Vec<(f32, u32)>,
+    /// Start of each curve's minima in `minima`.
+    pub minima_start: Vec<usize>,
+    events: Vec<(f32, f32, f32)>,
+}
+
+impl CurveStore {
+    pub fn clear(&mut self) {
+        self.u.clear();
+        self.a_sum.clear();
+        self.b_sum.clear();
+        self.start.clear();
+        self.start.push(0);
+        self.minima.clear();
+        self.minima_start.clear();
+        self.minima_start.push(0);
+    }
+
+    pub fn curve(&self, c: usize) -> Curve<'_> {
+        let (s, e) = (self.start[c], self.start[c + 1]);
+        Curve {
+            u: &self.u[s..e],
+            a_sum: &self.a_sum[s + c..e + c + 1],
+            b_sum: &self.b_sum[s + c..e + c + 1],
+            minima: &self.minima[self.minima_start[c]..self.minima_start[c + 1]],
+        }
+    }
+
+    /// Append the curve of values `sign·x`, weights `w`, on the grid `values`.
+    pub fn push(&mut self, values: &[i8], x: &[f32], w: &[f32], sign: f32) {
+        let n0 = zero_index(values);
+        let v0 = values[n0] as f32;
+        let (mut a0, mut b0) = (0.0f64, 0.0f64);
+        self.events.clear();
+        for (&xi, &wi) in x.iter().zip(w) {
+            let y = sign * xi;
+            a0 += (wi * y * v0) as f64;
+            b0 += (wi * v0 * v0) as f64;
+            if wi == 0.0 || y == 0.0 {
+                continue;
+            }
+            let step = |from: usize, to: usize| {
+                let (vf, vt) = (values[from] as f32, values[to] as f32);
+                let u = 0.5 * (vf + vt) / y;
+                (u, wi * y * (vt - vf), wi * (vt * vt - vf * vf))
+            };
+            if y > 0.0 {
+                for k in n0..values.len() - 1 {
+                    self.events.push(step(k, k + 1));
+                }
+            } else {
+                for k in (0..n0).rev() {
+                    self.events.push(step(k + 1, k));
+                }
+            }
+        }
+        // A total order and a deterministic sort: the same curve on every platform (events
+        // that tie in u differ only at that one point, where the errors are equal).
+        self.events.sort_unstable_by(|p, q| p.0.total_cmp(&q.0));
+        self.a_sum.push(a0);
+        self.b_sum.push(b0);
+        for &(u, da, db) in &self.events {
+            self.u.push(u);
+            a0 += da as f64;
+            b0 += db as f64;
+            self.a_sum.push(a0);
+            self.b_sum.push(b0);
+        }
+        self.start.push(self.u.len());
+        // Each term of E is a minimum of quadratics in a, so E only has concave kinks and its
+        // local minima are the stationary points a = A/B that fall inside their own segment
+        // (segment p: u[p-1] <= 1/a < u[p]).
+        let first = self.start[self.start.len() - 2];
+        let c = self.start.len() - 2;
+        let (u, a_sum, b_sum) = (
+            &self.u[first..],
+            &self.a_sum[first + c..],
+            &self.b_sum[first + c..],
+        );
+        for p in 0..=u.len() {
+            let (a, b) = (a_sum[p], b_sum[p]);
+            if a <= 0.0 || b <= 0.0 {
+                continue;
+            }
+            let am = (a / b) as f32;
+            let after_prev = p == 0 || u[p - 1] * am <= 1.0;
+            let before_next = p == u.len() || u[p] * am > 1.0;
+            if after_prev && before_next {
+                self.minima.push((am, p as u32));
+            }
+        }
+        self.minima_start.push(self.minima.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tables::{IQ2_GRIDS, IQ3_GRIDS, IQ4_GRIDS};
+
+    /// E(a) - C by brute force: every element's nearest grid value at scale a.
+    fn brute(values: &[i8], x: &[f32], w: &[f32], sign: f32, a: f32) -> f64 {
+        let mut e = 0.0f64;
+        for (&xi, &wi) in x.iter().zip(w) {
+            let y = (sign * xi) as f64;
+            let best = values
+                .iter()
+                .map(|&v| (y - a as f64 * v as f64).powi(2))
+                .fold(f64::INFINITY, f64::min);
+            e += wi as f64 * (best - y * y);
+        }
+        e
+    }
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    #[test]
+    fn lookup_matches_brute_force() {
+        let mut seed = 7u64;
+        for grids in [&IQ2_GRIDS, &IQ3_GRIDS, &IQ4_GRIDS] {
+            for grid in grids.iter() {
+                for n in [16usize, 32] {
+                    for _ in 0..40 {
+                        let x: Vec<f32> = (0..n).map(|_| lcg(&mut seed) * 3.0).collect();
+                        let w: Vec<f32> = (0..n).map(|_| lcg(&mut seed).abs() + 0.01).collect();
+                        let mut store = CurveStore::default();
+                        store.clear();
+                        store.push(grid.values, &x, &w, 1.0);
+                        store.push(grid.values, &x, &w, -1.0);
+                        for (c, sign) in [(0, 1.0f32), (1, -1.0)] {
+                            let curve = store.curve(c);
+                            for _ in 0..50 {
+                                let a = (lcg(&mut seed).abs() + 1e-3) * 0.5;
+                                let got = curve.at(a);
+                                let want = brute(grid.values, &x, &w, sign, a);
+                                let scale: f64 = w.iter().map(|&w| w as f64 * 10.0).sum();
+                                assert!(
+                                    (got - want).abs() <= 1e-5 * scale,
+                                    "a={a} got {got} want {want}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn zero_index_is_the_smallest_magnitude() {
+        assert_eq!(zero_index(IQ4_GRIDS[0].values), 8);
+        assert_eq!(zero_index(IQ3_GRIDS[1].values), 4);
+        assert_eq!(zero_index(IQ2_GRIDS[1].values), 2);
+    }
+}
