@@ -16,9 +16,8 @@ import argparse
 import re
 import time
 
-import numpy as np
-
 import iqk_rs
+import numpy as np
 from iqk_rs.gguf.ggml_types import rows_to_f32
 from iqk_rs.gguf.reader import GGUFReader
 from iqk_rs.imatrix import load_imatrix

@@ -7,10 +7,9 @@ import os
 import subprocess
 import sys
 
+import iqk_rs
 import numpy as np
 import pytest
-
-import iqk_rs
 
 TYPES = ["IQ2_K", "IQ3_K", "IQ4_K", "IQ2_KS", "IQ3_KS", "IQ4_KS"]
 BROAD = {"IQ2_K", "IQ2_KS", "IQ3_K"}
@@ -101,8 +100,8 @@ def test_best_is_the_same_on_the_scalar_path():
         "import sys, numpy as np, iqk_rs\n"
         "x = np.frombuffer(sys.stdin.buffer.read(), np.float32)\n"
         "x, im = x[:-1024].reshape(-1, 1024), x[-1024:]\n"
-        "for t in %r:\n"
-        "    sys.stdout.buffer.write(iqk_rs.quantize(x, t, im, search='best').tobytes())\n" % TYPES
+        f"for t in {TYPES!r}:\n"
+        "    sys.stdout.buffer.write(iqk_rs.quantize(x, t, im, search='best').tobytes())\n"
     )
     payload = np.concatenate([x.ravel(), im]).tobytes()
     outs = []

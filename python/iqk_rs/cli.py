@@ -40,12 +40,12 @@ from rich.table import Table
 from rich.text import Text
 
 from ._core import __version__
+from .api import search_mode
 from .display import printable
 from .gguf import GGUFError, GGUFWriteError
 from .gguf import convert as cv
 from .gguf import split as gsplit
 from .gguf.ftypes import ftype_name
-from .api import search_mode
 from .imatrix import ImatrixError, load_imatrix
 from .mix import TARGETS, MixError
 from .recipe import recipe_warnings, type_listing
@@ -623,7 +623,8 @@ def quantize(
     iq2ks_search: Annotated[
         Search | None,
         typer.Option(
-            case_sensitive=False, help="Older name of --search: fast = ik, exhaustive = ik-exhaustive."
+            case_sensitive=False,
+            help="Older name of --search: fast = ik, exhaustive = ik-exhaustive.",
         ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="One line per tensor.")] = False,
