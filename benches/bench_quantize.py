@@ -29,8 +29,10 @@ import time
 import numpy as np
 
 TYPES = ["iq2_k", "iq3_k", "iq4_k", "iq2_ks:fast", "iq2_ks:exhaustive", "iq3_ks", "iq4_ks"]
+# With --best: search="best" (issue 22), compared with ik's default quantizer of the same type.
+BEST = [f"{t}:best" for t in ("iq2_k", "iq3_k", "iq4_k", "iq2_ks", "iq3_ks", "iq4_ks")]
 # Slow searches get fewer rows so the run stays short; throughput is per weight either way.
-ROW_SHARE = {"iq2_k": 4, "iq2_ks:exhaustive": 4}
+ROW_SHARE = {"iq2_k": 4, "iq2_ks:exhaustive": 4, **{spec: 8 for spec in BEST}}
 
 
 def data(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
@@ -122,7 +124,7 @@ def worker(spec: str, rows: int, cols: int, part: str) -> None:
 
 
 def measure_ours(
-    rows: int, cols: int, repeat: int, with_procs: bool
+    rows: int, cols: int, repeat: int, with_procs: bool, specs: list[str]
 ) -> dict[str, dict[str, float]]:
     """Mweights/s of this process's SIMD path: single thread (CPU time, as ik's is measured)
     and all threads (wall time); the thread scaling (single- over all-thread wall time) and,
@@ -132,7 +134,7 @@ def measure_ours(
     x, im = data(rows, cols)
     cpus = os.cpu_count() or 1
     out = {}
-    for spec in TYPES:
+    for spec in specs:
         name, search, xs = type_rows(x, spec)
 
         def run(threads, xs=xs, name=name, search=search or "fast"):
@@ -161,7 +163,9 @@ def measure_ours(
     return out
 
 
-def measure_ik(lib_path: str, rows: int, cols: int, repeat: int) -> dict[str, dict[str, float]]:
+def measure_ik(
+    lib_path: str, rows: int, cols: int, repeat: int, specs: list[str]
+) -> dict[str, dict[str, float]]:
     import iqk_rs
 
     class UserData(ctypes.Structure):
@@ -170,7 +174,7 @@ def measure_ik(lib_path: str, rows: int, cols: int, repeat: int) -> dict[str, di
     lib = ctypes.CDLL(lib_path)
     x, im = data(rows, cols)
     out = {}
-    for spec in TYPES:
+    for spec in specs:
         name, search, xs = type_rows(x, spec)
         xs = np.ascontiguousarray(xs)
         fn = getattr(lib, f"quantize_{name}")
@@ -184,7 +188,8 @@ def measure_ik(lib_path: str, rows: int, cols: int, repeat: int) -> dict[str, di
             ctypes.c_void_p,
         ]
         # ik takes its IQ2_KS fast path only when given user data (as llama-quantize does).
-        user = ctypes.byref(UserData(False, False)) if search == "fast" else None
+        fast = search == "fast" or (search == "best" and name == "iq2_ks")
+        user = ctypes.byref(UserData(False, False)) if fast else None
         dst = np.zeros((xs.shape[0], iqk_rs.row_size(name, cols)), np.uint8)
 
         def run(xs=xs, dst=dst, fn=fn, user=user):
@@ -192,7 +197,8 @@ def measure_ik(lib_path: str, rows: int, cols: int, repeat: int) -> dict[str, di
 
         t = best_time(run, repeat, time.process_time)
         ours = iqk_rs.quantize(xs, name, im, iq2ks_search=search or "fast")
-        out[spec] = {"one": xs.size / t / 1e6, "same_bytes": bool(np.array_equal(ours, dst))}
+        same = "-" if search == "best" else str(bool(np.array_equal(ours, dst)))
+        out[spec] = {"one": xs.size / t / 1e6, "same_bytes": same}
     return out
 
 
@@ -201,18 +207,20 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=256)
     ap.add_argument("--cols", type=int, default=4096)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--best", action="store_true", help='also time search="best"')
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--part", default="0/1", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    specs = TYPES + (BEST if args.best else [])
     if args.child:
-        print(json.dumps(measure_ours(args.rows, args.cols, args.repeat, with_procs=False)))
+        print(json.dumps(measure_ours(args.rows, args.cols, args.repeat, False, specs)))
         return
     if args.worker:
         worker(args.worker, args.rows, args.cols, args.part)
         return
 
-    ours = measure_ours(args.rows, args.cols, args.repeat, with_procs=True)
+    ours = measure_ours(args.rows, args.cols, args.repeat, True, specs)
     env = dict(os.environ, IQK_RS_SIMD="scalar")
     cmd = [
         sys.executable,
@@ -224,12 +232,13 @@ def main() -> None:
         str(args.cols),
         "--repeat",
         str(args.repeat),
+        *(["--best"] if args.best else []),
     ]
     scalar = json.loads(
         subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     )
     lib = os.environ.get("IQK_BENCH_IK_LIB")
-    ik = measure_ik(lib, args.rows, args.cols, args.repeat) if lib else {}
+    ik = measure_ik(lib, args.rows, args.cols, args.repeat, specs) if lib else {}
 
     print(f"quantization, {args.rows} x {args.cols} weights with imatrix, Mweights/s")
     head = (
@@ -239,7 +248,7 @@ def main() -> None:
     if ik:
         head += f" {'ik 1T':>7} {'x ik':>6} {'same bytes':>10}"
     print(head)
-    for spec in TYPES:
+    for spec in specs:
         o, s = ours[spec], scalar[spec]
         line = (
             f"{spec:18} {o['one']:8.2f} {s['one']:9.2f} {o['one'] / s['one']:8.2f} "
@@ -247,7 +256,7 @@ def main() -> None:
         )
         if ik:
             k = ik[spec]
-            line += f" {k['one']:7.2f} {o['one'] / k['one']:6.2f} {str(k['same_bytes']):>10}"
+            line += f" {k['one']:7.2f} {o['one'] / k['one']:6.2f} {k['same_bytes']:>10}"
         print(line)
 
 

@@ -68,7 +68,8 @@ pub struct CurveStore {
     pub minima: Vec<(f32, u32)>,
     /// Start of each curve's minima in `minima`.
     pub minima_start: Vec<usize>,
-    events: Vec<(f32, f32, f32)>,
+    /// Scratch: the breakpoints of the curve being built, as sort keys.
+    events: Vec<u64>,
 }
 
 impl CurveStore {
@@ -99,37 +100,45 @@ impl CurveStore {
         let v0 = values[n0] as f32;
         let (mut a0, mut b0) = (0.0f64, 0.0f64);
         self.events.clear();
-        for (&xi, &wi) in x.iter().zip(w) {
+        for (i, (&xi, &wi)) in x.iter().zip(w).enumerate() {
             let y = sign * xi;
             a0 += (wi * y * v0) as f64;
             b0 += (wi * v0 * v0) as f64;
             if wi == 0.0 || y == 0.0 {
                 continue;
             }
-            let step = |from: usize, to: usize| {
-                let (vf, vt) = (values[from] as f32, values[to] as f32);
-                let u = 0.5 * (vf + vt) / y;
-                (u, wi * y * (vt - vf), wi * (vt * vt - vf * vf))
+            let iy = 1.0 / y;
+            // Key: u (positive, so its bits sort as integers), then which element moves
+            // from which grid index to which: a plain integer sort, the same everywhere.
+            let mut event = |from: usize, to: usize| {
+                let u = 0.5 * (values[from] as f32 + values[to] as f32) * iy;
+                let what = (i << 10 | from << 5 | to) as u64;
+                self.events.push((u.to_bits() as u64) << 32 | what);
             };
             if y > 0.0 {
                 for k in n0..values.len() - 1 {
-                    self.events.push(step(k, k + 1));
+                    event(k, k + 1);
                 }
             } else {
                 for k in (0..n0).rev() {
-                    self.events.push(step(k + 1, k));
+                    event(k + 1, k);
                 }
             }
         }
-        // A total order and a deterministic sort: the same curve on every platform (events
-        // that tie in u differ only at that one point, where the errors are equal).
-        self.events.sort_unstable_by(|p, q| p.0.total_cmp(&q.0));
+        self.events.sort_unstable();
         self.a_sum.push(a0);
         self.b_sum.push(b0);
-        for &(u, da, db) in &self.events {
-            self.u.push(u);
-            a0 += da as f64;
-            b0 += db as f64;
+        for &key in &self.events {
+            let (i, from, to) = (
+                (key >> 10 & 0x3ff) as usize,
+                (key >> 5 & 31) as usize,
+                (key & 31) as usize,
+            );
+            let (wi, y) = (w[i], sign * x[i]);
+            let (vf, vt) = (values[from] as f32, values[to] as f32);
+            self.u.push(f32::from_bits((key >> 32) as u32));
+            a0 += (wi * y * (vt - vf)) as f64;
+            b0 += (wi * (vt * vt - vf * vf)) as f64;
             self.a_sum.push(a0);
             self.b_sum.push(b0);
         }
@@ -149,11 +158,11 @@ impl CurveStore {
             if a <= 0.0 || b <= 0.0 {
                 continue;
             }
-            let am = (a / b) as f32;
-            let after_prev = p == 0 || u[p - 1] * am <= 1.0;
-            let before_next = p == u.len() || u[p] * am > 1.0;
+            // u[p-1]·(A/B) <= 1 < u[p]·(A/B), without dividing for every segment.
+            let after_prev = p == 0 || u[p - 1] as f64 * a <= b;
+            let before_next = p == u.len() || u[p] as f64 * a > b;
             if after_prev && before_next {
-                self.minima.push((am, p as u32));
+                self.minima.push(((a / b) as f32, p as u32));
             }
         }
         self.minima_start.push(self.minima.len());

@@ -138,7 +138,7 @@ fn quantize_ik_row(
 }
 
 /// Candidate ratios to ik's d of the coarse grid: geometric over [0.3, 2].
-const COARSE: usize = 16;
+const COARSE: usize = 10;
 const COARSE_LO: f32 = 0.3;
 const COARSE_HI: f32 = 2.0;
 
@@ -197,6 +197,8 @@ struct Engine<'a> {
     /// Every block's minima over its four curves, each block's ascending by value.
     minima: Vec<Minimum>,
     minima_start: Vec<usize>,
+    /// Σ over blocks < k of each block's floor: min(0, its best minimum).
+    floor_prefix: Vec<f64>,
     pos: Magnitudes,
     neg: Magnitudes,
     has_zero: bool,
@@ -215,6 +217,11 @@ impl<'a> Engine<'a> {
     fn new(f: &'static Format, x: &'a [f32], w: &'a [f32]) -> Self {
         let mut curves = CurveStore::default();
         curves.clear();
+        // At most one breakpoint per element and grid midpoint on its side, per curve.
+        let per_curve = x.len() * f.grids[0].values.len() / 2;
+        curves.u.reserve(4 * per_curve);
+        curves.a_sum.reserve(4 * per_curve);
+        curves.b_sum.reserve(4 * per_curve);
         for (xb, wb) in x.chunks_exact(f.sub).zip(w.chunks_exact(f.sub)) {
             for grid in f.grids.iter() {
                 curves.push(grid.values, xb, wb, 1.0);
@@ -236,8 +243,18 @@ impl<'a> Engine<'a> {
                 }
             }
             let from = minima_start[k];
-            minima[from..].sort_by(|p: &Minimum, q: &Minimum| p.value.total_cmp(&q.value));
+            minima[from..].sort_unstable_by(|p: &Minimum, q: &Minimum| p.value.total_cmp(&q.value));
             minima_start.push(minima.len());
+        }
+        let mut floor_prefix = vec![0.0f64];
+        for k in 0..minima_start.len() - 1 {
+            let floor = match minima.get(minima_start[k]) {
+                Some(m) if k < minima_start.len() - 1 && minima_start[k] < minima_start[k + 1] => {
+                    m.value.min(0.0)
+                }
+                _ => 0.0,
+            };
+            floor_prefix.push(floor_prefix[k] + floor);
         }
         Engine {
             f,
@@ -246,6 +263,7 @@ impl<'a> Engine<'a> {
             curves,
             minima,
             minima_start,
+            floor_prefix,
             pos: Magnitudes::of(f.codes().filter(|&l| l > 0), f.step),
             neg: Magnitudes::of(f.codes().filter(|&l| l < 0).map(|l| -l), f.step),
             has_zero: f.codes().any(|l| l == 0),
@@ -341,6 +359,21 @@ impl<'a> Engine<'a> {
         blocks.map(|k| self.choose(k, d).value).sum()
     }
 
+    /// `score`, or None as soon as it is sure to reach `bound`: each block scores at least
+    /// its floor (its best minimum, or 0), so a candidate d is dropped once the blocks done
+    /// plus the floors of those to come reach the best score so far.
+    fn score_below(&self, blocks: std::ops::Range<usize>, d: f32, bound: f64) -> Option<f64> {
+        let end = blocks.end;
+        let mut sum = 0.0f64;
+        for k in blocks {
+            sum += self.choose(k, d).value;
+            if sum + (self.floor_prefix[end] - self.floor_prefix[k + 1]) >= bound {
+                return None;
+            }
+        }
+        Some(sum)
+    }
+
     fn search(&self, blocks: std::ops::Range<usize>, d_ik: f32) -> f32 {
         let f = self.f;
         let mut best_d = d_ik;
@@ -348,8 +381,7 @@ impl<'a> Engine<'a> {
         let offer = |d: f32, best_d: &mut f32, best: &mut f64| {
             let d = f.stored(d);
             if d != 0.0 && d.is_finite() && d != *best_d {
-                let v = self.score(blocks.clone(), d);
-                if v < *best {
+                if let Some(v) = self.score_below(blocks.clone(), d, *best) {
                     *best = v;
                     *best_d = d;
                 }
