@@ -84,6 +84,7 @@ def main() -> None:
         print("\n" + head)
         tot = {"ik": 0.0, "best": 0.0, "ikp": 0.0, "bestp": 0.0, "worse": 0, "n": 0}
         tot_t = {"ik": 0.0, "best": 0.0}
+        per_tensor = []
         for name, x, im in samples:
             w_ik = ik_weights(qtype, x, im)
             w_plain = np.broadcast_to(im if im is not None else np.ones(x.shape[1]), x.shape)
@@ -105,6 +106,7 @@ def main() -> None:
             tot["bestp"] += p_b
             tot["worse"] += worse
             tot["n"] += x.shape[0]
+            per_tensor.append(100 * (1 - e_b / e_ik))
             print(
                 f"{qtype:7} {name[:28]:28} {e_ik:10.4g} {e_b:10.4g} {100 * (1 - e_b / e_ik):8.2f}% "
                 f"{100 * (1 - p_b / p_ik):9.2f}% {worse:6d} {secs['ik']:6.2f} {secs['best']:7.2f}"
@@ -114,6 +116,10 @@ def main() -> None:
             f"{100 * (1 - tot['best'] / tot['ik']):8.2f}% "
             f"{100 * (1 - tot['bestp'] / tot['ikp']):9.2f}% {tot['worse']:6d} "
             f"{tot_t['ik']:6.2f} {tot_t['best']:7.2f}   ({tot['n']} rows)"
+        )
+        print(
+            f"{qtype:7} per tensor (ik weighting): mean {np.mean(per_tensor):.2f} %, median "
+            f"{np.median(per_tensor):.2f} %, min {np.min(per_tensor):.2f} %"
         )
 
 

@@ -99,7 +99,7 @@ fn check_quantize(qtype: QuantType, name: &str, search: Iq2KsSearch, file_tag: &
             let want = read(case.name, &file).unwrap_or_else(|| panic!("missing {file}"));
             let opts = QuantizeOptions {
                 iq2ks_search: search,
-                threads: None,
+                ..Default::default()
             };
             let got = ops::quantize(qtype, &case.x, case.ncols, im, &opts).unwrap();
             assert_bytes(&case, &file, qtype, &got, &want);

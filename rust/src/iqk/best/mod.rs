@@ -293,7 +293,7 @@ impl<'a> Engine<'a> {
         };
         let code_sign = if d > 0.0 { 1 } else { -1 };
         let side = |c: usize| {
-            if c % 2 == 0 {
+            if c.is_multiple_of(2) {
                 (same, code_sign)
             } else {
                 (opposite, -code_sign)
@@ -397,7 +397,8 @@ impl<'a> Engine<'a> {
             }
         }
         let mut q = ratio;
-        while q - 1.0 > 2e-4 {
+        // Down to below one fp16 step (at least 2^-11 relative).
+        while q - 1.0 > 4e-4 {
             q = q.sqrt();
             let center = best_d;
             offer(center * q, &mut best_d, &mut best);
