@@ -130,3 +130,30 @@ def test_search_names_and_aliases():
     assert np.array_equal(
         iqk_rs.quantize(x, "q4_k", im, search="best"), iqk_rs.quantize(x, "q4_k", im)
     )
+
+
+def test_cli_search_best(tmp_path):
+    from test_cli import TINY, check_model, iqk_only, quantize, run
+
+    from iqk_rs.gguf import GGUFReader
+
+    for t in ("IQ4_K", "IQ2_KS"):
+        ik = quantize(tmp_path, t, *iqk_only(t), name=f"{t}-ik.gguf")
+        same = quantize(tmp_path, t, *iqk_only(t), "--search", "ik", name=f"{t}-ik2.gguf")
+        assert ik.read_bytes() == same.read_bytes()
+        best = quantize(tmp_path, t, *iqk_only(t), "--search", "best", name=f"{t}-best.gguf")
+        check_model(best, t)
+        assert best.stat().st_size == ik.stat().st_size
+        assert best.read_bytes() != ik.read_bytes()
+        with GGUFReader(ik) as a, GGUFReader(best) as b:
+            for name, info in a.tensors.items():
+                assert b.tensors[name].type == info.type, name
+    exh = quantize(tmp_path, "IQ2_KS", "--search", "ik-exhaustive", name="e1.gguf")
+    alias = quantize(tmp_path, "IQ2_KS", "--iq2ks-search", "exhaustive", name="e2.gguf")
+    assert exh.read_bytes() == alias.read_bytes()
+    r = run(
+        "quantize", TINY, tmp_path / "x.gguf", "IQ2_KS", "--search", "best",
+        "--iq2ks-search", "exhaustive", expect=1,
+    )  # fmt: skip
+    assert "disagree" in r.output
+    assert not (tmp_path / "x.gguf").exists()
