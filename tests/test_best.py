@@ -133,9 +133,8 @@ def test_search_names_and_aliases():
 
 
 def test_cli_search_best(tmp_path):
-    from test_cli import TINY, check_model, iqk_only, quantize, run
-
     from iqk_rs.gguf import GGUFReader
+    from test_cli import TINY, check_model, iqk_only, quantize, run
 
     for t in ("IQ4_K", "IQ2_KS"):
         ik = quantize(tmp_path, t, *iqk_only(t), name=f"{t}-ik.gguf")
