@@ -534,7 +534,7 @@ pub fn quantize<'a>(
     Ok(out)
 }
 
-fn dequantize_row(qtype: QuantType, row: &[u8], out: &mut [f32]) {
+pub(crate) fn dequantize_row(qtype: QuantType, row: &[u8], out: &mut [f32]) {
     if let Some(kind) = companion_kind(qtype) {
         return companion::dequantize_row(kind, row, out);
     }

@@ -26,7 +26,6 @@ pub struct Format {
     pub weighting: Weighting,
     pub block_bytes: usize,
     pub row_meta: usize,
-    pub dequantize: fn(&[u8], &mut [f32]),
 }
 
 impl Format {
@@ -40,6 +39,11 @@ impl Format {
             QuantType::Iq4Ks => &IQ4KS,
             _ => unreachable!("not an IQK type"),
         }
+    }
+
+    /// Decode a row (or, for the _K types, any run of whole super-blocks).
+    pub fn dequantize(&self, row: &[u8], out: &mut [f32]) {
+        crate::ops::dequantize_row(self.qtype, row, out)
     }
 
     pub fn codes(&self) -> impl Iterator<Item = i32> + '_ {
@@ -176,7 +180,6 @@ static IQ2K: Format = Format {
     weighting: Weighting::Broad,
     block_bytes: iq2_k::BLOCK_BYTES,
     row_meta: 0,
-    dequantize: iq2_k::dequantize_row,
 };
 
 static IQ3K: Format = Format {
@@ -191,7 +194,6 @@ static IQ3K: Format = Format {
     weighting: Weighting::Broad,
     block_bytes: iq3_k::BLOCK_BYTES,
     row_meta: 0,
-    dequantize: iq3_k::dequantize_row,
 };
 
 static IQ4K: Format = Format {
@@ -206,7 +208,6 @@ static IQ4K: Format = Format {
     weighting: Weighting::Narrow,
     block_bytes: iq4_k::BLOCK_BYTES,
     row_meta: 0,
-    dequantize: iq4_k::dequantize_row,
 };
 
 static IQ2KS: Format = Format {
@@ -221,7 +222,6 @@ static IQ2KS: Format = Format {
     weighting: Weighting::Broad,
     block_bytes: iq2_ks::BLOCK_BYTES,
     row_meta: iq2_ks::ROW_META,
-    dequantize: iq2_ks::dequantize_row,
 };
 
 static IQ3KS: Format = Format {
@@ -236,7 +236,6 @@ static IQ3KS: Format = Format {
     weighting: Weighting::Narrow,
     block_bytes: iq3_ks::BLOCK_BYTES,
     row_meta: iq3_ks::ROW_META,
-    dequantize: iq3_ks::dequantize_row,
 };
 
 static IQ4KS: Format = Format {
@@ -251,5 +250,4 @@ static IQ4KS: Format = Format {
     weighting: Weighting::Narrow,
     block_bytes: iq4_ks::BLOCK_BYTES,
     row_meta: iq4_ks::ROW_META,
-    dequantize: iq4_ks::dequantize_row,
 };

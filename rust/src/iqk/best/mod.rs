@@ -63,7 +63,7 @@ pub fn objective_weights(
 
 /// Σ w·(x - decoded)², in f64.
 fn weighted_error(f: &Format, bytes: &[u8], x: &[f32], w: &[f32], scratch: &mut [f32]) -> f64 {
-    (f.dequantize)(bytes, scratch);
+    f.dequantize(bytes, scratch);
     let mut e = 0.0f64;
     for ((&xi, &wi), &yi) in x.iter().zip(w).zip(scratch.iter()) {
         let diff = (xi - yi) as f64;
