@@ -25,12 +25,15 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 venvs=$work/venvs
 unset PYTHONPATH VIRTUAL_ENV
-no_rust_path=
-IFS=: read -ra path_dirs <<<"$PATH"
-for dir in "${path_dirs[@]}"; do
-    if [[ -n $dir && ! -e $dir/cargo && ! -e $dir/rustc ]]; then
-        no_rust_path+="${no_rust_path:+:}$dir"
-    fi
+# Rust hidden for the wheel's install: cargo, rustc and rustup shadowed by stand-ins that
+# fail (dropping the directories that hold them from PATH could drop /usr/bin, where
+# Debian's rustc may live, and with it the shell's own tools).
+no_rust=$work/no-rust
+mkdir -p "$no_rust"
+for tool in cargo rustc rustup; do
+    printf '#!/bin/sh\necho "%s: hidden (the wheel must install without Rust)" >&2\nexit 127\n' \
+        "$tool" >"$no_rust/$tool"
+    chmod +x "$no_rust/$tool"
 done
 
 # The package's installed modules, stubs and data, and its license files, relative to
@@ -49,9 +52,9 @@ EOF
 echo "== [$((SECONDS - started)) s] wheel: fresh venv, no Rust on PATH"
 python3 -m venv "$venvs/wheel"
 (
-    export PATH="$venvs/wheel/bin:$no_rust_path"
-    if command -v cargo || command -v rustc; then
-        echo "error: Rust is still on PATH" >&2
+    export PATH="$venvs/wheel/bin:$no_rust:$PATH"
+    if cargo --version 2>/dev/null || rustc --version 2>/dev/null; then
+        echo "error: Rust is still usable" >&2
         exit 1
     fi
     cd "$work"
@@ -82,6 +85,9 @@ installed_files "$venvs/wheel" >"$work/wheel-files.txt"
 
 echo "== [$((SECONDS - started)) s] sdist: fresh venv, built with Rust"
 python3 -m venv "$venvs/sdist"
+# Only the dependencies are reused: an sdist's files carry its build time, older than an
+# earlier build's artifacts of this crate, which cargo would then take as up to date.
+cargo clean --quiet --release -p iqk-rs --target-dir "$repo/target"
 CARGO_TARGET_DIR="$repo/target" "$venvs/sdist/bin/python" -m pip install --quiet "$sdist"
 installed_files "$venvs/sdist" >"$work/sdist-files.txt"
 diff -u "$work/wheel-files.txt" "$work/sdist-files.txt" || {
