@@ -11,7 +11,7 @@ def quantize(
     x: npt.NDArray[np.float32],
     qtype: int | str,
     imatrix: npt.NDArray[np.float32] | None = None,
-    iq2ks_search: str = "fast",
+    search: str = "ik",
     threads: int | None = None,
 ) -> npt.NDArray[np.uint8]: ...
 def quantize_half(
@@ -19,7 +19,7 @@ def quantize_half(
     format: str,
     qtype: int | str,
     imatrix: npt.NDArray[np.float32] | None = None,
-    iq2ks_search: str = "fast",
+    search: str = "ik",
     threads: int | None = None,
 ) -> npt.NDArray[np.uint8]: ...
 def dequantize(

@@ -85,7 +85,10 @@ def quantize(
 
 def search_mode(search: str | None, iq2ks_search: str | None) -> str:
     """The search name from ``search`` and its older alias ``iq2ks_search`` (default "ik")."""
-    if search is not None and iq2ks_search is not None and search != iq2ks_search:
+    alias = {"fast": "ik", "exhaustive": "ik-exhaustive"}
+    if iq2ks_search is not None:
+        iq2ks_search = alias.get(iq2ks_search.lower(), iq2ks_search)
+    if search is not None and iq2ks_search is not None and search.lower() != iq2ks_search:
         raise ValueError(f"search={search!r} and iq2ks_search={iq2ks_search!r} disagree")
     mode = search if search is not None else iq2ks_search
     return "ik" if mode is None else mode

@@ -668,9 +668,7 @@ def quantize(
         token_embedding_type=token_embedding_type,
         leave_output_tensor=leave_output_tensor,
         allow_requantize=allow_requantize,
-        iq2ks_search=_run(
-            search_mode, search and search.value, iq2ks_search and iq2ks_search.value
-        ),
+        search=_run(search_mode, search and search.value, iq2ks_search and iq2ks_search.value),
         hide_imatrix=hide_imatrix,
         allow_missing_imatrix=allow_missing_imatrix,
         tensor_types={k: v for k, v in per_tensor.items() if v is not None},

@@ -181,12 +181,12 @@ def plan_units(
     return units
 
 
-def _fingerprint(header: bytes, units: list[Unit], iq2ks_search: str) -> str:
+def _fingerprint(header: bytes, units: list[Unit], search: str) -> str:
     """What the output bytes depend on; a manifest of another plan is not resumed."""
     from . import __version__
 
     h = hashlib.blake2b(digest_size=16)
-    h.update(f"{__version__}|{iq2ks_search}|".encode())
+    h.update(f"{__version__}|{search}|".encode())
     h.update(header)
     for u in units:
         key = (u.id, u.tensor.name, u.out_type_id, u.action, u.src_path, u.src_offset, u.nrows)
@@ -224,7 +224,7 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
 
 
 def run_unit(
-    unit: Unit, dst: str, threads: int, iq2ks_search: str, version: str
+    unit: Unit, dst: str, threads: int, search: str, version: str
 ) -> tuple[int, str, int, str, float]:
     """Convert one unit and write it in place: (unit id, node, input bytes, digest, seconds)."""
     from . import __version__
@@ -253,7 +253,7 @@ def run_unit(
         for chunk in chunks:
             if unit.action == "quantize":
                 at = (row // per_matrix, row % per_matrix)
-                q = cv.quantize_rows(t, out_type, chunk, unit.imatrix, threads, iq2ks_search, at)
+                q = cv.quantize_rows(t, out_type, chunk, unit.imatrix, threads, search, at)
                 row += len(chunk)
             else:
                 q = chunk
@@ -333,7 +333,7 @@ class RayWriter:
         split: cv.SplitOptions,
         *,
         threads: int | None,
-        iq2ks_search: str,
+        search: str,
         progress: cv.Progress,
     ) -> list[cv.OutputFile]:
         opts = self.options
@@ -348,14 +348,14 @@ class RayWriter:
                 kept.add(spec.path)
                 for stale in (temp_path(spec.path), manifest_path(spec.path)):
                     stale.unlink(missing_ok=True)
-        files = [self._plan_file(reader, s, iq2ks_search) for s in specs if s.path not in kept]
+        files = [self._plan_file(reader, s, search) for s in specs if s.path not in kept]
         ray = _ray()
         own = bool(files) and not ray.is_initialized()
         if own:
             self._connect(ray)
         try:
             if files:
-                self._run(ray, files, iq2ks_search, progress)
+                self._run(ray, files, search, progress)
         except cv.ConvertError as e:
             raise cv.ConvertError(
                 f"{e}; the finished units are kept in {files[0].tmp.name} (and the like "
@@ -380,10 +380,10 @@ class RayWriter:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise cv.ConvertError(f"--ray {address}: cannot join a Ray cluster: {first}") from None
 
-    def _plan_file(self, reader, spec: cv.FileSpec, iq2ks_search: str) -> _File:
+    def _plan_file(self, reader, spec: cv.FileSpec, search: str) -> _File:
         layout = plan_layout(spec.kvs, spec.tensors(), spec.alignment)
         units = plan_units(reader, spec, self.options.max_unit_bytes)
-        fp = _fingerprint(layout.header, units, iq2ks_search)
+        fp = _fingerprint(layout.header, units, search)
         f = _File(
             spec,
             units,
@@ -456,7 +456,7 @@ class RayWriter:
         f.manifest.unlink(missing_ok=True)
 
     # -- the run ---------------------------------------------------------------------------
-    def _run(self, ray, files: list[_File], iq2ks_search: str, progress: cv.Progress) -> None:
+    def _run(self, ray, files: list[_File], search: str, progress: cv.Progress) -> None:
         from . import __version__
 
         opts = self.options
@@ -510,7 +510,7 @@ class RayWriter:
                     if nxt is None:
                         break
                     f, u = nxt
-                    ref = task.remote(u, str(f.tmp), threads, iq2ks_search, __version__)
+                    ref = task.remote(u, str(f.tmp), threads, search, __version__)
                     pending[ref] = (f, u)
                 if not pending:
                     break

@@ -97,7 +97,7 @@ class QuantizeOptions:
     token_embedding_type: str | None = None
     leave_output_tensor: bool = False
     allow_requantize: bool = False
-    iq2ks_search: str = "fast"
+    search: str = "ik"
     hide_imatrix: bool = False
     # An imatrix that matches no tensor is an error for the 2-bit targets unless this is set.
     allow_missing_imatrix: bool = False
@@ -340,16 +340,14 @@ def quantize_rows(
     rows: np.ndarray,
     imatrix: np.ndarray | None,
     threads: int | None,
-    iq2ks_search: str,
+    search: str,
     at: tuple[int, int],
 ) -> np.ndarray:
     """Rows of tensor ``t`` (raw, one matrix's) in ``out_type``: the one place of the
     conversion, for the local writer and the distributed one alike. ``at`` is (expert, row
     of the matrix) of the first row, so that errors name the tensor's own row."""
     try:
-        return encode_rows(
-            rows, t.type, t.ne[0], out_type, imatrix, iq2ks_search=iq2ks_search, threads=threads
-        )
+        return encode_rows(rows, t.type, t.ne[0], out_type, imatrix, search=search, threads=threads)
     except (ValueError, NotImplementedError) as err:
         raise ConvertError(
             f"tensor {t.name!r} ({t.type.name} -> {out_type.name}): "
@@ -364,7 +362,7 @@ def _write_file(
     kvs: list[KV],
     alignment: int,
     threads: int | None,
-    iq2ks_search: str,
+    search: str,
     progress: Progress,
 ) -> None:
     """One output file, written to a temporary file and renamed into place when complete."""
@@ -384,7 +382,7 @@ def _write_file(
                     imat = None
                     if p.imatrix is not None:
                         imat = np.ascontiguousarray(p.imatrix[e * t.ne[0] : (e + 1) * t.ne[0]])
-                    q = quantize_rows(t, p.out_type, chunk, imat, threads, iq2ks_search, (e, r))
+                    q = quantize_rows(t, p.out_type, chunk, imat, threads, search, (e, r))
                     w.write_chunk(p.name, q)
                     progress.advance(chunk.nbytes)
             reader.release(t.name)
@@ -467,7 +465,7 @@ def write_output(
     split: SplitOptions,
     *,
     threads: int | None,
-    iq2ks_search: str,
+    search: str,
     progress: Progress,
 ) -> list[OutputFile]:
     """Write the model as one file or as shards; with --partial-requant keep the files
@@ -485,7 +483,7 @@ def write_output(
     for f in todo:
         if split.partial_requant:
             _remove_stale_temporaries(f.path)
-        _write_file(reader, f.plans, f.path, f.kvs, f.alignment, threads, iq2ks_search, progress)
+        _write_file(reader, f.plans, f.path, f.kvs, f.alignment, threads, search, progress)
     return [OutputFile(f.path, len(f.plans), f.path.stat().st_size, f.path in done) for f in files]
 
 
@@ -787,7 +785,7 @@ def quantize_model(
             kvs,
             split,
             threads=opts.threads,
-            iq2ks_search=opts.iq2ks_search,
+            search=opts.search,
             progress=progress or Progress(),
         )
     report.seconds = time.perf_counter() - t0
@@ -840,7 +838,7 @@ def dequantize_model(
             kvs,
             split,
             threads=threads,
-            iq2ks_search="fast",
+            search="ik",
             progress=progress or Progress(),
         )
     report = Report(

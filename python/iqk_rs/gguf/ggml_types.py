@@ -257,7 +257,7 @@ def f32_to_rows(
     gtype: GGMLType,
     imatrix: np.ndarray | None = None,
     *,
-    iq2ks_search: str = "fast",
+    search: str = "ik",
     threads: int | None = None,
 ) -> np.ndarray:
     """Encode float32 (nrows, ne0) as ``gtype``: raw bytes, uint8 (nrows, row_bytes)."""
@@ -272,7 +272,7 @@ def f32_to_rows(
         raise NotImplementedError(f"quantizing to {gtype.name} is not supported")
     import iqk_rs
 
-    return iqk_rs.quantize(x, gtype.name, imatrix, iq2ks_search=iq2ks_search, threads=threads)
+    return iqk_rs.quantize(x, gtype.name, imatrix, search=search, threads=threads)
 
 
 def encode_rows(
@@ -282,7 +282,7 @@ def encode_rows(
     dst: GGMLType,
     imatrix: np.ndarray | None = None,
     *,
-    iq2ks_search: str = "fast",
+    search: str = "ik",
     threads: int | None = None,
 ) -> np.ndarray:
     """Raw rows of ``src`` re-encoded as ``dst``: uint8 (nrows, row_bytes).
@@ -296,6 +296,6 @@ def encode_rows(
         bits = np.ascontiguousarray(rows).view(np.uint16).reshape(-1, ne0)
         im = None if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
         fmt = "f16" if src.id == F16 else "bf16"
-        return _core.quantize_half(bits, fmt, dst.name, im, iq2ks_search, threads)
+        return _core.quantize_half(bits, fmt, dst.name, im, search, threads)
     x = rows_to_f32(rows, src, ne0, threads)
-    return f32_to_rows(x, dst, imatrix, iq2ks_search=iq2ks_search, threads=threads)
+    return f32_to_rows(x, dst, imatrix, search=search, threads=threads)

@@ -48,37 +48,37 @@ fn reshape2<T: numpy::Element>(
 }
 
 #[pyfunction]
-#[pyo3(signature = (x, qtype, imatrix=None, iq2ks_search="fast", threads=None))]
+#[pyo3(signature = (x, qtype, imatrix=None, search="ik", threads=None))]
 fn quantize<'py>(
     py: Python<'py>,
     x: PyReadonlyArray2<'py, f32>,
     qtype: TypeArg,
     imatrix: Option<PyReadonlyArray1<'py, f32>>,
-    iq2ks_search: &str,
+    search: &str,
     threads: Option<usize>,
 ) -> PyResult<Bound<'py, PyArray2<u8>>> {
     let shape = [x.shape()[0], x.shape()[1]];
     let x = Weights::F32(contiguous("x", &x)?);
-    quantize_weights(py, x, shape, qtype, imatrix, iq2ks_search, threads)
+    quantize_weights(py, x, shape, qtype, imatrix, search, threads)
 }
 
 /// `quantize` of f16 or bf16 weights given as their bits: each worker widens a row at a time,
 /// so no f32 copy of the tensor is made.
 #[pyfunction]
-#[pyo3(signature = (bits, format, qtype, imatrix=None, iq2ks_search="fast", threads=None))]
+#[pyo3(signature = (bits, format, qtype, imatrix=None, search="ik", threads=None))]
 fn quantize_half<'py>(
     py: Python<'py>,
     bits: PyReadonlyArray2<'py, u16>,
     format: &str,
     qtype: TypeArg,
     imatrix: Option<PyReadonlyArray1<'py, f32>>,
-    iq2ks_search: &str,
+    search: &str,
     threads: Option<usize>,
 ) -> PyResult<Bound<'py, PyArray2<u8>>> {
     let format = half_format(format)?;
     let shape = [bits.shape()[0], bits.shape()[1]];
     let x = Weights::Half(format, contiguous("bits", &bits)?);
-    quantize_weights(py, x, shape, qtype, imatrix, iq2ks_search, threads)
+    quantize_weights(py, x, shape, qtype, imatrix, search, threads)
 }
 
 /// The `search` option: ik's bytes (`"ik"`/`"fast"`, `"ik-exhaustive"`/`"exhaustive"`, the
@@ -105,11 +105,11 @@ fn quantize_weights<'py>(
     [nrows, n_per_row]: [usize; 2],
     qtype: TypeArg,
     imatrix: Option<PyReadonlyArray1<'py, f32>>,
-    iq2ks_search: &str,
+    search: &str,
     threads: Option<usize>,
 ) -> PyResult<Bound<'py, PyArray2<u8>>> {
     let qtype = resolve(qtype)?;
-    let (search, best) = parse_search(iq2ks_search)?;
+    let (iq2ks_search, best) = parse_search(search)?;
     let im = match &imatrix {
         Some(a) => Some(contiguous("imatrix", a)?),
         None => None,
@@ -123,7 +123,7 @@ fn quantize_weights<'py>(
         return reshape2(py, Vec::new(), 0, row_size);
     }
     let opts = QuantizeOptions {
-        iq2ks_search: search,
+        iq2ks_search,
         best,
         threads,
     };
