@@ -156,3 +156,13 @@ def test_cli_search_best(tmp_path):
     )  # fmt: skip
     assert "disagree" in r.output
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_types_without_a_best_format_keep_ik_bytes():
+    """IQ5_KS (and the companion types) have no best search yet: their bytes are ik's."""
+    x = np.random.default_rng(4).normal(0, 0.02, (4, 512)).astype(np.float32)
+    im = np.random.default_rng(5).chisquare(2, 512).astype(np.float32)
+    for qtype in ["iq5_ks", "q4_K", "iq6_k"]:
+        assert np.array_equal(
+            iqk_rs.quantize(x, qtype, im, search="best"), iqk_rs.quantize(x, qtype, im)
+        )

@@ -265,7 +265,7 @@ fn companion_kind(qtype: QuantType) -> Option<Companion> {
 }
 
 /// Quantize one row of an IQK type, the imatrix already sanitised into `weights`.
-fn quantize_iqk_row(
+pub(crate) fn quantize_iqk_row(
     qtype: QuantType,
     x: &[f32],
     weights: Option<&[f32]>,
@@ -341,18 +341,20 @@ fn quantize_iqk(
                 sanitized_row_weights(im, x_row, block, weights);
                 &weights[..]
             });
-            match opts.best {
-                Some(obj) => best::quantize_row(qtype, x_row, w, out_row, opts.iq2ks_search, obj),
-                None => quantize_iqk_row(qtype, x_row, w, out_row, opts.iq2ks_search),
+            // ik's bytes first: the floor the best search never falls below
+            quantize_iqk_row(qtype, x_row, w, out_row, opts.iq2ks_search);
+            if let (Some(objective), Some(format)) = (opts.best, best::format::Format::of(qtype)) {
+                best::improve_row(format, x_row, w, out_row, objective);
             }
         },
     )
 }
 
-/// Importances above this are scaled down, all by the same factor: their weighted sums
-/// (squares of sums of importance × weight × quant) could overflow f32 and give non-finite
-/// output. Scaling does not move the optimum of a weighted least-squares fit, and real
-/// importances (mean squared activations) stay far below it, so ik's bytes are kept.
+/// Importances above this are scaled down, all by the same factor, until the largest is this:
+/// their weighted sums (squares of sums of importance × weight × quant) could overflow f32 and
+/// give non-finite output. Real importances (mean squared activations) stay far below it and
+/// keep ik's bytes; scaled ones keep their ratios (the fit's optimum) except where a block's
+/// importances fall below the sanitising floor and count as uniform.
 const MAX_IMPORTANCE: f32 = 1e10;
 
 fn tame_importances(imatrix: &[f32]) -> std::borrow::Cow<'_, [f32]> {
@@ -360,7 +362,8 @@ fn tame_importances(imatrix: &[f32]) -> std::borrow::Cow<'_, [f32]> {
     if max <= MAX_IMPORTANCE {
         return imatrix.into();
     }
-    imatrix.iter().map(|&v| v / max).collect()
+    let scale = MAX_IMPORTANCE / max;
+    imatrix.iter().map(|&v| v * scale).collect()
 }
 
 /// An f32 row scale above this could overflow once multiplied by a block's integer scale and
@@ -393,25 +396,23 @@ fn check_output_finite(
     n_per_row: usize,
 ) -> Result<()> {
     let t = qtype.info();
-    let Some(row) = out
-        .chunks_exact(row_size)
-        .position(|r| !scales_finite(t, r))
-    else {
-        return Ok(());
-    };
     let mut values = vec![0f32; n_per_row];
-    dequantize_row(
-        qtype,
-        &out[row * row_size..(row + 1) * row_size],
-        &mut values,
-    );
-    let col = values.iter().position(|v| !v.is_finite()).unwrap_or(0);
-    Err(IqkError::NonFinite {
-        what: "quantized output",
-        row,
-        col,
-        value: values[col],
-    })
+    // The scan flags rows that may decode non-finite; decoding them decides.
+    for (row, bytes) in out.chunks_exact(row_size).enumerate() {
+        if scales_finite(t, bytes) {
+            continue;
+        }
+        dequantize_row(qtype, bytes, &mut values);
+        if let Some(col) = values.iter().position(|v| !v.is_finite()) {
+            return Err(IqkError::NonFinite {
+                what: "quantized output",
+                row,
+                col,
+                value: values[col],
+            });
+        }
+    }
+    Ok(())
 }
 
 fn quantize_companion(
@@ -759,8 +760,8 @@ mod tests {
     use crate::registry::TYPES;
     use crate::testing::rng;
 
-    /// The last check before bytes are handed out: a row whose float scale is NaN, infinite
-    /// or (an f32 row scale) too large is an error naming that row.
+    /// The last check before bytes are handed out: a row whose float scale is NaN or infinite
+    /// is an error naming that row; a large f32 row scale whose row still decodes finite is not.
     #[test]
     fn output_with_a_bad_scale_is_refused_with_its_row() {
         let x: Vec<f32> = (0..4 * 256).map(|i| (i as f32 * 0.37).sin()).collect();
@@ -775,7 +776,13 @@ mod tests {
                 .collect();
             match t.row_meta_size {
                 2 => fields.push((0, &[0x00, 0x7e])),
-                4 => fields.push((0, &[0x00, 0x00, 0x80, 0x72])), // 5.1e30
+                4 => {
+                    fields.push((0, &[0x00, 0x00, 0x80, 0x7f])); // +inf
+                    let mut large = q.clone();
+                    large[2 * row_size..][..4].copy_from_slice(&5.1e30f32.to_le_bytes());
+                    assert!(!scales_finite(t, &large[2 * row_size..3 * row_size]));
+                    check_output_finite(t.qtype, &large, row_size, 256).unwrap();
+                }
                 _ => {}
             }
             assert!(!fields.is_empty(), "{}", t.name);

@@ -92,7 +92,8 @@ fn parse_search(name: &str) -> PyResult<(Iq2KsSearch, Option<Objective>)> {
         "best-plain" => (Iq2KsSearch::Fast, Some(Objective::PlainImatrix)),
         other => {
             return Err(IqkError::InvalidArgument(format!(
-                "search must be 'ik', 'ik-exhaustive' or 'best', not {other:?}"
+                "search must be 'ik' (or 'fast'), 'ik-exhaustive' (or 'exhaustive'), 'best' \
+                 or 'best-plain', not {other:?}"
             ))
             .into())
         }

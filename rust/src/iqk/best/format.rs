@@ -29,16 +29,17 @@ pub struct Format {
 }
 
 impl Format {
-    pub fn of(qtype: QuantType) -> &'static Format {
-        match qtype {
+    /// The format of a type the best search knows; other types keep ik's bytes.
+    pub fn of(qtype: QuantType) -> Option<&'static Format> {
+        Some(match qtype {
             QuantType::Iq2K => &IQ2K,
             QuantType::Iq3K => &IQ3K,
             QuantType::Iq4K => &IQ4K,
             QuantType::Iq2Ks => &IQ2KS,
             QuantType::Iq3Ks => &IQ3KS,
             QuantType::Iq4Ks => &IQ4KS,
-            _ => unreachable!("not an IQK type"),
-        }
+            _ => return None,
+        })
     }
 
     /// Decode a row (or, for the _K types, any run of whole super-blocks).

@@ -18,8 +18,7 @@ pub mod format;
 
 use self::curve::CurveStore;
 use self::format::Format;
-use super::iq2_ks::Iq2KsSearch;
-use crate::registry::{QuantType, QK_K};
+use crate::registry::QK_K;
 
 /// What the search minimises: Σ weight·(x - x̂)² with these weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -32,13 +31,7 @@ pub enum Objective {
 }
 
 /// The objective's weight of every element of a row.
-pub fn objective_weights(
-    qtype: QuantType,
-    x: &[f32],
-    qw: Option<&[f32]>,
-    obj: Objective,
-) -> Vec<f32> {
-    let f = Format::of(qtype);
+pub fn objective_weights(f: &Format, x: &[f32], qw: Option<&[f32]>, obj: Objective) -> Vec<f32> {
     let mut w = vec![1.0f32; x.len()];
     match obj {
         Objective::PlainImatrix => {
@@ -72,19 +65,16 @@ fn weighted_error(f: &Format, bytes: &[u8], x: &[f32], w: &[f32], scratch: &mut 
     e
 }
 
-/// Quantize one row of an IQK type with the best search, `qw` the sanitised imatrix.
-pub fn quantize_row(
-    qtype: QuantType,
+/// Improve `out`, ik's bytes of the row `x`, with the best search (never worse than them under
+/// `objective`); `qw` is the sanitised imatrix.
+pub fn improve_row(
+    f: &'static Format,
     x: &[f32],
     qw: Option<&[f32]>,
     out: &mut [u8],
-    iq2ks: Iq2KsSearch,
     objective: Objective,
 ) {
-    let f = Format::of(qtype);
-    // ik's bytes: the floor this search never falls below.
-    quantize_ik_row(qtype, x, qw, out, iq2ks);
-    let w = objective_weights(qtype, x, qw, objective);
+    let w = objective_weights(f, x, qw, objective);
     let engine = Engine::new(f, x, &w);
     let mut candidate = vec![0u8; out.len()];
     let mut scratch = vec![0.0f32; x.len()];
@@ -118,25 +108,6 @@ pub fn quantize_row(
 }
 
 /// ik's quantizer for one row.
-fn quantize_ik_row(
-    qtype: QuantType,
-    x: &[f32],
-    qw: Option<&[f32]>,
-    out: &mut [u8],
-    iq2ks: Iq2KsSearch,
-) {
-    use super::{iq2_k, iq2_ks, iq3_k, iq3_ks, iq4_k, iq4_ks};
-    match qtype {
-        QuantType::Iq2K => iq2_k::quantize_row(x, qw, out),
-        QuantType::Iq3K => iq3_k::quantize_row(x, qw, out),
-        QuantType::Iq4K => iq4_k::quantize_row(x, qw, out),
-        QuantType::Iq2Ks => iq2_ks::quantize_row(x, qw, out, iq2ks),
-        QuantType::Iq3Ks => iq3_ks::quantize_row(x, qw, out),
-        QuantType::Iq4Ks => iq4_ks::quantize_row(x, qw, out),
-        _ => unreachable!("not an IQK type"),
-    }
-}
-
 /// Candidate ratios to ik's d of the coarse grid: geometric over [0.3, 2].
 const COARSE: usize = 10;
 const COARSE_LO: f32 = 0.3;
@@ -466,15 +437,18 @@ impl<'a> Engine<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::iqk::iq2_ks::Iq2KsSearch;
+    use crate::registry::QuantType;
 
-    const TYPES: [QuantType; 6] = [
-        QuantType::Iq2K,
-        QuantType::Iq3K,
-        QuantType::Iq4K,
-        QuantType::Iq2Ks,
-        QuantType::Iq3Ks,
-        QuantType::Iq4Ks,
-    ];
+    use crate::ops::quantize_iqk_row;
+
+    /// Every type the best search has a format for; the rest keep ik's bytes (a test in
+    /// ops pins that).
+    fn types() -> impl Iterator<Item = (QuantType, &'static Format)> {
+        crate::registry::TYPES
+            .iter()
+            .filter_map(|t| Format::of(t.qtype).map(|f| (t.qtype, f)))
+    }
 
     fn lcg(seed: &mut u64) -> f32 {
         *seed = seed
@@ -509,10 +483,9 @@ mod tests {
     #[test]
     fn choice_is_exact_over_every_code() {
         let mut seed = 1u64;
-        for qtype in TYPES {
-            let f = Format::of(qtype);
+        for (qtype, f) in types() {
             let (x, qw) = data(&mut seed, 512);
-            let w = objective_weights(qtype, &x, Some(&qw), Objective::IkWeights);
+            let w = objective_weights(f, &x, Some(&qw), Objective::IkWeights);
             let engine = Engine::new(f, &x, &w);
             for k in 0..x.len() / f.sub {
                 for d in [0.013f32, -0.021, 0.0047, 0.09, -0.002, 0.031] {
@@ -533,10 +506,9 @@ mod tests {
     #[test]
     fn packed_choice_decodes_to_what_was_scored() {
         let mut seed = 2u64;
-        for qtype in TYPES {
-            let f = Format::of(qtype);
+        for (qtype, f) in types() {
             let (x, qw) = data(&mut seed, 512);
-            let w = objective_weights(qtype, &x, Some(&qw), Objective::IkWeights);
+            let w = objective_weights(f, &x, Some(&qw), Objective::IkWeights);
             let engine = Engine::new(f, &x, &w);
             let nsub = QK_K / f.sub;
             let blocks = 0..x.len() / f.sub;
@@ -572,23 +544,16 @@ mod tests {
     #[test]
     fn never_worse_than_ik_and_valid() {
         let mut seed = 3u64;
-        for qtype in TYPES {
-            let f = Format::of(qtype);
+        for (qtype, f) in types() {
             for with_imatrix in [true, false] {
                 let (x, qw) = data(&mut seed, 1024);
                 let qw = with_imatrix.then_some(&qw[..]);
                 let mut ik = vec![0u8; row_size(f, x.len())];
                 let mut best = ik.clone();
-                quantize_ik_row(qtype, &x, qw, &mut ik, Iq2KsSearch::Fast);
-                quantize_row(
-                    qtype,
-                    &x,
-                    qw,
-                    &mut best,
-                    Iq2KsSearch::Fast,
-                    Objective::IkWeights,
-                );
-                let w = objective_weights(qtype, &x, qw, Objective::IkWeights);
+                quantize_iqk_row(qtype, &x, qw, &mut ik, Iq2KsSearch::Fast);
+                best.copy_from_slice(&ik);
+                improve_row(f, &x, qw, &mut best, Objective::IkWeights);
+                let w = objective_weights(f, &x, qw, Objective::IkWeights);
                 let mut y = vec![0.0f32; x.len()];
                 let e_ik = weighted_error(f, &ik, &x, &w, &mut y);
                 let e_best = weighted_error(f, &best, &x, &w, &mut y);
