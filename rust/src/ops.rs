@@ -498,14 +498,14 @@ pub fn widen_to_f32(format: HalfFormat, src: &[u16], threads: Option<usize>) -> 
 }
 
 /// Rows per call when a caller quantizes a large input in pieces (to notice an interrupt
-/// between them): about 4 M weights, a fraction of a second on any machine. Zero means the
+/// between them): about 4 M weights, a fraction of a second on any machine. `None` means the
 /// input must be quantized in one call: Q2_K without an imatrix tests its whole input for a
 /// ternary model, so splitting it would change the bytes.
-pub fn rows_per_piece(qtype: QuantType, n_per_row: usize, has_imatrix: bool) -> usize {
+pub fn rows_per_piece(qtype: QuantType, n_per_row: usize, has_imatrix: bool) -> Option<usize> {
     if qtype == QuantType::Q2K && !has_imatrix {
-        return 0;
+        return None;
     }
-    ((1usize << 22) / n_per_row.max(1)).max(1)
+    Some(((1usize << 22) / n_per_row.max(1)).max(1))
 }
 
 /// Quantize `x` (rows of `n_per_row`); returns `nrows · row_size` bytes.

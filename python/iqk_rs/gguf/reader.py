@@ -254,7 +254,21 @@ class _Cursor:
         return KV(what, vt, items, st)
 
 
-class GGUFReader:
+class MetadataAccess:
+    """Metadata look-ups over ``self.kv`` (key -> KV), for a file and a split model alike."""
+
+    kv: dict[str, KV]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        kv = self.kv.get(key)
+        return default if kv is None else kv.value
+
+    @property
+    def architecture(self) -> str | None:
+        return self.get("general.architecture")
+
+
+class GGUFReader(MetadataAccess):
     """Open a GGUF file read-only. Tensor data is never copied until asked for."""
 
     def __init__(self, path: str | os.PathLike[str]):
@@ -377,14 +391,6 @@ class GGUFReader:
                 raise GGUFError(f"{self.path}: tensors {a!r} and {b!r} overlap")
 
     # -- access ------------------------------------------------------------------
-    def get(self, key: str, default: Any = None) -> Any:
-        kv = self.kv.get(key)
-        return default if kv is None else kv.value
-
-    @property
-    def architecture(self) -> str | None:
-        return self.get("general.architecture")
-
     def tensor(self, name: str) -> TensorInfo:
         try:
             return self.tensors[name]

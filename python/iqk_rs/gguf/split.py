@@ -22,7 +22,7 @@ import numpy as np
 
 from .constants import GGUFValueType
 from .ggml_types import rows_to_f32
-from .reader import KV, GGUFError, GGUFReader, TensorInfo
+from .reader import KV, GGUFError, GGUFReader, MetadataAccess, TensorInfo
 
 KEY_NO = "split.no"
 KEY_COUNT = "split.count"
@@ -100,7 +100,7 @@ def _comparable(kv: KV) -> Any:
     return kv.value if kv.vtype != GGUFValueType.ARRAY else None
 
 
-class SplitModel:
+class SplitModel(MetadataAccess):
     """All parts of a split model as one read-only model (metadata from part 1, as ggml).
 
     Offers what the pipeline uses from ``GGUFReader``: ``kv``, ``get``, ``tensors`` (in
@@ -140,14 +140,6 @@ class SplitModel:
             return self._part_of[name]
         except KeyError:
             raise KeyError(f"{self.path}: no tensor named {name!r}") from None
-
-    def get(self, key: str, default: Any = None) -> Any:
-        kv = self.kv.get(key)
-        return default if kv is None else kv.value
-
-    @property
-    def architecture(self) -> str | None:
-        return self.get("general.architecture")
 
     def tensor(self, name: str) -> TensorInfo:
         return self._part(name).tensor(name)

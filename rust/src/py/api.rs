@@ -131,10 +131,7 @@ fn quantize_weights<'py>(
     // In pieces, so that Ctrl-C is noticed within a fraction of a second, not when a
     // minute-long call returns. Rows are independent: the pieces give the same bytes.
     let mut out = vec![0u8; nrows * row_size];
-    let piece = match ops::rows_per_piece(qtype, n_per_row, im.is_some()) {
-        0 => nrows,
-        rows => rows,
-    };
+    let piece = ops::rows_per_piece(qtype, n_per_row, im.is_some()).unwrap_or(nrows);
     for (k, out_piece) in out.chunks_mut(piece * row_size).enumerate() {
         let rows = k * piece..(k * piece + piece).min(nrows);
         let first = rows.start;
