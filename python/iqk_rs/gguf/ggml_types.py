@@ -246,7 +246,11 @@ def rows_to_f32(
 
         try:
             qt = GGMLQuantizationType(gtype.id)
-            return gguf.quants.dequantize(raw, qt).reshape(-1, ne0).astype(np.float32, copy=False)
+            # A NaN/inf scale in a file gives NaN values (which the callers report) and, without
+            # this, a numpy RuntimeWarning on the way (found by fuzz/fuzz_gguf.py).
+            with np.errstate(all="ignore"):
+                deq = gguf.quants.dequantize(raw, qt)
+            return deq.reshape(-1, ne0).astype(np.float32, copy=False)
         except (ValueError, NotImplementedError):
             pass
     raise NotImplementedError(f"cannot decode tensor type {gtype.name}")
