@@ -7,6 +7,8 @@
 #   FUZZ_ARTIFACTS=DIR   where a failing input is saved (default: fuzz-artifacts/)
 #   FUZZ_STATS=DIR       write per-target outcome counts (JSON) there
 #   FUZZ_TARGETS="gguf imatrix quantize"   which targets to run
+#   FUZZ_SEED=N          libFuzzer's seed (default 0: a new random one each run); CI pins one
+#                        so that its run is repeatable, longer runs explore with random seeds
 #
 # Exits non-zero, naming the saved input, on the first traceback, panic or NaN output.
 # Installs the `fuzz` extra's requirements (atheris) when the installed package lacks them.
@@ -36,7 +38,7 @@ for t in $targets; do
     echo "== fuzz $t for ${per}s"
     # -timeout: one input taking longer counts as a hang; -rss_limit_mb: as a memory blow-up
     "$python" "fuzz/fuzz_$t.py" "$corpus/$t" "$work/seeds/$t" \
-        -max_total_time="$per" -timeout=30 -rss_limit_mb=3072 -max_len=131072 \
+        -max_total_time="$per" -timeout=30 -rss_limit_mb=3072 -max_len=131072 -seed="${FUZZ_SEED:-0}" \
         -artifact_prefix="$artifacts/$t-" -print_final_stats=1 2> "$work/$t.log" || {
         tail -n 60 "$work/$t.log"
         echo "fuzz $t: failure; input saved under $artifacts/" >&2
