@@ -2,11 +2,15 @@
 
 Quantize numpy weights to IQ2_K, IQ3_K, IQ4_K, IQ2_KS, IQ3_KS or IQ4_KS (optionally guided by
 an importance matrix), dequantize them, and take dot products against Q8_K activations.
+
+Every error the package raises on purpose is an ``IqkError`` (``iqk_rs.errors``); each also
+derives from the builtin it has always been (``IqkValueError`` is a ``ValueError``, ...).
 """
 
 import importlib
 
-from ._core import IqkValueError, __version__
+from ._core import __version__
+from .errors import IqkError, IqkKeyError, IqkNotImplementedError, IqkTypeError, IqkValueError
 
 # Not typing.TYPE_CHECKING: importing typing takes ~10 ms, in which a Ctrl-C would still
 # print a traceback (mypy and pyright treat any name TYPE_CHECKING as true).
@@ -58,6 +62,10 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "IqkError",
+    "IqkKeyError",
+    "IqkNotImplementedError",
+    "IqkTypeError",
     "IqkValueError",
     "QuantType",
     "__version__",

@@ -5,7 +5,7 @@ import numpy.typing as npt
 
 __version__: str
 
-class IqkValueError(ValueError): ...
+# Its errors are iqk_rs.errors.IqkValueError and IqkNotImplementedError.
 
 def quantize(
     x: npt.NDArray[np.float32],

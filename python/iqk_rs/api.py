@@ -6,6 +6,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _core
+from .errors import IqkTypeError, IqkValueError
 from .types import QuantType, as_quant_type
 
 _FLOAT_DTYPES = (np.float32, np.float16, np.float64)
@@ -14,10 +15,10 @@ _FLOAT_DTYPES = (np.float32, np.float16, np.float64)
 def _floats(a: npt.ArrayLike, what: str, ndims: tuple[int, ...]) -> np.ndarray:
     arr = np.asarray(a)
     if arr.dtype.type not in _FLOAT_DTYPES:
-        raise TypeError(f"{what} must be float32, float16 or float64, not {arr.dtype}")
+        raise IqkTypeError(f"{what} must be float32, float16 or float64, not {arr.dtype}")
     if arr.ndim not in ndims:
         want = " or ".join(f"{n}-D" for n in ndims)
-        raise ValueError(f"{what} must be {want}, got shape {arr.shape}")
+        raise IqkValueError(f"{what} must be {want}, got shape {arr.shape}")
     # No copy when the input already is contiguous, aligned float32. A float64 beyond float32's
     # range becomes inf, which the core rejects with its row and column: no RuntimeWarning first.
     with np.errstate(over="ignore"):
@@ -27,9 +28,9 @@ def _floats(a: npt.ArrayLike, what: str, ndims: tuple[int, ...]) -> np.ndarray:
 def _bytes(a: npt.ArrayLike, what: str) -> np.ndarray:
     arr = np.asarray(a)
     if arr.dtype != np.uint8:
-        raise TypeError(f"{what} must be a uint8 array of quantized bytes, not {arr.dtype}")
+        raise IqkTypeError(f"{what} must be a uint8 array of quantized bytes, not {arr.dtype}")
     if arr.ndim not in (1, 2):
-        raise ValueError(f"{what} must be 1-D (one row) or 2-D (rows), got shape {arr.shape}")
+        raise IqkValueError(f"{what} must be 1-D (one row) or 2-D (rows), got shape {arr.shape}")
     return np.ascontiguousarray(arr.reshape(1, -1) if arr.ndim == 1 else arr)
 
 
@@ -37,7 +38,7 @@ def _threads(threads: int | None) -> int | None:
     if threads is None:
         return None
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise ValueError(f"threads must be a positive integer or None, not {threads!r}")
+        raise IqkValueError(f"threads must be a positive integer or None, not {threads!r}")
     return int(threads)
 
 
@@ -88,7 +89,7 @@ def search_mode(search: str | None, iq2ks_search: str | None) -> str:
     if iq2ks_search is not None:
         iq2ks_search = alias.get(iq2ks_search.lower(), iq2ks_search)
     if search is not None and iq2ks_search is not None and search.lower() != iq2ks_search:
-        raise ValueError(f"search={search!r} and iq2ks_search={iq2ks_search!r} disagree")
+        raise IqkValueError(f"search={search!r} and iq2ks_search={iq2ks_search!r} disagree")
     mode = search if search is not None else iq2ks_search
     return "ik" if mode is None else mode
 
@@ -129,7 +130,7 @@ def vec_dot(
     qt = as_quant_type(qtype)
     act = np.asarray(a8)
     if act.dtype != np.uint8 or act.ndim != 1:
-        raise TypeError(f"a8 must be 1-D uint8 Q8_K bytes, got {act.dtype} of shape {act.shape}")
+        raise IqkTypeError(f"a8 must be 1-D uint8 Q8_K bytes, got {act.dtype} of shape {act.shape}")
     return _core.vec_dot(_bytes(q, "q"), qt.value, np.ascontiguousarray(act), _threads(threads))
 
 

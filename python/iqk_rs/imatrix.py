@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import IqkError
 from .gguf.constants import GGUFValueType
 from .gguf.reader import KV, GGUFError, GGUFReader
 
@@ -30,7 +31,7 @@ MAX_NAME_LEN = 4096
 MAX_ENTRIES = 1 << 20
 
 
-class ImatrixError(ValueError):
+class ImatrixError(IqkError, ValueError):
     """The imatrix file is unreadable, or does not fit the model; the message says why."""
 
 

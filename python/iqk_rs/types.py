@@ -7,6 +7,7 @@ from enum import IntEnum
 from typing import Any
 
 from . import _core
+from .errors import IqkTypeError, IqkValueError
 
 _TABLE: dict[int, dict[str, Any]] = {t["ggml_id"]: t for t in _core.type_table()}
 
@@ -54,10 +55,10 @@ class _QuantTypeBase(IntEnum):
     def row_size(self, n_per_row: int) -> int:
         """Bytes of one row of ``n_per_row`` weights; ``ValueError`` if there is no such row."""
         if isinstance(n_per_row, bool):
-            raise TypeError("n_per_row must be an integer, not bool")
+            raise IqkTypeError("n_per_row must be an integer, not bool")
         n_per_row = operator.index(n_per_row)  # int or numpy integer; TypeError otherwise
         if not 0 <= n_per_row < 2**64:
-            raise ValueError(f"row length {n_per_row} is out of range (0 <= n < 2**64)")
+            raise IqkValueError(f"row length {n_per_row} is out of range (0 <= n < 2**64)")
         return int(_core.row_size(self.value, n_per_row))
 
 
@@ -78,9 +79,9 @@ def as_quant_type(qtype: object) -> Any:
         if key in QuantType.__members__:
             return QuantType[key]
         known = ", ".join(t["name"] for t in _TABLE.values())
-        raise ValueError(f"unknown quantization type {qtype!r}; known types: {known}")
+        raise IqkValueError(f"unknown quantization type {qtype!r}; known types: {known}")
     if isinstance(qtype, int) and not isinstance(qtype, bool):
         if qtype in _TABLE:
             return QuantType(qtype)
-        raise ValueError(f"unknown ggml type id {qtype}")
-    raise TypeError(f"qtype must be a QuantType or a type name, not {type(qtype).__name__}")
+        raise IqkValueError(f"unknown ggml type id {qtype}")
+    raise IqkTypeError(f"qtype must be a QuantType or a type name, not {type(qtype).__name__}")

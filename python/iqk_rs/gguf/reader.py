@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import IqkError, IqkKeyError
 from .constants import GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUFValueType
 from .ggml_types import GGMLType, rows_to_f32, type_by_id
 
@@ -50,7 +51,7 @@ _SCALARS: dict[GGUFValueType, tuple[str, np.dtype]] = {
 }
 
 
-class GGUFError(ValueError):
+class GGUFError(IqkError, ValueError):
     """A file is not a GGUF model this tool can read; the message says why."""
 
 
@@ -395,7 +396,7 @@ class GGUFReader(MetadataAccess):
         try:
             return self.tensors[name]
         except KeyError:
-            raise KeyError(f"{self.path}: no tensor named {name!r}") from None
+            raise IqkKeyError(f"{self.path}: no tensor named {name!r}") from None
 
     def raw(self, name: str) -> np.ndarray:
         """Zero-copy uint8 view of a tensor's rows: shape (nrows, row_bytes)."""

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import IqkKeyError, IqkValueError
 from .constants import GGUFValueType
 from .ggml_types import rows_to_f32
 from .reader import KV, GGUFError, GGUFReader, MetadataAccess, TensorInfo
@@ -65,7 +66,7 @@ def parse_size(text: str) -> int:
     """--split-max-size as llama-gguf-split reads it: a positive integer and M or G (10^6, 10^9)."""
     m = re.fullmatch(r"\s*(\d+)\s*([MG])\s*", text)
     if not m or int(m.group(1)) <= 0:
-        raise ValueError(
+        raise IqkValueError(
             f"--split-max-size {text!r}: give a positive whole number of megabytes or "
             "gigabytes, e.g. 500M or 48G (as llama-gguf-split)"
         )
@@ -139,7 +140,7 @@ class SplitModel(MetadataAccess):
         try:
             return self._part_of[name]
         except KeyError:
-            raise KeyError(f"{self.path}: no tensor named {name!r}") from None
+            raise IqkKeyError(f"{self.path}: no tensor named {name!r}") from None
 
     def tensor(self, name: str) -> TensorInfo:
         return self._part(name).tensor(name)
@@ -288,7 +289,7 @@ def plan_shards(
             groups[-1].append(name)
             size += padded
     else:
-        raise ValueError("plan_shards needs keep_split_of, max_size or max_tensors")
+        raise IqkValueError("plan_shards needs keep_split_of, max_size or max_tensors")
     groups = groups or [[]]
     prefix = output_prefix(out)
     return [

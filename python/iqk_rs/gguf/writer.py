@@ -31,13 +31,14 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import IqkError
 from .constants import GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUFValueType
 from .ggml_types import GGMLType
 from .reader import _SCALARS, KV, StringArray
 
 
-class GGUFWriteError(RuntimeError):
-    pass
+class GGUFWriteError(IqkError, RuntimeError):
+    """An output file cannot be written (path, disk space, I/O); the message says which."""
 
 
 def _pack_string(s: str | bytes) -> bytes:
