@@ -39,10 +39,11 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 
 from iqk_rs import distributed as dist  # noqa: E402
+from iqk_rs import pipeline as pl  # noqa: E402
 from iqk_rs.gguf import KV, GGUFStreamWriter  # noqa: E402
-from iqk_rs.gguf import convert as cv  # noqa: E402
 from iqk_rs.gguf.constants import GGUFValueType  # noqa: E402
-from iqk_rs.gguf.ggml_types import encode_rows, type_by_name  # noqa: E402
+from iqk_rs.gguf.ggml_types import type_by_name  # noqa: E402
+from iqk_rs.pipeline import encode_rows  # noqa: E402
 
 SIX = ["IQ2_K", "IQ3_K", "IQ4_K", "IQ2_KS", "IQ3_KS", "IQ4_KS"]
 LOOPBACK = "127.0.0.1"
@@ -210,11 +211,11 @@ def main() -> int:
         tmp = Path(tmp)
         model = synthetic_model(tmp / "m.gguf", args.size << 20)
         size = model.stat().st_size
-        opts = cv.QuantizeOptions(pure=True)
+        opts = pl.QuantizeOptions(pure=True)
         local = {}
         for threads in (1, 2):
-            o = cv.QuantizeOptions(pure=True, threads=threads)
-            local[threads], _ = timed(cv.quantize_model, model, tmp / "l.gguf", args.type, o)
+            o = pl.QuantizeOptions(pure=True, threads=threads)
+            local[threads], _ = timed(pl.quantize_model, model, tmp / "l.gguf", args.type, o)
             print(
                 f"local     {threads} thread(s): {local[threads]:6.2f} s, "
                 f"{size / local[threads] / 2**20:6.1f} MiB/s",
@@ -239,7 +240,7 @@ def main() -> int:
                     opts,
                     ray=dist.RayOptions(max_unit_bytes=args.unit),
                 )
-                copy = cv.QuantizeOptions(custom_q=[".*=f16"])
+                copy = pl.QuantizeOptions(custom_q=[".*=f16"])
                 ro = dist.RayOptions(max_unit_bytes=args.overhead_unit)
                 cpu0 = time.process_time()
                 wall, rep = timed(dist.quantize_model, model, tmp / "c.gguf", "IQ4_K", copy, ray=ro)

@@ -39,13 +39,13 @@ def instrumented() -> contextlib.AbstractContextManager:
 
 with instrumented():
     from iqk_rs import IqkValueError
+    from iqk_rs import pipeline as pl
     from iqk_rs.gguf import GGUFError, GGUFReader, GGUFWriteError
-    from iqk_rs.gguf import convert as cv
     from iqk_rs.gguf.ggml_types import rows_to_f32
     from iqk_rs.imatrix import ImatrixError
     from iqk_rs.mix import MixError
 
-PROJECT_ERRORS = (GGUFError, GGUFWriteError, ImatrixError, MixError, cv.ConvertError, IqkValueError)
+PROJECT_ERRORS = (GGUFError, GGUFWriteError, ImatrixError, MixError, pl.ConvertError, IqkValueError)
 # Steers the micro model's mix onto the six IQK types (the companion types may be missing).
 IQK_RULES = [r"ffn_down=f16,output\.weight={t},attn_v={t},token_embd={t}"]
 TARGETS = ["IQ2_K", "IQ3_K", "IQ4_K", "IQ2_KS", "IQ3_KS", "IQ4_KS"]
@@ -63,7 +63,7 @@ def scratch_dir() -> Path:
     return path
 
 
-def check_quantized_output(path: Path, report: cv.Report) -> None:
+def check_quantized_output(path: Path, report: pl.Report) -> None:
     """Every tensor the run quantized decodes to finite values."""
     converted = {p.name for p in report.plans if p.action == "quantize"}
     with GGUFReader(path) as r:

@@ -13,7 +13,7 @@ import zlib
 from common import IQK_RULES, TARGETS, check_quantized_output, instrumented, main, scratch_dir
 
 with instrumented():
-    from iqk_rs.gguf import convert as cv
+    from iqk_rs import pipeline as pl
     from iqk_rs.gguf.writer import encode_kv
     from iqk_rs.imatrix import load_imatrix
 
@@ -30,10 +30,10 @@ def one_input(data: bytes) -> None:
     for kv in imx.metadata():
         encode_kv(kv)
     target = TARGETS[zlib.crc32(data) % len(TARGETS)]  # varied, yet the same on replay
-    opts = cv.QuantizeOptions(
+    opts = pl.QuantizeOptions(
         imatrix=imx, custom_q=[r.format(t=target) for r in IQK_RULES], threads=1
     )
-    report = cv.quantize_model(MODEL, OUT, target, opts)
+    report = pl.quantize_model(MODEL, OUT, target, opts)
     check_quantized_output(OUT, report)
 
 

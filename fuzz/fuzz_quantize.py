@@ -10,7 +10,7 @@ from __future__ import annotations
 from common import IQK_RULES, TARGETS, check_quantized_output, instrumented, main, scratch_dir
 
 with instrumented():
-    from iqk_rs.gguf import convert as cv
+    from iqk_rs import pipeline as pl
     from iqk_rs.imatrix import load_imatrix
 
 SCRATCH = scratch_dir()
@@ -25,11 +25,11 @@ def one_input(data: bytes) -> None:
     target = TARGETS[data[0] % len(TARGETS)]
     imx = load_imatrix(IMATRIX) if data[0] & 0x80 else None
     PATH.write_bytes(data[1:])
-    opts = cv.QuantizeOptions(
+    opts = pl.QuantizeOptions(
         imatrix=imx, custom_q=[r.format(t=target) for r in IQK_RULES], threads=1,
         allow_requantize=bool(data[0] & 0x40),
     )  # fmt: skip
-    report = cv.quantize_model(PATH, OUT, target, opts)
+    report = pl.quantize_model(PATH, OUT, target, opts)
     check_quantized_output(OUT, report)
 
 

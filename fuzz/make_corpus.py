@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from iqk_rs import pipeline as pl
 from iqk_rs.gguf import GGUFReader, GGUFStreamWriter, type_by_name
-from iqk_rs.gguf import convert as cv
 from iqk_rs.gguf.constants import GGUFValueType
 from iqk_rs.gguf.reader import KV, StringArray
 
@@ -123,7 +123,7 @@ def main(outdir: Path) -> None:
     for t in ("IQ4_KS", "IQ2_K", "IQ3_K"):
         q = outdir / "gguf" / f"micro-{t.lower()}.gguf"
         rules = [r.replace("iq4_ks", t.lower()) for r in TARGET_RULES]
-        cv.quantize_model(model, q, t, cv.QuantizeOptions(custom_q=rules))
+        pl.quantize_model(model, q, t, pl.QuantizeOptions(custom_q=rules))
         quantized.append(q)
     im_gguf = micro_imatrix_gguf(outdir / "imatrix" / "micro.imatrix.gguf", model)
     micro_imatrix_dat(outdir / "imatrix" / "micro.imatrix.dat", model)

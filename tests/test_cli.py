@@ -16,9 +16,9 @@ import gguf
 import iqk_rs
 import numpy as np
 import pytest
+from iqk_rs import pipeline as pl
 from iqk_rs.cli import app
 from iqk_rs.gguf import GGUFReader, type_by_name
-from iqk_rs.gguf import convert as cv
 from iqk_rs.mix import MixOptions, MixPlanner, ModelParams
 from typer.testing import CliRunner
 
@@ -187,9 +187,9 @@ def test_threads_and_search_are_deterministic(tmp_path: Path) -> None:
 def test_row_chunking_changes_no_byte(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tensors are streamed in row chunks; chunks of a few rows give the same file."""
     whole = quantize(tmp_path, "IQ4_KS", name="whole.gguf")
-    monkeypatch.setattr(cv, "MIN_CHUNK_VALUES", 3000)
-    monkeypatch.setattr(cv, "CHUNK_VALUES_PER_THREAD", 1000)
-    assert cv._chunk_values(2) == 3000 and cv._chunk_values(5) == 5000
+    monkeypatch.setattr(pl.write, "MIN_CHUNK_VALUES", 3000)
+    monkeypatch.setattr(pl.write, "CHUNK_VALUES_PER_THREAD", 1000)
+    assert pl.chunk_values_for(2) == 3000 and pl.chunk_values_for(5) == 5000
     chunked = quantize(tmp_path, "IQ4_KS", name="chunked.gguf")
     assert chunked.read_bytes() == whole.read_bytes()
 
@@ -301,13 +301,13 @@ def test_imatrix_expert_slices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     """Each expert of a 3-D tensor is quantized with its own imatrix slice."""
     im = write_imatrix_gguf(tmp_path / "im.gguf")
     seen = []
-    real = cv.encode_rows
+    real = pl.encode_rows
 
     def spy(rows, src, ne0, dst, imatrix=None, **kw):
         seen.append(None if imatrix is None else imatrix.copy())
         return real(rows, src, ne0, dst, imatrix, **kw)
 
-    monkeypatch.setattr(cv, "encode_rows", spy)
+    monkeypatch.setattr(pl.encode, "encode_rows", spy)
     out = tmp_path / "o.gguf"
     run("quantize", TINY, out, "IQ4_K", "-q", *iqk_only("IQ4_K"), "--imatrix", im,
         "--include-weights", "blk.0.ffn_up_exps")  # fmt: skip
@@ -428,7 +428,7 @@ def test_unwritable_output(tmp_path: Path) -> None:
 @pytest.mark.parametrize("exc", [KeyboardInterrupt, MemoryError, ValueError])
 def test_interrupt_leaves_nothing(tmp_path: Path, monkeypatch, exc) -> None:
     calls = []
-    real = cv.encode_rows
+    real = pl.encode_rows
 
     def flaky(*a, **kw):
         calls.append(1)
@@ -436,7 +436,7 @@ def test_interrupt_leaves_nothing(tmp_path: Path, monkeypatch, exc) -> None:
             raise exc("stop")
         return real(*a, **kw)
 
-    monkeypatch.setattr(cv, "encode_rows", flaky)
+    monkeypatch.setattr(pl.encode, "encode_rows", flaky)
     r = CliRunner().invoke(app, ["quantize", str(TINY), str(tmp_path / "o.gguf"), "IQ4_K",
                                  *iqk_only("IQ4_K")])  # fmt: skip
     assert r.exit_code != 0
@@ -503,7 +503,7 @@ def test_compare(tmp_path: Path) -> None:
     assert "blk.3.attn_v.weight" in r.output
     r = run("compare", TINY, TINY)
     assert "rel. RMSE 0.00000" in r.output
-    diffs, unpaired = cv.compare_models(TINY, q)
+    diffs, unpaired = pl.compare_models(TINY, q)
     assert not unpaired and len(diffs) == 43
     d = {x.name: x for x in diffs}
     assert 0.02 < d["blk.0.attn_q.weight"].rel_rmse < 0.11
@@ -555,7 +555,7 @@ def test_smollm2_plan_matches_ik() -> None:
 
     golden = json.loads((TINY.parent / "mixes.json").read_text())["smollm2-135m"]["mixes"]
     for t in SIX:
-        report = cv.quantize_model(SMOL, None, t, cv.QuantizeOptions(allow_requantize=True))
+        report = pl.quantize_model(SMOL, None, t, pl.QuantizeOptions(allow_requantize=True))
         got = {p.name: p.out_type.name for p in report.plans}
         assert got == golden[t], t
 
@@ -567,7 +567,7 @@ def test_smollm2_requantize(tmp_path: Path, t: str) -> None:
     """SmolLM2-135M Q4_1 (rows of 576 and 1536): requantize, every tensor decodes close."""
     out = tmp_path / f"smol-{t}.gguf"
     run("quantize", SMOL, out, t, "--allow-requantize", "-q")
-    diffs, unpaired = cv.compare_models(SMOL, out)
+    diffs, unpaired = pl.compare_models(SMOL, out)
     assert not unpaired
     with GGUFReader(out) as r:
         for d in diffs:

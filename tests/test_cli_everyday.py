@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from iqk_rs import cli
+from iqk_rs import pipeline as pl
 from iqk_rs.cli import app
 from iqk_rs.gguf import GGUFReader, GGUFStreamWriter
-from iqk_rs.gguf import convert as cv
 from iqk_rs.gguf.ggml_types import all_types
 from typer.testing import CliRunner
 
@@ -71,13 +71,13 @@ def rewrite_metadata(src: Path, dst: Path, drop: set[str] = frozenset(), **set_s
 def count_encodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts calls into the quantizers (0 means: refused before any work)."""
     calls: list[int] = []
-    real = cv.encode_rows
+    real = pl.encode_rows
 
     def counting(*a, **kw):
         calls.append(1)
         return real(*a, **kw)
 
-    monkeypatch.setattr(cv, "encode_rows", counting)
+    monkeypatch.setattr(pl.encode, "encode_rows", counting)
     return calls
 
 
@@ -192,7 +192,7 @@ def test_unknown_architecture(tmp_path: Path) -> None:
     r = run("quantize", no_arch, tmp_path / "p.gguf", "IQ4_K", "--pure", "-q")
     assert "warning:" in r.output and "assumed no layers, heads or experts" in r.output
     with GGUFReader(tmp_path / "p.gguf") as g, GGUFReader(TINY) as ref:
-        pure = cv.quantize_model(TINY, None, "IQ4_K", cv.QuantizeOptions(pure=True))
+        pure = pl.quantize_model(TINY, None, "IQ4_K", pl.QuantizeOptions(pure=True))
         assert {n: t.type.name for n, t in g.tensors.items()} == {
             p.name: p.out_type.name for p in pure.plans
         }
@@ -318,7 +318,7 @@ def test_plot_path_checked_before_the_comparison(
     def no_compare(*a, **kw):
         raise AssertionError("the comparison ran before the plot path was checked")
 
-    monkeypatch.setattr(cv, "compare_models", no_compare)
+    monkeypatch.setattr(pl, "compare_models", no_compare)
     r = run("compare", TINY, TINY, "--plot", tmp_path, expect=1)
     assert "is a directory" in r.output
     r = run("compare", TINY, TINY, "--plot", tmp_path / "none" / "p.png", expect=1)
@@ -339,7 +339,7 @@ def test_plot_is_readable(tmp_path: Path) -> None:
     matplotlib.use("Agg")
     q = tmp_path / "q.gguf"
     run("quantize", TINY, q, "IQ4_K", "-q", *iqk_only("IQ4_K"))
-    diffs, _ = cv.compare_models(TINY, q)
+    diffs, _ = pl.compare_models(TINY, q)
     fig = cli._plot_figure(diffs, "q vs tiny")
     fig.canvas.draw()
     ax = fig.axes[0]

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from iqk_rs import pipeline as pl
 from iqk_rs.gguf import KV, GGUFStreamWriter
-from iqk_rs.gguf import convert as cv
 from iqk_rs.gguf.constants import GGUFValueType
 from iqk_rs.gguf.ggml_types import type_by_name
 from iqk_rs.gguf.reader import GGUFReader
@@ -158,8 +158,8 @@ def synthetic(tmp_path_factory) -> Path:
 
 def test_bundled_model_same_bytes_as_local(cluster, tmp_path: Path) -> None:
     """The default IQ4_K mix with an imatrix (per-expert rows), cut into ~100 units."""
-    opts = cv.QuantizeOptions(imatrix=tiny_imatrix())
-    cv.quantize_model(TINY, tmp_path / "local.gguf", "IQ4_K", opts)
+    opts = pl.QuantizeOptions(imatrix=tiny_imatrix())
+    pl.quantize_model(TINY, tmp_path / "local.gguf", "IQ4_K", opts)
     report = dist.quantize_model(
         TINY, tmp_path / "ray.gguf", "IQ4_K", opts, ray=ray_opts(cluster, max_unit_bytes=40_000)
     )
@@ -174,9 +174,9 @@ def test_split_model_split_output_same_bytes_as_local(cluster, synthetic, tmp_pa
     local, remote = tmp_path / "local", tmp_path / "ray"
     local.mkdir()
     remote.mkdir()
-    opts = cv.QuantizeOptions(pure=True)
-    split = cv.SplitOptions(max_tensors=4)
-    cv.quantize_model(synthetic, local / "q.gguf", "IQ2_KS", opts, split=split)
+    opts = pl.QuantizeOptions(pure=True)
+    split = pl.SplitOptions(max_tensors=4)
+    pl.quantize_model(synthetic, local / "q.gguf", "IQ2_KS", opts, split=split)
     report = dist.quantize_model(
         synthetic, remote / "q.gguf", "IQ2_KS", opts, split=split,
         ray=ray_opts(cluster, max_unit_bytes=300_000),
@@ -198,8 +198,8 @@ def test_node_removed_mid_run(cluster, synthetic, tmp_path: Path) -> None:
     on_extra = NodeAffinitySchedulingStrategy(extra.node_id, soft=False)
     warm = ray.remote(dist._node_name).options(scheduling_strategy=on_extra).remote()
     assert ray.get(warm).endswith(extra.node_id[:8])
-    opts = cv.QuantizeOptions(pure=True)
-    cv.quantize_model(synthetic, tmp_path / "local.gguf", "IQ2_K", opts)
+    opts = pl.QuantizeOptions(pure=True)
+    pl.quantize_model(synthetic, tmp_path / "local.gguf", "IQ2_K", opts)
     out = tmp_path / "ray.gguf"
     result: dict = {}
 
@@ -286,7 +286,7 @@ def test_resume_redoes_units_whose_bytes_changed(cluster, tmp_path: Path) -> Non
     """A recorded unit whose bytes no longer match its checksum is converted again."""
     out = tmp_path / "q.gguf"
     opts = dict(max_unit_bytes=200_000)
-    cv.quantize_model(TINY, tmp_path / "local.gguf", "IQ3_KS")
+    pl.quantize_model(TINY, tmp_path / "local.gguf", "IQ3_KS")
     # a finished run's temporary file and manifest, as if the driver died before the rename
     writer = dist.RayWriter(ray_opts(cluster, **opts))
     tmp, manifest = dist.temp_path(out), dist.manifest_path(out)
@@ -299,7 +299,7 @@ def test_resume_redoes_units_whose_bytes_changed(cluster, tmp_path: Path) -> Non
         finish(f)
 
     writer._finish_file = keep_copies
-    cv.quantize_model(TINY, out, "IQ3_KS", write=writer)
+    pl.quantize_model(TINY, out, "IQ3_KS", write=writer)
     out.unlink()
     os.replace(tmp_path / "tmp.copy", tmp)
     os.replace(tmp_path / "manifest.copy", manifest)
@@ -325,7 +325,7 @@ def test_unit_error_is_one_line(cluster, tmp_path: Path) -> None:
         return real_run(*a, **kw)
 
     writer._run = truncate_then_run
-    with pytest.raises(cv.ConvertError, match=r"tensor '[\w.]+' rows \d+\.\.\d+: ") as e:
-        cv.quantize_model(model, tmp_path / "q.gguf", "IQ4_K", write=writer)
+    with pytest.raises(pl.ConvertError, match=r"tensor '[\w.]+' rows \d+\.\.\d+: ") as e:
+        pl.quantize_model(model, tmp_path / "q.gguf", "IQ4_K", write=writer)
     assert "\n" not in str(e.value)
     assert not (tmp_path / "q.gguf").exists()

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from iqk_rs import distributed as dist
+from iqk_rs import pipeline as pl
 from iqk_rs._entry import bare_ray_to_auto
 from iqk_rs.cli import app
 from iqk_rs.gguf import GGUFReader
-from iqk_rs.gguf import convert as cv
 from iqk_rs.gguf.split import open_model
 from iqk_rs.gguf.writer import plan_layout
 from iqk_rs.imatrix import Imatrix
@@ -25,20 +25,20 @@ from typer.testing import CliRunner
 TINY = Path(__file__).parent / "data" / "tiny-llama-f16.gguf"
 
 
-def planned(out: Path, max_unit_bytes: int, split: cv.SplitOptions | None = None):
+def planned(out: Path, max_unit_bytes: int, split: pl.SplitOptions | None = None):
     """(file specs, units per file) of quantizing the tiny model to IQ4_K with an imatrix
     row per matrix, as the distributed driver plans them."""
-    split = split or cv.SplitOptions()
+    split = split or pl.SplitOptions()
     with open_model(TINY) as r:
         weights = {
             n: np.arange(t.ne[0] * (t.nrows // t.ne[1]), dtype=np.float32) + 1
             for n, t in r.tensors.items()
             if len(t.ne) >= 2
         }
-        opts = cv.QuantizeOptions(imatrix=Imatrix(Path("i.dat"), "dat", weights))
-        plans = cv.plan_quantize(r, "IQ4_K", opts)
-        kvs = cv.output_metadata(r, 0)
-        specs = cv.output_files(r, plans, out, kvs, split)
+        opts = pl.QuantizeOptions(imatrix=Imatrix(Path("i.dat"), "dat", weights))
+        plans = pl.plan_quantize(r, pl.target_type("IQ4_K"), opts)
+        kvs = pl.output_metadata(r, 0)
+        specs = pl.output_files(r, plans, out, kvs, split)
         return specs, [dist.plan_units(r, s, max_unit_bytes) for s in specs]
 
 
@@ -46,7 +46,7 @@ def planned(out: Path, max_unit_bytes: int, split: cv.SplitOptions | None = None
 def test_units_cover_every_output_byte_once(tmp_path: Path, max_unit_bytes: int) -> None:
     """Units tile each tensor's output exactly, stay within one matrix and within the size
     limit (one row at least), and read their rows where the input has them."""
-    specs, units = planned(tmp_path / "q.gguf", max_unit_bytes, cv.SplitOptions(max_tensors=9))
+    specs, units = planned(tmp_path / "q.gguf", max_unit_bytes, pl.SplitOptions(max_tensors=9))
     assert len(specs) == 5
     for spec, file_units in zip(specs, units, strict=True):
         layout = plan_layout(spec.kvs, spec.tensors(), spec.alignment)
@@ -81,10 +81,10 @@ def test_units_cover_every_output_byte_once(tmp_path: Path, max_unit_bytes: int)
 def test_layout_is_the_stream_writers(tmp_path: Path) -> None:
     """plan_layout's header and offsets are those of the file the local writer writes."""
     out = tmp_path / "q.gguf"
-    report = cv.quantize_model(TINY, out, "IQ4_K")
+    report = pl.quantize_model(TINY, out, "IQ4_K")
     with open_model(TINY) as r:
-        kvs = cv.output_metadata(r, 0)
-    (spec,) = cv.output_files(open_model(TINY), report.plans, out, kvs, cv.SplitOptions())
+        kvs = pl.output_metadata(r, 0)
+    (spec,) = pl.output_files(open_model(TINY), report.plans, out, kvs, pl.SplitOptions())
     with GGUFReader(out) as q:
         layout = plan_layout(q.kv.values(), spec.tensors(), spec.alignment)
         assert layout.total_bytes == out.stat().st_size
@@ -120,7 +120,7 @@ def test_base_install_does_not_need_ray(tmp_path: Path) -> None:
     script = f"""
 import sys
 sys.modules["ray"] = None  # as if not installed
-import iqk_rs.cli, iqk_rs.distributed, iqk_rs.gguf.convert
+import iqk_rs.cli, iqk_rs.distributed, iqk_rs.pipeline
 from typer.testing import CliRunner
 r = CliRunner().invoke(iqk_rs.cli.app, ["quantize", r"{TINY}", r"{tmp_path / "q.gguf"}",
                                         "IQ4_K", "--ray", "auto"])

@@ -24,7 +24,8 @@ from iqk_rs.gguf import (
     type_by_id,
     type_by_name,
 )
-from iqk_rs.gguf.ggml_types import f32_to_bf16, rows_to_f32
+from iqk_rs.gguf.ggml_types import rows_to_f32
+from iqk_rs.pipeline.encode import f32_to_bf16
 
 TINY = Path(__file__).parent / "data" / "tiny-llama-f16.gguf"
 F32, F16, BF16 = type_by_name("f32"), type_by_name("f16"), type_by_name("bf16")
@@ -142,7 +143,7 @@ def test_quantizing_does_not_import_gguf(tmp_path: Path) -> None:
     """A quantization run never needs the gguf package (a 60-120 ms import)."""
     code = (
         "import sys, iqk_rs.cli\n"
-        "from iqk_rs.gguf.convert import quantize_model, QuantizeOptions, Progress\n"
+        "from iqk_rs.pipeline import quantize_model, QuantizeOptions, Progress\n"
         f"quantize_model({str(TINY)!r}, {str(tmp_path / 'o.gguf')!r}, 'IQ4_KS',"
         " QuantizeOptions(), Progress())\n"
         "assert 'gguf' not in sys.modules, 'gguf was imported'\n"

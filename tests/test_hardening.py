@@ -17,10 +17,11 @@ from pathlib import Path
 import iqk_rs
 import numpy as np
 import pytest
+from iqk_rs import pipeline as pl
 from iqk_rs.cli import app
 from iqk_rs.gguf import GGUFReader
-from iqk_rs.gguf import convert as cv
 from iqk_rs.gguf.constants import GGUFValueType
+from iqk_rs.gguf.ggml_types import type_by_name
 from iqk_rs.gguf.reader import KV
 from iqk_rs.gguf.writer import GGUFStreamWriter, GGUFWriteError
 from typer.testing import CliRunner
@@ -89,7 +90,7 @@ def test_compare_nan_in_b_is_the_worst_and_fails(tmp_path: Path) -> None:
     assert "worst: blk.2.attn_k.weight" in r.output
     assert "0 NaN/Inf value(s) in A, 1 in B" in r.output
     assert "error: 1 tensor(s) hold NaN/Inf values: 'blk.2.attn_k.weight'" in r.output
-    diffs, _ = cv.compare_models(TINY, b)
+    diffs, _ = pl.compare_models(TINY, b)
     bad = {d.name: d for d in diffs}["blk.2.attn_k.weight"]
     assert bad.rel_rmse == float("inf") and bad.nonfinite_b == 1 and not bad.finite
     inf = rewrite(tmp_path / "inf.gguf", edit={"blk.0.attn_q.weight": set_f16(0, 0, np.inf)})
@@ -101,8 +102,8 @@ def test_compare_nan_in_b_is_the_worst_and_fails(tmp_path: Path) -> None:
 
 
 def test_nan_row_is_the_tensors_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cv, "MIN_CHUNK_VALUES", 256 * 16)  # 16-row chunks
-    monkeypatch.setattr(cv, "CHUNK_VALUES_PER_THREAD", 16)
+    monkeypatch.setattr(pl.write, "MIN_CHUNK_VALUES", 256 * 16)  # 16-row chunks
+    monkeypatch.setattr(pl.write, "CHUNK_VALUES_PER_THREAD", 16)
     dense = rewrite(tmp_path / "d.gguf", edit={"blk.1.attn_q.weight": set_f16(200, 7, np.nan)})
     r = run("quantize", dense, tmp_path / "o.gguf", "IQ4_K", *IQK_ONLY, "-q", expect=1)
     assert "tensor 'blk.1.attn_q.weight'" in r.output
@@ -119,15 +120,15 @@ def test_nan_row_is_the_tensors_row(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 # Runs inside the child before ``iqk``: on the third chunk, do ACTION to ourselves.
 _ON_THIRD_CHUNK = """
 import os, signal, sys
-from iqk_rs.gguf import convert as cv
-real, calls = cv.encode_rows, []
+from iqk_rs import pipeline as pl
+real, calls = pl.encode.encode_rows, []
 def hooked(*a, **kw):
     calls.append(1)
     if len(calls) == 3:
         {action}
     return real(*a, **kw)
-cv.encode_rows = hooked
-cv.MIN_CHUNK_VALUES = cv.CHUNK_VALUES_PER_THREAD = 256 * 16
+pl.encode.encode_rows = hooked
+pl.write.MIN_CHUNK_VALUES = pl.write.CHUNK_VALUES_PER_THREAD = 256 * 16
 """
 
 
@@ -246,7 +247,7 @@ def test_strict_output_encoding(tmp_path: Path, encoding: str) -> None:
 def test_info_of_many_tensors_is_fast(tmp_path: Path) -> None:
     n = 20_000
     path = tmp_path / "many.gguf"
-    i8 = cv.type_by_name("i8")
+    i8 = type_by_name("i8")
     kvs = [
         KV("general.architecture", GGUFValueType.STRING, "llama"),
         KV("general.alignment", GGUFValueType.UINT32, 1),
@@ -344,7 +345,7 @@ def test_hparam_that_is_not_a_count(tmp_path: Path) -> None:
 
 def imatrix_with(path: Path, key: str, vtype: GGUFValueType, value, sub=None) -> Path:
     """A one-entry GGUF imatrix for blk.0.attn_q.weight with metadata ``key`` set so."""
-    f32 = cv.type_by_name("f32")
+    f32 = type_by_name("f32")
     kvs = [KV("general.type", GGUFValueType.STRING, "imatrix"), KV(key, vtype, value, sub)]
     sums = np.ones((1, 256), np.float32)
     counts = np.ones((1, 1), np.float32)

@@ -8,12 +8,13 @@ import json
 import re
 from pathlib import Path
 
+import iqk_rs
 import numpy as np
 import pytest
 from iqk_rs import cli, recipe
+from iqk_rs import pipeline as pl
 from iqk_rs.cli import app
 from iqk_rs.gguf import GGUFReader, producible_types
-from iqk_rs.gguf import convert as cv
 from iqk_rs.mix import TARGETS
 from typer.testing import CliRunner
 
@@ -48,16 +49,16 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
-def _plan_via_cli(monkeypatch, model: Path, target: str, args: list[str]) -> cv.Report:
+def _plan_via_cli(monkeypatch, model: Path, target: str, args: list[str]) -> pl.Report:
     """Run the CLI with ik's own arguments (plus --dry-run) and return the report it got."""
     got = {}
-    real = cv.quantize_model
+    real = pl.quantize_model
 
     def recorder(*a, **kw):
         got["report"] = real(*a, **kw)
         return got["report"]
 
-    monkeypatch.setattr(cli.cv, "quantize_model", recorder)
+    monkeypatch.setattr(cli.pl, "quantize_model", recorder)
     run("quantize", *args, model, "unused.gguf", target, "2", "--dry-run")
     return got["report"]
 
@@ -224,10 +225,10 @@ def test_override_kv_changes_the_mix_as_in_ik() -> None:
     """The model loader reads the overridden expert count: attn_v becomes q8_0 (n_expert>=4)."""
     ik = next(r for r in RUNS if r["set"] == "expert-count" and r["target"] == "IQ4_K")
     assert dict(ik["tensors"])["blk.0.attn_v.weight"] == "q8_0"
-    opts = cv.QuantizeOptions(kv_overrides=["llama.expert_count=int:8"])
-    plans = cv.quantize_model(TINY, None, "IQ4_K", opts).plans
+    opts = pl.QuantizeOptions(kv_overrides=["llama.expert_count=int:8"])
+    plans = pl.quantize_model(TINY, None, "IQ4_K", opts).plans
     assert {p.name: p.out_type.name for p in plans}["blk.0.attn_v.weight"] == "q8_0"
-    plain = cv.quantize_model(TINY, None, "IQ4_K").plans
+    plain = pl.quantize_model(TINY, None, "IQ4_K").plans
     assert {p.name: p.out_type.name for p in plain}["blk.0.attn_v.weight"] == "iq5_k"
 
 
@@ -239,9 +240,9 @@ def _threads_used(monkeypatch, *args: object) -> int | None:
 
     def recorder(inp, out, target, opts, *a):
         got["threads"] = opts.threads
-        return cv.Report([], 0, 0, 0)
+        return pl.Report([], 0, 0, 0)
 
-    monkeypatch.setattr(cli.cv, "quantize_model", recorder)
+    monkeypatch.setattr(cli.pl, "quantize_model", recorder)
     run("quantize", TINY, "o.gguf", "IQ4_K", *args, "--dry-run")
     return got["threads"]
 
@@ -289,8 +290,11 @@ def test_help_lists_types_with_bpw() -> None:
     text = run("quantize", "--help").output
     for t in TARGETS:
         assert re.search(rf"\b{t.upper()}\s+[\d.]+ bpw", text), t
+    # the core's types as its registry counts them (IQ4_KS: 4.25, as llama-quantize says)
+    registry = {int(r["ggml_id"]): float(r["bits_per_weight"]) for r in iqk_rs.type_table()}
     for t in producible_types():
         m = re.search(rf"\b{t.id}\s+{re.escape(t.name)}\s+([\d.]+) bpw", text)
         assert m, t.name
-        assert float(m.group(1)) == pytest.approx(t.bits_per_weight, rel=1e-3)
+        want = registry.get(t.id, 8.0 * t.type_size)  # f32/f16/bf16: bits of one value
+        assert float(m.group(1)) == pytest.approx(want, rel=1e-3), t.name
     assert "iq4_kss" not in text and "_r4" not in text

@@ -1,6 +1,6 @@
 """The ``iqk`` command line: quantize, dequantize, inspect and compare GGUF models.
 
-Each command parses its options, calls ``iqk_rs.gguf.convert`` and renders the
+Each command parses its options, calls ``iqk_rs.pipeline`` and renders the
 result with rich. Errors become one line on stderr and exit status 1; Ctrl-C,
 SIGTERM and SIGHUP exit with 128 + the signal number and, like any error, leave no
 partial output file. Text from the files (names, keys, values) is shown through
@@ -39,15 +39,15 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from . import pipeline as pl
 from ._core import __version__
 from .api import search_mode
 from .display import printable
-from .gguf import GGUFError, GGUFWriteError
-from .gguf import convert as cv
+from .errors import IqkError
 from .gguf import split as gsplit
 from .gguf.ftypes import ftype_name
-from .imatrix import ImatrixError, load_imatrix
-from .mix import TARGETS, MixError
+from .imatrix import load_imatrix
+from .mix import TARGETS
 from .recipe import recipe_warnings, type_listing
 
 app = typer.Typer(
@@ -60,7 +60,8 @@ app = typer.Typer(
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-_ERRORS = (GGUFError, GGUFWriteError, ImatrixError, MixError, cv.ConvertError, OSError, ValueError)
+# Everything the package raises on purpose, and what the system or a builtin parser may raise.
+_ERRORS = (IqkError, OSError, ValueError)
 
 
 def _print_version(value: bool) -> None:
@@ -182,7 +183,7 @@ def _shape(ne) -> str:
     return "[" + ", ".join(str(d) for d in ne) + "]"
 
 
-class _RichProgress(cv.Progress):
+class _RichProgress(pl.Progress):
     """A bar over bytes of input plus a tensor counter; optional per-tensor lines."""
 
     def __init__(self, verbose: bool, quiet: bool):
@@ -233,7 +234,7 @@ class _RichProgress(cv.Progress):
 PLAIN_PROGRESS_INTERVAL = 30.0
 
 
-class _PlainProgress(cv.Progress):
+class _PlainProgress(pl.Progress):
     """Progress for logs (nohup, CI, batch jobs), where a live bar shows nothing: a line
     per tensor, and one every PLAIN_PROGRESS_INTERVAL seconds inside a long tensor,
     each with the bytes done, the rate and the time left."""
@@ -300,7 +301,7 @@ def _progress(verbose: bool, quiet: bool) -> _RichProgress | _PlainProgress:
     return (_RichProgress if err.is_terminal else _PlainProgress)(verbose, quiet)
 
 
-def _plan_notes(report: cv.Report, verbose: bool, quiet: bool) -> None:
+def _plan_notes(report: pl.Report, verbose: bool, quiet: bool) -> None:
     """What the plan means for the output, said before the work starts."""
     for w in report.warnings:
         err.print(printable(f"warning: {w}"), markup=False)
@@ -350,7 +351,7 @@ def _plan_notes(report: cv.Report, verbose: bool, quiet: bool) -> None:
         )
 
 
-def _plan_line(p: cv.TensorPlan, i: int, n: int, seconds: float | None = None) -> str:
+def _plan_line(p: pl.TensorPlan, i: int, n: int, seconds: float | None = None) -> str:
     w = len(str(n))
     arrow = (
         f"{p.info.type.name:>6} -> {p.out_type.name:<7}"
@@ -368,7 +369,7 @@ def _plan_line(p: cv.TensorPlan, i: int, n: int, seconds: float | None = None) -
     return line
 
 
-def _type_summary(plans: list[cv.TensorPlan], title: str) -> Table:
+def _type_summary(plans: list[pl.TensorPlan], title: str) -> Table:
     rows: dict[str, list[int]] = {}
     for p in plans:
         r = rows.setdefault(p.out_type.name, [0, 0, 0])
@@ -450,14 +451,14 @@ RayUnitSize = Annotated[
 
 def _split_options(
     keep_split: bool, max_size: str | None, max_tensors: int | None, partial_requant: bool
-) -> cv.SplitOptions:
+) -> pl.SplitOptions:
     size = None if max_size is None else _run(gsplit.parse_size, max_size)
-    split = cv.SplitOptions(keep_split, size, max_tensors, partial_requant)
+    split = pl.SplitOptions(keep_split, size, max_tensors, partial_requant)
     _run(split.check)  # before the imatrix is read, and for a dry run too
     return split
 
 
-def _files_summary(report: cv.Report) -> None:
+def _files_summary(report: pl.Report) -> None:
     """One line per output file: what a person checks before uploading or loading it."""
     for f in report.files:
         state = "kept, already there" if f.skipped else "written"
@@ -467,9 +468,9 @@ def _files_summary(report: cv.Report) -> None:
         )
 
 
-def _shards_preview(report: cv.Report, output: Path, split: cv.SplitOptions) -> None:
+def _shards_preview(report: pl.Report, output: Path, split: pl.SplitOptions) -> None:
     sizes = {p.name: p.out_nbytes for p in report.plans}
-    for shard in cv.plan_files(report.plans, report.input_parts, output, split):
+    for shard in pl.plan_files(report.plans, report.input_parts, output, split):
         data = sum(sizes[n] for n in shard.names)
         out.print(
             printable(
@@ -660,7 +661,7 @@ def quantize(
         "--ffn-gate-inp-type": ffn_gate_inp_type,
         "--per-layer-token-embedding-type": per_layer_token_embedding_type,
     }
-    opts = cv.QuantizeOptions(
+    opts = pl.QuantizeOptions(
         threads=threads,
         pure=pure,
         custom_q=custom_q or [],
@@ -676,7 +677,8 @@ def quantize(
         kv_overrides=override_kv or [],
         ignore_imatrix_rules=ignore_imatrix_rules,
     )
-    _run(cv.check_recipe, opts)  # a bad recipe fails before the imatrix is even read
+    target_t = _run(pl.target_type, target.value)
+    _run(pl.check_recipe, opts)  # a bad recipe fails before the imatrix is even read
     for msg in recipe_warnings(target.value, opts):
         err.print(printable(f"warning: {msg}"), markup=False)
     imx = None
@@ -695,7 +697,7 @@ def quantize(
         imx = _run(imx.filtered, include_weights, exclude_weights)
         if not len(imx):
             why = f"no imatrix entries left after filtering {imatrix}"
-            e = None if allow_missing_imatrix else cv.imatrix_unused_error(target.value, why)
+            e = None if allow_missing_imatrix else pl.imatrix_unused_error(target_t, why)
             if e is not None:
                 raise _fail(str(e))
             err.print(printable(f"warning: {why}; quantizing without"), markup=False)
@@ -706,7 +708,7 @@ def quantize(
         raise _fail("--include-weights/--exclude-weights need --imatrix")
     opts.imatrix = imx
     if dry_run:
-        report = _run(cv.quantize_model, inp, None, target.value, opts)
+        report = _run(pl.quantize_model, inp, None, target_t, opts)
         _plan_notes(report, verbose, quiet)
         n = len(report.plans)
         for i, p in enumerate(report.plans, 1):
@@ -725,10 +727,10 @@ def quantize(
     prog = _progress(verbose, quiet)
     try:
         if ray is None:
-            report = _run(cv.quantize_model, inp, output, target.value, opts, prog, split)
+            report = _run(pl.quantize_model, inp, output, target_t, opts, prog, split)
         else:
             ray_args = (ray, resume, ray_unit_size, quiet)
-            report = _run(_quantize_on_ray, inp, output, target.value, opts, prog, split, *ray_args)
+            report = _run(_quantize_on_ray, inp, output, target_t, opts, prog, split, *ray_args)
     finally:
         prog.stop()
     _extra_output_note(report, opts)
@@ -803,7 +805,7 @@ def _threads(option: int | None, positional: int | None) -> int | None:
     return positional
 
 
-def _extra_output_note(report: cv.Report, opts: cv.QuantizeOptions) -> None:
+def _extra_output_note(report: pl.Report, opts: pl.QuantizeOptions) -> None:
     if opts.extra_output_type and not any(p.out_name for p in report.plans):
         err.print(
             f"warning: --extra-output-tensor {opts.extra_output_type}: not added, it would not "
@@ -811,11 +813,11 @@ def _extra_output_note(report: cv.Report, opts: cv.QuantizeOptions) -> None:
         )
 
 
-def _larger(report: cv.Report) -> str:
+def _larger(report: pl.Report) -> str:
     return "; larger than the input" if report.larger_than_input else ""
 
 
-def _summary(report: cv.Report, title: str, note_larger: bool = False) -> None:
+def _summary(report: pl.Report, title: str, note_larger: bool = False) -> None:
     n_thr = report.threads or os.cpu_count()
     out.print(printable(title), markup=False)
     out.print(
@@ -867,7 +869,7 @@ def dequantize(
     prog = _progress(False, quiet)
     try:
         report = _run(
-            cv.dequantize_model, inp, output, type_.value, threads, prog, convert_float, split
+            pl.dequantize_model, inp, output, type_.value, threads, prog, convert_float, split
         )
     finally:
         prog.stop()
@@ -945,7 +947,7 @@ def info(
                 for kv in r.kv.values()
             ]
             _columns("metadata", ("key", "type", "value"), rows, "lll")
-        plans = [cv.TensorPlan(ti, ti.type, "keep") for ti in r.tensors.values()]
+        plans = [pl.TensorPlan(ti, ti.type, "keep") for ti in r.tensors.values()]
         if tensors:
             rows = [
                 (
@@ -993,7 +995,7 @@ def compare(
     """Relative RMSE and cosine similarity of B's tensors against A's."""
     if plot is not None:
         _check_plot_path(plot, a, b)
-    diffs, unpaired = _run(cv.compare_models, a, b, threads)
+    diffs, unpaired = _run(pl.compare_models, a, b, threads)
     if all_tensors:
         t = Table(title=f"{b} vs {a}", title_justify="left")
         for c in ("name", "A", "B", "rel. RMSE", "cosine"):
@@ -1007,7 +1009,7 @@ def compare(
                 Text(printable(d.name)), d.type_a, d.type_b, f"{d.rel_rmse:.5f}", f"{d.cosine:.6f}"
             )
         out.print(t)
-    kinds: dict[str, list[cv.TensorDiff]] = {}
+    kinds: dict[str, list[pl.TensorDiff]] = {}
     for d in diffs:
         m = _LAYER.match(d.name)
         kinds.setdefault(m.group(2) if m else d.name, []).append(d)
@@ -1060,7 +1062,7 @@ def _check_plot_path(plot: Path, a: Path, b: Path) -> None:
             "--plot needs matplotlib, which is not installed (pip install matplotlib)"
         ) from None
     for model in (a, b):
-        _run(cv.check_paths, model, plot)
+        _run(pl.check_paths, model, plot)
     suffix = plot.suffix.lower().lstrip(".")
     formats = FigureCanvasBase.get_supported_filetypes()
     if suffix and suffix not in formats:
@@ -1070,7 +1072,7 @@ def _check_plot_path(plot: Path, a: Path, b: Path) -> None:
         )
 
 
-def _plot(diffs: list[cv.TensorDiff], path: Path, title: str) -> None:
+def _plot(diffs: list[pl.TensorDiff], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1112,7 +1114,7 @@ def _plain_log_labels(ax, values: list[float]) -> None:
     ax.yaxis.set_minor_formatter(FuncFormatter(label) if len(keep) > 1 else NullFormatter())
 
 
-def _plot_figure(diffs: list[cv.TensorDiff], title: str):
+def _plot_figure(diffs: list[pl.TensorDiff], title: str):
     """Relative RMSE per layer, one line per tensor kind, for a model card.
 
     Kinds whose error is zero everywhere (tensors left as they were) cannot be drawn on a
@@ -1122,8 +1124,8 @@ def _plot_figure(diffs: list[cv.TensorDiff], title: str):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    per_layer: dict[str, list[cv.TensorDiff]] = {}
-    single: list[tuple[str, cv.TensorDiff]] = []
+    per_layer: dict[str, list[pl.TensorDiff]] = {}
+    single: list[tuple[str, pl.TensorDiff]] = []
     for d in diffs:
         m = _LAYER.match(d.name)
         if not d.finite:
@@ -1137,10 +1139,10 @@ def _plot_figure(diffs: list[cv.TensorDiff], title: str):
     series = {k: ds for k, ds in per_layer.items() if k not in exact}
     lines = [(name, d) for name, d in single if name not in exact]
 
-    def kind_label(kind: str, ds: list[cv.TensorDiff]) -> str:
+    def kind_label(kind: str, ds: list[pl.TensorDiff]) -> str:
         return f"{kind.removesuffix('.weight')} ({', '.join(sorted({d.type_b for d in ds}))})"
 
-    def mean_err(ds: list[cv.TensorDiff]) -> float:
+    def mean_err(ds: list[pl.TensorDiff]) -> float:
         return sum(d.rel_rmse for d in ds) / len(ds)
 
     fig, ax = plt.subplots(figsize=(10, 5.2))

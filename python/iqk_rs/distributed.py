@@ -5,7 +5,7 @@ The driver reads the headers only and plans everything the local run plans (type
 metadata), then, with the writer's own layout (``writer.plan_layout``), every tensor's
 offset in its output file. The work is cut into units - row ranges of one matrix (one expert
 slice of a MoE tensor) of at most ``max_unit_bytes`` of input - and each unit, a Ray task,
-memory-maps its input rows, converts them with ``convert.quantize_rows`` (the local
+memory-maps its input rows, converts them with ``pipeline.quantize_rows`` (the local
 pipeline's function) and writes the result with ``os.pwrite`` at its planned offset in a
 pre-sized temporary file beside the output. Only unit descriptions (and the imatrix row of
 their matrix) and small results travel through Ray. The driver writes each file's header and,
@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from .gguf import convert as cv
-from .gguf.ggml_types import type_by_id
+from . import pipeline as pl
+from .gguf.ggml_types import GGMLType, type_by_id
 from .gguf.reader import GGUFReader, TensorInfo
 from .gguf.split import SplitModel
 from .gguf.writer import (
@@ -54,7 +54,7 @@ _HINT = "pip install 'iqk-rs[ray]'"
 
 @dataclass
 class RayOptions:
-    """How to run on Ray; the quantization itself takes ``convert.QuantizeOptions``."""
+    """How to run on Ray; the quantization itself takes ``pipeline.QuantizeOptions``."""
 
     address: str = "auto"  # ray.init's address: "auto" joins the cluster this process runs in
     max_unit_bytes: int = DEFAULT_UNIT_BYTES  # input bytes per work unit (at least one row)
@@ -84,7 +84,7 @@ class RunStats:
 
 
 @dataclass
-class RayReport(cv.Report):
+class RayReport(pl.Report):
     """The local run's report, plus what the cluster did."""
 
     run: RunStats = field(default_factory=RunStats)
@@ -118,7 +118,7 @@ def parse_unit_size(text: str) -> int:
     """--ray-unit-size: bytes, or a whole number with K, M or G (10^3, 10^6, 10^9)."""
     m = re.fullmatch(r"\s*(\d+)\s*([KMG]?)\s*", text.upper())
     if not m or int(m.group(1)) <= 0:
-        raise cv.ConvertError(
+        raise pl.ConvertError(
             f"--ray-unit-size {text!r}: give a positive number of bytes, e.g. 256M or 1G"
         )
     return int(m.group(1)) * {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}[m.group(2)]
@@ -128,7 +128,7 @@ def _ray():
     try:
         import ray
     except ImportError:
-        raise cv.ConvertError(f"--ray needs Ray, which is not installed: {_HINT}") from None
+        raise pl.ConvertError(f"--ray needs Ray, which is not installed: {_HINT}") from None
     return ray
 
 
@@ -142,7 +142,7 @@ def _input_location(reader: GGUFReader | SplitModel, name: str) -> tuple[Path, i
 
 
 def plan_units(
-    reader: GGUFReader | SplitModel, spec: cv.FileSpec, max_unit_bytes: int
+    reader: GGUFReader | SplitModel, spec: pl.FileSpec, max_unit_bytes: int
 ) -> list[Unit]:
     """The work units of one output file, at the offsets of the writer's layout."""
     layout = plan_layout(spec.kvs, spec.tensors(), spec.alignment)
@@ -231,7 +231,7 @@ def run_unit(
 
     t0 = time.perf_counter()
     if version != __version__:
-        raise cv.ConvertError(
+        raise pl.ConvertError(
             f"iqk-rs {__version__} on this node, the driver runs {version}: install the same "
             "version on every node (the bytes could differ)"
         )
@@ -245,15 +245,15 @@ def run_unit(
     try:
         offset = unit.dst_offset
         if unit.action != "quantize":
-            chunks = _row_chunks(rows, max(1, in_row), cv._chunk_values(threads))
+            chunks = _row_chunks(rows, max(1, in_row), pl.chunk_values_for(threads))
         else:
-            chunks = _row_chunks(rows, t.ne[0], cv._chunk_values(threads))
+            chunks = _row_chunks(rows, t.ne[0], pl.chunk_values_for(threads))
         per_matrix = t.ne[1] if len(t.ne) > 1 else 1
         row = unit.row0
         for chunk in chunks:
             if unit.action == "quantize":
                 at = (row // per_matrix, row % per_matrix)
-                q = cv.quantize_rows(t, out_type, chunk, unit.imatrix, threads, search, at)
+                q = pl.quantize_rows(t, out_type, chunk, unit.imatrix, threads, search, at)
                 row += len(chunk)
             else:
                 q = chunk
@@ -262,7 +262,7 @@ def run_unit(
             digest.update(data)
             offset += data.nbytes
         if offset - unit.dst_offset != unit.dst_nbytes:
-            raise cv.ConvertError(
+            raise pl.ConvertError(
                 f"{unit.where()}: wrote {offset - unit.dst_offset} bytes, planned {unit.dst_nbytes}"
             )
         os.fdatasync(fd)  # a unit in the manifest is on disk
@@ -302,7 +302,7 @@ def _node_name() -> str:
 
 @dataclass
 class _File:
-    spec: cv.FileSpec
+    spec: pl.FileSpec
     units: list[Unit]
     header: bytes
     total_bytes: int
@@ -314,7 +314,7 @@ class _File:
 
 
 class RayWriter:
-    """``convert.write_output`` on a Ray cluster (same arguments, same files)."""
+    """``pipeline.write_output`` on a Ray cluster (same arguments, same files)."""
 
     def __init__(self, options: RayOptions):
         self.options = options
@@ -327,24 +327,24 @@ class RayWriter:
     def __call__(
         self,
         reader: GGUFReader | SplitModel,
-        plans: list[cv.TensorPlan],
+        plans: list[pl.TensorPlan],
         out: Path,
         kvs: list,
-        split: cv.SplitOptions,
+        split: pl.SplitOptions,
         *,
         threads: int | None,
         search: str,
-        progress: cv.Progress,
-    ) -> list[cv.OutputFile]:
+        progress: pl.Progress,
+    ) -> list[pl.OutputFile]:
         opts = self.options
         if opts.max_unit_bytes < 1:
-            raise cv.ConvertError(f"the unit size must be positive, got {opts.max_unit_bytes}")
-        specs = cv.output_files(reader, plans, out, kvs, split)
+            raise pl.ConvertError(f"the unit size must be positive, got {opts.max_unit_bytes}")
+        specs = pl.output_files(reader, plans, out, kvs, split)
         # --resume keeps finished files as --partial-requant does (checked to be this run's)
         keep = replace(split, partial_requant=split.partial_requant or opts.resume)
         kept = set()
         for spec in specs:
-            if cv.kept_file(spec, keep):
+            if pl.kept_file(spec, keep):
                 kept.add(spec.path)
                 for stale in (temp_path(spec.path), manifest_path(spec.path)):
                     stale.unlink(missing_ok=True)
@@ -356,8 +356,8 @@ class RayWriter:
         try:
             if files:
                 self._run(ray, files, search, progress)
-        except cv.ConvertError as e:
-            raise cv.ConvertError(
+        except pl.ConvertError as e:
+            raise pl.ConvertError(
                 f"{e}; the finished units are kept in {files[0].tmp.name} (and the like "
                 "beside each output file): run again with --resume to convert only the others"
             ) from None
@@ -368,7 +368,7 @@ class RayWriter:
             if own:
                 ray.shutdown()
         return [
-            cv.OutputFile(s.path, len(s.plans), s.path.stat().st_size, s.path in kept)
+            pl.OutputFile(s.path, len(s.plans), s.path.stat().st_size, s.path in kept)
             for s in specs
         ]
 
@@ -378,9 +378,9 @@ class RayWriter:
             ray.init(address=address, log_to_driver=False, **self.options.init_kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise cv.ConvertError(f"--ray {address}: cannot join a Ray cluster: {first}") from None
+            raise pl.ConvertError(f"--ray {address}: cannot join a Ray cluster: {first}") from None
 
-    def _plan_file(self, reader, spec: cv.FileSpec, search: str) -> _File:
+    def _plan_file(self, reader, spec: pl.FileSpec, search: str) -> _File:
         layout = plan_layout(spec.kvs, spec.tensors(), spec.alignment)
         units = plan_units(reader, spec, self.options.max_unit_bytes)
         fp = _fingerprint(layout.header, units, search)
@@ -456,7 +456,7 @@ class RayWriter:
         f.manifest.unlink(missing_ok=True)
 
     # -- the run ---------------------------------------------------------------------------
-    def _run(self, ray, files: list[_File], search: str, progress: cv.Progress) -> None:
+    def _run(self, ray, files: list[_File], search: str, progress: pl.Progress) -> None:
         from . import __version__
 
         opts = self.options
@@ -553,11 +553,11 @@ class RayWriter:
             return ray.get(ref)
         except ray.exceptions.RayTaskError as e:
             cause = e.cause if isinstance(e.cause, Exception) else e
-            if isinstance(cause, cv.ConvertError):
-                raise cv.ConvertError(str(cause)) from None
-            raise cv.ConvertError(f"{u.where()}: {_first_line(cause)}") from None
+            if isinstance(cause, pl.ConvertError):
+                raise pl.ConvertError(str(cause)) from None
+            raise pl.ConvertError(f"{u.where()}: {_first_line(cause)}") from None
         except ray.exceptions.RayError as e:
-            raise cv.ConvertError(
+            raise pl.ConvertError(
                 f"{u.where()}: failed after {self.options.max_retries} retries: {_first_line(e)}"
             ) from None
 
@@ -597,21 +597,21 @@ def _first_line(e: BaseException) -> str:
 def quantize_model(
     inp: str | os.PathLike[str],
     out: str | os.PathLike[str],
-    target: str,
-    opts: cv.QuantizeOptions | None = None,
-    progress: cv.Progress | None = None,
-    split: cv.SplitOptions | None = None,
+    target: str | GGMLType,
+    opts: pl.QuantizeOptions | None = None,
+    progress: pl.Progress | None = None,
+    split: pl.SplitOptions | None = None,
     ray: RayOptions | None = None,
 ) -> RayReport:
-    """``convert.quantize_model`` on a Ray cluster: the same options, plan and bytes.
+    """``pipeline.quantize_model`` on a Ray cluster: the same options, plan and bytes.
 
     ``opts.threads`` is ignored: each unit uses ``ray.cpus_per_task`` threads.
     """
     ray_opts = ray or RayOptions()
     _ray()  # a clear error before any planning when Ray is missing
     writer = RayWriter(ray_opts)
-    report = cv.quantize_model(inp, out, target, opts, progress, split, write=writer)
-    base = {f.name: getattr(report, f.name) for f in fields(cv.Report)}
+    report = pl.quantize_model(inp, out, target, opts, progress, split, write=writer)
+    base = {f.name: getattr(report, f.name) for f in fields(pl.Report)}
     base["threads"] = ray_opts.cpus_per_task
     return RayReport(**base, run=writer.stats)
 

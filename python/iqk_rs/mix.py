@@ -30,6 +30,8 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from .errors import IqkError
+
 TARGETS = ("iq2_k", "iq3_k", "iq4_k", "iq2_ks", "iq3_ks", "iq4_ks")
 
 # change_type_if_necessary: rows that are not a multiple of 256 cannot use these.
@@ -48,7 +50,7 @@ _BLOCK_32 = {"iq4_nl", "q5_0", "q6_0", "q8_0", "q4_0", "q4_1", "q5_1"}
 _FLOATS = {"f32", "f16", "bf16"}
 
 
-class MixError(ValueError):
+class MixError(IqkError, ValueError):
     pass
 
 
@@ -240,15 +242,17 @@ class Choice:
     type: str  # ggml name of the output type
     action: str  # "quantize", "copy" (same type as input) or "keep" (not a weight to quantize)
     note: str = ""  # "custom", "fallback from X", or the option that chose the type
+    fallback_from: str | None = None  # the type chosen first, when its rows did not fit it
 
 
 _OPTION_OF = {key: opt for opt, key in TENSOR_TYPE_OPTIONS.items()}
 
 
-def _fitted(gtype: str, ne0: int, note: str) -> tuple[str, str]:
-    """An option's type after the row-size fallback (ik does not check; we must)."""
+def _fitted(gtype: str, ne0: int, note: str) -> tuple[str, str, str | None]:
+    """An option's type after the row-size fallback (ik does not check; we must), its note and
+    the type it replaced (None without a fallback)."""
     fb = fallback(gtype, ne0)
-    return (fb, f"fallback from {gtype} ({note})") if fb != gtype else (gtype, note)
+    return (fb, f"fallback from {gtype} ({note})", gtype) if fb != gtype else (gtype, note, None)
 
 
 class MixPlanner:
@@ -283,23 +287,21 @@ class MixPlanner:
         ):
             return Choice(name, cur_type, "keep")
         ne0 = int(ne[0])
-        note = ""
+        note, wanted = "", None
         if o.pure:
             new = fallback(self.ft, ne0)
             if new != self.ft:
-                note = f"fallback from {self.ft}"
+                note, wanted = f"fallback from {self.ft}", self.ft
         else:
             new, note = self._mix(name, ne0)
             fb = fallback(new, ne0)
             if fb != new:
-                new, note = fb, f"fallback from {new}"
+                new, note, wanted = fb, f"fallback from {new}", new
         # applied again after the rules, as llama_model_quantize_impl does (also under --pure)
         late = self._late_override(name)
         if late is not None:
-            new, note = _fitted(late[0], ne0, late[1])
-        if new == cur_type:
-            return Choice(name, new, "copy", note)
-        return Choice(name, new, "quantize", note)
+            new, note, wanted = _fitted(late[0], ne0, late[1])
+        return Choice(name, new, "copy" if new == cur_type else "quantize", note, wanted)
 
     def _late_override(self, name: str) -> tuple[str, str] | None:
         o, tt = self.o, self.o.tensor_types

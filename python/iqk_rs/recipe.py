@@ -17,14 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from .errors import IqkError
 from .gguf.constants import GGUFValueType
-from .gguf.ggml_types import FLOAT_TYPES, producible_types, type_by_name
+from .gguf.ggml_types import FLOAT_TYPES, GGMLType, producible_types, type_by_name
 from .gguf.reader import KV
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
-class RecipeError(ValueError):
+class RecipeError(IqkError, ValueError):
     """A recipe option names something we cannot do; the message says which and why."""
 
 
@@ -93,18 +94,24 @@ def parse_kv_overrides(specs: Iterable[str]) -> list[KV]:
     return [parse_kv_override(s) for s in specs]
 
 
+def _bits_per_weight(t: GGMLType) -> float:
+    """Bits per weight of the blocks, as the core's registry counts them (its type_table's
+    bits_per_weight, which llama-quantize's listing shows too: IQ4_KS is 4.25)."""
+    return 8.0 * t.type_size / t.block_size
+
+
 def type_listing(targets: Iterable[str]) -> str:
     """The TYPE targets and every tensor type a recipe may name, with bits per weight."""
     lines = ["Target types (TYPE), with general.file_type and bits per weight:"]
     for name in targets:
         t = type_by_name(name)
-        lines.append(f"  {t.llama_ftype:>3}  {name:<7} {t.bits_per_weight:7.4g} bpw")
+        lines.append(f"  {t.llama_ftype:>3}  {name:<7} {_bits_per_weight(t):7.4g} bpw")
     lines.append(
         "Tensor types for --custom-q, the --*-type options and --extra-output-tensor, with "
         "ggml id and bits per weight:"
     )
     for t in producible_types():
-        lines.append(f"  {t.id:>3}  {t.name:<7} {t.bits_per_weight:7.4g} bpw")
+        lines.append(f"  {t.id:>3}  {t.name:<7} {_bits_per_weight(t):7.4g} bpw")
     return "\n".join(lines)
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-QK_K = 256
+from ..errors import IqkNotImplementedError, IqkValueError
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class GGMLType:
     def row_bytes(self, ne0: int) -> int:
         """Bytes of one row of ``ne0`` values (ik's ggml_row_size, with the row prefix)."""
         if ne0 % self.block_size:
-            raise ValueError(
+            raise IqkValueError(
                 f"row length {ne0} is not a multiple of {self.name}'s block size {self.block_size}"
             )
         return self.row_meta_size + (ne0 // self.block_size) * self.type_size
@@ -47,11 +47,6 @@ class GGMLType:
         for n in ne[1:]:
             nrows *= n
         return nrows * self.row_bytes(ne[0])
-
-    @property
-    def bits_per_weight(self) -> float:
-        """Asymptotic bits per weight (row prefix amortised over a 4096-wide row)."""
-        return 8.0 * (self.type_size / self.block_size + self.row_meta_size / 4096)
 
 
 # ik_llama.cpp-only ids (ggml/include/ggml.h, gguf-py constants, ggml.c row_meta_size)
@@ -178,7 +173,7 @@ def _table() -> dict[int, GGMLType]:
 def type_by_id(tid: int) -> GGMLType:
     t = _own_table().get(int(tid)) or _table().get(int(tid))
     if t is None:
-        raise ValueError(f"unknown ggml type id {tid}")
+        raise IqkValueError(f"unknown ggml type id {tid}")
     return t
 
 
@@ -194,7 +189,7 @@ def type_by_name(name: str) -> GGMLType:
         for t in table().values():
             if t.name.lower() == key:
                 return t
-    raise ValueError(f"unknown tensor type {name!r}")
+    raise IqkValueError(f"unknown tensor type {name!r}")
 
 
 def producible_types() -> list[GGMLType]:
@@ -210,15 +205,7 @@ def all_types() -> list[GGMLType]:
     return sorted(_table().values(), key=lambda t: t.id)
 
 
-# --- float conversions (numpy, no core needed) ---------------------------------
-
-
-def f32_to_bf16(x: np.ndarray) -> np.ndarray:
-    """Round to nearest even, NaN kept quiet: ggml_compute_fp32_to_bf16."""
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    nan = (u & 0x7FFFFFFF) > 0x7F800000
-    rounded = (u + (0x7FFF + ((u >> 16) & 1))) >> 16
-    return np.where(nan, (u >> 16) | 64, rounded).astype(np.uint16)
+# --- decoding a tensor's rows ----------------------------------------------------
 
 
 def rows_to_f32(
@@ -237,7 +224,7 @@ def rows_to_f32(
         import iqk_rs
 
         try:
-            return iqk_rs.dequantize(raw, gtype.name, threads=threads)
+            return iqk_rs.dequantize(raw, gtype.id, threads=threads)
         except NotImplementedError:
             pass
     if gtype.row_meta_size == 0:
@@ -253,53 +240,4 @@ def rows_to_f32(
             return deq.reshape(-1, ne0).astype(np.float32, copy=False)
         except (ValueError, NotImplementedError):
             pass
-    raise NotImplementedError(f"cannot decode tensor type {gtype.name}")
-
-
-def f32_to_rows(
-    x: np.ndarray,
-    gtype: GGMLType,
-    imatrix: np.ndarray | None = None,
-    *,
-    search: str = "ik",
-    threads: int | None = None,
-) -> np.ndarray:
-    """Encode float32 (nrows, ne0) as ``gtype``: raw bytes, uint8 (nrows, row_bytes)."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if gtype.id == F32:
-        return x.view(np.uint8)
-    if gtype.id == F16:
-        return x.astype(np.float16).view(np.uint8)
-    if gtype.id == BF16:
-        return f32_to_bf16(x).view(np.uint8)
-    if not gtype.in_core:
-        raise NotImplementedError(f"quantizing to {gtype.name} is not supported")
-    import iqk_rs
-
-    return iqk_rs.quantize(x, gtype.name, imatrix, search=search, threads=threads)
-
-
-def encode_rows(
-    rows: np.ndarray,
-    src: GGMLType,
-    ne0: int,
-    dst: GGMLType,
-    imatrix: np.ndarray | None = None,
-    *,
-    search: str = "ik",
-    threads: int | None = None,
-) -> np.ndarray:
-    """Raw rows of ``src`` re-encoded as ``dst``: uint8 (nrows, row_bytes).
-
-    f16/bf16 rows going to a type of the core are widened row by row inside its workers,
-    which spares a float32 copy of the block and a pass over it.
-    """
-    if src.id in (F16, BF16) and dst.in_core:
-        from iqk_rs import _core
-
-        bits = np.ascontiguousarray(rows).view(np.uint16).reshape(-1, ne0)
-        im = None if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
-        fmt = "f16" if src.id == F16 else "bf16"
-        return _core.quantize_half(bits, fmt, dst.name, im, search, threads)
-    x = rows_to_f32(rows, src, ne0, threads)
-    return f32_to_rows(x, dst, imatrix, search=search, threads=threads)
+    raise IqkNotImplementedError(f"cannot decode tensor type {gtype.name}")
