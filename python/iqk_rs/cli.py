@@ -183,20 +183,34 @@ def _shape(ne) -> str:
     return "[" + ", ".join(str(d) for d in ne) + "]"
 
 
-class _RichProgress(pl.Progress):
-    """A bar over bytes of input plus a tensor counter; optional per-tensor lines."""
+class _CliProgress(pl.Progress):
+    """What both progress displays share: the options, the plan notes, the counts."""
 
     def __init__(self, verbose: bool, quiet: bool):
         self.verbose = verbose
         self.quiet = quiet
-        self._i = 0
-        self._n = 0
+        self._i = self._n = 0  # tensors done, of all to write
+        self._total = 0  # input bytes of all tensors to write
 
     def planned(self, report):
         _plan_notes(report, self.verbose, self.quiet)
 
     def start(self, plans):
         self._n = len(plans)
+        self._total = sum(p.info.nbytes for p in plans)
+
+    def tensor_done(self, plan, seconds):
+        self._i += 1
+
+    def stop(self):
+        pass
+
+
+class _RichProgress(_CliProgress):
+    """A bar over bytes of input plus a tensor counter; optional per-tensor lines."""
+
+    def start(self, plans):
+        super().start(plans)
         self.progress = Progress(
             TextColumn("{task.description:<36.36}", markup=False),
             BarColumn(),
@@ -208,7 +222,7 @@ class _RichProgress(pl.Progress):
             disable=self.quiet,
             transient=True,
         )
-        self.task = self.progress.add_task("starting", total=sum(p.info.nbytes for p in plans))
+        self.task = self.progress.add_task("starting", total=self._total)
         self.progress.start()
 
     def tensor_start(self, plan):
@@ -221,7 +235,7 @@ class _RichProgress(pl.Progress):
         self.progress.advance(self.task, nbytes_in)
 
     def tensor_done(self, plan, seconds):
-        self._i += 1
+        super().tensor_done(plan, seconds)
         if self.verbose:
             self.progress.console.print(_plan_line(plan, self._i, self._n, seconds), markup=False)
 
@@ -234,25 +248,20 @@ class _RichProgress(pl.Progress):
 PLAIN_PROGRESS_INTERVAL = 30.0
 
 
-class _PlainProgress(pl.Progress):
+class _PlainProgress(_CliProgress):
     """Progress for logs (nohup, CI, batch jobs), where a live bar shows nothing: a line
     per tensor, and one every PLAIN_PROGRESS_INTERVAL seconds inside a long tensor,
     each with the bytes done, the rate and the time left."""
 
     def __init__(self, verbose: bool, quiet: bool):
-        self.verbose = verbose
-        self.quiet = quiet
-        self._i = self._n = self._total = self._done = 0
+        super().__init__(verbose, quiet)
+        self._done = 0
         self._t0 = self._last = 0.0
         self._current = ""
         self._units = ""  # a --ray run's count of work units
 
-    def planned(self, report):
-        _plan_notes(report, self.verbose, self.quiet)
-
     def start(self, plans):
-        self._n = len(plans)
-        self._total = sum(p.info.nbytes for p in plans)
+        super().start(plans)
         self._t0 = self._last = time.monotonic()
 
     def tensor_start(self, plan):
@@ -270,7 +279,7 @@ class _PlainProgress(pl.Progress):
             self._print(f"[{self._i + 1:>{w}}/{self._n}] {name} (in progress)", now)
 
     def tensor_done(self, plan, seconds):
-        self._i += 1
+        super().tensor_done(plan, seconds)
         self._print(_plan_line(plan, self._i, self._n, seconds), time.monotonic())
 
     def _print(self, what: str, now: float) -> None:
@@ -286,9 +295,6 @@ class _PlainProgress(pl.Progress):
             f"ETA {_clock(eta)}",
             markup=False,
         )
-
-    def stop(self):
-        pass
 
 
 def _clock(seconds: float) -> str:
