@@ -64,73 +64,75 @@ def _finish(w: GGUFWriter) -> None:
     w.close()
 
 
-def dense_tied(path: Path) -> None:
-    n_layer, n_head, n_head_kv, n_ff = 8, 4, 1, 640
+def _attention(
+    w: GGUFWriter, rng: np.random.Generator, p: str, n_head: int, n_head_kv: int, fused: bool
+) -> None:
     hd = N_EMBD // n_head
-    rng = np.random.default_rng(1)
-    w = _writer(path, "recipes dense tied", n_layer, n_head, n_head_kv, n_ff)
-    _mat(w, rng, "token_embd.weight", N_VOCAB, N_EMBD)
-    _mat(w, rng, "per_layer_token_embd.weight", N_VOCAB, 512)
-    for i in range(n_layer):
-        p = f"blk.{i}."
-        _norm(w, p + "attn_norm.weight")
-        _mat(w, rng, p + "attn_q.weight", n_head * hd, N_EMBD)
-        _mat(w, rng, p + "attn_k.weight", n_head_kv * hd, N_EMBD)
-        _mat(w, rng, p + "attn_v.weight", n_head_kv * hd, N_EMBD)
-        _mat(w, rng, p + "attn_output.weight", N_EMBD, n_head * hd)
-        _norm(w, p + "ffn_norm.weight")
-        _mat(w, rng, p + "ffn_gate.weight", n_ff, N_EMBD)
-        _mat(w, rng, p + "ffn_down.weight", N_EMBD, n_ff)
-        _mat(w, rng, p + "ffn_up.weight", n_ff, N_EMBD)
-    _norm(w, "output_norm.weight")
-    _finish(w)
-
-
-def qkv(path: Path) -> None:
-    n_layer, n_head, n_ff = 4, 4, 512
-    rng = np.random.default_rng(2)
-    w = _writer(path, "recipes fused qkv", n_layer, n_head, n_head, n_ff)
-    _mat(w, rng, "token_embd.weight", N_VOCAB, N_EMBD)
-    for i in range(n_layer):
-        p = f"blk.{i}."
-        _norm(w, p + "attn_norm.weight")
+    _norm(w, p + "attn_norm.weight")
+    if fused:
         _mat(w, rng, p + "attn_qkv.weight", 3 * N_EMBD, N_EMBD)
-        _mat(w, rng, p + "attn_output.weight", N_EMBD, N_EMBD)
-        _norm(w, p + "ffn_norm.weight")
-        _mat(w, rng, p + "ffn_gate.weight", n_ff, N_EMBD)
-        _mat(w, rng, p + "ffn_down.weight", N_EMBD, n_ff)
-        _mat(w, rng, p + "ffn_up.weight", n_ff, N_EMBD)
-    _norm(w, "output_norm.weight")
-    _mat(w, rng, "output.weight", N_VOCAB, N_EMBD)
-    _finish(w)
-
-
-def moe8(path: Path) -> None:
-    n_layer, n_head, n_head_kv, n_ff, n_exp = 4, 4, 2, 256, 8
-    hd = N_EMBD // n_head
-    rng = np.random.default_rng(3)
-    w = _writer(path, "recipes moe8", n_layer, n_head, n_head_kv, n_ff)
-    w.add_expert_count(n_exp)
-    w.add_expert_used_count(2)
-    _mat(w, rng, "token_embd.weight", N_VOCAB, N_EMBD)
-    for i in range(n_layer):
-        p = f"blk.{i}."
-        _norm(w, p + "attn_norm.weight")
+    else:
         _mat(w, rng, p + "attn_q.weight", n_head * hd, N_EMBD)
         _mat(w, rng, p + "attn_k.weight", n_head_kv * hd, N_EMBD)
         _mat(w, rng, p + "attn_v.weight", n_head_kv * hd, N_EMBD)
-        _mat(w, rng, p + "attn_output.weight", N_EMBD, n_head * hd)
-        _norm(w, p + "ffn_norm.weight")
+    _mat(w, rng, p + "attn_output.weight", N_EMBD, n_head * hd)
+
+
+def _ffn(w: GGUFWriter, rng: np.random.Generator, p: str, n_ff: int, n_exp: int) -> None:
+    """Dense: gate, down, up; with experts: f32 router, the experts and a shared expert."""
+    _norm(w, p + "ffn_norm.weight")
+    if n_exp:
         w.add_tensor(p + "ffn_gate_inp.weight", rng.standard_normal((n_exp, N_EMBD), np.float32))
         _mat(w, rng, p + "ffn_gate_exps.weight", n_exp, n_ff, N_EMBD)
         _mat(w, rng, p + "ffn_down_exps.weight", n_exp, N_EMBD, n_ff)
         _mat(w, rng, p + "ffn_up_exps.weight", n_exp, n_ff, N_EMBD)
-        _mat(w, rng, p + "ffn_gate_shexp.weight", n_ff, N_EMBD)
-        _mat(w, rng, p + "ffn_down_shexp.weight", N_EMBD, n_ff)
-        _mat(w, rng, p + "ffn_up_shexp.weight", n_ff, N_EMBD)
+    suffix = "_shexp" if n_exp else ""
+    _mat(w, rng, p + f"ffn_gate{suffix}.weight", n_ff, N_EMBD)
+    _mat(w, rng, p + f"ffn_down{suffix}.weight", N_EMBD, n_ff)
+    _mat(w, rng, p + f"ffn_up{suffix}.weight", n_ff, N_EMBD)
+
+
+def _model(
+    path: Path,
+    name: str,
+    seed: int,
+    n_layer: int,
+    n_head: int,
+    n_head_kv: int,
+    n_ff: int,
+    *,
+    n_exp: int = 0,
+    fused_qkv: bool = False,
+    tied: bool = False,
+    per_layer_embd: bool = False,
+) -> None:
+    rng = np.random.default_rng(seed)
+    w = _writer(path, name, n_layer, n_head, n_head_kv, n_ff)
+    if n_exp:
+        w.add_expert_count(n_exp)
+        w.add_expert_used_count(2)
+    _mat(w, rng, "token_embd.weight", N_VOCAB, N_EMBD)
+    if per_layer_embd:
+        _mat(w, rng, "per_layer_token_embd.weight", N_VOCAB, 512)
+    for i in range(n_layer):
+        _attention(w, rng, f"blk.{i}.", n_head, n_head_kv, fused_qkv)
+        _ffn(w, rng, f"blk.{i}.", n_ff, n_exp)
     _norm(w, "output_norm.weight")
-    _mat(w, rng, "output.weight", N_VOCAB, N_EMBD)
+    if not tied:
+        _mat(w, rng, "output.weight", N_VOCAB, N_EMBD)
     _finish(w)
+
+
+def dense_tied(path: Path) -> None:
+    _model(path, "recipes dense tied", 1, 8, 4, 1, 640, tied=True, per_layer_embd=True)
+
+
+def qkv(path: Path) -> None:
+    _model(path, "recipes fused qkv", 2, 4, 4, 4, 512, fused_qkv=True)
+
+
+def moe8(path: Path) -> None:
+    _model(path, "recipes moe8", 3, 4, 4, 2, 256, n_exp=8)
 
 
 MODELS = {"dense-tied": dense_tied, "qkv": qkv, "moe8": moe8}
