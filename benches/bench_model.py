@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_args import split_passthrough
+
 ROOT = Path(__file__).resolve().parent.parent
 SIX = ["IQ2_K", "IQ3_K", "IQ4_K", "IQ2_KS", "IQ3_KS", "IQ4_KS"]
 
@@ -74,11 +76,7 @@ def model_sizes(path: Path) -> tuple[int, int, int]:
 
 
 def main() -> int:
-    argv = sys.argv[1:]
-    extra: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1 :]
+    argv, extra = split_passthrough(sys.argv[1:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("model", nargs="?", default=str(ROOT / "tests/data/tiny-llama-f16.gguf"))
     ap.add_argument("-t", "--type", action="append", dest="types", help="target (repeatable)")

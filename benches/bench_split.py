@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_args import split_passthrough
 
 ROOT = Path(__file__).resolve().parent.parent
 SIX = ["IQ2_K", "IQ3_K", "IQ4_K", "IQ2_KS", "IQ3_KS", "IQ4_KS"]
@@ -170,11 +171,7 @@ def run_sampled(cmd: list[str]) -> tuple[float, float, int, int]:
 
 
 def main() -> int:
-    argv = sys.argv[1:]
-    extra: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1 :]
+    argv, extra = split_passthrough(sys.argv[1:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("model", nargs="?", help="any part of a split model")
     ap.add_argument("--synth", metavar="SIZE", help="generate a synthetic model of SIZE (1G)")
