@@ -202,6 +202,16 @@ def test_unknown_architecture(tmp_path: Path) -> None:
 # -- 4. warnings a user must see -------------------------------------------------------------
 
 
+def test_fallback_counts_are_data_not_notes() -> None:
+    """The plan carries the type a fallback replaced; the counts do not parse the notes."""
+    report = pl.quantize_model(TINY, None, "IQ4_K")
+    want = report.fallbacks
+    assert want == {("iq4_k", "q5_0"): 4}
+    for p in report.plans:
+        p.note = ""
+    assert report.fallbacks == want and report.n_fallback == 4
+
+
 def test_fallback_and_larger_output_warnings(tmp_path: Path) -> None:
     r = run("quantize", TINY, tmp_path / "o.gguf", "IQ4_K", "--dry-run")
     assert (

@@ -232,6 +232,27 @@ def test_override_kv_changes_the_mix_as_in_ik() -> None:
     assert {p.name: p.out_type.name for p in plain}["blk.0.attn_v.weight"] == "iq5_k"
 
 
+def test_recipe_is_parsed_once_per_run(tmp_path: Path, monkeypatch) -> None:
+    """--override-kv was parsed up to four times per run (the CLI's check, planning, the
+    architecture probe, the output metadata) and the recipe checked twice; now once."""
+    real, calls = recipe.parse_kv_override, []
+
+    def counting(spec: str):
+        calls.append(spec)
+        return real(spec)
+
+    monkeypatch.setattr(recipe, "parse_kv_override", counting)
+    spec = "general.name=str:once"
+    run("quantize", TINY, tmp_path / "o.gguf", "IQ4_K", "-q", "--override-kv", spec)
+    assert calls == [spec]
+    with GGUFReader(tmp_path / "o.gguf") as r:
+        assert r.kv["general.name"].value == "once"
+    opts = pl.QuantizeOptions(kv_overrides=[spec])
+    assert opts.recipe() is opts.recipe()
+    opts.kv_overrides.append("general.name=str:twice")  # a change is parsed again
+    assert opts.recipe().kv_overrides[-1].value == "twice"
+
+
 # -- positional NTHREADS --------------------------------------------------------------------
 
 

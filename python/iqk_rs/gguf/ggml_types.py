@@ -4,7 +4,7 @@ Three sources, merged once (later ones win):
 1. the PyPI ``gguf`` package's table (mainline ids below 97);
 2. a short table of ik_llama.cpp-only ids that the Rust core does not implement
    (so ``iqk info`` can still size and list any ik model);
-3. ``iqk_rs.type_table()``: the single source of truth for every type the core
+3. ``iqk_rs.type_table()`` (``api.type_table``): the single source of truth for every type the core
    implements, including the per-row prefix ("row meta") of the KS types that
    gguf-py's table cannot express.
 
@@ -109,9 +109,9 @@ def ggml_name(name: str) -> str:
 
 def _core_rows() -> list[dict]:
     try:
-        import iqk_rs
+        from ..api import type_table
 
-        return list(iqk_rs.type_table())
+        return list(type_table())
     except (ImportError, AttributeError):
         return []
 
@@ -215,16 +215,16 @@ def rows_to_f32(
     if gtype.id == F32:
         return np.ascontiguousarray(rows).view(np.float32).reshape(-1, ne0)
     if gtype.id in (F16, BF16):
-        from iqk_rs import _core
+        from .. import _core
 
         bits = np.ascontiguousarray(rows).view(np.uint16).reshape(-1, ne0)
         return _core.widen_to_f32(bits, "f16" if gtype.id == F16 else "bf16", threads)
     raw = np.ascontiguousarray(rows).view(np.uint8).reshape(rows.shape[0], -1)
     if gtype.in_core:
-        import iqk_rs
+        from ..api import dequantize
 
         try:
-            return iqk_rs.dequantize(raw, gtype.id, threads=threads)
+            return dequantize(raw, gtype.id, threads=threads)
         except NotImplementedError:
             pass
     if gtype.row_meta_size == 0:
