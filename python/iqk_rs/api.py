@@ -1,4 +1,9 @@
-"""The numpy-facing API: normalise inputs (dtype, dimensions, contiguity), then call Rust."""
+"""The numpy-facing API: normalise inputs (dtype, dimensions, contiguity), then call Rust.
+
+Every exception raised here on purpose, by these checks or by the core, is an
+``iqk_rs.IqkError`` as well as the builtin named in the docstrings (``IqkValueError`` is a
+``ValueError``, ``IqkTypeError`` a ``TypeError``, ``IqkNotImplementedError`` a
+``NotImplementedError``)."""
 
 from __future__ import annotations
 
@@ -69,7 +74,8 @@ def quantize(
     Raises ``ValueError`` for a row length that is not a multiple of the type's block
     size, NaN/Inf weights or importances (naming row and column), an imatrix of the wrong
     length or with negative entries, a bad ``threads`` or ``search``, and an unknown
-    type name; ``TypeError`` for arrays of a wrong dtype or a ``qtype`` of a wrong kind.
+    type name; ``TypeError`` for arrays of a wrong dtype or a ``qtype`` of a wrong kind
+    (all of them ``iqk_rs.IqkError``).
     """
     qt = as_quant_type(qtype)
     mode = search_mode(search, iq2ks_search)
