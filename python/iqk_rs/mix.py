@@ -46,7 +46,6 @@ _FALLBACK_256 = {
     **dict.fromkeys("iq5_k q5_K iq5_k_r4 q5_k_r4".split(), "q6_0"),
     **dict.fromkeys("iq6_k q6_K q6_k_r4 q8_k_r8".split(), "q8_0"),
 }
-_BLOCK_32 = {"iq4_nl", "q5_0", "q6_0", "q8_0", "q4_0", "q4_1", "q5_1"}
 _FLOATS = {"f32", "f16", "bf16"}
 
 
