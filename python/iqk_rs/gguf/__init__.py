@@ -3,7 +3,10 @@
 - ``GGUFReader``: memory-mapped, zero-copy, hard limits on every length.
 - ``GGUFStreamWriter``: one tensor (or row chunk) at a time, temp file + rename.
 - ``open_model``: a single file, or all parts of a split model (``SplitModel``) as one.
-- ``convert``: whole-model operations used by the ``iqk`` CLI.
+- ``ggml_types``: every ggml type's id, name and sizes, and decoding a tensor's rows.
+
+File I/O only: the model pipeline built on it is ``iqk_rs.pipeline`` (``convert`` here is its
+deprecated alias), and nothing here imports the layers above (tests/test_layering.py).
 """
 
 from .ggml_types import GGMLType, all_types, producible_types, type_by_id, type_by_name

@@ -17,6 +17,9 @@ class ConvertError(IqkError, RuntimeError):
 
 @dataclass
 class QuantizeOptions:
+    """llama-quantize's options for a whole-model run, as the CLI takes them (type names,
+    ``--custom-q`` rules, ``--override-kv`` specs); ``recipe()`` is their parsed form."""
+
     imatrix: Imatrix | None = None
     threads: int | None = None
     pure: bool = False
