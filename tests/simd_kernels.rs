@@ -44,7 +44,8 @@ fn reports_paths() {
         simd::active_path()
     );
     assert!(simd::active_path().is_available());
-    // `auto` takes the fastest path the CPU has (ALL is ordered slowest first).
+    // The widest path the CPU has (ALL is ordered narrowest first); `auto` times the
+    // candidates per kernel (see the calibration tests below).
     assert_eq!(simd::best_path(), *paths.last().unwrap());
     #[cfg(target_arch = "x86_64")]
     assert!(
@@ -70,6 +71,229 @@ fn env_override_and_fallback() {
             assert_eq!(got, best, "{p} unavailable must fall back");
         }
         assert_eq!(SimdPath::from_name(p.name()), Some(p));
+    }
+}
+
+/// `IQK_RS_SIMD` forces a path the CPU has; `auto`, unset, empty, unknown names and paths the
+/// CPU lacks force nothing (the last two with a warning), so `auto` calibrates.
+#[test]
+fn forced_path_from_env() {
+    for env in [None, Some(""), Some("auto"), Some(" AUTO "), Some("bogus")] {
+        assert_eq!(simd::forced_path(env), None, "{env:?}");
+    }
+    for p in SimdPath::ALL {
+        let want = p.is_available().then_some(p);
+        assert_eq!(simd::forced_path(Some(p.name())), want, "{p}");
+    }
+    assert_eq!(simd::forced_path(Some(" SCALAR ")), Some(SimdPath::Scalar));
+}
+
+/// A fake clock: each path's successive samples, repeated from the start when used up; counts
+/// the calls per path.
+struct FakeClock {
+    samples: Vec<(SimdPath, Vec<f64>)>,
+    calls: std::collections::HashMap<SimdPath, usize>,
+}
+
+impl FakeClock {
+    fn new(samples: &[(SimdPath, &[f64])]) -> FakeClock {
+        FakeClock {
+            samples: samples.iter().map(|(p, t)| (*p, t.to_vec())).collect(),
+            calls: Default::default(),
+        }
+    }
+
+    fn time(&mut self, path: SimdPath) -> f64 {
+        let n = self.calls.entry(path).or_default();
+        let (_, seq) = self.samples.iter().find(|(p, _)| *p == path).unwrap();
+        let t = seq[*n % seq.len()];
+        *n += 1;
+        t
+    }
+}
+
+const ALL3: [SimdPath; 3] = [SimdPath::Scalar, SimdPath::Avx2, SimdPath::Avx512];
+
+/// The calibration keeps the path with the smallest time, even the narrowest one.
+#[test]
+fn calibration_picks_the_fastest_even_scalar() {
+    let mut clock = FakeClock::new(&[
+        (SimdPath::Scalar, &[1.0]),
+        (SimdPath::Avx2, &[1.5]),
+        (SimdPath::Avx512, &[1.8]),
+    ]);
+    let (path, timings) = simd::pick_fastest(&ALL3, 5, |p| clock.time(p));
+    assert_eq!(path, SimdPath::Scalar);
+    assert_eq!(
+        timings,
+        vec![
+            (SimdPath::Scalar, 1.0),
+            (SimdPath::Avx2, 1.5),
+            (SimdPath::Avx512, 1.8)
+        ]
+    );
+    let mut clock = FakeClock::new(&[
+        (SimdPath::Scalar, &[30.0]),
+        (SimdPath::Avx2, &[2.0]),
+        (SimdPath::Avx512, &[3.0]),
+    ]);
+    assert_eq!(
+        simd::pick_fastest(&ALL3, 5, |p| clock.time(p)).0,
+        SimdPath::Avx2
+    );
+}
+
+/// Equal times give the wider path, whatever the candidates' values, so the same timings
+/// always give the same choice.
+#[test]
+fn calibration_ties_go_to_the_wider_path() {
+    for t in [1.0, 7.0, 0.0] {
+        let mut clock = FakeClock::new(&[
+            (SimdPath::Scalar, &[t]),
+            (SimdPath::Avx2, &[t]),
+            (SimdPath::Avx512, &[t]),
+        ]);
+        assert_eq!(
+            simd::pick_fastest(&ALL3, 3, |p| clock.time(p)).0,
+            SimdPath::Avx512
+        );
+        let mut clock = FakeClock::new(&[(SimdPath::Scalar, &[t]), (SimdPath::Avx2, &[t])]);
+        let two = [SimdPath::Scalar, SimdPath::Avx2];
+        assert_eq!(
+            simd::pick_fastest(&two, 3, |p| clock.time(p)).0,
+            SimdPath::Avx2
+        );
+    }
+}
+
+/// The best of several samples counts: a slow outlier (an interrupt) does not lose a path its
+/// place, and one warm-up call per path is not counted.
+#[test]
+fn calibration_takes_the_best_sample() {
+    // AVX-512: warm-up 100, then 50 (interrupted), then 2.0 steadily; AVX2 3.0 steadily.
+    let mut clock = FakeClock::new(&[
+        (SimdPath::Avx2, &[3.0]),
+        (SimdPath::Avx512, &[100.0, 50.0, 2.0, 2.0, 2.0, 2.0]),
+    ]);
+    let two = [SimdPath::Avx2, SimdPath::Avx512];
+    let (path, timings) = simd::pick_fastest(&two, 5, |p| clock.time(p));
+    assert_eq!(path, SimdPath::Avx512);
+    assert_eq!(timings[1], (SimdPath::Avx512, 2.0));
+    assert_eq!(clock.calls[&SimdPath::Avx512], 1 + 5);
+    // A warm-up that looks fastest is not a sample.
+    let mut clock = FakeClock::new(&[
+        (SimdPath::Avx2, &[0.1, 3.0, 3.0, 3.0, 3.0, 3.0]),
+        (SimdPath::Avx512, &[2.0]),
+    ]);
+    assert_eq!(
+        simd::pick_fastest(&two, 5, |p| clock.time(p)).0,
+        SimdPath::Avx512
+    );
+}
+
+/// A path more than twice as slow as the best so far gets one sample after its warm-up, and
+/// one whose warm-up is more than 8 times the best none: that keeps the scalar path from
+/// dominating the calibration's cost.
+#[test]
+fn calibration_stops_timing_a_hopeless_path() {
+    for (scalar, calls) in [(40.0, 1), (5.0, 1 + 1), (3.0, 1 + 7)] {
+        let mut clock = FakeClock::new(&[
+            (SimdPath::Scalar, &[scalar]),
+            (SimdPath::Avx2, &[2.0]),
+            (SimdPath::Avx512, &[3.0]),
+        ]);
+        let (path, timings) = simd::pick_fastest(&ALL3, 7, |p| clock.time(p));
+        assert_eq!(path, SimdPath::Avx2);
+        assert_eq!(timings[0], (SimdPath::Scalar, scalar));
+        assert_eq!(clock.calls[&SimdPath::Avx512], 1 + 7);
+        assert_eq!(clock.calls[&SimdPath::Avx2], 1 + 7);
+        assert_eq!(clock.calls[&SimdPath::Scalar], calls, "scalar at {scalar}");
+    }
+}
+
+/// A forced path wins without timing anything; a single candidate needs no timing either.
+#[test]
+fn decide_respects_the_forced_path() {
+    let never = |p: SimdPath| -> f64 { panic!("{p} timed although the choice was fixed") };
+    let c = simd::decide(Some(SimdPath::Scalar), &ALL3, never);
+    assert_eq!(
+        (c.path, c.how, c.candidates.clone()),
+        (
+            SimdPath::Scalar,
+            simd::Picked::Forced,
+            vec![SimdPath::Scalar]
+        )
+    );
+    assert!(c.timings_ns.is_empty());
+    let c = simd::decide(None, &[SimdPath::Scalar], never);
+    assert_eq!((c.path, c.how), (SimdPath::Scalar, simd::Picked::Only));
+    let mut clock = FakeClock::new(&[
+        (SimdPath::Scalar, &[1.0]),
+        (SimdPath::Avx2, &[4.0]),
+        (SimdPath::Avx512, &[4.0]),
+    ]);
+    let c = simd::decide(None, &ALL3, |p| clock.time(p));
+    assert_eq!(
+        (c.path, c.how),
+        (SimdPath::Scalar, simd::Picked::Calibrated)
+    );
+    assert_eq!(c.timings_ns.len(), 3);
+}
+
+/// On this machine: every (type, shape) gets a path the CPU has (the forced one when
+/// `IQK_RS_SIMD` forces one), calibrated with real timings of every candidate, at a small
+/// total cost; the kernels `auto` hands out give the same results as the scalar twin.
+#[test]
+fn calibration_on_this_machine() {
+    let mut total_ns = 0u64;
+    for kind in DotType::ALL {
+        for shape in simd::Shape::ALL {
+            let c = simd::choice(kind, shape);
+            assert!(c.path.is_available());
+            assert!(c.candidates.contains(&c.path));
+            match simd::forced() {
+                Some(p) => assert_eq!((c.path, c.how), (p, simd::Picked::Forced)),
+                None if simd::available_paths().len() == 1 => {
+                    assert_eq!(c.how, simd::Picked::Only)
+                }
+                None => {
+                    assert_eq!(c.how, simd::Picked::Calibrated);
+                    assert_eq!(c.candidates, simd::available_paths());
+                    let best = c
+                        .timings_ns
+                        .iter()
+                        .map(|t| t.1)
+                        .fold(f64::INFINITY, f64::min);
+                    let own = c.timings_ns.iter().find(|t| t.0 == c.path).unwrap().1;
+                    assert_eq!(own, best);
+                }
+            }
+            eprintln!(
+                "{:7} {:5} -> {:7} ({}; {:?}; {} us)",
+                kind.name(),
+                shape.name(),
+                c.path.name(),
+                c.how.name(),
+                c.timings_ns,
+                c.cost_ns / 1000
+            );
+            total_ns += c.cost_ns;
+        }
+    }
+    eprintln!("calibration in total: {} us", total_ns / 1000);
+    // Budget: a few milliseconds; the bound leaves room for a loaded test machine.
+    assert!(total_ns < 200_000_000, "calibration took {total_ns} ns");
+
+    let mut rng = Rng::new(99);
+    for kind in DotType::ALL {
+        let (row, q8) = random_case(to_scalar_kind(kind), &mut rng, 5);
+        let want = simd::vec_dot(kind, SimdPath::Scalar, &row, &q8);
+        assert!(same(simd::auto_dot_fn(kind)(&row, &q8), want));
+        let mut got = [0.0f32];
+        simd::auto_rows_fn(kind)(&row, &q8, &mut got);
+        assert!(same(got[0], want));
+        simd::auto_tile_fn(kind)(&row, &simd::ActRows::new(&q8, 1), &mut got);
+        assert!(same(got[0], want));
     }
 }
 

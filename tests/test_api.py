@@ -284,6 +284,37 @@ def test_every_simd_path_gives_identical_results():
         assert values == results["scalar"], path
 
 
+def test_simd_info_names_a_path_per_type_and_shape():
+    """Every (type, shape) runs on one of its candidates; calibrated ones on the fastest timed."""
+    info = iqk_rs.simd_info()
+    iqk_types = [t["name"].lower() for t in iqk_rs.type_table() if t["is_iqk"]]
+    assert sorted((e["type"], e["shape"]) for e in info) == sorted(
+        (t, s) for t in iqk_types for s in ("row", "rows", "tile")
+    )
+    for e in info:
+        assert e["path"] in e["candidates"], e
+        assert e["how"] in {"forced", "only", "calibrated"}, e
+        if e["how"] == "calibrated":
+            assert set(e["timings_ns"]) == set(e["candidates"]), e
+            assert e["timings_ns"][e["path"]] == min(e["timings_ns"].values()), e
+        else:
+            assert e["timings_ns"] == {} and e["calibration_ns"] == 0, e
+
+
+def test_simd_info_respects_the_forced_path():
+    import os
+    import subprocess
+    import sys
+
+    probe = (
+        "import iqk_rs; "
+        "print(iqk_rs.simd_path(), {(e['path'], e['how']) for e in iqk_rs.simd_info()})"
+    )
+    env = dict(os.environ, IQK_RS_SIMD="scalar")
+    run = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert run.stdout.split() == ["scalar", "{('scalar',", "'forced')}"], run.stderr
+
+
 def test_matmul_shapes_and_errors():
     q = iqk_rs.quantize(np.ones((3, 512), np.float32), "iq4_k")
     assert iqk_rs.matmul(q, "iq4_k", np.ones((2, 512), np.float32)).shape == (2, 3)

@@ -7,6 +7,8 @@ Every exception raised here on purpose, by these checks or by the core, is an
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
@@ -164,11 +166,24 @@ def matmul(
 
 
 def simd_path() -> str:
-    """The SIMD path the kernels use: ``"scalar"``, ``"avx2"``, ``"avx512"`` or ``"neon"``.
+    """The widest SIMD path in use: ``"scalar"``, ``"avx2"``, ``"avx512"`` or ``"neon"``.
 
-    Chosen once per process by CPU detection (the fastest path the CPU has);
-    ``IQK_RS_SIMD=scalar|avx2|avx512|neon|auto`` set before import overrides it."""
+    The one ``IQK_RS_SIMD=scalar|avx2|avx512|neon`` (set before import) forces, else the widest
+    the CPU has. Under ``auto`` the dot products of each type and kernel shape run on the path
+    measured fastest, which may be narrower: ``simd_info()`` lists them."""
     return str(_core.simd_path())
+
+
+def simd_info() -> list[dict[str, Any]]:
+    """Per type and kernel shape, the path the dot products run on and why.
+
+    One dict per (type, shape): ``type`` (``"iq4_k"``), ``shape`` (``"row"``: one row,
+    ``"rows"``: matrix-vector, ``"tile"``: batched), ``path``, ``how`` (``"forced"`` by
+    ``IQK_RS_SIMD``, ``"only"`` path of the CPU, or ``"calibrated"``: the fastest of
+    ``candidates`` timed at first use), ``timings_ns`` (each candidate's best sample) and
+    ``calibration_ns``. Every path gives bit-identical results, so the choice changes the speed
+    only. Calibrates the (type, shape) pairs not used yet (a few milliseconds in all)."""
+    return [dict(entry) for entry in _core.simd_info()]
 
 
 def row_size(qtype: QuantType | str, n_per_row: int) -> int:

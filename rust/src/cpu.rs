@@ -1,6 +1,7 @@
-//! Which instruction set the quantizers use. It follows the dot-product path chosen once by
-//! [`crate::simd::active_path`] (CPU detection, or `IQK_RS_SIMD`), so one variable pins every
-//! kernel of the process: the quantization searches have AVX2 versions and a scalar twin.
+//! Which instruction set the quantizers use. It follows [`crate::simd::active_path`], the
+//! widest path in use (CPU detection, or `IQK_RS_SIMD`), so one variable pins every kernel of
+//! the process: the quantization searches have AVX2 versions and a scalar twin. (Under `auto`
+//! the dot products may run narrower, where that measured faster; see `simd::choice`.)
 
 use crate::simd::{active_path, SimdPath};
 

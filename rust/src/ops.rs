@@ -618,19 +618,19 @@ pub fn quantize_q8_k(x: &[f32]) -> Result<Vec<u8>> {
 /// across a task's rows, and 16 rows of 4096 are still small enough to balance threads.
 const ROWS_PER_TASK: usize = 16;
 
-/// The multi-row dot-product kernel of `qtype` on the active SIMD path.
+/// The multi-row dot-product kernel of `qtype` on the path `auto` (or `IQK_RS_SIMD`) picks.
 pub fn rows_kernel(qtype: QuantType) -> Result<simd::RowsFn> {
-    Ok(simd::rows_fn(dot_type(qtype)?, simd::active_path()))
+    Ok(simd::auto_rows_fn(dot_type(qtype)?))
 }
 
-/// The tile kernel (weight rows × activation rows) of `qtype` on the active SIMD path.
+/// The tile kernel (weight rows × activation rows) of `qtype` on the path `auto` picks.
 pub fn tile_kernel(qtype: QuantType) -> Result<simd::TileFn> {
-    Ok(simd::tile_fn(dot_type(qtype)?, simd::active_path()))
+    Ok(simd::auto_tile_fn(dot_type(qtype)?))
 }
 
-/// The dot-product kernel of `qtype` on the active SIMD path.
+/// The dot-product kernel of `qtype` on the path `auto` picks.
 pub fn dot_kernel(qtype: QuantType) -> Result<simd::DotFn> {
-    Ok(simd::dot_fn(dot_type(qtype)?, simd::active_path()))
+    Ok(simd::auto_dot_fn(dot_type(qtype)?))
 }
 
 /// The layout module's kind of `qtype`, matched by name (the test

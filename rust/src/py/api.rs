@@ -251,10 +251,39 @@ fn matmul<'py>(
     reshape2(py, out, batch, nrows)
 }
 
-/// The SIMD path the kernels use (`scalar`, `avx2`, `avx512`, `neon`).
+/// The widest SIMD path in use (`scalar`, `avx2`, `avx512`, `neon`): the forced one, else the
+/// CPU's widest.
 #[pyfunction]
 fn simd_path() -> &'static str {
     crate::simd::active_path().name()
+}
+
+/// Per type and kernel shape, the path the dot products run on and why (calibrating every
+/// (type, shape) not yet used).
+#[pyfunction]
+fn simd_info(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
+    use crate::simd::{choice, DotType, Shape};
+    let mut out = Vec::new();
+    for kind in DotType::ALL {
+        for shape in Shape::ALL {
+            let c = py.detach(|| choice(kind, shape));
+            let d = PyDict::new(py);
+            d.set_item("type", kind.name())?;
+            d.set_item("shape", shape.name())?;
+            d.set_item("path", c.path.name())?;
+            d.set_item("how", c.how.name())?;
+            let names: Vec<&str> = c.candidates.iter().map(|p| p.name()).collect();
+            d.set_item("candidates", names)?;
+            let timings = PyDict::new(py);
+            for (p, ns) in &c.timings_ns {
+                timings.set_item(p.name(), ns)?;
+            }
+            d.set_item("timings_ns", timings)?;
+            d.set_item("calibration_ns", c.cost_ns)?;
+            out.push(d);
+        }
+    }
+    Ok(out)
 }
 
 #[pyfunction]
@@ -292,6 +321,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(matvec, m)?)?;
     m.add_function(wrap_pyfunction!(matmul, m)?)?;
     m.add_function(wrap_pyfunction!(simd_path, m)?)?;
+    m.add_function(wrap_pyfunction!(simd_info, m)?)?;
     m.add_function(wrap_pyfunction!(row_size, m)?)?;
     m.add_function(wrap_pyfunction!(type_table, m)?)?;
     Ok(())

@@ -2,15 +2,21 @@
 //!
 //! Paths: [`SimdPath::Scalar`] (portable, everywhere), [`SimdPath::Avx2`] (x86-64 with
 //! AVX2 + FMA + F16C), [`SimdPath::Avx512`] (x86-64 with AVX-512 F/BW/VL/VNNI), [`SimdPath::Neon`]
-//! (aarch64; uses the `dotprod` instructions when the CPU has them). [`active_path`] picks
-//! the best one once, by CPU detection; the environment variable `IQK_RS_SIMD`
-//! (`scalar|avx2|avx512|neon|auto`) overrides it, and a path the CPU lacks falls back with
-//! a warning on stderr. No `target-cpu=native` is needed: kernels are `#[target_feature]`
-//! functions that are only ever called after detection.
+//! (aarch64; uses the `dotprod` instructions when the CPU has them). No `target-cpu=native` is
+//! needed: kernels are `#[target_feature]` functions that are only ever called after detection.
+//!
+//! Which path runs: the environment variable `IQK_RS_SIMD` (`scalar|avx2|avx512|neon`) forces
+//! one for every kernel (a path the CPU lacks falls back to `auto` with a warning on stderr).
+//! Under `auto` (unset, empty or `auto`), each type and kernel shape runs on the path measured
+//! fastest on this machine at its first use ([`choice`], `calibrate.rs`): a wider instruction
+//! set is not always faster. [`auto_dot_fn`], [`auto_rows_fn`] and [`auto_tile_fn`] hand out
+//! those kernels; [`active_path`] is the widest path in use (the forced one, else the CPU's
+//! widest), which the quantizers' searches follow.
 //!
 //! Every path computes each superblock's integer sum exactly and folds it into an `f64`
 //! accumulator in the same order (see `scalar.rs`), so all paths return bit-identical
 //! results: the mathematical dot product rounded once per superblock in f64, then to f32.
+//! That is what lets a timing decide the path: it can change the speed, never a result.
 //!
 //! Three kernel shapes: one row ([`dot_fn`]), consecutive rows against one activation row
 //! ([`rows_fn`], matrix-vector products) and rows against several activation rows
@@ -26,10 +32,12 @@ use std::sync::OnceLock;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod calibrate;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod scalar;
 
+pub use calibrate::{decide, pick_fastest, Choice, Picked, Shape, SAMPLES};
 pub use scalar::{dequantize_row, f16_to_f32, ActRows, DotType, IQ2NL, IQ3NL, IQ4K, IQ5NL, QK};
 
 /// Bytes of one Q8_K block (ik_llama.cpp's layout: f32 d, f32 sum, 256 × i8, 16 × i16).
@@ -137,43 +145,86 @@ pub fn available_paths() -> Vec<SimdPath> {
         .collect()
 }
 
-/// The path `auto` picks: the fastest this CPU supports (AVX-512 over AVX2 over scalar; NEON on
-/// aarch64). The AVX-512 kernels are tested in CI on an emulated AVX-512 CPU
-/// (`scripts/avx512_test.sh`); `IQK_RS_SIMD=avx2` keeps an AVX-512 machine on AVX2.
+/// The widest path this CPU has (AVX-512 over AVX2 over scalar; NEON on aarch64). Not
+/// necessarily the fastest: `auto` times the candidates per kernel ([`choice`]).
 pub fn best_path() -> SimdPath {
     *available_paths()
         .last()
         .expect("the scalar path is always available")
 }
 
-/// The path used by the crate, chosen once: `IQK_RS_SIMD` if set (and available), else the
-/// best the CPU has.
+/// The widest path in use, fixed for the process: the one `IQK_RS_SIMD` forces, else
+/// [`best_path`]. The quantizers' searches follow it (`crate::cpu`); the dot products run on
+/// [`choice`]'s path, which is this one or a narrower one.
 pub fn active_path() -> SimdPath {
-    static ACTIVE: OnceLock<SimdPath> = OnceLock::new();
-    *ACTIVE.get_or_init(|| choose_path(std::env::var("IQK_RS_SIMD").ok().as_deref()))
+    forced().unwrap_or_else(best_path)
 }
 
-/// The choice [`active_path`] makes for a given value of `IQK_RS_SIMD`.
-pub fn choose_path(env: Option<&str>) -> SimdPath {
-    let best = best_path();
+/// The path `IQK_RS_SIMD` forces for this process, if any (read once).
+pub fn forced() -> Option<SimdPath> {
+    static FORCED: OnceLock<Option<SimdPath>> = OnceLock::new();
+    *FORCED.get_or_init(|| forced_path(std::env::var("IQK_RS_SIMD").ok().as_deref()))
+}
+
+/// The path a value of `IQK_RS_SIMD` forces: `None` for `auto`, unset or empty, and (with a
+/// warning on stderr) for a name that is not a path or a path the CPU lacks.
+pub fn forced_path(env: Option<&str>) -> Option<SimdPath> {
     let want = match env.map(str::trim) {
-        None | Some("") => return best,
-        Some(v) if v.eq_ignore_ascii_case("auto") => return best,
+        None | Some("") => return None,
+        Some(v) if v.eq_ignore_ascii_case("auto") => return None,
         Some(v) => v,
     };
     match SimdPath::from_name(want) {
-        Some(p) if p.is_available() => p,
+        Some(p) if p.is_available() => Some(p),
         Some(p) => {
-            eprintln!("iqk_rs: IQK_RS_SIMD={want}: this CPU lacks the {p} path; using {best}");
-            best
+            eprintln!("iqk_rs: IQK_RS_SIMD={want}: this CPU lacks the {p} path; using auto");
+            None
         }
         None => {
             eprintln!(
-                "iqk_rs: IQK_RS_SIMD={want} is not one of scalar|avx2|avx512|neon|auto; using {best}"
+                "iqk_rs: IQK_RS_SIMD={want} is not one of scalar|avx2|avx512|neon|auto; using auto"
             );
-            best
+            None
         }
     }
+}
+
+/// The [`active_path`] a given value of `IQK_RS_SIMD` gives.
+pub fn choose_path(env: Option<&str>) -> SimdPath {
+    forced_path(env).unwrap_or_else(best_path)
+}
+
+/// The path `kind`'s kernel of `shape` runs on in this process, decided at the first call and
+/// kept: the forced path, or the fastest of the CPU's paths timed on a small cache-resident
+/// block (calibrated once per type and shape; well under a millisecond each).
+pub fn choice(kind: DotType, shape: Shape) -> &'static Choice {
+    static CHOICES: [[OnceLock<Choice>; Shape::ALL.len()]; DotType::ALL.len()] =
+        [const { [const { OnceLock::new() }; Shape::ALL.len()] }; DotType::ALL.len()];
+    let at = DotType::ALL
+        .iter()
+        .position(|&k| k == kind)
+        .expect("every kind is in ALL");
+    CHOICES[at][shape.index()].get_or_init(|| {
+        let block = calibrate::Block::new(kind);
+        decide(forced(), &available_paths(), |path| {
+            calibrate::time_sample(&block, shape, path)
+        })
+    })
+}
+
+/// [`dot_fn`] on the path [`choice`] picks for `kind`'s single-row kernel.
+pub fn auto_dot_fn(kind: DotType) -> DotFn {
+    dot_fn(kind, choice(kind, Shape::Row).path)
+}
+
+/// [`rows_fn`] on the path [`choice`] picks for `kind`'s multi-row kernel.
+pub fn auto_rows_fn(kind: DotType) -> RowsFn {
+    rows_fn(kind, choice(kind, Shape::Rows).path)
+}
+
+/// [`tile_fn`] on the path [`choice`] picks for `kind`'s tile kernel.
+pub fn auto_tile_fn(kind: DotType) -> TileFn {
+    tile_fn(kind, choice(kind, Shape::Tile).path)
 }
 
 /// One closure per kind calling `f(kind, extra.., args..)`, coerced to a fn pointer (a closure
