@@ -9,11 +9,13 @@ activation rows, whatever it unrolls.
 
 Kernels: `row` is the single-row / multi-row kernel (one activation row; on AVX2 the multi-row
 loop, four superblocks per iteration), `tile` the batched kernel on several activation rows
-(AVX2's `group::<N, true>`, for activations without -128; AVX-512 has none and runs `row` once
-per activation row, so its figure is the row figure, marked `=row`). AVX2's tile inlines its
-variants for 1..8 activation rows into `tile_<type>`, and the larger ones compile to nested
-loops (no single loop body for llvm-mca), so the innermost loop with the most products stands
-in (`prod/it` / 256 activation rows, 3 to 7).
+(AVX2's `group::<N, true>`, for activations without -128; AVX-512's tile_<type>). AVX2's
+tile inlines its variants for 1..8 activation rows into `tile_<type>`, and the larger ones
+compile to nested loops (no single loop body for llvm-mca), so the innermost loop with the most
+products stands in (`prod/it` / 256 activation rows, 3 to 7). AVX-512's tile loops over its 8
+activation rows at run time inside the superblock loop (a loop for the sums, one for the f64
+folds): its figure is (superblock loop, with each row loop's body once, + 7 × the row loops)
+/ 8.
 
 With `--ik SRC` (an ik_llama.cpp checkout), ik's kernels for the same types are compiled the
 same way into a temporary directory (g++ -O3; `-march=znver3` for its AVX2 build,
@@ -58,6 +60,11 @@ WIDTH = {"zmm": 64, "ymm": 32, "xmm": 16}
 class Loop:
     lines: list[str]  # instructions only
     products: int  # byte products per iteration
+    # The smallest loop around it, when that is where a decoded superblock is shared by the
+    # activation rows this loop runs over (AVX-512's tile): see `cycles_per_256`.
+    parent: list[str] | None = None
+    # The bodies of every innermost loop inside `parent` (this one among them).
+    siblings: list[list[str]] | None = None
 
 
 def build_our_asm(target_dir: Path) -> Path:
@@ -141,13 +148,44 @@ def hot_loop(lines: list[str]) -> Loop | None:
                 regs = re.findall(r"%(zmm|ymm|xmm)\d+", x)
                 products += WIDTH[regs[-1]] if regs else 0
         if best is None or (products, -len(body)) > (best.products, -len(best.lines)):
-            best = Loop(body, products)
+            around = [(i2, j2) for i2, j2 in edges if i2 <= i and j <= j2 and (i2, j2) != (i, j)]
+            parent = siblings = None
+            if around:
+                i2, j2 = min(around, key=lambda e: e[1] - e[0])
+                parent = [x.strip() for x in lines[i2 : j2 + 1] if is_instruction(x)]
+                siblings = [
+                    [x.strip() for x in lines[a : b + 1] if is_instruction(x)]
+                    for a, b in edges
+                    if i2 <= a
+                    and b <= j2
+                    and (a, b) != (i2, j2)
+                    and not any((c, e) != (a, b) and a <= c and e <= b for c, e in edges)
+                ]
+            best = Loop(body, products, parent, siblings)
     return best
 
 
-def cycles_per_iteration(loop: Loop, cpu: str, scratch: Path) -> float | None:
+def cycles_per_256(loop: Loop, cpu: str, scratch: Path, shared_by: int) -> float | None:
+    """Cycles per 256 products. With `shared_by` > 1 the loop runs over that many activation
+    rows inside its parent, the superblock loop, as do the other innermost loops there (the
+    per-row folds): llvm-mca times the parent's body, which holds each of them once, and each
+    of them, so one superblock costs parent + (n - 1) · Σ inner loops, for n · `products`."""
+    c = cycles_per_iteration(loop.lines, cpu, scratch)
+    if c is None or not loop.products:
+        return None
+    if shared_by > 1:
+        if loop.parent is None or not loop.siblings:
+            return None
+        parts = [cycles_per_iteration(b, cpu, scratch) for b in [loop.parent, *loop.siblings]]
+        if any(p is None for p in parts):
+            return None
+        c = (parts[0] + (shared_by - 1) * sum(parts[1:])) / shared_by
+    return c * 256 / loop.products
+
+
+def cycles_per_iteration(lines: list[str], cpu: str, scratch: Path) -> float | None:
     path = scratch / "loop.s"
-    path.write_text("\n".join(loop.lines) + "\n")
+    path.write_text("\n".join(lines) + "\n")
     run = subprocess.run(
         [MCA, f"-mcpu={cpu}", f"-iterations={ITERATIONS}", str(path)],
         capture_output=True,
@@ -174,6 +212,7 @@ def our_kernels(t: str) -> dict[tuple[str, str], list[str]]:
         ("row", "avx2"): [rf"simd::avx2::vec_dot_{rt}_rows$"],
         ("row", "avx512"): [rf"simd::avx512::vec_dot_{rt}$"],
         ("tile", "avx2"): [rf"simd::avx2::tile_{rt}$"],
+        ("tile", "avx512"): [rf"simd::avx512::tile_{rt}$"],
     }
 
 
@@ -218,14 +257,11 @@ def main() -> None:
         print(header)
         ratios: list[str] = []
         for t in types:
-            rows: list[tuple[str, str, Loop | None, str]] = []
+            rows: list[tuple[str, str, Loop | None]] = []
             for (kernel, path), pats in our_kernels(t).items():
                 funcs = sources["ours"]
                 mangled = find({n: names[n] for n in funcs}, *pats)
-                rows.append(
-                    (kernel, f"ours-{path}", hot_loop(funcs[mangled]) if mangled else None, "")
-                )
-            rows.append(("tile", "ours-avx512", None, "=row"))
+                rows.append((kernel, f"ours-{path}", hot_loop(funcs[mangled]) if mangled else None))
             # ik's tile with as many activation rows as the loop of ours that was measured.
             ours_tile = next((r[2] for r in rows if r[:2] == ("tile", "ours-avx2")), None)
             tile_rows = ours_tile.products // 256 if ours_tile and ours_tile.products else 8
@@ -233,26 +269,21 @@ def main() -> None:
                 for (kernel, _), pats in ik_kernels(t, tile_rows).items():
                     funcs = sources[src]
                     mangled = find({n: names[n] for n in funcs}, *pats)
-                    rows.append((kernel, src, hot_loop(funcs[mangled]) if mangled else None, ""))
+                    rows.append((kernel, src, hot_loop(funcs[mangled]) if mangled else None))
             per256: dict[tuple[str, str, str], float] = {}
-            for kernel, path, loop, note in sorted(rows, key=lambda r: (r[0], r[1])):
+            for kernel, path, loop in sorted(rows, key=lambda r: (r[0], r[1])):
+                # Our AVX-512 tile loops over its (up to 8) activation rows at run time.
+                shared_by = 8 if (kernel, path) == ("tile", "ours-avx512") else 1
                 cells = []
                 for cpu in CPUS:
                     value = None
-                    if note == "=row":
-                        value = per256.get(("row", path, cpu))
-                    elif (
-                        loop is not None
-                        and loop.products
-                        and ("avx512" not in path or cpu in AVX512_CPUS)
-                    ):
-                        c = cycles_per_iteration(loop, cpu, scratch)
-                        value = None if c is None else c * 256 / loop.products
+                    if loop is not None and ("avx512" not in path or cpu in AVX512_CPUS):
+                        value = cycles_per_256(loop, cpu, scratch, shared_by)
                     if value is not None:
                         per256[(kernel, path, cpu)] = value
                     cells.append(f" {value:14.1f}" if value is not None else f" {'-':>14}")
-                n_instr = str(len(loop.lines)) if loop else note or "none"
-                prods = str(loop.products) if loop else ""
+                n_instr = str(len(loop.lines)) if loop else "none"
+                prods = str(loop.products * shared_by) if loop else ""
                 print(f"{t:7} {kernel:5} {path:11} {n_instr:>5} {prods:>7}" + "".join(cells))
             for kernel in ["row", "tile"]:
                 for cpu in sorted(AVX512_CPUS):

@@ -281,8 +281,10 @@ fn calibration_on_this_machine() {
         }
     }
     eprintln!("calibration in total: {} us", total_ns / 1000);
-    // Budget: a few milliseconds; the bound leaves room for a loaded test machine.
-    assert!(total_ns < 200_000_000, "calibration took {total_ns} ns");
+    // A real machine takes about 1.5 ms. The bound only catches a calibration gone wrong (say,
+    // blocks far out of cache or samples without end): these tests also run in Bochs
+    // (scripts/avx512_test.sh), at 25 M instructions per second of guest time.
+    assert!(total_ns < 20_000_000_000, "calibration took {total_ns} ns");
 
     let mut rng = Rng::new(99);
     for kind in DotType::ALL {

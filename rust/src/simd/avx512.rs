@@ -2,6 +2,12 @@
 //! with `vpdpwssd` fusing the scale multiply and the accumulation. Scale and block-sum
 //! decoding is shared with `avx2.rs` (256-bit). Requires Rust >= 1.89 (AVX-512 intrinsics).
 //!
+//! A superblock is decoded ([`Decoded`]: four 64-value steps in weight order and their
+//! scales) apart from its products with the activations, so the tile kernels decode it once for
+//! up to 8 activation rows and reduce the rows' sums together ([`reduce8`]). Whether these or
+//! the AVX2 kernels run is measured per machine (`calibrate.rs`); `benches/mca.py` compares
+//! them statically.
+//!
 //! The sign trick for the 4-bit tables uses a mask-subtract (AVX-512 has no `vpsignb`):
 //! `maddubs(|q8|, q8 < 0 ? -v : v)`, exact for every int8 activation including -128.
 //! No int32 → int16 packing anywhere (ik_llama.cpp's single-row AVX-512 IQ4 kernels saturate
@@ -14,11 +20,12 @@ use std::arch::x86_64::*;
 
 use super::avx2::{
     hsum_i32, prep_iq2k, prep_iq2ks, prep_iq3k, prep_iq3ks, prep_iq4k, prep_iq4ks, tab_iq2,
-    tab_iq3, tab_iq4, tab_iq5,
+    tab_iq3, tab_iq4, tab_iq5, K16, K32,
 };
 use super::scalar::{
-    acc_k, acc_ks, check_lens, f16_to_f32, finish_k, finish_ks, row_scale, DotType, IQ2KS_BYTES,
-    IQ2K_BYTES, IQ3KS_BYTES, IQ3K_BYTES, IQ4KS_BYTES, IQ4K_BYTES, IQ5KS_BYTES, Q8K_BYTES, Q8K_QS,
+    acc_k, acc_ks, check_lens, check_tile, f16_to_f32, finish_k, finish_ks, row_scale, ActRows,
+    DotType, IQ2KS_BYTES, IQ2K_BYTES, IQ3KS_BYTES, IQ3K_BYTES, IQ4KS_BYTES, IQ4K_BYTES,
+    IQ5KS_BYTES, Q8K_BYTES, Q8K_QS,
 };
 
 #[inline]
@@ -76,41 +83,61 @@ unsafe fn reduce(acc: __m512i, mins: __m256i) -> i32 {
     hsum_i32(_mm256_add_epi32(s, mins))
 }
 
-/// One 64-weight step of the 2-bit family. `idx` holds 2/3-bit indices for chunks p (low
-/// half) and 4 + p (high half); `sc` the matching i16 scales.
+/// The sums of the 16 lanes of each of `s[0..8]`, in order (exact integers): a transposing
+/// tree, a third of the instructions of eight separate reductions.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn step_unsigned(
-    acc: __m512i,
-    tab: __m512i,
-    idx: __m512i,
-    y: *const u8,
-    p: usize,
-    sc: __m512i,
-) -> __m512i {
-    let q = join(
-        _mm256_loadu_si256(y.add(Q8K_QS + 32 * p) as *const __m256i),
-        _mm256_loadu_si256(y.add(Q8K_QS + 128 + 32 * p) as *const __m256i),
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn reduce8(s: &[__m512i; 8]) -> __m256i {
+    let pair = |a, b| _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+    let quad = |a, b| _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
+    // Each 128-bit lane of `lo` holds lane partials of rows 0..4, of `hi` of rows 4..8.
+    let lo = quad(pair(s[0], s[1]), pair(s[2], s[3]));
+    let hi = quad(pair(s[4], s[5]), pair(s[6], s[7]));
+    // Lanes (lo0 + lo1, lo2 + lo3, hi0 + hi1, hi2 + hi3).
+    let z = _mm512_add_epi32(
+        _mm512_shuffle_i64x2::<0x88>(lo, hi),
+        _mm512_shuffle_i64x2::<0xdd>(lo, hi),
     );
-    let prod = _mm512_maddubs_epi16(_mm512_shuffle_epi8(tab, idx), q);
-    _mm512_dpwssd_epi32(acc, prod, sc)
+    let (a, b) = (_mm512_castsi512_si256(z), _mm512_extracti64x4_epi64::<1>(z));
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(a, b),
+        _mm256_permute2x128_si256::<0x31>(a, b),
+    )
 }
 
-/// One 64-weight step of the 4-bit family: weights 64t..64t+64 contiguous.
+/// One superblock decoded from its weights alone, so that the activation rows of a tile share
+/// the decoding: the 64 values of each of the four steps (unsigned table values for the 2-bit
+/// family, signed ones for the 4-bit family and IQ5_KS) and the i16 scales of each step.
+struct Decoded {
+    v: [__m512i; 4],
+    sc: [__m512i; 4],
+}
+
+/// Σ scale · value · q of a 2-bit-family superblock against activations `y`: step t holds
+/// weights 64t..64t+64, so one load per step.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn step_signed(
-    acc: __m512i,
-    tab: __m512i,
-    idx: __m512i,
-    y: *const u8,
-    t: usize,
-    sc: __m512i,
-) -> __m512i {
-    step_values(acc, _mm512_shuffle_epi8(tab, idx), y, t, sc)
+unsafe fn sum_unsigned(d: &Decoded, y: *const u8) -> __m512i {
+    let mut acc = _mm512_setzero_si512();
+    for t in 0..4usize {
+        let q = loadu512(y.add(Q8K_QS + 64 * t));
+        acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(d.v[t], q), d.sc[t]);
+    }
+    acc
 }
 
-/// [`step_signed`] on signed values `v` already looked up.
+/// The same for signed values (4-bit family, IQ5_KS): step t holds weights 64t..64t+64.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn sum_signed(d: &Decoded, y: *const u8) -> __m512i {
+    let mut acc = _mm512_setzero_si512();
+    for t in 0..4usize {
+        acc = step_values(acc, d.v[t], y, t, d.sc[t]);
+    }
+    acc
+}
+
+/// One 64-weight step on signed values `v`: weights 64t..64t+64.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn step_values(acc: __m512i, v: __m512i, y: *const u8, t: usize, sc: __m512i) -> __m512i {
@@ -121,9 +148,12 @@ unsafe fn step_values(acc: __m512i, v: __m512i, y: *const u8, t: usize, sc: __m5
     _mm512_dpwssd_epi32(acc, prod, sc)
 }
 
-/// Drives the 2-bit family: `scale_idx(p)` gives the i16 permutation of `sc16` for step p.
-macro_rules! body_2bit {
-    ($acc:ident, $tab:expr, $qs:expr, $qh:expr, $y:expr, $sc16:expr, |$p:ident| $sidx:expr) => {{
+/// Decodes the 2-bit family. Shift p of the 64 packed bytes gives chunks p (low half) and
+/// 4 + p (high half); they are regrouped into weight order (step t: chunks 2t and 2t + 1), so
+/// that the activations load in one piece per step. `$sidx` gives the i16 permutation of
+/// `sc16` for step t.
+macro_rules! decode_2bit {
+    ($tab:expr, $qs:expr, $qh:expr, $sc16:expr, |$t:ident| $sidx:expr) => {{
         let m3 = _mm512_set1_epi8(3);
         let m4 = _mm512_set1_epi8(4);
         let mut bits = loadu512($qs);
@@ -134,25 +164,42 @@ macro_rules! body_2bit {
             }
             None => _mm512_setzero_si512(),
         };
-        for $p in 0..4usize {
+        let mut by_shift = [_mm512_setzero_si512(); 4];
+        for v in by_shift.iter_mut() {
             let mut idx = _mm512_and_si512(bits, m3);
             if $qh.is_some() {
                 idx = _mm512_or_si512(idx, _mm512_and_si512(_mm512_slli_epi16::<2>(h), m4));
                 h = _mm512_srli_epi16::<1>(h);
             }
             bits = _mm512_srli_epi16::<2>(bits);
-            let sc = _mm512_permutexvar_epi16($sidx, $sc16);
-            $acc = step_unsigned($acc, $tab, idx, $y, $p, sc);
+            *v = _mm512_shuffle_epi8($tab, idx);
         }
+        let [s0, s1, s2, s3] = by_shift;
+        // 128-bit lanes: 0x44 takes the low halves of both, 0xee the high halves.
+        let v = [
+            _mm512_shuffle_i64x2::<0x44>(s0, s1),
+            _mm512_shuffle_i64x2::<0x44>(s2, s3),
+            _mm512_shuffle_i64x2::<0xee>(s0, s1),
+            _mm512_shuffle_i64x2::<0xee>(s2, s3),
+        ];
+        let mut sc = [_mm512_setzero_si512(); 4];
+        for ($t, sc) in sc.iter_mut().enumerate() {
+            *sc = _mm512_permutexvar_epi16($sidx, $sc16);
+        }
+        Decoded { v, sc }
     }};
 }
 
-/// Drives the 4-bit family (16 bytes per 32 weights).
-macro_rules! body_4bit {
-    ($acc:ident, $tab:expr, $qs:expr, $y:expr, $sc16:expr, |$t:ident| $sidx:expr) => {{
+/// Decodes the 4-bit family (16 bytes per 32 weights).
+macro_rules! decode_4bit {
+    ($tab:expr, $qs:expr, $sc16:expr, |$t:ident| $sidx:expr) => {{
         let m = _mm512_set1_epi8(0x0f);
         let pa = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
         let pb = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+        let mut d = Decoded {
+            v: [_mm512_setzero_si512(); 4],
+            sc: [_mm512_setzero_si512(); 4],
+        };
         for k in 0..2usize {
             let b = loadu512($qs.add(64 * k));
             let lo = _mm512_and_si512(b, m);
@@ -160,103 +207,111 @@ macro_rules! body_4bit {
             for (j, pm) in [pa, pb].into_iter().enumerate() {
                 let $t = 2 * k + j;
                 let idx = _mm512_permutex2var_epi64(lo, pm, hi);
-                let sc = _mm512_permutexvar_epi16($sidx, $sc16);
-                $acc = step_signed($acc, $tab, idx, $y, $t, sc);
+                d.v[$t] = _mm512_shuffle_epi8($tab, idx);
+                d.sc[$t] = _mm512_permutexvar_epi16($sidx, $sc16);
             }
         }
+        d
     }};
 }
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn sb_iq2k(x: *const u8, y: *const u8, tab: __m512i) -> i32 {
+unsafe fn dec_iq2k(x: *const u8, tab: __m512i) -> (Decoded, K16) {
     let st = prep_iq2k(x);
     let eo = widen(st.eo);
-    let mut acc = _mm512_setzero_si512();
-    body_2bit!(acc, tab, x.add(12), None::<*const u8>, y, eo, |p| {
-        let p = p as i16;
-        lanes16([p, 8 + p, 4 + p, 12 + p])
-    });
-    reduce(acc, st.mins(y))
-}
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn sb_iq3k(x: *const u8, y: *const u8, tab: __m512i) -> i32 {
-    let st = prep_iq3k(x);
-    let eo = widen(st.eo);
-    let mut acc = _mm512_setzero_si512();
-    body_2bit!(acc, tab, x.add(14), Some(x.add(78)), y, eo, |p| {
-        let p = p as i16;
-        lanes16([p, 8 + p, 4 + p, 12 + p])
-    });
-    reduce(acc, st.mins(y))
-}
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn sb_iq4k(x: *const u8, y: *const u8, tab: __m512i) -> i32 {
-    let st = prep_iq4k(x);
-    let eo = widen(st.eo);
-    let mut acc = _mm512_setzero_si512();
-    body_4bit!(acc, tab, x.add(16), y, eo, |t| {
+    let d = decode_2bit!(tab, x.add(12), None::<*const u8>, eo, |t| {
         let t2 = 2 * t as i16;
         lanes16([t2, 8 + t2, t2 + 1, 9 + t2])
     });
-    reduce(acc, st.mins(y))
+    (d, st)
 }
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn sb_iq2ks(x: *const u8, y: *const u8, tab: __m512i) -> i32 {
+unsafe fn dec_iq3k(x: *const u8, tab: __m512i) -> (Decoded, K16) {
+    let st = prep_iq3k(x);
+    let eo = widen(st.eo);
+    let d = decode_2bit!(tab, x.add(14), Some(x.add(78)), eo, |t| {
+        let t2 = 2 * t as i16;
+        lanes16([t2, 8 + t2, t2 + 1, 9 + t2])
+    });
+    (d, st)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn dec_iq4k(x: *const u8, tab: __m512i) -> (Decoded, K16) {
+    let st = prep_iq4k(x);
+    let eo = widen(st.eo);
+    let d = decode_4bit!(tab, x.add(16), eo, |t| {
+        let t2 = 2 * t as i16;
+        lanes16([t2, 8 + t2, t2 + 1, 9 + t2])
+    });
+    (d, st)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn dec_iq2ks(x: *const u8, tab: __m512i) -> (Decoded, K32) {
     let st = prep_iq2ks(x);
     let sc = widen(st.sc);
-    let mut acc = _mm512_setzero_si512();
-    body_2bit!(acc, tab, x.add(6), None::<*const u8>, y, sc, |p| {
-        let p = p as i16;
-        lanes16([p, p, 4 + p, 4 + p])
-    });
-    reduce(acc, st.mins(y))
-}
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn sb_iq3ks(x: *const u8, y: *const u8, tab: __m512i) -> i32 {
-    let st = prep_iq3ks(x);
-    let sc = widen(st.sc);
-    let mut acc = _mm512_setzero_si512();
-    body_2bit!(acc, tab, x.add(6), Some(x.add(70)), y, sc, |p| {
-        let p = p as i16;
-        lanes16([p, p, 4 + p, 4 + p])
-    });
-    reduce(acc, st.mins(y))
-}
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn sb_iq4ks(x: *const u8, y: *const u8, tab: __m512i) -> i32 {
-    let st = prep_iq4ks(x);
-    let sc = widen(st.sc);
-    let mut acc = _mm512_setzero_si512();
-    body_4bit!(acc, tab, x.add(8), y, sc, |t| {
+    let d = decode_2bit!(tab, x.add(6), None::<*const u8>, sc, |t| {
         let t2 = 2 * t as i16;
         lanes16([t2, t2, t2 + 1, t2 + 1])
     });
-    reduce(acc, st.mins(y))
+    (d, st)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn dec_iq3ks(x: *const u8, tab: __m512i) -> (Decoded, K32) {
+    let st = prep_iq3ks(x);
+    let sc = widen(st.sc);
+    let d = decode_2bit!(tab, x.add(6), Some(x.add(70)), sc, |t| {
+        let t2 = 2 * t as i16;
+        lanes16([t2, t2, t2 + 1, t2 + 1])
+    });
+    (d, st)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn dec_iq4ks(x: *const u8, tab: __m512i) -> (Decoded, K32) {
+    let st = prep_iq4ks(x);
+    let sc = widen(st.sc);
+    let d = decode_4bit!(tab, x.add(8), sc, |t| {
+        let t2 = 2 * t as i16;
+        lanes16([t2, t2, t2 + 1, t2 + 1])
+    });
+    (d, st)
+}
+
+/// No block-sum correction for IQ5_KS: the shifted row is looked up directly.
+struct NoMins;
+
+impl NoMins {
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn mins(&self, _y: *const u8) -> __m256i {
+        _mm256_setzero_si256()
+    }
 }
 
 /// IQ5_KS: step t covers sub-blocks 2t (low nibbles of `qs[32t..32t+32]`, fifth bit 2t of
 /// `qh`) and 2t + 1 (high nibbles, bit 2t + 1), each half with the table row its shift bit
-/// picks; the fifth bit chooses the table's low or high 16 entries by a mask blend. No
-/// block-sum correction: the shifted row is looked up directly.
+/// picks; the fifth bit chooses the table's low or high 16 entries by a mask blend.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn sb_iq5ks(x: *const u8, y: *const u8, _tab: __m512i) -> i32 {
+unsafe fn dec_iq5ks(x: *const u8, _tab: __m512i) -> (Decoded, NoMins) {
     let sc = widen(prep_iq4ks(x).sc);
     let qh256 = _mm256_loadu_si256(x.add(136) as *const __m256i);
     let qh = join(qh256, qh256);
     let m = _mm256_set1_epi8(0x0f);
-    let mut acc = _mm512_setzero_si512();
+    let mut d = Decoded {
+        v: [_mm512_setzero_si512(); 4],
+        sc: [_mm512_setzero_si512(); 4],
+    };
     for t in 0..4usize {
         let b = _mm256_loadu_si256(x.add(8 + 32 * t) as *const __m256i);
         let idx = join(
@@ -274,17 +329,36 @@ unsafe fn sb_iq5ks(x: *const u8, y: *const u8, _tab: __m512i) -> i32 {
             _mm256_set1_epi8((1u8 << (2 * t + 1)) as i8),
         );
         let high = _mm512_test_epi8_mask(qh, bit);
-        let v = _mm512_mask_blend_epi8(
+        d.v[t] = _mm512_mask_blend_epi8(
             high,
             _mm512_shuffle_epi8(lo, idx),
             _mm512_shuffle_epi8(hi, idx),
         );
         let t2 = 2 * t as i16;
-        let s = _mm512_permutexvar_epi16(lanes16([t2, t2, t2 + 1, t2 + 1]), sc);
-        acc = step_values(acc, v, y, t, s);
+        d.sc[t] = _mm512_permutexvar_epi16(lanes16([t2, t2, t2 + 1, t2 + 1]), sc);
     }
-    reduce(acc, _mm256_setzero_si256())
+    (d, NoMins)
 }
+
+/// The exact integer sum of one superblock against one activation row.
+macro_rules! sb {
+    ($name:ident, $dec:ident, $sum:ident) => {
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+        unsafe fn $name(x: *const u8, y: *const u8, tab: __m512i) -> i32 {
+            let (d, st) = $dec(x, tab);
+            reduce($sum(&d, y), st.mins(y))
+        }
+    };
+}
+
+sb!(sb_iq2k, dec_iq2k, sum_unsigned);
+sb!(sb_iq3k, dec_iq3k, sum_unsigned);
+sb!(sb_iq4k, dec_iq4k, sum_signed);
+sb!(sb_iq2ks, dec_iq2ks, sum_unsigned);
+sb!(sb_iq3ks, dec_iq3ks, sum_unsigned);
+sb!(sb_iq4ks, dec_iq4ks, sum_signed);
+sb!(sb_iq5ks, dec_iq5ks, sum_signed);
 
 macro_rules! row_k {
     ($name:ident, $kind:expr, $bytes:expr, $sb:ident, $tab:ident) => {
@@ -331,6 +405,75 @@ macro_rules! row_ks {
     };
 }
 
+/// Activation rows per group of the tile kernels: the decoded superblock (eight registers)
+/// is shared by this many rows.
+const TILE_ACTS: usize = 8;
+
+macro_rules! tile {
+    ($name:ident, $kind:expr, $bytes:expr, $dec:ident, $sum:ident, $tab:ident, k_type: $k:literal) => {
+        /// Weight rows × the activation rows of `acts`: `out[r * acts.len() + j]` is row r
+        /// dotted with activation row j. Each superblock is decoded once per group of up to
+        /// [`TILE_ACTS`] activation rows; every pair has its own f64 accumulator, which takes
+        /// the superblocks' products in order exactly as the single-row kernel's does, so
+        /// every dot equals it bit for bit.
+        ///
+        /// # Safety
+        /// The CPU must support AVX-512 F, BW, VL and VNNI.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+        pub unsafe fn $name(rows: &[u8], acts: &ActRows, out: &mut [f32]) {
+            if acts.is_empty() {
+                assert!(
+                    out.is_empty(),
+                    "{}: outputs without activation rows",
+                    $kind.name()
+                );
+                return;
+            }
+            let (nb, row_bytes, nrows) = check_tile($kind, rows, acts, out.len());
+            let (n_acts, act_bytes) = (acts.len(), acts.row_bytes());
+            let ys = acts.bytes().as_ptr();
+            let tab = bcast_tab($tab());
+            let meta = $kind.row_meta();
+            for r in 0..nrows {
+                let row = &rows[r * row_bytes..(r + 1) * row_bytes];
+                let mut j0 = 0;
+                while j0 < n_acts {
+                    let n = (n_acts - j0).min(TILE_ACTS);
+                    let mut acc = [0.0f64; TILE_ACTS];
+                    for i in 0..nb {
+                        let x = row.as_ptr().add(meta + i * $bytes);
+                        let (d, st) = $dec(x, tab);
+                        let y = |j: usize| ys.add((j0 + j) * act_bytes + i * Q8K_BYTES);
+                        let mut sums = [_mm512_setzero_si512(); TILE_ACTS];
+                        for (j, s) in sums.iter_mut().enumerate().take(n) {
+                            *s = _mm512_add_epi32($sum(&d, y(j)), widen(st.mins(y(j))));
+                        }
+                        let mut sumi = [0i32; TILE_ACTS];
+                        _mm256_storeu_si256(sumi.as_mut_ptr() as *mut __m256i, reduce8(&sums));
+                        let dw = if $k { f16_to_f32(rd16(x)) } else { 0.0 };
+                        for (j, acc) in acc.iter_mut().enumerate().take(n) {
+                            let d8 = rdf32(y(j));
+                            *acc = if $k {
+                                acc_k(*acc, dw, d8, sumi[j])
+                            } else {
+                                acc_ks(*acc, d8, sumi[j])
+                            };
+                        }
+                    }
+                    for (j, &acc) in acc.iter().enumerate().take(n) {
+                        out[r * n_acts + j0 + j] = if $k {
+                            finish_k(acc)
+                        } else {
+                            finish_ks(acc, row_scale($kind, row))
+                        };
+                    }
+                    j0 += n;
+                }
+            }
+        }
+    };
+}
+
 row_k!(vec_dot_iq2k, DotType::Iq2K, IQ2K_BYTES, sb_iq2k, tab_iq2);
 row_k!(vec_dot_iq3k, DotType::Iq3K, IQ3K_BYTES, sb_iq3k, tab_iq3);
 row_k!(vec_dot_iq4k, DotType::Iq4K, IQ4K_BYTES, sb_iq4k, tab_iq4);
@@ -362,3 +505,11 @@ row_ks!(
     sb_iq5ks,
     tab_iq4
 );
+
+tile!(tile_iq2k, DotType::Iq2K, IQ2K_BYTES, dec_iq2k, sum_unsigned, tab_iq2, k_type: true);
+tile!(tile_iq3k, DotType::Iq3K, IQ3K_BYTES, dec_iq3k, sum_unsigned, tab_iq3, k_type: true);
+tile!(tile_iq4k, DotType::Iq4K, IQ4K_BYTES, dec_iq4k, sum_signed, tab_iq4, k_type: true);
+tile!(tile_iq2ks, DotType::Iq2Ks, IQ2KS_BYTES, dec_iq2ks, sum_unsigned, tab_iq2, k_type: false);
+tile!(tile_iq3ks, DotType::Iq3Ks, IQ3KS_BYTES, dec_iq3ks, sum_unsigned, tab_iq3, k_type: false);
+tile!(tile_iq4ks, DotType::Iq4Ks, IQ4KS_BYTES, dec_iq4ks, sum_signed, tab_iq4, k_type: false);
+tile!(tile_iq5ks, DotType::Iq5Ks, IQ5KS_BYTES, dec_iq5ks, sum_signed, tab_iq4, k_type: false);

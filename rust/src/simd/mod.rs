@@ -316,8 +316,9 @@ pub fn tile_fn(kind: DotType, path: SimdPath) -> TileFn {
     match path {
         #[cfg(target_arch = "x86_64")]
         SimdPath::Avx2 => x86::avx2_tile_fn(kind),
+        #[cfg(target_arch = "x86_64")]
+        SimdPath::Avx512 => x86::avx512_tile_fn(kind),
         SimdPath::Scalar => per_kind!(kind, |r, a, o| by_act(SimdPath::Scalar)),
-        SimdPath::Avx512 => per_kind!(kind, |r, a, o| by_act(SimdPath::Avx512)),
         SimdPath::Neon => per_kind!(kind, |r, a, o| by_act(SimdPath::Neon)),
         #[allow(unreachable_patterns)]
         _ => unreachable!("{path} reported available on an architecture without it"),
@@ -424,6 +425,18 @@ mod x86 {
             DotType::Iq3Ks => wrap_tile!(avx2, tile_iq3ks),
             DotType::Iq4Ks => wrap_tile!(avx2, tile_iq4ks),
             DotType::Iq5Ks => wrap_tile!(avx2, tile_iq5ks),
+        }
+    }
+
+    pub(super) fn avx512_tile_fn(kind: DotType) -> TileFn {
+        match kind {
+            DotType::Iq2K => wrap_tile!(avx512, tile_iq2k),
+            DotType::Iq3K => wrap_tile!(avx512, tile_iq3k),
+            DotType::Iq4K => wrap_tile!(avx512, tile_iq4k),
+            DotType::Iq2Ks => wrap_tile!(avx512, tile_iq2ks),
+            DotType::Iq3Ks => wrap_tile!(avx512, tile_iq3ks),
+            DotType::Iq4Ks => wrap_tile!(avx512, tile_iq4ks),
+            DotType::Iq5Ks => wrap_tile!(avx512, tile_iq5ks),
         }
     }
 
