@@ -119,6 +119,16 @@ def is_instruction(line: str) -> bool:
     return bool(s) and not s.startswith((".", "#", "//", ";")) and not s.endswith(":")
 
 
+def count_products(lines: list[str]) -> int:
+    """Byte products of these instructions (by register width)."""
+    products = 0
+    for x in lines:
+        if PRODUCT_OPS.match(x.strip()):
+            regs = re.findall(r"%(zmm|ymm|xmm)\d+", x)
+            products += WIDTH[regs[-1]] if regs else 0
+    return products
+
+
 def hot_loop(lines: list[str]) -> Loop | None:
     """The innermost loop without a call (a backward jump to a label, with no other backward
     jump inside its range) that does the most byte products per iteration, and of those the
@@ -142,24 +152,37 @@ def hot_loop(lines: list[str]) -> Loop | None:
         body = [x.strip() for x in lines[i : j + 1] if is_instruction(x)]
         if any(x.startswith("call") for x in body):
             continue
-        products = 0
-        for x in body:
-            if PRODUCT_OPS.match(x):
-                regs = re.findall(r"%(zmm|ymm|xmm)\d+", x)
-                products += WIDTH[regs[-1]] if regs else 0
+        products = count_products(body)
         if best is None or (products, -len(body)) > (best.products, -len(best.lines)):
             around = [(i2, j2) for i2, j2 in edges if i2 <= i and j <= j2 and (i2, j2) != (i, j)]
             parent = siblings = None
             if around:
                 i2, j2 = min(around, key=lambda e: e[1] - e[0])
-                parent = [x.strip() for x in lines[i2 : j2 + 1] if is_instruction(x)]
-                siblings = [
-                    [x.strip() for x in lines[a : b + 1] if is_instruction(x)]
+                inner = [
+                    (a, b)
                     for a, b in edges
                     if i2 <= a
                     and b <= j2
                     and (a, b) != (i2, j2)
                     and not any((c, e) != (a, b) and a <= c and e <= b for c, e in edges)
+                ]
+                # Other loops with products are variants of this one that the same superblock
+                # does not run (AVX-512's tile: with and without -128 in the activations).
+                variants = [
+                    (a, b)
+                    for a, b in inner
+                    if (a, b) != (i, j) and count_products(lines[a : b + 1])
+                ]
+                kept = [
+                    x.strip()
+                    for n, x in enumerate(lines[i2 : j2 + 1], start=i2)
+                    if is_instruction(x) and not any(a <= n <= b for a, b in variants)
+                ]
+                parent = kept
+                siblings = [
+                    [x.strip() for x in lines[a : b + 1] if is_instruction(x)]
+                    for a, b in inner
+                    if (a, b) not in variants
                 ]
             best = Loop(body, products, parent, siblings)
     return best

@@ -137,6 +137,37 @@ unsafe fn sum_signed(d: &Decoded, y: *const u8) -> __m512i {
     acc
 }
 
+/// Signed values readied for activations without -128 (Q8_K from `quantize_row` has none):
+/// their magnitudes and where they are negative. A step then negates the activations instead,
+/// `maddubs(|v|, v < 0 ? -q : q)`, one instruction instead of three per activation row; -q
+/// would overflow for q = -128 only, and |v| ≤ 127 keeps every pair sum within i16.
+struct Signs {
+    abs: [__m512i; 4],
+    neg: [__mmask64; 4],
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn signs(d: &Decoded) -> Signs {
+    Signs {
+        abs: d.v.map(|v| _mm512_abs_epi8(v)),
+        neg: d.v.map(|v| _mm512_movepi8_mask(v)),
+    }
+}
+
+/// [`sum_signed`] for activations without -128, on [`signs`] of the values.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn sum_signed_no_min8(d: &Decoded, s: &Signs, y: *const u8) -> __m512i {
+    let mut acc = _mm512_setzero_si512();
+    for t in 0..4usize {
+        let q = loadu512(y.add(Q8K_QS + 64 * t));
+        let qs = _mm512_mask_sub_epi8(q, s.neg[t], _mm512_setzero_si512(), q);
+        acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(s.abs[t], qs), d.sc[t]);
+    }
+    acc
+}
+
 /// One 64-weight step on signed values `v`: weights 64t..64t+64.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -410,7 +441,10 @@ macro_rules! row_ks {
 const TILE_ACTS: usize = 8;
 
 macro_rules! tile {
-    ($name:ident, $kind:expr, $bytes:expr, $dec:ident, $sum:ident, $tab:ident, k_type: $k:literal) => {
+    (
+        $name:ident, $kind:expr, $bytes:expr, $dec:ident, $sum:ident, $tab:ident,
+        k_type: $k:literal, signed: $signed:literal
+    ) => {
         /// Weight rows × the activation rows of `acts`: `out[r * acts.len() + j]` is row r
         /// dotted with activation row j. Each superblock is decoded once per group of up to
         /// [`TILE_ACTS`] activation rows; every pair has its own f64 accumulator, which takes
@@ -430,7 +464,7 @@ macro_rules! tile {
                 return;
             }
             let (nb, row_bytes, nrows) = check_tile($kind, rows, acts, out.len());
-            let (n_acts, act_bytes) = (acts.len(), acts.row_bytes());
+            let (n_acts, act_bytes, no_min8) = (acts.len(), acts.row_bytes(), !acts.has_min8());
             let ys = acts.bytes().as_ptr();
             let tab = bcast_tab($tab());
             let meta = $kind.row_meta();
@@ -445,8 +479,16 @@ macro_rules! tile {
                         let (d, st) = $dec(x, tab);
                         let y = |j: usize| ys.add((j0 + j) * act_bytes + i * Q8K_BYTES);
                         let mut sums = [_mm512_setzero_si512(); TILE_ACTS];
-                        for (j, s) in sums.iter_mut().enumerate().take(n) {
-                            *s = _mm512_add_epi32($sum(&d, y(j)), widen(st.mins(y(j))));
+                        if $signed && no_min8 {
+                            let sg = signs(&d);
+                            for (j, s) in sums.iter_mut().enumerate().take(n) {
+                                let dot = sum_signed_no_min8(&d, &sg, y(j));
+                                *s = _mm512_add_epi32(dot, widen(st.mins(y(j))));
+                            }
+                        } else {
+                            for (j, s) in sums.iter_mut().enumerate().take(n) {
+                                *s = _mm512_add_epi32($sum(&d, y(j)), widen(st.mins(y(j))));
+                            }
                         }
                         let mut sumi = [0i32; TILE_ACTS];
                         _mm256_storeu_si256(sumi.as_mut_ptr() as *mut __m256i, reduce8(&sums));
@@ -506,10 +548,10 @@ row_ks!(
     tab_iq4
 );
 
-tile!(tile_iq2k, DotType::Iq2K, IQ2K_BYTES, dec_iq2k, sum_unsigned, tab_iq2, k_type: true);
-tile!(tile_iq3k, DotType::Iq3K, IQ3K_BYTES, dec_iq3k, sum_unsigned, tab_iq3, k_type: true);
-tile!(tile_iq4k, DotType::Iq4K, IQ4K_BYTES, dec_iq4k, sum_signed, tab_iq4, k_type: true);
-tile!(tile_iq2ks, DotType::Iq2Ks, IQ2KS_BYTES, dec_iq2ks, sum_unsigned, tab_iq2, k_type: false);
-tile!(tile_iq3ks, DotType::Iq3Ks, IQ3KS_BYTES, dec_iq3ks, sum_unsigned, tab_iq3, k_type: false);
-tile!(tile_iq4ks, DotType::Iq4Ks, IQ4KS_BYTES, dec_iq4ks, sum_signed, tab_iq4, k_type: false);
-tile!(tile_iq5ks, DotType::Iq5Ks, IQ5KS_BYTES, dec_iq5ks, sum_signed, tab_iq4, k_type: false);
+tile!(tile_iq2k, DotType::Iq2K, IQ2K_BYTES, dec_iq2k, sum_unsigned, tab_iq2, k_type: true, signed: false);
+tile!(tile_iq3k, DotType::Iq3K, IQ3K_BYTES, dec_iq3k, sum_unsigned, tab_iq3, k_type: true, signed: false);
+tile!(tile_iq4k, DotType::Iq4K, IQ4K_BYTES, dec_iq4k, sum_signed, tab_iq4, k_type: true, signed: true);
+tile!(tile_iq2ks, DotType::Iq2Ks, IQ2KS_BYTES, dec_iq2ks, sum_unsigned, tab_iq2, k_type: false, signed: false);
+tile!(tile_iq3ks, DotType::Iq3Ks, IQ3KS_BYTES, dec_iq3ks, sum_unsigned, tab_iq3, k_type: false, signed: false);
+tile!(tile_iq4ks, DotType::Iq4Ks, IQ4KS_BYTES, dec_iq4ks, sum_signed, tab_iq4, k_type: false, signed: true);
+tile!(tile_iq5ks, DotType::Iq5Ks, IQ5KS_BYTES, dec_iq5ks, sum_signed, tab_iq4, k_type: false, signed: true);
