@@ -32,7 +32,20 @@ pub enum Objective {
 
 /// The objective's weight of every element of a row.
 pub fn objective_weights(f: &Format, x: &[f32], qw: Option<&[f32]>, obj: Objective) -> Vec<f32> {
-    let mut w = vec![1.0f32; x.len()];
+    let mut w = Vec::new();
+    objective_weights_into(f, x, qw, obj, &mut w);
+    w
+}
+
+fn objective_weights_into(
+    f: &Format,
+    x: &[f32],
+    qw: Option<&[f32]>,
+    obj: Objective,
+    w: &mut Vec<f32>,
+) {
+    w.clear();
+    w.resize(x.len(), 1.0);
     match obj {
         Objective::PlainImatrix => {
             if let Some(qw) = qw {
@@ -51,7 +64,6 @@ pub fn objective_weights(f: &Format, x: &[f32], qw: Option<&[f32]>, obj: Objecti
             }
         }
     }
-    w
 }
 
 /// Σ w·(x - decoded)², in f64.
@@ -74,10 +86,44 @@ pub fn improve_row(
     out: &mut [u8],
     objective: Objective,
 ) {
-    let w = objective_weights(f, x, qw, objective);
-    let engine = Engine::new(f, x, &w);
-    let mut candidate = vec![0u8; out.len()];
-    let mut scratch = vec![0.0f32; x.len()];
+    WORKSPACE.with_borrow_mut(|work| improve_row_in(work, f, x, qw, out, objective));
+}
+
+thread_local! {
+    /// Each thread's storage for the curves and scratch rows, reused from row to row: a row's
+    /// curves take megabytes, and fresh pages cost more than the search.
+    static WORKSPACE: std::cell::RefCell<Workspace> = std::cell::RefCell::default();
+}
+
+/// The storage one row's search needs.
+#[derive(Default)]
+struct Workspace {
+    curves: CurveStore,
+    minima: Vec<Minimum>,
+    minima_start: Vec<usize>,
+    floor_prefix: Vec<f64>,
+    weights: Vec<f32>,
+    candidate: Vec<u8>,
+    scratch: Vec<f32>,
+}
+
+fn improve_row_in(
+    work: &mut Workspace,
+    f: &'static Format,
+    x: &[f32],
+    qw: Option<&[f32]>,
+    out: &mut [u8],
+    objective: Objective,
+) {
+    let mut w = std::mem::take(&mut work.weights);
+    objective_weights_into(f, x, qw, objective, &mut w);
+    let mut candidate = std::mem::take(&mut work.candidate);
+    candidate.clear();
+    candidate.resize(out.len(), 0);
+    let mut scratch = std::mem::take(&mut work.scratch);
+    scratch.clear();
+    scratch.resize(x.len(), 0.0);
+    let engine = Engine::new(f, x, &w, work);
     let nsub = QK_K / f.sub;
     let groups: Vec<(usize, std::ops::Range<usize>)> = if f.per_row {
         vec![(0, 0..x.len() / f.sub)]
@@ -105,6 +151,10 @@ pub fn improve_row(
             out[bytes.clone()].copy_from_slice(&candidate[bytes]);
         }
     }
+    engine.release(work);
+    work.weights = w;
+    work.candidate = candidate;
+    work.scratch = scratch;
 }
 
 /// ik's quantizer for one row.
@@ -149,6 +199,25 @@ impl Magnitudes {
     }
 }
 
+/// The window of scales a block's curve is built for, on grids of 8 values or more (the
+/// 4-value grids have few breakpoints to spare): from the top element clipped to 1/LOW of its
+/// value up to HIGH times the scale that just fits it. The best scales lie inside; the search
+/// still tries the codes just past either end.
+fn window(values: &[i8], x: &[f32], sign: f32) -> Option<(f32, f32)> {
+    const LOW: f32 = 3.0;
+    const HIGH: f32 = 1.8;
+    if values.len() < 8 {
+        return None;
+    }
+    let (mut top, mut bottom) = (0.0f32, 0.0f32);
+    for &xi in x {
+        top = top.max(sign * xi);
+        bottom = bottom.max(-sign * xi);
+    }
+    let fit = (top / values[values.len() - 1] as f32).max(bottom / -(values[0] as f32));
+    (fit > 0.0 && fit.is_finite()).then(|| (fit / LOW, fit * HIGH))
+}
+
 /// A local minimum of one of a block's curves.
 #[derive(Clone, Copy)]
 struct Minimum {
@@ -185,22 +254,21 @@ struct Choice {
 }
 
 impl<'a> Engine<'a> {
-    fn new(f: &'static Format, x: &'a [f32], w: &'a [f32]) -> Self {
-        let mut curves = CurveStore::default();
+    fn new(f: &'static Format, x: &'a [f32], w: &'a [f32], work: &mut Workspace) -> Self {
+        let mut curves = std::mem::take(&mut work.curves);
         curves.clear();
-        // At most one breakpoint per element and grid midpoint on its side, per curve.
-        let per_curve = x.len() * f.grids[0].values.len() / 2;
-        curves.u.reserve(4 * per_curve);
-        curves.a_sum.reserve(4 * per_curve);
-        curves.b_sum.reserve(4 * per_curve);
         for (xb, wb) in x.chunks_exact(f.sub).zip(w.chunks_exact(f.sub)) {
             for grid in f.grids.iter() {
-                curves.push(grid.values, xb, wb, 1.0);
-                curves.push(grid.values, xb, wb, -1.0);
+                for sign in [1.0, -1.0] {
+                    curves.push(grid.values, xb, wb, sign, window(grid.values, xb, sign));
+                }
             }
         }
-        let mut minima = Vec::new();
-        let mut minima_start = vec![0];
+        let mut minima = std::mem::take(&mut work.minima);
+        minima.clear();
+        let mut minima_start = std::mem::take(&mut work.minima_start);
+        minima_start.clear();
+        minima_start.push(0);
         for k in 0..x.len() / f.sub {
             for c in 0..4 {
                 let curve = curves.curve(4 * k + c);
@@ -217,12 +285,12 @@ impl<'a> Engine<'a> {
             minima[from..].sort_unstable_by(|p: &Minimum, q: &Minimum| p.value.total_cmp(&q.value));
             minima_start.push(minima.len());
         }
-        let mut floor_prefix = vec![0.0f64];
+        let mut floor_prefix = std::mem::take(&mut work.floor_prefix);
+        floor_prefix.clear();
+        floor_prefix.push(0.0f64);
         for k in 0..minima_start.len() - 1 {
             let floor = match minima.get(minima_start[k]) {
-                Some(m) if k < minima_start.len() - 1 && minima_start[k] < minima_start[k + 1] => {
-                    m.value.min(0.0)
-                }
+                Some(m) if minima_start[k] < minima_start[k + 1] => m.value.min(0.0),
                 _ => 0.0,
             };
             floor_prefix.push(floor_prefix[k] + floor);
@@ -241,7 +309,42 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// The best choice for block k at scale d (non-zero): exact over every code and half.
+    /// Hand the storage back for the next row.
+    fn release(self, work: &mut Workspace) {
+        work.curves = self.curves;
+        work.minima = self.minima;
+        work.minima_start = self.minima_start;
+        work.floor_prefix = self.floor_prefix;
+    }
+
+    /// E - C of block k on curve c at scale a > 0: a look-up inside the curve's window, the
+    /// sum itself outside it.
+    #[inline]
+    fn value_at(&self, k: usize, c: usize, p: usize, a: f32) -> f64 {
+        let curve = self.curves.curve(4 * k + c);
+        if curve.holds(a) {
+            return curve.at_from(p.min(curve.u.len()), a);
+        }
+        self.direct_value(k, c, a)
+    }
+
+    /// E - C of block k on curve c at scale a > 0, summed element by element.
+    fn direct_value(&self, k: usize, c: usize, a: f32) -> f64 {
+        let grid = &self.f.grids[c / 2];
+        let sign = if c.is_multiple_of(2) { 1.0f32 } else { -1.0 };
+        let ia = 1.0 / a;
+        let range = k * self.f.sub..(k + 1) * self.f.sub;
+        let mut e = 0.0f64;
+        for (&xi, &wi) in self.x[range.clone()].iter().zip(&self.w[range]) {
+            let y = sign * xi;
+            let v = grid.values[grid.nearest(y * ia)] as f64 * a as f64;
+            e += wi as f64 * v * (v - 2.0 * y as f64);
+        }
+        e
+    }
+
+    /// The best choice for block k at scale d (non-zero): exact over every code and half whose
+    /// scale lies in the curve's window (the codes bracketing a window's ends are tried too).
     ///
     /// Each curve falls towards each of its local minima and rises after it (between two
     /// minima lies a maximum), so the best code of a valley is one of the two bracketing its
@@ -271,8 +374,7 @@ impl<'a> Engine<'a> {
             }
         };
         let offer = |c: usize, m: i32, p: usize, best: &mut Choice| {
-            let curve = self.curves.curve(4 * k + c);
-            let value = curve.at_from(p, ad * m as f32);
+            let value = self.value_at(k, c, p, ad * m as f32);
             if value < best.value {
                 *best = Choice {
                     value,
@@ -295,13 +397,14 @@ impl<'a> Engine<'a> {
         if best.value >= 0.0 {
             for c in 0..4 {
                 let first = side(c).0.first;
-                offer(c, first, self.curves.curve(4 * k + c).u.len(), &mut best);
+                offer(c, first, usize::MAX, &mut best);
             }
         }
         best
     }
 
-    /// `choose` by trying every code: the reference the tests hold `choose` to.
+    /// `choose` by summing the error of every code whose scale lies in its curve's window:
+    /// the reference the tests hold `choose` to.
     #[cfg(test)]
     fn choose_every_code(&self, k: usize, d: f32) -> Choice {
         let mut best = Choice {
@@ -312,8 +415,11 @@ impl<'a> Engine<'a> {
         for h in 0..2 {
             for l in self.f.codes().filter(|&l| l != 0) {
                 let s = d * l as f32;
-                let curve = self.curves.curve(4 * k + 2 * h + (s < 0.0) as usize);
-                let value = curve.at(s.abs());
+                let c = 2 * h + (s < 0.0) as usize;
+                if !self.curves.curve(4 * k + c).holds(s.abs()) {
+                    continue;
+                }
+                let value = self.direct_value(k, c, s.abs());
                 if value < best.value {
                     best = Choice {
                         value,
@@ -486,12 +592,15 @@ mod tests {
         for (qtype, f) in types() {
             let (x, qw) = data(&mut seed, 512);
             let w = objective_weights(f, &x, Some(&qw), Objective::IkWeights);
-            let engine = Engine::new(f, &x, &w);
+            let mut work = Workspace::default();
+            let engine = Engine::new(f, &x, &w, &mut work);
             for k in 0..x.len() / f.sub {
                 for d in [0.013f32, -0.021, 0.0047, 0.09, -0.002, 0.031] {
                     let fast = engine.choose(k, d);
                     let every = engine.choose_every_code(k, d);
-                    let tol = 1e-9 * w.iter().map(|&w| w as f64).sum::<f64>();
+                    // The reference sums term by term, the curve through prefix sums.
+                    let tol =
+                        1e-6 * every.value.abs() + 1e-9 * w.iter().map(|&w| w as f64).sum::<f64>();
                     assert!(
                         fast.value <= every.value + tol,
                         "{qtype:?} block {k} d {d}: {} vs every code {}",
@@ -509,7 +618,8 @@ mod tests {
         for (qtype, f) in types() {
             let (x, qw) = data(&mut seed, 512);
             let w = objective_weights(f, &x, Some(&qw), Objective::IkWeights);
-            let engine = Engine::new(f, &x, &w);
+            let mut work = Workspace::default();
+            let engine = Engine::new(f, &x, &w, &mut work);
             let nsub = QK_K / f.sub;
             let blocks = 0..x.len() / f.sub;
             let ranges: Vec<_> = if f.per_row {
