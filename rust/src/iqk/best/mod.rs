@@ -23,11 +23,26 @@ use crate::registry::QK_K;
 /// What the search minimises: Σ weight·(x - x̂)² with these weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Objective {
-    /// ik's own importance weighting (imatrix·sqrt(σ² + x²), or its no-imatrix weighting).
+    /// Each type's own choice ([`Format::objective`]): the weighting that lowered the model's
+    /// KL divergence more in our measurements (README, "Lower error than ik").
     #[default]
+    PerType,
+    /// ik's own importance weighting (imatrix·sqrt(σ² + x²), or its no-imatrix weighting).
     IkWeights,
     /// The imatrix alone (1 without one).
     PlainImatrix,
+    /// The geometric mean of the two: imatrix·(σ² + x²)^¼ (the square root of ik's weighting
+    /// without an imatrix), which gives x's magnitude half ik's say.
+    GeometricMean,
+}
+
+impl Objective {
+    fn for_format(self, f: &Format) -> Objective {
+        match self {
+            Objective::PerType => f.objective,
+            fixed => fixed,
+        }
+    }
 }
 
 /// The objective's weight of every element of a row.
@@ -46,13 +61,15 @@ fn objective_weights_into(
 ) {
     w.clear();
     w.resize(x.len(), 1.0);
+    let obj = obj.for_format(f);
     match obj {
         Objective::PlainImatrix => {
             if let Some(qw) = qw {
                 w.copy_from_slice(qw);
             }
         }
-        Objective::IkWeights => {
+        Objective::PerType => unreachable!("for_format resolves it"),
+        Objective::IkWeights | Objective::GeometricMean => {
             for (ibl, (xbl, wbl)) in x
                 .chunks_exact(QK_K)
                 .zip(w.chunks_exact_mut(QK_K))
@@ -62,6 +79,15 @@ fn objective_weights_into(
                 let qwbl = qw.map(|q| &q[ibl * QK_K..(ibl + 1) * QK_K]);
                 f.weighting.fill(sigma2, xbl, qwbl, wbl);
             }
+        }
+    }
+    if obj == Objective::GeometricMean {
+        match qw {
+            Some(qw) => w
+                .iter_mut()
+                .zip(qw)
+                .for_each(|(w, &q)| *w = (q * *w).sqrt()),
+            None => w.iter_mut().for_each(|w| *w = w.sqrt()),
         }
     }
 }
@@ -654,22 +680,66 @@ mod tests {
     #[test]
     fn never_worse_than_ik_and_valid() {
         let mut seed = 3u64;
+        let objectives = [
+            Objective::IkWeights,
+            Objective::PlainImatrix,
+            Objective::GeometricMean,
+        ];
         for (qtype, f) in types() {
             for with_imatrix in [true, false] {
-                let (x, qw) = data(&mut seed, 1024);
-                let qw = with_imatrix.then_some(&qw[..]);
-                let mut ik = vec![0u8; row_size(f, x.len())];
-                let mut best = ik.clone();
-                quantize_iqk_row(qtype, &x, qw, &mut ik, Iq2KsSearch::Fast);
-                best.copy_from_slice(&ik);
-                improve_row(f, &x, qw, &mut best, Objective::IkWeights);
-                let w = objective_weights(f, &x, qw, Objective::IkWeights);
-                let mut y = vec![0.0f32; x.len()];
-                let e_ik = weighted_error(f, &ik, &x, &w, &mut y);
-                let e_best = weighted_error(f, &best, &x, &w, &mut y);
-                assert!(y.iter().all(|v| v.is_finite()));
-                assert!(e_best <= e_ik, "{qtype:?}: {e_best} > {e_ik}");
-                assert!(e_best < 0.99 * e_ik, "{qtype:?}: only {e_best} vs {e_ik}");
+                for objective in objectives {
+                    let (x, qw) = data(&mut seed, 1024);
+                    let qw = with_imatrix.then_some(&qw[..]);
+                    let mut ik = vec![0u8; row_size(f, x.len())];
+                    let mut best = ik.clone();
+                    quantize_iqk_row(qtype, &x, qw, &mut ik, Iq2KsSearch::Fast);
+                    best.copy_from_slice(&ik);
+                    improve_row(f, &x, qw, &mut best, objective);
+                    let w = objective_weights(f, &x, qw, objective);
+                    let mut y = vec![0.0f32; x.len()];
+                    let e_ik = weighted_error(f, &ik, &x, &w, &mut y);
+                    let e_best = weighted_error(f, &best, &x, &w, &mut y);
+                    assert!(y.iter().all(|v| v.is_finite()));
+                    assert!(e_best <= e_ik, "{qtype:?} {objective:?}: {e_best} > {e_ik}");
+                    // It improves on ik (IQ2_KS by as little as 0.22 % on one of these rows).
+                    assert!(
+                        e_best < 0.998 * e_ik,
+                        "{qtype:?} {objective:?}: only {e_best} vs {e_ik}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn per_type_objective_is_the_format_s() {
+        let mut seed = 4u64;
+        for (qtype, f) in types() {
+            assert_ne!(f.objective, Objective::PerType);
+            let (x, qw) = data(&mut seed, 512);
+            let mut ik = vec![0u8; row_size(f, x.len())];
+            quantize_iqk_row(qtype, &x, Some(&qw), &mut ik, Iq2KsSearch::Fast);
+            let (mut per_type, mut fixed) = (ik.clone(), ik.clone());
+            improve_row(f, &x, Some(&qw), &mut per_type, Objective::PerType);
+            improve_row(f, &x, Some(&qw), &mut fixed, f.objective);
+            assert_eq!(per_type, fixed, "{qtype:?}");
+        }
+    }
+
+    #[test]
+    fn geometric_mean_weights() {
+        let mut seed = 5u64;
+        let f = Format::of(QuantType::Iq2Ks).unwrap();
+        let (x, qw) = data(&mut seed, 512);
+        for qw in [Some(&qw[..]), None] {
+            let ik = objective_weights(f, &x, qw, Objective::IkWeights);
+            let plain = objective_weights(f, &x, qw, Objective::PlainImatrix);
+            let geo = objective_weights(f, &x, qw, Objective::GeometricMean);
+            for ((&a, &b), &g) in ik.iter().zip(&plain).zip(&geo) {
+                assert!(
+                    (g - (a * b).sqrt()).abs() <= 1e-6 * g.max(1e-30),
+                    "{g} vs {a}, {b}"
+                );
             }
         }
     }
