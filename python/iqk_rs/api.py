@@ -67,7 +67,9 @@ def quantize(
     its fast search, llama-quantize's default on x86), ``"ik-exhaustive"`` (IQ2_KS's
     exhaustive search) or ``"best"``: valid bytes of the same format with a lower
     importance-weighted error than ik's, never higher per super-block (per row for the _KS
-    types); it applies to IQ2_K..IQ4_KS, the others are quantized as with ``"ik"``.
+    types); it applies to IQ2_K..IQ4_KS, the others are quantized as with ``"ik"``. Its
+    weighting is chosen per type (the one whose files had the lower KL divergence);
+    ``"best-plain"`` and ``"best-ik-weights"`` fix it to the plain imatrix or to ik's own.
     ``iq2ks_search`` (``"fast"``/``"exhaustive"``) is the older name of the same option.
     ``threads`` caps the worker threads (default: every core; at most 8 per CPU, 256 always
     allowed); the bytes never depend on it. Large inputs are quantized in pieces, so Ctrl-C

@@ -106,6 +106,8 @@ class SearchMode(str, Enum):
     ik = "ik"
     ik_exhaustive = "ik-exhaustive"
     best = "best"
+    best_plain = "best-plain"
+    best_ik_weights = "best-ik-weights"
 
 
 def _fail(msg: str, code: int = 1) -> typer.Exit:
@@ -624,7 +626,7 @@ def quantize(
             case_sensitive=False,
             help="ik: ik_llama.cpp's bytes (default); ik-exhaustive: the same with IQ2_KS's "
             "exhaustive search; best: same formats and size, lower weighted error "
-            "(IQ2_K..IQ4_KS).",
+            "(IQ2_K..IQ4_KS; best-plain, best-ik-weights: with that weighting for every type).",
         ),
     ] = None,
     iq2ks_search: Annotated[

@@ -82,18 +82,20 @@ fn quantize_half<'py>(
 }
 
 /// The `search` option: ik's bytes (`"ik"`/`"fast"`, `"ik-exhaustive"`/`"exhaustive"`, the
-/// two IQ2_KS searches) or the lower-error search (`"best"`; `"best-plain"` minimises the
-/// plain-imatrix weighted error instead of ik's weighting).
+/// two IQ2_KS searches) or the lower-error search (`"best"`, minimising each type's measured
+/// objective; `"best-plain"` and `"best-ik-weights"` fix the objective to the plain-imatrix
+/// or ik's weighted error for every type).
 fn parse_search(name: &str) -> PyResult<(Iq2KsSearch, Option<Objective>)> {
     Ok(match name.to_ascii_lowercase().as_str() {
         "ik" | "fast" => (Iq2KsSearch::Fast, None),
         "ik-exhaustive" | "exhaustive" => (Iq2KsSearch::Exhaustive, None),
-        "best" => (Iq2KsSearch::Fast, Some(Objective::IkWeights)),
+        "best" => (Iq2KsSearch::Fast, Some(Objective::PerType)),
         "best-plain" => (Iq2KsSearch::Fast, Some(Objective::PlainImatrix)),
+        "best-ik-weights" => (Iq2KsSearch::Fast, Some(Objective::IkWeights)),
         other => {
             return Err(IqkError::InvalidArgument(format!(
-                "search must be 'ik' (or 'fast'), 'ik-exhaustive' (or 'exhaustive'), 'best' \
-                 or 'best-plain', not {other:?}"
+                "search must be 'ik' (or 'fast'), 'ik-exhaustive' (or 'exhaustive'), 'best', \
+                 'best-plain' or 'best-ik-weights', not {other:?}"
             ))
             .into())
         }

@@ -9,6 +9,8 @@ use crate::numeric::{f16_to_f32, f32_to_f16};
 use crate::registry::{QuantType, QK_K};
 use crate::tables::{Grid, IQ2_GRIDS, IQ3_GRIDS, IQ4_GRIDS};
 
+use super::Objective;
+
 pub struct Format {
     pub qtype: QuantType,
     /// Elements per block (one scale code and one shifted-grid flag each).
@@ -24,6 +26,9 @@ pub struct Format {
     pub f32_scale: bool,
     /// ik's importance weighting for this type.
     pub weighting: Weighting,
+    /// What `search="best"` minimises for this type: the weighting whose files had the lower
+    /// KL divergence from the unquantized model (benches/bench_kld.py; README table).
+    pub objective: Objective,
     pub block_bytes: usize,
     pub row_meta: usize,
 }
@@ -179,6 +184,7 @@ static IQ2K: Format = Format {
     per_row: false,
     f32_scale: false,
     weighting: Weighting::Broad,
+    objective: Objective::PlainImatrix,
     block_bytes: iq2_k::BLOCK_BYTES,
     row_meta: 0,
 };
@@ -193,6 +199,7 @@ static IQ3K: Format = Format {
     per_row: false,
     f32_scale: false,
     weighting: Weighting::Broad,
+    objective: Objective::PlainImatrix,
     block_bytes: iq3_k::BLOCK_BYTES,
     row_meta: 0,
 };
@@ -207,6 +214,7 @@ static IQ4K: Format = Format {
     per_row: false,
     f32_scale: false,
     weighting: Weighting::Narrow,
+    objective: Objective::IkWeights,
     block_bytes: iq4_k::BLOCK_BYTES,
     row_meta: 0,
 };
@@ -221,6 +229,7 @@ static IQ2KS: Format = Format {
     per_row: true,
     f32_scale: false,
     weighting: Weighting::Broad,
+    objective: Objective::GeometricMean,
     block_bytes: iq2_ks::BLOCK_BYTES,
     row_meta: iq2_ks::ROW_META,
 };
@@ -235,6 +244,7 @@ static IQ3KS: Format = Format {
     per_row: true,
     f32_scale: false,
     weighting: Weighting::Narrow,
+    objective: Objective::IkWeights,
     block_bytes: iq3_ks::BLOCK_BYTES,
     row_meta: iq3_ks::ROW_META,
 };
@@ -249,6 +259,7 @@ static IQ4KS: Format = Format {
     per_row: true,
     f32_scale: true,
     weighting: Weighting::Narrow,
+    objective: Objective::IkWeights,
     block_bytes: iq4_ks::BLOCK_BYTES,
     row_meta: iq4_ks::ROW_META,
 };
