@@ -262,7 +262,8 @@ def test_plain_progress_lines_when_not_a_terminal(
     r = run("quantize", TINY, tmp_path / "o.gguf", "IQ4_K")  # CliRunner: not a terminal
     lines = [ln for ln in r.output.splitlines() if ln.startswith("[")]
     assert len(lines) == 43
-    assert lines[0].startswith("[ 1/43] token_embd.weight") and "ETA 0:00:00" in lines[0]
+    # The ETA itself depends on the machine's load.
+    assert lines[0].startswith("[ 1/43] token_embd.weight") and "ETA 0:" in lines[0]
     assert "100% of 3.52 MiB" in lines[-1] and "MiB/s" in lines[-1]
     monkeypatch.setattr(cli, "PLAIN_PROGRESS_INTERVAL", 0.0)  # a line inside each tensor too
     r = run("quantize", TINY, tmp_path / "o.gguf", "IQ4_K")
