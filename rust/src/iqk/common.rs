@@ -5,7 +5,7 @@
 
 use super::fit::{fit_many, nearest_indices, MAX_CANDIDATES};
 use crate::numeric::FitPick;
-use crate::registry::QK_K;
+use crate::simd::QK as QK_K;
 use crate::tables::Grid;
 
 /// How a type turns values and the imatrix into per-element importance weights.

@@ -3,10 +3,11 @@
 
 use super::common::{pack_iq2_block, signed_max, write_u16, PartitionSearch, Weighting};
 use crate::numeric::{f32_to_f16, make_qx_quants, nearest_int};
-use crate::registry::QK_K;
+use crate::simd::QK as QK_K;
 use crate::tables::{IQ2NL, IQ2_GRIDS};
 
-pub const BLOCK_BYTES: usize = 76;
+/// Bytes of one block (the layout module's).
+pub const BLOCK_BYTES: usize = crate::simd::DotType::Iq2K.block_bytes();
 const SUB: usize = 16;
 const NSUB: usize = QK_K / SUB;
 const SCALES: usize = 4;

@@ -8,11 +8,13 @@ use super::common::{
 };
 use super::fit::nearest_indices;
 use crate::numeric::{f32_to_f16, nearest_int};
-use crate::registry::QK_K;
+use crate::simd::QK as QK_K;
 use crate::tables::IQ3_GRIDS;
 
-pub const BLOCK_BYTES: usize = 102;
-pub const ROW_META: usize = 2;
+/// Bytes of one block (the layout module's).
+pub const BLOCK_BYTES: usize = crate::simd::DotType::Iq3Ks.block_bytes();
+/// Bytes of the row scale in front of the blocks (the layout module's).
+pub const ROW_META: usize = crate::simd::DotType::Iq3Ks.row_meta();
 const SUB: usize = 32;
 const NSUB: usize = QK_K / SUB;
 const SCALES: usize = 2;

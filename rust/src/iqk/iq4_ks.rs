@@ -5,11 +5,13 @@
 use super::common::{signed_max, NlSearch, Weighting};
 use super::fit::nearest_indices;
 use crate::numeric::nearest_int;
-use crate::registry::QK_K;
+use crate::simd::QK as QK_K;
 use crate::tables::IQ4_GRIDS;
 
-pub const BLOCK_BYTES: usize = 136;
-pub const ROW_META: usize = 4;
+/// Bytes of one block (the layout module's).
+pub const BLOCK_BYTES: usize = crate::simd::DotType::Iq4Ks.block_bytes();
+/// Bytes of the row scale in front of the blocks (the layout module's).
+pub const ROW_META: usize = crate::simd::DotType::Iq4Ks.row_meta();
 const SUB: usize = 32;
 const NSUB: usize = QK_K / SUB;
 const QS: usize = 8;

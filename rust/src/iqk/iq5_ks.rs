@@ -10,10 +10,12 @@
 use super::common::{signed_max, Weighting};
 use crate::companion::{best_index_iq5nl, iq5nl_block_scale, iq5nl_f32};
 use crate::numeric::nearest_int;
-use crate::registry::QK_K;
+use crate::simd::QK as QK_K;
 
-pub const BLOCK_BYTES: usize = 168;
-pub const ROW_META: usize = 4;
+/// Bytes of one block (the layout module's).
+pub const BLOCK_BYTES: usize = crate::simd::DotType::Iq5Ks.block_bytes();
+/// Bytes of the row scale in front of the blocks (the layout module's).
+pub const ROW_META: usize = crate::simd::DotType::Iq5Ks.row_meta();
 const SUB: usize = 32;
 const NSUB: usize = QK_K / SUB;
 const QS: usize = 8;

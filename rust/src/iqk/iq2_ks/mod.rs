@@ -16,11 +16,13 @@ use super::common::{
     low2_position, pack_iq2_block, read_u16, signed_max, write_u16, PartitionSearch, Weighting,
 };
 use crate::numeric::{f32_to_f16, make_qx_quants};
-use crate::registry::QK_K;
+use crate::simd::QK as QK_K;
 use crate::tables::{IQ2NL, IQ2_GRIDS};
 
-pub const BLOCK_BYTES: usize = 70;
-pub const ROW_META: usize = 2;
+/// Bytes of one block (the layout module's).
+pub const BLOCK_BYTES: usize = crate::simd::DotType::Iq2Ks.block_bytes();
+/// Bytes of the row scale in front of the blocks (the layout module's).
+pub const ROW_META: usize = crate::simd::DotType::Iq2Ks.row_meta();
 const SUB: usize = 32;
 const NSUB: usize = QK_K / SUB;
 const SCALES: usize = 2;
