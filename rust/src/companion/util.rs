@@ -1,6 +1,5 @@
 //! Helpers shared by the companion quantizers: the crate's `nearest_int` and fp16
-//! conversions, x86 float→int truncation, the non-linear index lookups, and the imatrix
-//! sanitising that ik_llama.cpp's `iqk_quantize.cpp` applies to IQ5_K/IQ6_K.
+//! conversions, x86 float→int truncation and the non-linear index lookups.
 
 pub(super) use crate::numeric::{f16_to_f32, f32_to_f16, nearest_int};
 
@@ -83,27 +82,6 @@ pub(super) fn resolve_nl(lut: &[u8], vals: &[f32], n: usize, limit: i32, ix: i32
     } else {
         e - n + 1
     }
-}
-
-/// `QHelper::row_weights` of iqk_quantize.cpp: copy the imatrix, and in each block of
-/// `bs` columns where Σw², Σx² or Σw·|x| is ≤ bs·(1e-9)², replace the weights by 1e-9.
-pub(super) fn sanitize_imatrix(x: &[f32], imatrix: &[f32], bs: usize) -> Vec<f32> {
-    const EPS: f32 = 1e-9;
-    const EPS2: f32 = EPS * EPS;
-    let thr = bs as f32 * EPS2;
-    let mut w = imatrix.to_vec();
-    for (wb, xb) in w.chunks_exact_mut(bs).zip(x.chunks_exact(bs)) {
-        let (mut sw2, mut sx2, mut swx) = (0f32, 0f32, 0f32);
-        for (&wj, &xj) in wb.iter().zip(xb) {
-            sw2 += wj * wj;
-            sx2 += xj * xj;
-            swx += wj * xj.abs();
-        }
-        if !(sw2 > thr && sx2 > thr && swx > thr) {
-            wb.fill(EPS);
-        }
-    }
-    w
 }
 
 #[cfg(test)]
