@@ -10,7 +10,7 @@
 //! | Q6_K | 210   | ql[128], qh[64], int8 scales[16], fp16 d                             |
 
 use super::search::{
-    make_qkx2_quants, make_qkx3_quants, make_qp_quants, make_qx_quants, GROUP_MAX_EPS,
+    make_qkx2_quants, make_qkx3_quants, make_qp_quants, make_qx_quants_ggml, GROUP_MAX_EPS,
 };
 use super::util::{f16_to_f32, f32_to_f16, nearest_int, read_f16, write_f16};
 
@@ -470,7 +470,7 @@ pub(crate) fn quantize_q6_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) 
         let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
         for ib in 0..16 {
             let qw = imatrix.map(|q| &q[QK_K * ibl + 16 * ib..QK_K * ibl + 16 * ib + 16]);
-            let s = make_qx_quants(
+            let s = make_qx_quants_ggml(
                 32,
                 &xb[16 * ib..16 * ib + 16],
                 &mut l[16 * ib..16 * ib + 16],

@@ -9,7 +9,7 @@
 //!
 //! Nibble packing (all four): byte j holds element j (low) and element j+16 (high).
 
-use super::search::{make_qx_quants, GROUP_MAX_EPS};
+use super::search::{make_qx_quants_ggml, GROUP_MAX_EPS};
 use super::util::{read_f16, write_f16};
 use crate::iqk::common::{signed_max, Weighting};
 use crate::iqk::fit::{fit_many_plus, nearest_indices};
@@ -98,7 +98,7 @@ pub(crate) fn quantize_q5_0(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) 
                 .zip(out.chunks_exact_mut(22))
             {
                 Weighting::Narrow.fill(sigma2, xb, Some(qb), &mut weight);
-                let d = make_qx_quants(16, xb, &mut l, Some(&weight));
+                let d = make_qx_quants_ggml(16, xb, &mut l, Some(&weight));
                 write_f16(y, 0, d);
                 pack_q5_0(&l, y);
             }
@@ -146,7 +146,7 @@ pub(crate) fn quantize_q6_0(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) 
         // qw·sqrt(σ² + x²), or x² without an imatrix: the IQ4 types' weighting.
         let qb = imatrix.map(|qw| &qw[ib * QK..(ib + 1) * QK]);
         Weighting::Narrow.fill(sigma2, xb, qb, &mut weight);
-        let d = make_qx_quants(32, xb, &mut l, Some(&weight));
+        let d = make_qx_quants_ggml(32, xb, &mut l, Some(&weight));
         write_f16(y, 0, d);
         y[2..10].fill(0);
         for j in 0..16 {

@@ -42,9 +42,9 @@
 // iterator chains would obscure the correspondence.
 #![allow(clippy::needless_range_loop)]
 
-mod iqk;
-pub(crate) use iqk::{best_index_iq5nl, iq5nl_block_scale, iq5nl_f32};
-pub(crate) use iqk::{dequantize_iq5_k, dequantize_iq6_k, quantize_iq5_k, quantize_iq6_k};
+mod iq5_iq6_k;
+pub(crate) use iq5_iq6_k::{best_index_iq5nl, iq5nl_block_scale, iq5nl_f32};
+pub(crate) use iq5_iq6_k::{dequantize_iq5_k, dequantize_iq6_k, quantize_iq5_k, quantize_iq6_k};
 mod kquants;
 pub(crate) use kquants::{dequantize_q2_k, dequantize_q4_k, dequantize_q5_k, dequantize_q6_k};
 pub(crate) use kquants::{quantize_q2_k_impl, quantize_q2_k_ref};

@@ -16,7 +16,7 @@ pub(super) fn c_trunc_i32(f: f32) -> i32 {
 
 #[inline(always)]
 pub(super) fn read_f16(b: &[u8], off: usize) -> f32 {
-    f16_to_f32(u16::from_le_bytes([b[off], b[off + 1]]))
+    f16_to_f32(crate::simd::rd_u16(b, off))
 }
 
 #[inline(always)]
@@ -121,12 +121,12 @@ mod tests {
             &t4[228..],
             &[30, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15]
         );
-        let t5 = build_nl_index::<32, 248>(&crate::companion::iqk::IQ5NL_BASE);
+        let t5 = build_nl_index::<32, 248>(&crate::companion::iq5_iq6_k::IQ5NL_BASE);
         assert_eq!(
             &t5[..20],
             &[0, 0, 0, 0, 0, 0, 32, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 33, 33, 2]
         );
-        let t6 = build_nl_index::<64, 249>(&crate::companion::iqk::IQ6NL_VALUES);
+        let t6 = build_nl_index::<64, 249>(&crate::companion::iq5_iq6_k::IQ6NL_VALUES);
         assert_eq!(&t6[..12], &[0, 0, 0, 64, 1, 1, 1, 1, 1, 65, 2, 2]);
         assert_eq!(&t6[240..], &[62, 62, 62, 62, 62, 126, 63, 63, 63]);
     }

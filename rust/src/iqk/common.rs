@@ -502,20 +502,12 @@ impl SplitPairs {
     }
 }
 
-/// Little-endian field access on block bytes.
-#[inline(always)]
-pub fn read_u16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
+/// Little-endian field access on block bytes (the readers are the layout module's).
+pub use crate::simd::{rd_f32, rd_u16};
 
 #[inline(always)]
 pub fn write_u16(b: &mut [u8], at: usize, v: u16) {
     b[at..at + 2].copy_from_slice(&v.to_le_bytes());
-}
-
-#[inline(always)]
-pub fn read_f32(b: &[u8], at: usize) -> f32 {
-    f32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 /// The 2-bit plane packing of IQ2_K/IQ2_KS/IQ3_K/IQ3_KS (Q2_K style): element i of a

@@ -4,7 +4,7 @@
 //! 1-bit high plane. Sub-blocks of 32, 5-bit scales (offset 16).
 
 use super::common::{
-    high1_position, low2_position, read_u16, signed_max, write_u16, NlSearch, Weighting,
+    high1_position, low2_position, rd_u16, signed_max, write_u16, NlSearch, Weighting,
 };
 use super::fit::nearest_indices;
 use crate::numeric::{f32_to_f16, nearest_int};
@@ -75,7 +75,7 @@ pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
     {
         let sigma2 = WEIGHTING.sigma2(xbl);
         for ib in 0..NSUB {
-            let mut extra = read_u16(y, 0);
+            let mut extra = rd_u16(y, 0);
             let grid = &IQ3_GRIDS[(extra >> (8 + ib) & 1 == 1) as usize];
             let values = grid.values;
             let l = nearest_int(id * scales[ibl * NSUB + ib]).clamp(-16, 15);

@@ -39,8 +39,8 @@ mod scalar;
 
 pub use calibrate::{decide, pick_fastest, Choice, Picked, Shape, SAMPLES};
 pub use scalar::{
-    dequantize_row, f16_to_f32, ActFormat, ActRows, DotType, Layout, RowScale, IQ2NL, IQ3NL, IQ4K,
-    IQ5NL, QK,
+    dequantize_row, f16_to_f32, rd_f32, rd_u16, ActFormat, ActRows, DotType, Layout, RowScale,
+    IQ2NL, IQ3NL, IQ4K, IQ5NL, QK,
 };
 
 /// Bytes of one Q8_K block (ik_llama.cpp's layout: f32 d, f32 sum, 256 × i8, 16 × i16).

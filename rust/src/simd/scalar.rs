@@ -443,6 +443,33 @@ pub fn rd_f32(b: &[u8], off: usize) -> f32 {
     f32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
 }
 
+/// [`rd_u16`] at a raw pointer (the SIMD kernels read checked rows through pointers).
+///
+/// # Safety
+/// `p` must point at 2 readable bytes.
+#[inline]
+pub unsafe fn rd_u16_at(p: *const u8) -> u16 {
+    u16::from_le_bytes([*p, *p.add(1)])
+}
+
+/// A little-endian u32 at a raw pointer.
+///
+/// # Safety
+/// `p` must point at 4 readable bytes.
+#[inline]
+pub unsafe fn rd_u32_at(p: *const u8) -> u32 {
+    u32::from_le_bytes([*p, *p.add(1), *p.add(2), *p.add(3)])
+}
+
+/// [`rd_f32`] at a raw pointer.
+///
+/// # Safety
+/// `p` must point at 4 readable bytes.
+#[inline]
+pub unsafe fn rd_f32_at(p: *const u8) -> f32 {
+    f32::from_bits(rd_u32_at(p))
+}
+
 /// The row scale of a KS row (fp16 for IQ2_KS/IQ3_KS, f32 for IQ4_KS/IQ5_KS), as f32.
 #[inline]
 pub fn row_scale(kind: DotType, row: &[u8]) -> f32 {
