@@ -370,14 +370,10 @@ fn extreme_inputs_do_not_overflow() {
                         row[off..off + 2].copy_from_slice(&0x3c00u16.to_le_bytes());
                     }
                 }
-                match kind {
-                    DotType::Iq2Ks | DotType::Iq3Ks => {
-                        row[0..2].copy_from_slice(&0x3c00u16.to_le_bytes())
-                    }
-                    DotType::Iq4Ks | DotType::Iq5Ks => {
-                        row[0..4].copy_from_slice(&1.0f32.to_le_bytes())
-                    }
-                    _ => {}
+                match sk.layout().row_scale {
+                    scalar::RowScale::F16 => row[0..2].copy_from_slice(&0x3c00u16.to_le_bytes()),
+                    scalar::RowScale::F32 => row[0..4].copy_from_slice(&1.0f32.to_le_bytes()),
+                    scalar::RowScale::None => {}
                 }
                 let mut q8 = testgen::make_q8k(&mut rng, 2, &|_| act);
                 for y in q8.chunks_exact_mut(simd::Q8K_BLOCK_BYTES) {

@@ -2,11 +2,13 @@
 //! IQ4_KS), quantized bit-exactly as ik_llama.cpp does, with dequantization and dot products
 //! against Q8_K activations.
 //!
-//! Layers, bottom up: [`numeric`] and [`tables`] (shared arithmetic and value grids),
-//! [`iqk`] (the six IQK types), [`companion`] (the other types of ik's mixes), [`simd`] (dot
-//! products against Q8_K on every instruction set, chosen at run time), [`q8k`]
-//! (activations), [`registry`] (ids and sizes of every type), [`widen`] (f16/bf16 inputs to
-//! f32), [`ops`] (validated, parallel whole-tensor operations). The Python
+//! Layers, bottom up: [`simd`] (the dependency-free layout module with every IQK block
+//! layout, and the dot products against Q8_K on every instruction set, chosen at run time),
+//! [`numeric`] and [`tables`] (shared arithmetic and value grids), [`iqk`] (the IQK types'
+//! quantizers), [`companion`] (the other types of ik's mixes), [`q8k`] (activations),
+//! [`registry`] (one descriptor per type: ids, sizes, quantizer, dequantizer, imatrix
+//! handling, kernel), [`widen`] (f16/bf16 inputs to f32), [`ops`] (validated, parallel
+//! whole-tensor operations, reading every per-type fact from the registry). The Python
 //! binding lives in `py` behind the `python` feature.
 
 pub mod companion;

@@ -92,10 +92,10 @@ impl FitPick {
     }
 }
 
-/// ik_llama.cpp's iqk `make_qx_quants`: fit one scale to `x` with integer levels in
+/// ik_llama.cpp's iqk `make_qx_quants` (not ggml's, `companion`'s `make_qx_quants_ggml`): fit one scale to `x` with integer levels in
 /// `[-nmax, nmax-1]`, weighted by `weights`, trying 19 candidate inverse scales. Only the scale
 /// is returned; the levels are recomputed by the callers that need them (`levels` gets them).
-pub fn make_qx_quants(nmax: i32, x: &[f32], weights: &[f32], levels: &mut [i8]) -> f32 {
+pub fn make_qx_quants_iqk(nmax: i32, x: &[f32], weights: &[f32], levels: &mut [i8]) -> f32 {
     debug_assert!(x.len() == weights.len() && x.len() == levels.len());
     let (mut max, mut amax) = (0.0f32, 0.0f32);
     for &v in x {

@@ -5,27 +5,13 @@ use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
-use crate::companion::{self, Companion};
 use crate::error::{IqkError, Result};
 use crate::iqk::best;
-use crate::iqk::iq2_ks::Iq2KsSearch;
-use crate::iqk::{iq2_k, iq2_ks, iq3_k, iq3_ks, iq4_k, iq4_ks, iq5_ks};
-use crate::numeric::sanitized_row_weights;
 use crate::q8k;
-use crate::registry::{QuantType, TypeInfo, QK_K};
-use crate::simd::{self, DotType};
+pub use crate::registry::QuantizeOptions;
+use crate::registry::{Importance, QuantType, TypeInfo, QK_K};
+use crate::simd::{self, ActFormat, DotType};
 use crate::widen::{widen, HalfFormat};
-
-/// Options of [`quantize`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct QuantizeOptions {
-    /// Which IQ2_KS search to reproduce (ignored by the other types).
-    pub iq2ks_search: Iq2KsSearch,
-    /// `Some`: the lower-error search of `iqk::best` under this objective instead of ik's bytes.
-    pub best: Option<best::Objective>,
-    /// Worker threads; `None` uses every core.
-    pub threads: Option<usize>,
-}
 
 /// The weights to quantize: f32 values, or the f16/bf16 bits a model file stores, which each
 /// worker widens one row at a time (exact), so no f32 copy of the tensor is made.
@@ -167,15 +153,6 @@ fn zip_rows<O: Send, I: Sync, S>(
     })
 }
 
-/// Column block of ik's imatrix sanitising (`QHelper`) for each IQK type.
-fn sanitize_block(qtype: QuantType) -> Option<usize> {
-    match qtype {
-        QuantType::Iq2K | QuantType::Iq3K | QuantType::Iq4K => Some(16),
-        QuantType::Iq2Ks | QuantType::Iq3Ks | QuantType::Iq4Ks | QuantType::Iq5Ks => Some(32),
-        _ => None,
-    }
-}
-
 /// The position of the first element for which `bad` holds. Whole chunks are tested without
 /// an early exit, a loop that vectorises; only a chunk holding one is searched.
 fn first_bad<T: Copy>(data: &[T], bad: impl Fn(T) -> bool) -> Option<usize> {
@@ -257,31 +234,21 @@ pub fn check_imatrix(imatrix: &[f32], n_per_row: usize) -> Result<()> {
     Ok(())
 }
 
-/// The companion-module kind of a non-IQK type, matched by name.
-fn companion_kind(qtype: QuantType) -> Option<Companion> {
-    Companion::ALL
-        .into_iter()
-        .find(|k| k.name() == qtype.name())
-}
-
-/// Quantize one row of an IQK type, the imatrix already sanitised into `weights`.
+/// Quantize one row of `qtype`, the imatrix already prepared into `weights` (see
+/// `TypeInfo::importances`). For the search's tests.
+#[cfg(test)]
 pub(crate) fn quantize_iqk_row(
     qtype: QuantType,
     x: &[f32],
     weights: Option<&[f32]>,
     out: &mut [u8],
-    search: Iq2KsSearch,
+    search: crate::iqk::iq2_ks::Iq2KsSearch,
 ) {
-    match qtype {
-        QuantType::Iq2K => iq2_k::quantize_row(x, weights, out),
-        QuantType::Iq3K => iq3_k::quantize_row(x, weights, out),
-        QuantType::Iq4K => iq4_k::quantize_row(x, weights, out),
-        QuantType::Iq2Ks => iq2_ks::quantize_row(x, weights, out, search),
-        QuantType::Iq3Ks => iq3_ks::quantize_row(x, weights, out),
-        QuantType::Iq4Ks => iq4_ks::quantize_row(x, weights, out),
-        QuantType::Iq5Ks => iq5_ks::quantize_row(x, weights, out),
-        _ => unreachable!("not an IQK type"),
-    }
+    let opts = QuantizeOptions {
+        iq2ks_search: search,
+        ..QuantizeOptions::default()
+    };
+    (qtype.info().quantize_row)(x, weights, out, &opts)
 }
 
 /// Quantize `x` (rows of `n_per_row`) into `out` (`nrows · row_size` bytes).
@@ -312,42 +279,78 @@ pub fn quantize_into<'a>(
         check_imatrix(im, n_per_row)?;
     }
     let imatrix = imatrix.map(tame_importances);
-    let imatrix = imatrix.as_deref();
-    if let Some(kind) = companion_kind(qtype) {
-        quantize_companion(kind, qtype.info(), x, n_per_row, imatrix, opts.threads, out)?;
-    } else {
-        quantize_iqk(qtype, x, n_per_row, imatrix, opts, out)?;
-    }
+    quantize_rows(qtype.info(), x, n_per_row, imatrix.as_deref(), opts, out)?;
     check_output_finite(qtype, out, row_size, n_per_row)
 }
 
-fn quantize_iqk(
-    qtype: QuantType,
+/// Quantize every row as the descriptor `t` says (see `registry::TypeInfo`).
+fn quantize_rows(
+    t: &TypeInfo,
     x: Weights<'_>,
     n_per_row: usize,
     imatrix: Option<&[f32]>,
     opts: &QuantizeOptions,
     out: &mut [u8],
 ) -> Result<()> {
-    let row_size = qtype.row_size(n_per_row)?;
-    let block = sanitize_block(qtype).expect("every non-companion type is an IQK type");
+    // Q2_K without an imatrix tests its whole input for a ternary model (as one
+    // ggml_quantize_chunk call does), so it cannot be split into independent rows.
+    if let (Some(chunk), None) = (t.quantize_chunk, imatrix) {
+        let widened;
+        let x = match x {
+            Weights::F32(x) => x,
+            Weights::Half(format, bits) => {
+                widened = widen_to_f32(format, bits, opts.threads)?;
+                &widened[..]
+            }
+        };
+        chunk(x, out);
+        return Ok(());
+    }
+    let row_size = t.qtype.row_size(n_per_row)?;
+    let uninformed = imatrix.map(|im| uninformed_blocks(t, im));
+    let best_format = opts.best.and(best::format::Format::of(t.qtype));
     x.for_each_row(
         opts.threads,
         (out, row_size),
         n_per_row,
-        || vec![0.0f32; if imatrix.is_some() { n_per_row } else { 0 }],
-        |weights, out_row, x_row| {
-            let w = imatrix.map(|im| {
-                sanitized_row_weights(im, x_row, block, weights);
-                &weights[..]
-            });
+        Vec::new,
+        |scratch, out_row, x_row| {
+            let w = t.importances(imatrix, x_row, scratch);
             // ik's bytes first: the floor the best search never falls below
-            quantize_iqk_row(qtype, x_row, w, out_row, opts.iq2ks_search);
-            if let (Some(objective), Some(format)) = (opts.best, best::format::Format::of(qtype)) {
+            (t.quantize_row)(x_row, w, out_row, opts);
+            if let Some(uninformed) = &uninformed {
+                requantize_failed_blocks(t, x_row, out_row, uninformed, opts);
+            }
+            if let (Some(objective), Some(format)) = (opts.best, best_format) {
                 best::improve_row(format, x_row, w, out_row, objective);
             }
         },
     )
+}
+
+/// Companion types, quantized with an imatrix: a block whose importances carry no
+/// information (`uninformed`) or whose fit still gave a non-finite scale is quantized again
+/// as without an imatrix. (The IQK types' sanitised importances cannot make their fits fail.)
+fn requantize_failed_blocks(
+    t: &TypeInfo,
+    x_row: &[f32],
+    out_row: &mut [u8],
+    uninformed: &[bool],
+    opts: &QuantizeOptions,
+) {
+    if t.is_iqk {
+        return;
+    }
+    let blocks = out_row
+        .chunks_exact_mut(t.type_size)
+        .zip(x_row.chunks_exact(t.block_size));
+    for ((ob, xb), &no_info) in blocks.zip(uninformed) {
+        // Importances that are zero over every sub-block that matters make ik's
+        // Q2_K/Q4_K/Q5_K super-block fit divide 0 by 0: a NaN scale.
+        if no_info || !scales_finite(t, ob) {
+            (t.quantize_row)(xb, None, ob, opts);
+        }
+    }
 }
 
 /// Importances above this are scaled down, all by the same factor, until the largest is this:
@@ -415,70 +418,14 @@ fn check_output_finite(
     Ok(())
 }
 
-fn quantize_companion(
-    kind: Companion,
-    info: &TypeInfo,
-    x: Weights<'_>,
-    n_per_row: usize,
-    imatrix: Option<&[f32]>,
-    threads: Option<usize>,
-    out: &mut [u8],
-) -> Result<()> {
-    // Q2_K without an imatrix tests its whole input for a ternary model (as one
-    // ggml_quantize_chunk call does), so it cannot be split into independent rows.
-    if kind == Companion::Q2K && imatrix.is_none() {
-        let widened;
-        let x = match x {
-            Weights::F32(x) => x,
-            Weights::Half(format, bits) => {
-                widened = widen_to_f32(format, bits, threads)?;
-                &widened[..]
-            }
-        };
-        companion::quantize_chunk(kind, x, n_per_row, None, out);
-        return Ok(());
-    }
-    let row_size = kind.row_size(n_per_row);
-    let Some(im) = imatrix else {
-        return x.for_each_row(
-            threads,
-            (out, row_size),
-            n_per_row,
-            || (),
-            |_, o, r| companion::quantize_row(kind, r, None, o),
-        );
-    };
-    let (block, block_bytes) = (kind.block_size(), kind.type_size());
-    let uninformed = uninformed_blocks(kind, im);
-    x.for_each_row(
-        threads,
-        (out, row_size),
-        n_per_row,
-        || (),
-        |_, o, r| {
-            companion::quantize_row(kind, r, Some(im), o);
-            let blocks = o.chunks_exact_mut(block_bytes).zip(r.chunks_exact(block));
-            for ((ob, xb), &no_info) in blocks.zip(&uninformed) {
-                // Importances that are zero over every sub-block that matters make ik's
-                // Q2_K/Q4_K/Q5_K super-block fit divide 0 by 0: a NaN scale.
-                if no_info || !scales_finite(info, ob) {
-                    companion::quantize_row(kind, xb, None, ob);
-                }
-            }
-        },
-    )
-}
-
-/// Per block of `kind`, whether its importances carry no information: all zero, as legacy
+/// Per block of `t`, whether its importances carry no information: all zero, as legacy
 /// imatrix files hold for MoE experts that saw no tokens. ik quantizes such blocks to zeros
 /// or NaN scales (0/0) for the types that use raw importances; they are quantized as without
-/// an imatrix instead. IQ5_K and IQ6_K sanitise importances themselves, as ik does (their
-/// output is finite), and Q8_0 ignores them.
-fn uninformed_blocks(kind: Companion, imatrix: &[f32]) -> Vec<bool> {
-    let uses_raw_importances = !matches!(kind, Companion::Q8_0 | Companion::Iq5K | Companion::Iq6K);
+/// an imatrix instead. Sanitised importances need no such care, ignored ones none at all.
+fn uninformed_blocks(t: &TypeInfo, imatrix: &[f32]) -> Vec<bool> {
     imatrix
-        .chunks_exact(kind.block_size())
-        .map(|b| uses_raw_importances && b.iter().all(|&w| w == 0.0))
+        .chunks_exact(t.block_size)
+        .map(|b| t.importance == Importance::Raw && b.iter().all(|&w| w == 0.0))
         .collect()
 }
 
@@ -502,7 +449,7 @@ pub fn widen_to_f32(format: HalfFormat, src: &[u16], threads: Option<usize>) -> 
 /// input must be quantized in one call: Q2_K without an imatrix tests its whole input for a
 /// ternary model, so splitting it would change the bytes.
 pub fn rows_per_piece(qtype: QuantType, n_per_row: usize, has_imatrix: bool) -> Option<usize> {
-    if qtype == QuantType::Q2K && !has_imatrix {
+    if qtype.info().quantize_chunk.is_some() && !has_imatrix {
         return None;
     }
     Some(((1usize << 22) / n_per_row.max(1)).max(1))
@@ -536,11 +483,7 @@ pub fn quantize<'a>(
 }
 
 pub(crate) fn dequantize_row(qtype: QuantType, row: &[u8], out: &mut [f32]) {
-    if let Some(kind) = companion_kind(qtype) {
-        return companion::dequantize_row(kind, row, out);
-    }
-    let kind = dot_type(qtype).expect("every type is an IQK or a companion type");
-    simd::dequantize_row(kind, row, out)
+    (qtype.info().dequantize_row)(row, out)
 }
 
 /// Row length of `row_bytes`-byte rows, checking that `len` bytes are whole rows.
@@ -633,19 +576,46 @@ pub fn dot_kernel(qtype: QuantType) -> Result<simd::DotFn> {
     Ok(simd::auto_dot_fn(dot_type(qtype)?))
 }
 
-/// The layout module's kind of `qtype`, matched by name (the test
-/// `layout_module_agrees_with_the_registry` pins the two tables together).
+/// The kernel kind of `qtype` (its descriptor's).
 fn dot_type(qtype: QuantType) -> Result<DotType> {
-    DotType::ALL
-        .into_iter()
-        .find(|k| k.name() == qtype.name())
-        .ok_or(IqkError::Unsupported {
-            qtype: qtype.name(),
-            op: "the Q8_K dot product",
-        })
+    qtype.info().kernel.ok_or(IqkError::Unsupported {
+        qtype: qtype.name(),
+        op: "the dot product",
+    })
 }
 
-/// Dot every row of `q` (rows of `row_bytes`) with the Q8_K activations `a8`.
+/// Bytes of `n` values quantized to `format`.
+fn activation_row_size(format: ActFormat, n: usize) -> usize {
+    n / format.block_values() * format.block_bytes()
+}
+
+/// Quantize one row of activations to `format`: the one place an activation format's
+/// quantizer is chosen (a new format adds its arm here and its block size in `simd`).
+fn quantize_activation_row(format: ActFormat, x: &[f32], out: &mut [u8]) {
+    match format {
+        ActFormat::Q8K => q8k::quantize_row(x, out),
+    }
+}
+
+/// Quantize activations to the format `qtype`'s dot product takes, checked.
+fn quantize_activations(qtype: QuantType, x: &[f32]) -> Result<Vec<u8>> {
+    let format = dot_type(qtype)?.activations();
+    if !x.len().is_multiple_of(format.block_values()) {
+        return Err(IqkError::Shape(format!(
+            "{} needs a multiple of {} values, got {}",
+            format.name(),
+            format.block_values(),
+            x.len()
+        )));
+    }
+    check_finite("activations", x, x.len())?;
+    let mut out = vec![0u8; activation_row_size(format, x.len())];
+    quantize_activation_row(format, x, &mut out);
+    Ok(out)
+}
+
+/// Dot every row of `q` (rows of `row_bytes`) with the activations `a8`, quantized to the
+/// format of `qtype`'s dot product (Q8_K for every type today).
 pub fn vec_dot(
     qtype: QuantType,
     q: &[u8],
@@ -657,12 +627,14 @@ pub fn vec_dot(
     if q.is_empty() {
         return Ok(Vec::new());
     }
+    let format = dot_type(qtype)?.activations();
     let (nrows, n_per_row) = rows_of_bytes(qtype, q.len(), row_bytes)?;
-    if a8.len() != q8k::row_size(n_per_row) {
+    if a8.len() != activation_row_size(format, n_per_row) {
         return Err(IqkError::Shape(format!(
-            "activations have {} bytes of Q8_K; rows of {n_per_row} need {}",
+            "activations have {} bytes of {}; rows of {n_per_row} need {}",
             a8.len(),
-            q8k::row_size(n_per_row)
+            format.name(),
+            activation_row_size(format, n_per_row)
         )));
     }
     let mut out = vec![0.0f32; nrows];
@@ -677,7 +649,7 @@ pub fn vec_dot(
 }
 
 /// `X · Wᵀ` for a batch: quantize each of the `batch` rows of `x` (each `n_per_row` long) to
-/// Q8_K, then dot every weight row with every activation row. Returns `batch × nrows` values,
+/// the activation format of `qtype` (Q8_K), then dot every weight row with every activation row. Returns `batch × nrows` values,
 /// row-major. Parallel over weight rows; every dot is deterministic, so the result does not
 /// depend on the thread count.
 pub fn matmul(
@@ -688,6 +660,7 @@ pub fn matmul(
     threads: Option<usize>,
 ) -> Result<Vec<f32>> {
     let tile = tile_kernel(qtype)?;
+    let format = dot_type(qtype)?.activations();
     let (nrows, n_per_row) = if q.is_empty() {
         (0, qtype.n_per_row_for_bytes(row_bytes)?)
     } else {
@@ -701,7 +674,7 @@ pub fn matmul(
     }
     let batch = x.len() / n_per_row;
     check_finite("activations", x, n_per_row)?;
-    let a8_size = q8k::row_size(n_per_row);
+    let a8_size = activation_row_size(format, n_per_row);
     let mut a8 = vec![0u8; batch * a8_size];
     let mut out = vec![0.0f32; batch * nrows];
     if batch == 0 || nrows == 0 {
@@ -712,9 +685,9 @@ pub fn matmul(
         (&mut a8, a8_size),
         (x, n_per_row),
         || (),
-        |_, a, xr| q8k::quantize_row(xr, a),
+        |_, a, xr| quantize_activation_row(format, xr, a),
     )?;
-    let acts = simd::ActRows::new(&a8, batch);
+    let acts = simd::ActRows::with_format(format, &a8, batch);
     // Transposed (nrows × batch): each task owns a block of weight rows, all activations.
     let mut by_row = vec![0.0f32; nrows * batch];
     zip_rows(
@@ -732,7 +705,7 @@ pub fn matmul(
     Ok(out)
 }
 
-/// Quantize `x` to Q8_K, then dot every row of `q` with it.
+/// Quantize `x` to the activation format of `qtype` (Q8_K), then dot every row of `q` with it.
 pub fn matvec(
     qtype: QuantType,
     q: &[u8],
@@ -749,7 +722,7 @@ pub fn matvec(
             )));
         }
     }
-    let a8 = quantize_q8_k(x)?;
+    let a8 = quantize_activations(qtype, x)?;
     vec_dot(qtype, q, row_bytes, &a8, threads)
 }
 
@@ -917,32 +890,41 @@ mod tests {
         assert!(check_finite_half(HalfFormat::Bf16, &[0x7c00, 0xfc00, 0x7f7f], 3).is_ok());
     }
 
-    /// Every kind of the layout module is a registered IQK type with the same block and row
-    /// prefix sizes, and every IQK type has a kind (so a dot product).
+    /// Every kind of the layout module is the kernel of exactly one registered type, and every
+    /// IQK type has a kernel (so a dot product), with the layout's name and sizes.
     #[test]
-    fn layout_module_agrees_with_the_registry() {
+    fn every_kernel_kind_belongs_to_one_type() {
         for kind in DotType::ALL {
-            let t = QuantType::from_name(kind.name()).unwrap().info();
-            assert!(t.is_iqk, "{}", t.name);
+            let owners: Vec<_> = TYPES.iter().filter(|t| t.kernel == Some(kind)).collect();
+            assert_eq!(owners.len(), 1, "{}", kind.name());
+            let t = owners[0];
+            assert_eq!(t.name, kind.name());
             assert_eq!(t.type_size, kind.block_bytes(), "{}", t.name);
             assert_eq!(t.row_meta_size, kind.row_meta(), "{}", t.name);
-            assert_eq!(t.block_size, 256, "{}", t.name);
         }
         for t in TYPES.iter().filter(|t| t.is_iqk) {
             assert!(dot_type(t.qtype).is_ok(), "{}", t.name);
+            assert_eq!(t.activations(), Some(ActFormat::Q8K), "{}", t.name);
         }
     }
 
-    /// Every non-IQK type has its companion kind and every kind is registered (the kinds
-    /// take their sizes from the registry).
+    /// The descriptor's one-call path (`TypeInfo::quantize_chunk_as_ik`) and `quantize`
+    /// agree on ordinary input for every type, with and without an imatrix: the importances
+    /// are prepared in one place for both.
     #[test]
-    fn every_companion_type_has_a_kind() {
-        for t in TYPES.iter().filter(|t| !t.is_iqk) {
-            let kind = companion_kind(t.qtype).expect("companion");
-            assert_eq!(kind.info(), t);
-        }
-        for kind in Companion::ALL {
-            assert!(!kind.info().is_iqk, "{}", kind.name());
+    fn chunk_as_ik_equals_quantize() {
+        let (nrows, n) = (3, 512);
+        let mut seed = 99u32;
+        let x: Vec<f32> = (0..nrows * n).map(|_| rng(&mut seed)).collect();
+        let im: Vec<f32> = (0..n).map(|_| rng(&mut seed).abs() + 0.01).collect();
+        let opts = QuantizeOptions::default();
+        for t in &TYPES {
+            for imatrix in [None, Some(&im[..])] {
+                let want = quantize(t.qtype, &x, n, imatrix, &opts).unwrap();
+                let mut got = vec![0u8; want.len()];
+                t.quantize_chunk_as_ik(&x, n, imatrix, &mut got, &opts);
+                assert!(got == want, "{} imatrix {}", t.name, imatrix.is_some());
+            }
         }
     }
 

@@ -2,7 +2,7 @@
 //! quants, 16 int16 sums of 16 quants. Quantized the way ik does on x86 (AVX2): d = amax/127,
 //! q = round-half-even(x·127/amax). The dot products of all six IQK types take this type.
 
-use crate::registry::QK_K;
+use crate::simd::QK as QK_K;
 
 pub const BLOCK_BYTES: usize = 296;
 const QS: usize = 8;

@@ -1,7 +1,17 @@
-//! The type registry: the single source of truth for every quantization type's ids and sizes.
-//! Python's `iqk_rs.QuantType` and the GGUF size arithmetic are generated from this table.
+//! The type registry: one descriptor ([`TypeInfo`]) per quantization type, the single source
+//! of truth for its ids, names, sizes, quantizer, dequantizer, imatrix handling and dot-product
+//! kernel, in the spirit of ggml's `type_traits` rows. `ops` reads everything per type from
+//! here; Python's `iqk_rs.QuantType` and the GGUF size arithmetic are generated from this table.
+//! The IQK types' block layouts (sizes, row prefix, decoder, activation format) are the
+//! dependency-free layout module's (`simd::DotType::layout`); their rows here take them from it.
 
+use crate::companion;
 use crate::error::{IqkError, Result};
+use crate::iqk::best;
+use crate::iqk::iq2_ks::Iq2KsSearch;
+use crate::iqk::{iq2_k, iq2_ks, iq3_k, iq3_ks, iq4_k, iq4_ks, iq5_ks};
+use crate::numeric::sanitized_row_weights;
+use crate::simd::{self, ActFormat, DotType};
 
 /// Elements per super-block of the K-family types (the layout module's).
 pub const QK_K: usize = crate::simd::QK;
@@ -31,8 +41,42 @@ pub enum QuantType {
     Iq6K = 141,
 }
 
-/// Static facts about one type.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Options of quantization (see `ops::quantize`); each type's quantizer reads what concerns it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QuantizeOptions {
+    /// Which IQ2_KS search to reproduce (ignored by the other types).
+    pub iq2ks_search: Iq2KsSearch,
+    /// `Some`: the lower-error search of `iqk::best` under this objective instead of ik's bytes.
+    pub best: Option<best::Objective>,
+    /// Worker threads; `None` uses every core.
+    pub threads: Option<usize>,
+}
+
+/// How a type's quantizer uses an importance matrix, as ik_llama.cpp's does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Importance {
+    /// Not at all (Q8_0).
+    Ignored,
+    /// As given (the legacy and k-quant types). A block whose importances are all zero, or
+    /// whose fit still yields a non-finite scale, is quantized as without an imatrix.
+    Raw,
+    /// Sanitised per this many columns first (ik's `QHelper::row_weights`): a block whose
+    /// importances or values all but vanish gets a tiny uniform weight.
+    Sanitized(usize),
+}
+
+/// Quantizes one row (`x`, importances `weights` as [`Importance`] prepared them) into `out`
+/// (the row's bytes, its prefix included).
+pub type QuantizeRowFn = fn(x: &[f32], weights: Option<&[f32]>, out: &mut [u8], &QuantizeOptions);
+
+/// Quantizes a whole chunk of rows at once, without an imatrix.
+pub type QuantizeChunkFn = fn(x: &[f32], out: &mut [u8]);
+
+/// Dequantizes one row's bytes (its prefix included) into `out`.
+pub type DequantizeRowFn = fn(row: &[u8], out: &mut [f32]);
+
+/// Everything the crate knows about one type: its descriptor.
+#[derive(Debug, Clone, Copy)]
 pub struct TypeInfo {
     pub qtype: QuantType,
     /// Lower-case name as ggml prints it (`"iq4_k"`, `"q6_K"`).
@@ -54,6 +98,25 @@ pub struct TypeInfo {
     /// (an fp16 scale when it has 2 bytes, an f32 one when 4), the only bytes that can make
     /// a block decode to NaN or infinity; everything else is a bounded integer.
     pub block_f16_scales: &'static [usize],
+    /// How the quantizer uses an importance matrix.
+    pub importance: Importance,
+    /// ik's quantizer of one row.
+    pub quantize_row: QuantizeRowFn,
+    /// `Some` when, without an imatrix, ik's quantizer looks at a whole chunk of rows at once
+    /// (Q2_K's ternary-model test), so the rows cannot be quantized independently.
+    pub quantize_chunk: Option<QuantizeChunkFn>,
+    /// ik's `dequantize_row_*` (the CPU `to_float`).
+    pub dequantize_row: DequantizeRowFn,
+    /// The layout module's kind, whose dot-product kernels (every SIMD path) this type uses;
+    /// `None`: no dot product.
+    pub kernel: Option<DotType>,
+}
+
+/// Two descriptors are equal when they describe the same type (the table has one per type).
+impl PartialEq for TypeInfo {
+    fn eq(&self, other: &Self) -> bool {
+        self.qtype == other.qtype
+    }
 }
 
 impl TypeInfo {
@@ -61,19 +124,97 @@ impl TypeInfo {
     pub fn bits_per_weight(&self) -> f64 {
         (self.type_size * 8) as f64 / self.block_size as f64
     }
+
+    /// The activation format of the dot product, if the type has one.
+    pub fn activations(&self) -> Option<ActFormat> {
+        self.kernel.map(DotType::activations)
+    }
+
+    /// The importances the quantizer sees for row `x` (see [`Importance`]), sanitised into
+    /// `scratch` when the type wants that.
+    pub fn importances<'a>(
+        &self,
+        imatrix: Option<&'a [f32]>,
+        x: &[f32],
+        scratch: &'a mut Vec<f32>,
+    ) -> Option<&'a [f32]> {
+        let im = imatrix?;
+        match self.importance {
+            Importance::Ignored => None,
+            Importance::Raw => Some(im),
+            Importance::Sanitized(block) => {
+                scratch.resize(x.len(), 0.0);
+                sanitized_row_weights(im, x, block, scratch);
+                Some(&scratch[..])
+            }
+        }
+    }
+
+    /// Quantize rows of `n_per_row` exactly as one ik_llama.cpp `ggml_quantize_chunk` call
+    /// over them does: no input checks, no repair of blocks whose fit fails (`ops::quantize`
+    /// adds those). `out` holds the rows' bytes.
+    pub fn quantize_chunk_as_ik(
+        &self,
+        x: &[f32],
+        n_per_row: usize,
+        imatrix: Option<&[f32]>,
+        out: &mut [u8],
+        opts: &QuantizeOptions,
+    ) {
+        if let (Some(chunk), None) = (self.quantize_chunk, imatrix) {
+            return chunk(x, out);
+        }
+        let row_size = out.len() / (x.len() / n_per_row).max(1);
+        let mut scratch = Vec::new();
+        for (xr, yr) in x
+            .chunks_exact(n_per_row)
+            .zip(out.chunks_exact_mut(row_size))
+        {
+            let w = self.importances(imatrix, xr, &mut scratch);
+            (self.quantize_row)(xr, w, yr, opts);
+        }
+    }
 }
 
-// One row of the table below, positional as ggml's `type_traits` rows are.
+/// The row of an IQK type: names and sizes from the layout module's `kind`.
+const fn iqk(
+    qtype: QuantType,
+    llama_ftype: u32,
+    kind: DotType,
+    sanitize_block: usize,
+    quantize_row: QuantizeRowFn,
+    dequantize_row: DequantizeRowFn,
+) -> TypeInfo {
+    let layout = kind.layout();
+    TypeInfo {
+        qtype,
+        name: layout.name,
+        ggml_id: qtype as u32,
+        llama_ftype,
+        block_size: QK_K,
+        type_size: layout.block_bytes,
+        row_meta_size: layout.row_scale.bytes(),
+        is_iqk: true,
+        block_f16_scales: if layout.block_scale { &[0] } else { &[] },
+        importance: Importance::Sanitized(sanitize_block),
+        quantize_row,
+        quantize_chunk: None,
+        dequantize_row,
+        kernel: Some(kind),
+    }
+}
+
+/// The row of a companion type (no row prefix, no kernel here).
 #[allow(clippy::too_many_arguments)]
-const fn info(
+const fn companion(
     qtype: QuantType,
     name: &'static str,
     llama_ftype: u32,
-    block_size: usize,
-    type_size: usize,
-    row_meta_size: usize,
-    is_iqk: bool,
+    (block_size, type_size): (usize, usize),
     block_f16_scales: &'static [usize],
+    importance: Importance,
+    quantize_row: QuantizeRowFn,
+    dequantize_row: DequantizeRowFn,
 ) -> TypeInfo {
     TypeInfo {
         qtype,
@@ -82,31 +223,185 @@ const fn info(
         llama_ftype,
         block_size,
         type_size,
-        row_meta_size,
-        is_iqk,
+        row_meta_size: 0,
+        is_iqk: false,
         block_f16_scales,
+        importance,
+        quantize_row,
+        quantize_chunk: None,
+        dequantize_row,
+        kernel: None,
     }
 }
 
+// ik's `QHelper` sanitising block: 16 columns for the K types, 32 for the KS types.
+const K_BLOCK: usize = 16;
+const KS_BLOCK: usize = 32;
+
 /// Every registered type, the IQK types first.
 pub const TYPES: [TypeInfo; 17] = [
-    info(QuantType::Iq2K, "iq2_k", 138, QK_K, 76, 0, true, &[0]),
-    info(QuantType::Iq3K, "iq3_k", 139, QK_K, 110, 0, true, &[0]),
-    info(QuantType::Iq4K, "iq4_k", 140, QK_K, 144, 0, true, &[0]),
-    info(QuantType::Iq2Ks, "iq2_ks", 147, QK_K, 70, 2, true, &[]),
-    info(QuantType::Iq3Ks, "iq3_ks", 154, QK_K, 102, 2, true, &[]),
-    info(QuantType::Iq4Ks, "iq4_ks", 145, QK_K, 136, 4, true, &[]),
-    info(QuantType::Iq5Ks, "iq5_ks", 150, QK_K, 168, 4, true, &[]),
-    info(QuantType::Q8_0, "q8_0", 7, 32, 34, 0, false, &[0]),
-    info(QuantType::Q5_0, "q5_0", 8, 32, 22, 0, false, &[0]),
-    info(QuantType::Q6_0, "q6_0", 135, 32, 26, 0, false, &[0]),
-    info(QuantType::Iq4Nl, "iq4_nl", 25, 32, 18, 0, false, &[0]),
-    info(QuantType::Q2K, "q2_K", 10, QK_K, 84, 0, false, &[80, 82]),
-    info(QuantType::Q4K, "q4_K", 15, QK_K, 144, 0, false, &[0, 2]),
-    info(QuantType::Q5K, "q5_K", 17, QK_K, 176, 0, false, &[0, 2]),
-    info(QuantType::Q6K, "q6_K", 18, QK_K, 210, 0, false, &[208]),
-    info(QuantType::Iq5K, "iq5_k", 141, QK_K, 176, 0, false, &[0]),
-    info(QuantType::Iq6K, "iq6_k", 142, QK_K, 212, 0, false, &[0]),
+    iqk(
+        QuantType::Iq2K,
+        138,
+        DotType::Iq2K,
+        K_BLOCK,
+        |x, w, out, _| iq2_k::quantize_row(x, w, out),
+        |row, out| simd::dequantize_row(DotType::Iq2K, row, out),
+    ),
+    iqk(
+        QuantType::Iq3K,
+        139,
+        DotType::Iq3K,
+        K_BLOCK,
+        |x, w, out, _| iq3_k::quantize_row(x, w, out),
+        |row, out| simd::dequantize_row(DotType::Iq3K, row, out),
+    ),
+    iqk(
+        QuantType::Iq4K,
+        140,
+        DotType::Iq4K,
+        K_BLOCK,
+        |x, w, out, _| iq4_k::quantize_row(x, w, out),
+        |row, out| simd::dequantize_row(DotType::Iq4K, row, out),
+    ),
+    iqk(
+        QuantType::Iq2Ks,
+        147,
+        DotType::Iq2Ks,
+        KS_BLOCK,
+        |x, w, out, opts| iq2_ks::quantize_row(x, w, out, opts.iq2ks_search),
+        |row, out| simd::dequantize_row(DotType::Iq2Ks, row, out),
+    ),
+    iqk(
+        QuantType::Iq3Ks,
+        154,
+        DotType::Iq3Ks,
+        KS_BLOCK,
+        |x, w, out, _| iq3_ks::quantize_row(x, w, out),
+        |row, out| simd::dequantize_row(DotType::Iq3Ks, row, out),
+    ),
+    iqk(
+        QuantType::Iq4Ks,
+        145,
+        DotType::Iq4Ks,
+        KS_BLOCK,
+        |x, w, out, _| iq4_ks::quantize_row(x, w, out),
+        |row, out| simd::dequantize_row(DotType::Iq4Ks, row, out),
+    ),
+    iqk(
+        QuantType::Iq5Ks,
+        150,
+        DotType::Iq5Ks,
+        KS_BLOCK,
+        |x, w, out, _| iq5_ks::quantize_row(x, w, out),
+        |row, out| simd::dequantize_row(DotType::Iq5Ks, row, out),
+    ),
+    companion(
+        QuantType::Q8_0,
+        "q8_0",
+        7,
+        (32, 34),
+        &[0],
+        Importance::Ignored,
+        |x, _, out, _| companion::quantize_q8_0(x, out),
+        companion::dequantize_q8_0,
+    ),
+    companion(
+        QuantType::Q5_0,
+        "q5_0",
+        8,
+        (32, 22),
+        &[0],
+        Importance::Raw,
+        |x, w, out, _| companion::quantize_q5_0(x, w, out),
+        companion::dequantize_q5_0,
+    ),
+    companion(
+        QuantType::Q6_0,
+        "q6_0",
+        135,
+        (32, 26),
+        &[0],
+        Importance::Raw,
+        |x, w, out, _| companion::quantize_q6_0(x, w, out),
+        companion::dequantize_q6_0,
+    ),
+    companion(
+        QuantType::Iq4Nl,
+        "iq4_nl",
+        25,
+        (32, 18),
+        &[0],
+        Importance::Raw,
+        |x, w, out, _| companion::quantize_iq4_nl(x, w, out),
+        companion::dequantize_iq4_nl,
+    ),
+    TypeInfo {
+        quantize_chunk: Some(companion::quantize_q2_k_ref),
+        ..companion(
+            QuantType::Q2K,
+            "q2_K",
+            10,
+            (QK_K, 84),
+            &[80, 82],
+            Importance::Raw,
+            |x, w, out, _| match w {
+                None => companion::quantize_q2_k_ref(x, out),
+                Some(w) => companion::quantize_q2_k_impl(x, w, out),
+            },
+            companion::dequantize_q2_k,
+        )
+    },
+    companion(
+        QuantType::Q4K,
+        "q4_K",
+        15,
+        (QK_K, 144),
+        &[0, 2],
+        Importance::Raw,
+        |x, w, out, _| companion::quantize_q4_k(x, w, out),
+        companion::dequantize_q4_k,
+    ),
+    companion(
+        QuantType::Q5K,
+        "q5_K",
+        17,
+        (QK_K, 176),
+        &[0, 2],
+        Importance::Raw,
+        |x, w, out, _| companion::quantize_q5_k(x, w, out),
+        companion::dequantize_q5_k,
+    ),
+    companion(
+        QuantType::Q6K,
+        "q6_K",
+        18,
+        (QK_K, 210),
+        &[208],
+        Importance::Raw,
+        |x, w, out, _| companion::quantize_q6_k(x, w, out),
+        companion::dequantize_q6_k,
+    ),
+    companion(
+        QuantType::Iq5K,
+        "iq5_k",
+        141,
+        (QK_K, 176),
+        &[0],
+        Importance::Sanitized(K_BLOCK),
+        |x, w, out, _| companion::quantize_iq5_k(x, w, out),
+        companion::dequantize_iq5_k,
+    ),
+    companion(
+        QuantType::Iq6K,
+        "iq6_k",
+        142,
+        (QK_K, 212),
+        &[0],
+        Importance::Sanitized(K_BLOCK),
+        |x, w, out, _| companion::quantize_iq6_k(x, w, out),
+        companion::dequantize_iq6_k,
+    ),
 ];
 
 impl QuantType {

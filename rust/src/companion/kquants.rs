@@ -10,11 +10,11 @@
 //! | Q6_K | 210   | ql[128], qh[64], int8 scales[16], fp16 d                             |
 
 use super::search::{
-    make_qkx2_quants, make_qkx3_quants, make_qp_quants, make_qx_quants, GROUP_MAX_EPS,
+    make_qkx2_quants, make_qkx3_quants, make_qp_quants, make_qx_quants_ggml, GROUP_MAX_EPS,
 };
 use super::util::{f16_to_f32, f32_to_f16, nearest_int, read_f16, write_f16};
 
-use crate::registry::QK_K;
+use crate::simd::QK as QK_K;
 
 /// Pack 2-bit values the Q2_K way: in each 128-half, byte l holds elements l, l+32, l+64,
 /// l+96 at bit offsets 0, 2, 4, 6.
@@ -35,7 +35,7 @@ fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8]) {
 /// t(x) ∈ {-1, 0, 1} by ±max/2 thresholds, every block is written as exact ternary.
 /// That test spans everything passed in one `ggml_quantize_chunk` call, so `x` may hold
 /// several rows.
-pub(super) fn quantize_q2_k_ref(x: &[f32], out: &mut [u8]) {
+pub(crate) fn quantize_q2_k_ref(x: &[f32], out: &mut [u8]) {
     let mut l = [0u8; QK_K];
     let mut max = 0f32;
     for &v in x {
@@ -142,7 +142,7 @@ pub(super) fn quantize_q2_k_ref(x: &[f32], out: &mut [u8]) {
 /// Q2_K with imatrix (`quantize_row_q2_K_impl`): weights `qw·sqrt(σ² + x²)` with
 /// σ² = 0.75·Σx²/256, `make_qkx3_quants` per 16-block, `make_qp_quants` for the 4-bit
 /// scales and mins (weighted by the blocks' weight sums).
-pub(super) fn quantize_q2_k_impl(x: &[f32], qw: &[f32], out: &mut [u8]) {
+pub(crate) fn quantize_q2_k_impl(x: &[f32], qw: &[f32], out: &mut [u8]) {
     let mut l = [0u8; QK_K];
     let mut weight = [0f32; 16];
     let mut scales = [0f32; 16];
@@ -194,7 +194,7 @@ pub(super) fn quantize_q2_k_impl(x: &[f32], qw: &[f32], out: &mut [u8]) {
     }
 }
 
-pub(super) fn dequantize_q2_k(b: &[u8], out: &mut [f32]) {
+pub(crate) fn dequantize_q2_k(b: &[u8], out: &mut [f32]) {
     for (y, ob) in b.chunks_exact(84).zip(out.chunks_exact_mut(QK_K)) {
         let d = read_f16(y, 80);
         let min = read_f16(y, 82);
@@ -365,7 +365,7 @@ fn quantize_k4_block(nmax: i32, xb: &[f32], qw: Option<&[f32]>, y: &mut [u8], l:
 /// Q4_K: without imatrix `quantize_row_q4_K_ref` (`make_qkx2_quants(32, 15, .., -1, 0.1, 20)`
 /// with weights `sqrt(Σx²/32) + |x|`, scales by max/63); with one `quantize_row_q4_K_impl`
 /// (weights `qw·sqrt(σ² + x²)`, σ² = 2Σx²/256, `make_qkx3_quants` + `make_qp_quants`).
-pub(super) fn quantize_q4_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+pub(crate) fn quantize_q4_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     let mut l = [0u8; QK_K];
     for (ibl, (xb, y)) in x
         .chunks_exact(QK_K)
@@ -385,7 +385,7 @@ pub(super) fn quantize_q4_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) 
 
 /// Q5_K: as Q4_K with `nmax = 31` (ref path: `rmin = -0.5`, 16 steps); the 5th bit of
 /// element `64c + i` (+32) goes to bit `2c` (`2c+1`) of `qh[i]`.
-pub(super) fn quantize_q5_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+pub(crate) fn quantize_q5_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     let mut l = [0u8; QK_K];
     for (ibl, (xb, y)) in x
         .chunks_exact(QK_K)
@@ -415,7 +415,7 @@ pub(super) fn quantize_q5_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) 
     }
 }
 
-pub(super) fn dequantize_q4_k(b: &[u8], out: &mut [f32]) {
+pub(crate) fn dequantize_q4_k(b: &[u8], out: &mut [f32]) {
     for (y, ob) in b.chunks_exact(144).zip(out.chunks_exact_mut(QK_K)) {
         let d = read_f16(y, 0);
         let min = read_f16(y, 2);
@@ -433,7 +433,7 @@ pub(super) fn dequantize_q4_k(b: &[u8], out: &mut [f32]) {
     }
 }
 
-pub(super) fn dequantize_q5_k(b: &[u8], out: &mut [f32]) {
+pub(crate) fn dequantize_q5_k(b: &[u8], out: &mut [f32]) {
     for (y, ob) in b.chunks_exact(176).zip(out.chunks_exact_mut(QK_K)) {
         let d = read_f16(y, 0);
         let min = read_f16(y, 2);
@@ -459,7 +459,7 @@ pub(super) fn dequantize_q5_k(b: &[u8], out: &mut [f32]) {
 
 /// Q6_K (`quantize_row_q6_K_ref` / `_impl`): `make_qx_quants(16, 32, .., rmse_type 1)` per
 /// 16-block, weighted by the raw imatrix or by x²; int8 block scales = nearest(−128/max_scale·s).
-pub(super) fn quantize_q6_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+pub(crate) fn quantize_q6_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     let mut l = [0i8; QK_K];
     let mut scales = [0f32; 16];
     for (ibl, (xb, y)) in x
@@ -470,7 +470,7 @@ pub(super) fn quantize_q6_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) 
         let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
         for ib in 0..16 {
             let qw = imatrix.map(|q| &q[QK_K * ibl + 16 * ib..QK_K * ibl + 16 * ib + 16]);
-            let s = make_qx_quants(
+            let s = make_qx_quants_ggml(
                 32,
                 &xb[16 * ib..16 * ib + 16],
                 &mut l[16 * ib..16 * ib + 16],
@@ -517,7 +517,7 @@ pub(super) fn quantize_q6_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) 
     }
 }
 
-pub(super) fn dequantize_q6_k(b: &[u8], out: &mut [f32]) {
+pub(crate) fn dequantize_q6_k(b: &[u8], out: &mut [f32]) {
     for (y, ob) in b.chunks_exact(210).zip(out.chunks_exact_mut(QK_K)) {
         let d = read_f16(y, 208);
         for h in 0..2 {

@@ -9,7 +9,7 @@
 //!
 //! Nibble packing (all four): byte j holds element j (low) and element j+16 (high).
 
-use super::search::{make_qx_quants, GROUP_MAX_EPS};
+use super::search::{make_qx_quants_ggml, GROUP_MAX_EPS};
 use super::util::{read_f16, write_f16};
 use crate::iqk::common::{signed_max, Weighting};
 use crate::iqk::fit::{fit_many_plus, nearest_indices};
@@ -21,7 +21,7 @@ const QK: usize = 32;
 
 /// `quantize_row_q8_0_ref` (ik ignores the imatrix for Q8_0): d = amax/127,
 /// q = roundf(x/d) (half away from zero).
-pub(super) fn quantize_q8_0(x: &[f32], out: &mut [u8]) {
+pub(crate) fn quantize_q8_0(x: &[f32], out: &mut [u8]) {
     for (xb, y) in x.chunks_exact(QK).zip(out.chunks_exact_mut(34)) {
         let mut amax = 0f32;
         for &v in xb {
@@ -47,7 +47,7 @@ fn round_half_away(p: f32) -> i32 {
     t + (rest >= 0.5) as i32 - (rest <= -0.5) as i32
 }
 
-pub(super) fn dequantize_q8_0(b: &[u8], out: &mut [f32]) {
+pub(crate) fn dequantize_q8_0(b: &[u8], out: &mut [f32]) {
     for (y, ob) in b.chunks_exact(34).zip(out.chunks_exact_mut(QK)) {
         let d = read_f16(y, 0);
         for (o, &q) in ob.iter_mut().zip(&y[2..]) {
@@ -73,7 +73,7 @@ fn pack_q5_0(l: &[i8], y: &mut [u8]) {
 /// Without imatrix `quantize_row_q5_0_ref` (d = max/-16, truncating `(int8_t)(x/d + 16.5)`);
 /// with one `quantize_row_q5_0_impl`: weights `qw·sqrt(σ² + x²)`, σ² = Σx²/n over the row,
 /// and `make_qx_quants(32, 16, ..)`.
-pub(super) fn quantize_q5_0(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+pub(crate) fn quantize_q5_0(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     let mut l = [0i8; QK];
     match imatrix {
         None => {
@@ -98,7 +98,7 @@ pub(super) fn quantize_q5_0(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) 
                 .zip(out.chunks_exact_mut(22))
             {
                 Weighting::Narrow.fill(sigma2, xb, Some(qb), &mut weight);
-                let d = make_qx_quants(16, xb, &mut l, Some(&weight));
+                let d = make_qx_quants_ggml(16, xb, &mut l, Some(&weight));
                 write_f16(y, 0, d);
                 pack_q5_0(&l, y);
             }
@@ -115,7 +115,7 @@ fn row_sigma2(x: &[f32]) -> f32 {
     s / x.len() as f32
 }
 
-pub(super) fn dequantize_q5_0(b: &[u8], out: &mut [f32]) {
+pub(crate) fn dequantize_q5_0(b: &[u8], out: &mut [f32]) {
     for (y, ob) in b.chunks_exact(22).zip(out.chunks_exact_mut(QK)) {
         let d = read_f16(y, 0);
         let qh = u32::from_le_bytes([y[2], y[3], y[4], y[5]]);
@@ -134,7 +134,7 @@ pub(super) fn dequantize_q5_0(b: &[u8], out: &mut [f32]) {
 
 /// `quantize_row_q6_0_impl` (ik's `quantize_q6_0` uses it with and without imatrix):
 /// weights `qw·sqrt(σ² + x²)` or `x²`, then `make_qx_quants(32, 32, ..)`.
-pub(super) fn quantize_q6_0(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+pub(crate) fn quantize_q6_0(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     let sigma2 = if imatrix.is_some() {
         row_sigma2(x)
     } else {
@@ -146,7 +146,7 @@ pub(super) fn quantize_q6_0(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) 
         // qw·sqrt(σ² + x²), or x² without an imatrix: the IQ4 types' weighting.
         let qb = imatrix.map(|qw| &qw[ib * QK..(ib + 1) * QK]);
         Weighting::Narrow.fill(sigma2, xb, qb, &mut weight);
-        let d = make_qx_quants(32, xb, &mut l, Some(&weight));
+        let d = make_qx_quants_ggml(32, xb, &mut l, Some(&weight));
         write_f16(y, 0, d);
         y[2..10].fill(0);
         for j in 0..16 {
@@ -158,7 +158,7 @@ pub(super) fn quantize_q6_0(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) 
     }
 }
 
-pub(super) fn dequantize_q6_0(b: &[u8], out: &mut [f32]) {
+pub(crate) fn dequantize_q6_0(b: &[u8], out: &mut [f32]) {
     for (y, ob) in b.chunks_exact(26).zip(out.chunks_exact_mut(QK)) {
         let d = read_f16(y, 0);
         for j in 0..16 {
@@ -190,7 +190,7 @@ const IQ4NL_F: [f32; 16] = {
 /// `quantize_iq4_nl` → `quantize_row_iq4_nl_impl(32, 32, .., ntry = 7)` per block:
 /// weights `qw·sqrt(σ² + x²)` (σ² = 2Σx²/32 over the block) or `x²`, a scan of 15 + 15
 /// inverse scales around ±127/max and ±113/max, then greedy single-index moves.
-pub(super) fn quantize_iq4_nl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+pub(crate) fn quantize_iq4_nl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     let grid = &crate::tables::IQ4_GRIDS[0];
     let v = &IQ4NL_F;
     let vi = |k: usize| IQ4NL_VALUES[k] as i32;
@@ -362,7 +362,7 @@ unsafe fn cheapest_move_avx2(d: f32, x: &[f32], w: &[f32], lb: &[u8; QK]) -> Opt
     Some((j, if ups[j] != 0 { 1 } else { -1 }))
 }
 
-pub(super) fn dequantize_iq4_nl(b: &[u8], out: &mut [f32]) {
+pub(crate) fn dequantize_iq4_nl(b: &[u8], out: &mut [f32]) {
     for (y, ob) in b.chunks_exact(18).zip(out.chunks_exact_mut(QK)) {
         let d = read_f16(y, 0);
         for j in 0..16 {

@@ -84,9 +84,9 @@ unsafe fn level_sums_avx2(
 
 /// Weighted least-squares fit of `x ≈ scale·l`, `l ∈ [-nmax, nmax-1]`, with `rmse_type = 1`
 /// (weights `qw`, or `x²` when absent). Stores `l + nmax` in `out` and returns the scale.
-/// This is ggml-quants.c's version: it also tries the `(nmax-1)/max` family of scales and
+/// This is ggml-quants.c's version (the IQK types use iqk's, `numeric::make_qx_quants_iqk`): it also tries the `(nmax-1)/max` family of scales and
 /// ends with a greedy one-step coordinate descent.
-pub(super) fn make_qx_quants(nmax: i32, x: &[f32], out: &mut [i8], qw: Option<&[f32]>) -> f32 {
+pub(super) fn make_qx_quants_ggml(nmax: i32, x: &[f32], out: &mut [i8], qw: Option<&[f32]>) -> f32 {
     let n = x.len();
     let mut max = 0f32;
     let mut amax = 0f32;

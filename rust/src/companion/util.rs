@@ -1,6 +1,5 @@
 //! Helpers shared by the companion quantizers: the crate's `nearest_int` and fp16
-//! conversions, x86 float→int truncation, the non-linear index lookups, and the imatrix
-//! sanitising that ik_llama.cpp's `iqk_quantize.cpp` applies to IQ5_K/IQ6_K.
+//! conversions, x86 float→int truncation and the non-linear index lookups.
 
 pub(super) use crate::numeric::{f16_to_f32, f32_to_f16, nearest_int};
 
@@ -17,7 +16,7 @@ pub(super) fn c_trunc_i32(f: f32) -> i32 {
 
 #[inline(always)]
 pub(super) fn read_f16(b: &[u8], off: usize) -> f32 {
-    f16_to_f32(u16::from_le_bytes([b[off], b[off + 1]]))
+    f16_to_f32(crate::simd::rd_u16(b, off))
 }
 
 #[inline(always)]
@@ -85,27 +84,6 @@ pub(super) fn resolve_nl(lut: &[u8], vals: &[f32], n: usize, limit: i32, ix: i32
     }
 }
 
-/// `QHelper::row_weights` of iqk_quantize.cpp: copy the imatrix, and in each block of
-/// `bs` columns where Σw², Σx² or Σw·|x| is ≤ bs·(1e-9)², replace the weights by 1e-9.
-pub(super) fn sanitize_imatrix(x: &[f32], imatrix: &[f32], bs: usize) -> Vec<f32> {
-    const EPS: f32 = 1e-9;
-    const EPS2: f32 = EPS * EPS;
-    let thr = bs as f32 * EPS2;
-    let mut w = imatrix.to_vec();
-    for (wb, xb) in w.chunks_exact_mut(bs).zip(x.chunks_exact(bs)) {
-        let (mut sw2, mut sx2, mut swx) = (0f32, 0f32, 0f32);
-        for (&wj, &xj) in wb.iter().zip(xb) {
-            sw2 += wj * wj;
-            sx2 += xj * xj;
-            swx += wj * xj.abs();
-        }
-        if !(sw2 > thr && sx2 > thr && swx > thr) {
-            wb.fill(EPS);
-        }
-    }
-    w
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,12 +121,12 @@ mod tests {
             &t4[228..],
             &[30, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15]
         );
-        let t5 = build_nl_index::<32, 248>(&crate::companion::iqk::IQ5NL_BASE);
+        let t5 = build_nl_index::<32, 248>(&crate::companion::iq5_iq6_k::IQ5NL_BASE);
         assert_eq!(
             &t5[..20],
             &[0, 0, 0, 0, 0, 0, 32, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 33, 33, 2]
         );
-        let t6 = build_nl_index::<64, 249>(&crate::companion::iqk::IQ6NL_VALUES);
+        let t6 = build_nl_index::<64, 249>(&crate::companion::iq5_iq6_k::IQ6NL_VALUES);
         assert_eq!(&t6[..12], &[0, 0, 0, 64, 1, 1, 1, 1, 1, 65, 2, 2]);
         assert_eq!(&t6[240..], &[62, 62, 62, 62, 62, 126, 63, 63, 63]);
     }

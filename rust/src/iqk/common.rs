@@ -4,8 +4,8 @@
 //! association order), because the output bytes must be identical.
 
 use super::fit::{fit_many, nearest_indices, MAX_CANDIDATES};
-use crate::numeric::FitPick;
-use crate::registry::QK_K;
+use crate::numeric::{nearest_int, FitPick};
+use crate::simd::QK as QK_K;
 use crate::tables::Grid;
 
 /// How a type turns values and the imatrix into per-element importance weights.
@@ -502,20 +502,86 @@ impl SplitPairs {
     }
 }
 
-/// Little-endian field access on block bytes.
-#[inline(always)]
-pub fn read_u16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
+/// The shape ik's `quantize_row_iq4_ks_impl` and `quantize_row_iq5_ks_impl` share (32-weight
+/// blocks, narrow weighting, an f32 row scale in front): a first pass finds each block's scale
+/// (`block_scale(xb, weights, max)` gives it and its shifted-table flag), the row scale is the
+/// largest over 127, and a second pass codes each block's scale as `(byte & 0xfe) - 127` and
+/// lets `pack(block, ib, xb, weights, l, 1/(d·l), sumqx, sumq2)` store its indices and add its
+/// weighted sums (in the type's own order); the row scale is then refit to `sumqx / sumq2`.
+pub fn quantize_ks_row_f32_scale(
+    x: &[f32],
+    qw: Option<&[f32]>,
+    out: &mut [u8],
+    block_bytes: usize,
+    block_scale: impl Fn(&[f32], &[f32; 32], f32) -> (f32, bool),
+    mut pack: impl FnMut(&mut [u8], usize, &[f32], &[f32], i32, f32, &mut f32, &mut f32),
+) {
+    const SUB: usize = 32;
+    const NSUB: usize = QK_K / SUB;
+    const WEIGHTING: Weighting = Weighting::Narrow;
+    out.fill(0);
+    let (meta, blocks) = out.split_at_mut(4);
+    let mut scales = vec![0.0f32; x.len() / SUB];
+    let mut weight = [0.0f32; SUB];
+    let mut amax_scale = 0.0f32;
+    for (ibl, (xbl, y)) in x
+        .chunks_exact(QK_K)
+        .zip(blocks.chunks_exact_mut(block_bytes))
+        .enumerate()
+    {
+        let sigma2 = WEIGHTING.sigma2(xbl);
+        for ib in 0..NSUB {
+            let range = SUB * ib..SUB * (ib + 1);
+            let xb = &xbl[range.clone()];
+            WEIGHTING.fill(sigma2, xb, qw.map(|w| &w[ibl * QK_K..][range]), &mut weight);
+            let (max, amax) = signed_max(xb);
+            if amax < 1e-16 {
+                continue;
+            }
+            let (d, shifted) = block_scale(xb, &weight, max);
+            y[ib] = shifted as u8;
+            scales[ibl * NSUB + ib] = d;
+            if amax_scale < d.abs() {
+                amax_scale = d.abs();
+            }
+        }
+    }
+    let d = amax_scale / 127.0;
+    meta.copy_from_slice(&d.to_le_bytes());
+    if d == 0.0 {
+        return;
+    }
+    let id = 1.0 / d;
+    let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+    for (ibl, (xbl, y)) in x
+        .chunks_exact(QK_K)
+        .zip(blocks.chunks_exact_mut(block_bytes))
+        .enumerate()
+    {
+        let sigma2 = WEIGHTING.sigma2(xbl);
+        for ib in 0..NSUB {
+            let code = nearest_int(0.5 * (id * scales[ibl * NSUB + ib] + 127.0)).clamp(0, 127) << 1;
+            y[ib] |= code as u8;
+            let l = code - 127;
+            let dl = d * l as f32;
+            let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
+            let range = SUB * ib..SUB * (ib + 1);
+            let xb = &xbl[range.clone()];
+            WEIGHTING.fill(sigma2, xb, qw.map(|w| &w[ibl * QK_K..][range]), &mut weight);
+            pack(y, ib, xb, &weight, l, idl, &mut sumqx, &mut sumq2);
+        }
+    }
+    if sumq2 > 0.0 {
+        meta.copy_from_slice(&(sumqx / sumq2).to_le_bytes());
+    }
 }
+
+/// Little-endian field access on block bytes (the readers are the layout module's).
+pub use crate::simd::{rd_f32, rd_u16};
 
 #[inline(always)]
 pub fn write_u16(b: &mut [u8], at: usize, v: u16) {
     b[at..at + 2].copy_from_slice(&v.to_le_bytes());
-}
-
-#[inline(always)]
-pub fn read_f32(b: &[u8], at: usize) -> f32 {
-    f32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 /// The 2-bit plane packing of IQ2_K/IQ2_KS/IQ3_K/IQ3_KS (Q2_K style): element i of a

@@ -2,11 +2,12 @@
 //! sub-block scales (offset 8), 64 bytes of 2-bit grid indices. Sub-blocks of 16.
 
 use super::common::{pack_iq2_block, signed_max, write_u16, PartitionSearch, Weighting};
-use crate::numeric::{f32_to_f16, make_qx_quants, nearest_int};
-use crate::registry::QK_K;
+use crate::numeric::{f32_to_f16, make_qx_quants_iqk, nearest_int};
+use crate::simd::QK as QK_K;
 use crate::tables::{IQ2NL, IQ2_GRIDS};
 
-pub const BLOCK_BYTES: usize = 76;
+/// Bytes of one block (the layout module's).
+pub const BLOCK_BYTES: usize = crate::simd::DotType::Iq2K.block_bytes();
 const SUB: usize = 16;
 const NSUB: usize = QK_K / SUB;
 const SCALES: usize = 4;
@@ -52,7 +53,7 @@ pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
             continue;
         }
         let mut levels = [0i8; NSUB];
-        let d = make_qx_quants(8, &scales, &sw, &mut levels);
+        let d = make_qx_quants_iqk(8, &scales, &sw, &mut levels);
         if d == 0.0 {
             continue;
         }

@@ -4,15 +4,17 @@
 //! 1-bit high plane. Sub-blocks of 32, 5-bit scales (offset 16).
 
 use super::common::{
-    high1_position, low2_position, read_u16, signed_max, write_u16, NlSearch, Weighting,
+    high1_position, low2_position, rd_u16, signed_max, write_u16, NlSearch, Weighting,
 };
 use super::fit::nearest_indices;
 use crate::numeric::{f32_to_f16, nearest_int};
-use crate::registry::QK_K;
+use crate::simd::QK as QK_K;
 use crate::tables::IQ3_GRIDS;
 
-pub const BLOCK_BYTES: usize = 102;
-pub const ROW_META: usize = 2;
+/// Bytes of one block (the layout module's).
+pub const BLOCK_BYTES: usize = crate::simd::DotType::Iq3Ks.block_bytes();
+/// Bytes of the row scale in front of the blocks (the layout module's).
+pub const ROW_META: usize = crate::simd::DotType::Iq3Ks.row_meta();
 const SUB: usize = 32;
 const NSUB: usize = QK_K / SUB;
 const SCALES: usize = 2;
@@ -73,7 +75,7 @@ pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
     {
         let sigma2 = WEIGHTING.sigma2(xbl);
         for ib in 0..NSUB {
-            let mut extra = read_u16(y, 0);
+            let mut extra = rd_u16(y, 0);
             let grid = &IQ3_GRIDS[(extra >> (8 + ib) & 1 == 1) as usize];
             let values = grid.values;
             let l = nearest_int(id * scales[ibl * NSUB + ib]).clamp(-16, 15);

@@ -5,10 +5,11 @@
 use super::common::{signed_max, write_u16, NlSearch, Weighting};
 use super::fit::nearest_indices;
 use crate::numeric::{f32_to_f16, nearest_int};
-use crate::registry::QK_K;
+use crate::simd::QK as QK_K;
 use crate::tables::IQ4_GRIDS;
 
-pub const BLOCK_BYTES: usize = 144;
+/// Bytes of one block (the layout module's).
+pub const BLOCK_BYTES: usize = crate::simd::DotType::Iq4K.block_bytes();
 const SUB: usize = 16;
 const NSUB: usize = QK_K / SUB;
 const SCALES_H: usize = 4;

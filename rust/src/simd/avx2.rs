@@ -21,28 +21,13 @@
 use std::arch::x86_64::*;
 
 use super::scalar::{
-    acc_k, acc_ks, check_rows, check_tile, finish_ks, row_scale_at, ActRows, DotType, IQ2KS_BYTES,
-    IQ2K_BYTES, IQ3KS_BYTES, IQ3K_BYTES, IQ4K, IQ4KS_BYTES, IQ4K_BYTES, IQ5KS_BYTES, IQ5NL,
-    Q8K_BSUMS, Q8K_BYTES, Q8K_QS,
+    acc_k, acc_ks, check_rows, check_tile, finish_ks, rd_f32_at, rd_u16_at, rd_u32_at,
+    row_scale_at, ActRows, DotType, IQ2KS_BYTES, IQ2K_BYTES, IQ3KS_BYTES, IQ3K_BYTES, IQ4K,
+    IQ4KS_BYTES, IQ4K_BYTES, IQ5KS_BYTES, IQ5NL, Q8K_BSUMS, Q8K_BYTES, Q8K_QS,
 };
 
 /// Even sub-blocks first, then odd ones.
 const EO_SHUFFLE: [i8; 16] = [0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15];
-
-#[inline]
-unsafe fn rd16(p: *const u8) -> u16 {
-    u16::from_le_bytes([*p, *p.add(1)])
-}
-
-#[inline]
-unsafe fn rd32(p: *const u8) -> u32 {
-    u32::from_le_bytes([*p, *p.add(1), *p.add(2), *p.add(3)])
-}
-
-#[inline]
-unsafe fn rdf32(p: *const u8) -> f32 {
-    f32::from_bits(rd32(p))
-}
 
 #[inline]
 #[target_feature(enable = "avx2")]
@@ -256,7 +241,7 @@ unsafe fn f16c(h: u16) -> f32 {
 #[target_feature(enable = "avx2")]
 pub(crate) unsafe fn prep_iq2k(x: *const u8) -> K16 {
     let nat = _mm_sub_epi8(nibbles8(x.add(4)), _mm_set1_epi8(8));
-    let sh = bits16(rd16(x.add(2)));
+    let sh = bits16(rd_u16_at(x.add(2)));
     let m8 = _mm_add_epi8(_mm_and_si128(sh, _mm_set1_epi8(5)), _mm_set1_epi8(-32));
     k16(nat, m8)
 }
@@ -268,9 +253,9 @@ pub(crate) unsafe fn prep_iq3k(x: *const u8) -> K16 {
         _mm_add_epi8(nibbles8(x.add(6)), nibbles8(x.add(6))),
         _mm_set1_epi8(1),
     );
-    let neg = bits16(rd16(x.add(4)));
+    let neg = bits16(rd_u16_at(x.add(4)));
     let nat = _mm_sub_epi8(_mm_xor_si128(m, neg), neg);
-    let sh = bits16(rd16(x.add(2)));
+    let sh = bits16(rd_u16_at(x.add(2)));
     let m8 = _mm_add_epi8(_mm_and_si128(sh, _mm_set1_epi8(4)), _mm_set1_epi8(-64));
     k16(nat, m8)
 }
@@ -278,7 +263,7 @@ pub(crate) unsafe fn prep_iq3k(x: *const u8) -> K16 {
 #[inline]
 #[target_feature(enable = "avx2")]
 pub(crate) unsafe fn prep_iq4k(x: *const u8) -> K16 {
-    let m8 = _mm_and_si128(bits16(rd16(x.add(2))), _mm_set1_epi8(4));
+    let m8 = _mm_and_si128(bits16(rd_u16_at(x.add(2))), _mm_set1_epi8(4));
     k16(natural_scales_iq4k(x), m8)
 }
 
@@ -288,7 +273,7 @@ pub(crate) unsafe fn prep_iq4k(x: *const u8) -> K16 {
 unsafe fn natural_scales_iq4k(x: *const u8) -> __m128i {
     let lo = nibbles8(x.add(8));
     let rep = _mm_shuffle_epi8(
-        _mm_cvtsi32_si128(rd32(x.add(4)) as i32),
+        _mm_cvtsi32_si128(rd_u32_at(x.add(4)) as i32),
         _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
     );
     let ma = _mm_set1_epi32(0x4010_0401);
@@ -324,8 +309,8 @@ unsafe fn scales_iq4ks(x: *const u8) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2")]
 pub(crate) unsafe fn prep_iq2ks(x: *const u8) -> K32 {
-    let extra = rd16(x);
-    let b = _mm_cvtsi32_si128(rd32(x.add(2)) as i32);
+    let extra = rd_u16_at(x);
+    let b = _mm_cvtsi32_si128(rd_u32_at(x.add(2)) as i32);
     let m = _mm_set1_epi8(0x0f);
     let nib = _mm_unpacklo_epi8(
         _mm_and_si128(b, m),
@@ -341,8 +326,8 @@ pub(crate) unsafe fn prep_iq2ks(x: *const u8) -> K32 {
 #[inline]
 #[target_feature(enable = "avx2")]
 pub(crate) unsafe fn prep_iq3ks(x: *const u8) -> K32 {
-    let extra = rd16(x);
-    let b = _mm_cvtsi32_si128(rd32(x.add(2)) as i32);
+    let extra = rd_u16_at(x);
+    let b = _mm_cvtsi32_si128(rd_u32_at(x.add(2)) as i32);
     let m = _mm_set1_epi8(0x0f);
     let nib = _mm_unpacklo_epi32(
         _mm_and_si128(b, m),
@@ -640,7 +625,7 @@ unsafe fn sb_iq4k_with<const N: usize, const ABS_SHARED: bool>(
     y: [*const u8; N],
 ) -> [__m256i; N] {
     let eo = scales_iq4k(x);
-    let extra = rd16(x.add(2)) as usize;
+    let extra = rd_u16_at(x.add(2)) as usize;
     let mut acc = [_mm256_setzero_si256(); N];
     for_chunks_4bit!(x.add(16), |c, idx| {
         let v = _mm256_shuffle_epi8(tab_iq4_pair((extra >> (2 * c)) & 3), idx);
@@ -800,10 +785,10 @@ unsafe fn sb_iq5ks_no_min8<const N: usize>(
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn scales4_k(x: [*const u8; 4], y: [*const u8; 4]) -> __m256d {
     let dw = _mm_cvtph_ps(_mm_setr_epi16(
-        rd16(x[0]) as i16,
-        rd16(x[1]) as i16,
-        rd16(x[2]) as i16,
-        rd16(x[3]) as i16,
+        rd_u16_at(x[0]) as i16,
+        rd_u16_at(x[1]) as i16,
+        rd_u16_at(x[2]) as i16,
+        rd_u16_at(x[3]) as i16,
         0,
         0,
         0,
@@ -822,19 +807,24 @@ unsafe fn scales4_ks(_x: [*const u8; 4], y: [*const u8; 4]) -> __m256d {
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn d8_4(y: [*const u8; 4]) -> __m128 {
-    _mm_setr_ps(rdf32(y[0]), rdf32(y[1]), rdf32(y[2]), rdf32(y[3]))
+    _mm_setr_ps(
+        rd_f32_at(y[0]),
+        rd_f32_at(y[1]),
+        rd_f32_at(y[2]),
+        rd_f32_at(y[3]),
+    )
 }
 
 /// One superblock folded in by the scalar twin's own rule (the tail of a row).
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn fold1_k(acc: f64, x: *const u8, y: *const u8, sumi: i32) -> f64 {
-    acc_k(acc, f16c(rd16(x)), rdf32(y), sumi)
+    acc_k(acc, f16c(rd_u16_at(x)), rd_f32_at(y), sumi)
 }
 
 #[inline]
 unsafe fn fold1_ks(acc: f64, _x: *const u8, y: *const u8, sumi: i32) -> f64 {
-    acc_ks(acc, rdf32(y), sumi)
+    acc_ks(acc, rd_f32_at(y), sumi)
 }
 
 /// One superblock's fold factors for up to four activation rows whose scales are `d8`, K
@@ -842,7 +832,7 @@ unsafe fn fold1_ks(acc: f64, _x: *const u8, y: *const u8, sumi: i32) -> f64 {
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn act_scales_k(x: *const u8, d8: __m256d) -> __m256d {
-    _mm256_mul_pd(_mm256_set1_pd(f16c(rd16(x)) as f64), d8)
+    _mm256_mul_pd(_mm256_set1_pd(f16c(rd_u16_at(x)) as f64), d8)
 }
 
 /// KS types: the activation scales alone (`acc_ks`).
@@ -1067,7 +1057,7 @@ macro_rules! row {
                 for (i, d8) in d8.chunks_exact_mut(8).enumerate() {
                     for (j, d8) in d8.iter_mut().enumerate() {
                         *d8 = if j < n {
-                            rdf32(base.add(j * act_bytes + i * Q8K_BYTES)) as f64
+                            rd_f32_at(base.add(j * act_bytes + i * Q8K_BYTES)) as f64
                         } else {
                             0.0
                         };

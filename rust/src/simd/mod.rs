@@ -38,7 +38,10 @@ mod neon;
 mod scalar;
 
 pub use calibrate::{decide, pick_fastest, Choice, Picked, Shape, SAMPLES};
-pub use scalar::{dequantize_row, f16_to_f32, ActRows, DotType, IQ2NL, IQ3NL, IQ4K, IQ5NL, QK};
+pub use scalar::{
+    dequantize_row, f16_to_f32, rd_f32, rd_u16, ActFormat, ActRows, DotType, Layout, RowScale,
+    IQ2NL, IQ3NL, IQ4K, IQ5NL, QK,
+};
 
 /// Bytes of one Q8_K block (ik_llama.cpp's layout: f32 d, f32 sum, 256 × i8, 16 × i16).
 pub const Q8K_BLOCK_BYTES: usize = scalar::Q8K_BYTES;

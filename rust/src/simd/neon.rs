@@ -16,29 +16,14 @@
 use core::arch::aarch64::*;
 
 use super::scalar::{
-    acc_k, acc_ks, check_lens, f16_to_f32, finish_k, finish_ks, row_scale, DotType, IQ2KS_BYTES,
-    IQ2K_BYTES, IQ3KS_BYTES, IQ3K_BYTES, IQ4K, IQ4KS_BYTES, IQ4K_BYTES, IQ5KS_BYTES, IQ5NL,
-    Q8K_BSUMS, Q8K_BYTES, Q8K_QS,
+    acc_k, acc_ks, check_lens, f16_to_f32, finish_k, finish_ks, rd_f32_at, rd_u16_at, rd_u32_at,
+    row_scale, DotType, IQ2KS_BYTES, IQ2K_BYTES, IQ3KS_BYTES, IQ3K_BYTES, IQ4K, IQ4KS_BYTES,
+    IQ4K_BYTES, IQ5KS_BYTES, IQ5NL, Q8K_BSUMS, Q8K_BYTES, Q8K_QS,
 };
 
 const TAB2: [i8; 16] = [-31, -13, 1, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 const TAB3: [i8; 16] = [-63, -40, -23, -10, 1, 13, 28, 47, 0, 0, 0, 0, 0, 0, 0, 0];
 const BITS: u64 = 0x8040_2010_0804_0201;
-
-#[inline]
-unsafe fn rd16(p: *const u8) -> u16 {
-    u16::from_le_bytes([*p, *p.add(1)])
-}
-
-#[inline]
-unsafe fn rd32(p: *const u8) -> u32 {
-    u32::from_le_bytes([*p, *p.add(1), *p.add(2), *p.add(3)])
-}
-
-#[inline]
-unsafe fn rdf32(p: *const u8) -> f32 {
-    f32::from_bits(rd32(p))
-}
 
 /// Decoded per-superblock scales: `s` = signed scale of each 16-weight group, `m` = the
 /// shifted-table constant of each group (0, or 4 / 5).
@@ -83,7 +68,7 @@ unsafe fn dup8(v: int8x8_t) -> int8x16_t {
 unsafe fn scales_iq2k(x: *const u8) -> Scales {
     Scales {
         s: vsubq_s8(vreinterpretq_s8_u8(nib16(x.add(4))), vdupq_n_s8(8)),
-        m: vreinterpretq_s8_u8(vandq_u8(bits16(rd16(x.add(2))), vdupq_n_u8(5))),
+        m: vreinterpretq_s8_u8(vandq_u8(bits16(rd_u16_at(x.add(2))), vdupq_n_u8(5))),
     }
 }
 
@@ -92,10 +77,10 @@ unsafe fn scales_iq2k(x: *const u8) -> Scales {
 unsafe fn scales_iq3k(x: *const u8) -> Scales {
     let n = nib16(x.add(6));
     let mag = vreinterpretq_s8_u8(vaddq_u8(vaddq_u8(n, n), vdupq_n_u8(1)));
-    let neg = bits16(rd16(x.add(4)));
+    let neg = bits16(rd_u16_at(x.add(4)));
     Scales {
         s: vbslq_s8(neg, vnegq_s8(mag), mag),
-        m: vreinterpretq_s8_u8(vandq_u8(bits16(rd16(x.add(2))), vdupq_n_u8(4))),
+        m: vreinterpretq_s8_u8(vandq_u8(bits16(rd_u16_at(x.add(2))), vdupq_n_u8(4))),
     }
 }
 
@@ -105,13 +90,13 @@ unsafe fn scales_iq4k(x: *const u8) -> Scales {
     let lo = nib16(x.add(8));
     const REP: [u8; 16] = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3];
     const SHR: [i8; 16] = [0, -2, -4, -6, 0, -2, -4, -6, 0, -2, -4, -6, 0, -2, -4, -6];
-    let h = vreinterpretq_u8_u32(vdupq_n_u32(rd32(x.add(4))));
+    let h = vreinterpretq_u8_u32(vdupq_n_u32(rd_u32_at(x.add(4))));
     let h = vqtbl1q_u8(h, vld1q_u8(REP.as_ptr()));
     let h = vandq_u8(vshlq_u8(h, vld1q_s8(SHR.as_ptr())), vdupq_n_u8(3));
     let code = vorrq_u8(lo, vshlq_n_u8::<4>(h));
     Scales {
         s: vsubq_s8(vreinterpretq_s8_u8(code), vdupq_n_s8(32)),
-        m: vreinterpretq_s8_u8(vandq_u8(bits16(rd16(x.add(2))), vdupq_n_u8(4))),
+        m: vreinterpretq_s8_u8(vandq_u8(bits16(rd_u16_at(x.add(2))), vdupq_n_u8(4))),
     }
 }
 
@@ -119,14 +104,14 @@ unsafe fn scales_iq4k(x: *const u8) -> Scales {
 #[inline]
 #[target_feature(enable = "neon")]
 unsafe fn nib4(p: *const u8) -> (uint8x8_t, uint8x8_t) {
-    let b = vcreate_u8(rd32(p) as u64);
+    let b = vcreate_u8(rd_u32_at(p) as u64);
     (vand_u8(b, vdup_n_u8(15)), vshr_n_u8::<4>(b))
 }
 
 #[inline]
 #[target_feature(enable = "neon")]
 unsafe fn scales_iq2ks(x: *const u8) -> Scales {
-    let extra = rd16(x);
+    let extra = rd_u16_at(x);
     let (lo, hi) = nib4(x.add(2));
     let nib = vzip_u8(lo, hi).0; // blocks 0..8: byte ib/2, nibble ib%2
     let b4 = vand_u8(bits8((extra >> 8) as u8), vdup_n_u8(16));
@@ -141,7 +126,7 @@ unsafe fn scales_iq2ks(x: *const u8) -> Scales {
 #[inline]
 #[target_feature(enable = "neon")]
 unsafe fn scales_iq3ks(x: *const u8) -> Scales {
-    let extra = rd16(x);
+    let extra = rd_u16_at(x);
     let (lo, hi) = nib4(x.add(2));
     // blocks 0..4: low nibbles of bytes 0..4; blocks 4..8: high nibbles.
     let nib = vreinterpret_u8_u32(vzip1_u32(vreinterpret_u32_u8(lo), vreinterpret_u32_u8(hi)));
@@ -308,10 +293,10 @@ macro_rules! row_body {
         row_body!(@finish $flavour, acc, $kind, $row)
     }};
     (@acc k, $acc:ident, $x:ident, $y:ident, $sumi:ident) => {
-        acc_k($acc, f16_to_f32(rd16($x)), rdf32($y), $sumi)
+        acc_k($acc, f16_to_f32(rd_u16_at($x)), rd_f32_at($y), $sumi)
     };
     (@acc ks, $acc:ident, $x:ident, $y:ident, $sumi:ident) => {
-        acc_ks($acc, rdf32($y), $sumi)
+        acc_ks($acc, rd_f32_at($y), $sumi)
     };
     (@finish k, $acc:ident, $kind:expr, $row:ident) => {
         finish_k($acc)
@@ -387,7 +372,7 @@ macro_rules! kernels {
                 let y = q8k.as_ptr().add(i * Q8K_BYTES);
                 let idx = idx_5bit(x.add(8), x.add(136));
                 let sumi = superblock32(tab, &idx, &scales_iq5ks(x), y);
-                acc = acc_ks(acc, rdf32(y), sumi);
+                acc = acc_ks(acc, rd_f32_at(y), sumi);
             }
             finish_ks(acc, row_scale(kind, row))
         }

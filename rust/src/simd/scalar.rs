@@ -60,7 +60,82 @@ pub const IQ5NL: [i8; 64] = [
     25, 31, 38, 45, 53, 61, 70, 79, 89, 99, 111, 123,
 ];
 
-/// The weight formats the kernels handle.
+/// The activation format a weight type's dot product runs against: how the other operand
+/// is quantized. Every type here uses Q8_K; a type whose kernels take another format (ik's
+/// IQ*_KT types use Q8_0_X4/Q8_2_X4) adds a variant, its block size here and its quantizer
+/// in `ops::quantize_activations`, without touching the other types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ActFormat {
+    /// ik_llama.cpp's Q8_K: per 256 values an f32 scale, an f32 sum, int8 quants and int16
+    /// sums of 16.
+    Q8K,
+}
+
+impl ActFormat {
+    pub const fn name(self) -> &'static str {
+        match self {
+            ActFormat::Q8K => "Q8_K",
+        }
+    }
+
+    /// Values per block.
+    pub const fn block_values(self) -> usize {
+        match self {
+            ActFormat::Q8K => QK,
+        }
+    }
+
+    /// Bytes per block.
+    pub const fn block_bytes(self) -> usize {
+        match self {
+            ActFormat::Q8K => Q8K_BYTES,
+        }
+    }
+}
+
+/// How a row of a type begins: with nothing (K types) or the KS types' row scale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RowScale {
+    None,
+    /// An fp16 scale (2 bytes).
+    F16,
+    /// An f32 scale (4 bytes).
+    F32,
+}
+
+impl RowScale {
+    /// Bytes of the row prefix.
+    pub const fn bytes(self) -> usize {
+        match self {
+            RowScale::None => 0,
+            RowScale::F16 => 2,
+            RowScale::F32 => 4,
+        }
+    }
+}
+
+/// One weight format's layout: the facts the kernels, the dequantizer, the test generators
+/// and the crate's type registry take from here (`LAYOUTS` holds one per [`DotType`]).
+#[derive(Clone, Copy)]
+pub struct Layout {
+    /// ggml's type name.
+    pub name: &'static str,
+    /// Bytes of one 256-weight block.
+    pub block_bytes: usize,
+    /// The row prefix.
+    pub row_scale: RowScale,
+    /// Whether each block begins with its own fp16 scale `d` (the K types).
+    pub block_scale: bool,
+    /// Bytes of the block's header: `d` (if any), then the scales, shift and sign bits; the
+    /// quants follow (the test generators sweep the header).
+    pub header_bytes: usize,
+    /// The activation format of its dot products.
+    pub activations: ActFormat,
+    /// Decodes one block (the row prefix excluded).
+    pub decode: fn(&[u8], &mut Decoded),
+}
+
+/// The weight formats the kernels handle; each indexes its [`Layout`] in `LAYOUTS`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DotType {
     Iq2K,
@@ -71,6 +146,81 @@ pub enum DotType {
     Iq4Ks,
     Iq5Ks,
 }
+
+/// One row per [`DotType`], in its order. (Struct literals: Rust 1.63 cannot pass a
+/// `fn(.., &mut _)` through a `const fn`.)
+const LAYOUTS: [Layout; 7] = [
+    // iq2_k: fp16 `d` in each block, no row prefix
+    Layout {
+        name: "iq2_k",
+        block_bytes: IQ2K_BYTES,
+        row_scale: RowScale::None,
+        block_scale: true,
+        header_bytes: 12,
+        activations: ActFormat::Q8K,
+        decode: decode_iq2k,
+    },
+    // iq3_k: fp16 `d` in each block, no row prefix
+    Layout {
+        name: "iq3_k",
+        block_bytes: IQ3K_BYTES,
+        row_scale: RowScale::None,
+        block_scale: true,
+        header_bytes: 14,
+        activations: ActFormat::Q8K,
+        decode: decode_iq3k,
+    },
+    // iq4_k: fp16 `d` in each block, no row prefix
+    Layout {
+        name: "iq4_k",
+        block_bytes: IQ4K_BYTES,
+        row_scale: RowScale::None,
+        block_scale: true,
+        header_bytes: 16,
+        activations: ActFormat::Q8K,
+        decode: decode_iq4k,
+    },
+    // iq2_ks: one scale per row, none per block
+    Layout {
+        name: "iq2_ks",
+        block_bytes: IQ2KS_BYTES,
+        row_scale: RowScale::F16,
+        block_scale: false,
+        header_bytes: 6,
+        activations: ActFormat::Q8K,
+        decode: decode_iq2ks,
+    },
+    // iq3_ks: one scale per row, none per block
+    Layout {
+        name: "iq3_ks",
+        block_bytes: IQ3KS_BYTES,
+        row_scale: RowScale::F16,
+        block_scale: false,
+        header_bytes: 6,
+        activations: ActFormat::Q8K,
+        decode: decode_iq3ks,
+    },
+    // iq4_ks: one scale per row, none per block
+    Layout {
+        name: "iq4_ks",
+        block_bytes: IQ4KS_BYTES,
+        row_scale: RowScale::F32,
+        block_scale: false,
+        header_bytes: 8,
+        activations: ActFormat::Q8K,
+        decode: decode_iq4ks,
+    },
+    // iq5_ks: one scale per row, none per block
+    Layout {
+        name: "iq5_ks",
+        block_bytes: IQ5KS_BYTES,
+        row_scale: RowScale::F32,
+        block_scale: false,
+        header_bytes: 8,
+        activations: ActFormat::Q8K,
+        decode: decode_iq5ks,
+    },
+];
 
 impl DotType {
     pub const ALL: [DotType; 7] = [
@@ -83,87 +233,105 @@ impl DotType {
         DotType::Iq5Ks,
     ];
 
+    /// This format's layout.
+    #[inline]
+    pub const fn layout(self) -> Layout {
+        LAYOUTS[self as usize]
+    }
+
     /// Bytes of one 256-weight block.
-    pub fn block_bytes(self) -> usize {
-        match self {
-            DotType::Iq2K => IQ2K_BYTES,
-            DotType::Iq3K => IQ3K_BYTES,
-            DotType::Iq4K => IQ4K_BYTES,
-            DotType::Iq2Ks => IQ2KS_BYTES,
-            DotType::Iq3Ks => IQ3KS_BYTES,
-            DotType::Iq4Ks => IQ4KS_BYTES,
-            DotType::Iq5Ks => IQ5KS_BYTES,
-        }
+    #[inline]
+    pub const fn block_bytes(self) -> usize {
+        self.layout().block_bytes
     }
 
     /// Bytes at the start of every row (the KS row scale).
-    pub fn row_meta(self) -> usize {
-        match self {
-            DotType::Iq2Ks | DotType::Iq3Ks => 2,
-            DotType::Iq4Ks | DotType::Iq5Ks => 4,
-            _ => 0,
-        }
+    #[inline]
+    pub const fn row_meta(self) -> usize {
+        self.layout().row_scale.bytes()
     }
 
     /// Bytes of a row of `n_per_row` weights (a multiple of 256).
-    pub fn row_bytes(self, n_per_row: usize) -> usize {
+    pub const fn row_bytes(self, n_per_row: usize) -> usize {
         self.row_meta() + n_per_row / QK * self.block_bytes()
     }
 
-    pub fn name(self) -> &'static str {
-        match self {
-            DotType::Iq2K => "iq2_k",
-            DotType::Iq3K => "iq3_k",
-            DotType::Iq4K => "iq4_k",
-            DotType::Iq2Ks => "iq2_ks",
-            DotType::Iq3Ks => "iq3_ks",
-            DotType::Iq4Ks => "iq4_ks",
-            DotType::Iq5Ks => "iq5_ks",
-        }
+    pub const fn name(self) -> &'static str {
+        self.layout().name
+    }
+
+    /// The activation format of this type's dot products.
+    #[inline]
+    pub const fn activations(self) -> ActFormat {
+        self.layout().activations
     }
 }
 
-/// Checks that `row` and `q8k` hold matching numbers of blocks and returns that number.
-/// Panics otherwise: the SIMD kernels read through raw pointers and rely on this check.
+/// Checks that `row` and the activations `act` (in `kind`'s activation format) hold
+/// matching numbers of blocks and returns that number. Panics otherwise: the SIMD kernels
+/// read through raw pointers and rely on this check.
 #[inline]
-pub fn check_lens(kind: DotType, row: &[u8], q8k: &[u8]) -> usize {
-    let nb = q8k.len() / Q8K_BYTES;
+pub fn check_lens(kind: DotType, row: &[u8], act: &[u8]) -> usize {
+    let act_bytes = kind.activations().block_bytes();
+    let nb = act.len() / act_bytes;
     assert!(
-        q8k.len() == nb * Q8K_BYTES && row.len() == kind.row_meta() + nb * kind.block_bytes(),
-        "{}: row of {} bytes does not match {} bytes of Q8_K activations",
+        act.len() == nb * act_bytes && row.len() == kind.row_meta() + nb * kind.block_bytes(),
+        "{}: row of {} bytes does not match {} bytes of {} activations",
         kind.name(),
         row.len(),
-        q8k.len()
+        act.len(),
+        kind.activations().name()
     );
     nb
 }
 
-/// Q8_K activation rows for the tile kernels: `len()` rows of equal length, one after the
-/// other. Whether any quant is -128 is noted once, here: the AVX2 4-bit kernels take a
-/// cheaper sign trick when none is (Q8_K from `quantize_row` never holds -128).
+/// Activation rows for the tile kernels: `len()` rows of equal length, one after the
+/// other, in one activation format. For Q8_K, whether any quant is -128 is noted once,
+/// here: the AVX2 4-bit kernels take a cheaper sign trick when none is (Q8_K from
+/// `quantize_row` never holds -128).
 #[derive(Clone, Copy, Debug)]
 pub struct ActRows<'a> {
     bytes: &'a [u8],
     n: usize,
+    format: ActFormat,
     has_min8: bool,
 }
 
 impl<'a> ActRows<'a> {
-    /// `n` rows in `bytes`. Panics unless `bytes` splits into `n` rows of whole Q8_K blocks
-    /// (no bytes for no rows).
+    /// `n` rows of Q8_K in `bytes` (see [`ActRows::with_format`]).
     pub fn new(bytes: &'a [u8], n: usize) -> ActRows<'a> {
+        ActRows::with_format(ActFormat::Q8K, bytes, n)
+    }
+
+    /// `n` rows of `format` in `bytes`. Panics unless `bytes` splits into `n` rows of whole
+    /// blocks (no bytes for no rows).
+    pub fn with_format(format: ActFormat, bytes: &'a [u8], n: usize) -> ActRows<'a> {
         let row_bytes = bytes.len().checked_div(n).unwrap_or(0);
+        let block = format.block_bytes();
         assert!(
-            row_bytes * n == bytes.len() && row_bytes / Q8K_BYTES * Q8K_BYTES == row_bytes,
-            "{} bytes are not {} rows of whole {}-byte Q8_K blocks",
+            row_bytes * n == bytes.len() && row_bytes / block * block == row_bytes,
+            "{} bytes are not {} rows of whole {}-byte {} blocks",
             bytes.len(),
             n,
-            Q8K_BYTES
+            block,
+            format.name()
         );
-        let has_min8 = bytes
-            .chunks_exact(Q8K_BYTES)
-            .any(|b| b[Q8K_QS..Q8K_BSUMS].contains(&0x80));
-        ActRows { bytes, n, has_min8 }
+        let has_min8 = match format {
+            ActFormat::Q8K => bytes
+                .chunks_exact(Q8K_BYTES)
+                .any(|b| b[Q8K_QS..Q8K_BSUMS].contains(&0x80)),
+        };
+        ActRows {
+            bytes,
+            n,
+            format,
+            has_min8,
+        }
+    }
+
+    /// The activation format of the rows.
+    pub fn format(&self) -> ActFormat {
+        self.format
     }
 
     pub fn bytes(&self) -> &'a [u8] {
@@ -209,6 +377,13 @@ pub fn check_tile(
         "{}: a tile needs activation rows",
         kind.name()
     );
+    assert!(
+        acts.format() == kind.activations(),
+        "{}: dots against {}, not {}",
+        kind.name(),
+        kind.activations().name(),
+        acts.format().name()
+    );
     let nrows = out_len / acts.len();
     assert!(
         nrows * acts.len() == out_len,
@@ -221,18 +396,21 @@ pub fn check_tile(
     (nb, row_bytes, nrows)
 }
 
-/// Checks `rows` holds `nrows` rows that match `q8k` (whole Q8_K blocks); returns the
-/// number of 256-weight blocks per row and the bytes of a row. Panics otherwise.
-pub fn check_rows(kind: DotType, rows: &[u8], q8k: &[u8], nrows: usize) -> (usize, usize) {
-    let nb = q8k.len() / Q8K_BYTES;
+/// Checks `rows` holds `nrows` rows that match `act` (whole blocks of `kind`'s activation
+/// format); returns the number of 256-weight blocks per row and the bytes of a row. Panics
+/// otherwise.
+pub fn check_rows(kind: DotType, rows: &[u8], act: &[u8], nrows: usize) -> (usize, usize) {
+    let act_bytes = kind.activations().block_bytes();
+    let nb = act.len() / act_bytes;
     let row_bytes = kind.row_meta() + nb * kind.block_bytes();
     assert!(
-        q8k.len() == nb * Q8K_BYTES && rows.len() == nrows * row_bytes,
-        "{}: {} bytes are not {} rows matching {} bytes of Q8_K activations",
+        act.len() == nb * act_bytes && rows.len() == nrows * row_bytes,
+        "{}: {} bytes are not {} rows matching {} bytes of {} activations",
         kind.name(),
         rows.len(),
         nrows,
-        q8k.len()
+        act.len(),
+        kind.activations().name()
     );
     (nb, row_bytes)
 }
@@ -265,13 +443,40 @@ pub fn rd_f32(b: &[u8], off: usize) -> f32 {
     f32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
 }
 
+/// [`rd_u16`] at a raw pointer (the SIMD kernels read checked rows through pointers).
+///
+/// # Safety
+/// `p` must point at 2 readable bytes.
+#[inline]
+pub unsafe fn rd_u16_at(p: *const u8) -> u16 {
+    u16::from_le_bytes([*p, *p.add(1)])
+}
+
+/// A little-endian u32 at a raw pointer.
+///
+/// # Safety
+/// `p` must point at 4 readable bytes.
+#[inline]
+pub unsafe fn rd_u32_at(p: *const u8) -> u32 {
+    u32::from_le_bytes([*p, *p.add(1), *p.add(2), *p.add(3)])
+}
+
+/// [`rd_f32`] at a raw pointer.
+///
+/// # Safety
+/// `p` must point at 4 readable bytes.
+#[inline]
+pub unsafe fn rd_f32_at(p: *const u8) -> f32 {
+    f32::from_bits(rd_u32_at(p))
+}
+
 /// The row scale of a KS row (fp16 for IQ2_KS/IQ3_KS, f32 for IQ4_KS/IQ5_KS), as f32.
 #[inline]
 pub fn row_scale(kind: DotType, row: &[u8]) -> f32 {
-    match kind {
-        DotType::Iq4Ks | DotType::Iq5Ks => rd_f32(row, 0),
-        DotType::Iq2Ks | DotType::Iq3Ks => f16_to_f32(rd_u16(row, 0)),
-        _ => 1.0,
+    match kind.layout().row_scale {
+        RowScale::F32 => rd_f32(row, 0),
+        RowScale::F16 => f16_to_f32(rd_u16(row, 0)),
+        RowScale::None => 1.0,
     }
 }
 
@@ -331,15 +536,7 @@ impl Default for Decoded {
 
 /// Decodes one block of `kind` (the KS row scale is not part of a block).
 pub fn decode(kind: DotType, x: &[u8], out: &mut Decoded) {
-    match kind {
-        DotType::Iq2K => decode_iq2k(x, out),
-        DotType::Iq3K => decode_iq3k(x, out),
-        DotType::Iq4K => decode_iq4k(x, out),
-        DotType::Iq2Ks => decode_iq2ks(x, out),
-        DotType::Iq3Ks => decode_iq3ks(x, out),
-        DotType::Iq4Ks => decode_iq4ks(x, out),
-        DotType::Iq5Ks => decode_iq5ks(x, out),
-    }
+    (kind.layout().decode)(x, out)
 }
 
 /// The exact integer `Σ_g s_g · Σ_{j∈g} q8_j · v_j` of one superblock (fits i32 for every
@@ -365,9 +562,10 @@ pub fn sumi(dec: &Decoded, q8: &[u8]) -> i32 {
 /// The block's own fp16 scale for the K types, 1 for the KS types (whose scale is per row).
 #[inline]
 pub fn block_scale(kind: DotType, x: &[u8]) -> f32 {
-    match kind {
-        DotType::Iq2K | DotType::Iq3K | DotType::Iq4K => f16_to_f32(rd_u16(x, 0)),
-        _ => 1.0,
+    if kind.layout().block_scale {
+        f16_to_f32(rd_u16(x, 0))
+    } else {
+        1.0
     }
 }
 
@@ -383,16 +581,16 @@ pub fn vec_dot(kind: DotType, row: &[u8], q8k: &[u8]) -> f32 {
         let y = &q8k[i * Q8K_BYTES..(i + 1) * Q8K_BYTES];
         decode(kind, x, &mut dec);
         let s = sumi(&dec, &y[Q8K_QS..Q8K_QS + QK]);
-        acc = match kind {
-            DotType::Iq2K | DotType::Iq3K | DotType::Iq4K => {
-                acc_k(acc, block_scale(kind, x), rd_f32(y, 0), s)
-            }
-            _ => acc_ks(acc, rd_f32(y, 0), s),
+        acc = if kind.layout().block_scale {
+            acc_k(acc, block_scale(kind, x), rd_f32(y, 0), s)
+        } else {
+            acc_ks(acc, rd_f32(y, 0), s)
         };
     }
-    match kind {
-        DotType::Iq2K | DotType::Iq3K | DotType::Iq4K => finish_k(acc),
-        _ => finish_ks(acc, row_scale(kind, row)),
+    if kind.layout().block_scale {
+        finish_k(acc)
+    } else {
+        finish_ks(acc, row_scale(kind, row))
     }
 }
 

@@ -5,7 +5,7 @@
 
 #![allow(dead_code)]
 
-use super::scalar::{DotType, Q8K_BSUMS, Q8K_BYTES, Q8K_QS, QK};
+use super::scalar::{DotType, RowScale, Q8K_BSUMS, Q8K_BYTES, Q8K_QS, QK};
 
 /// splitmix64.
 pub struct Rng(u64);
@@ -68,18 +68,16 @@ fn f16_scale(rng: &mut Rng, special: bool) -> u16 {
     }
 }
 
-/// Byte ranges of one block: (fp16 d range or empty, header range, quant range).
+/// Byte ranges of one block, from the layout module: (end of the fp16 d, 0 when the block
+/// has none; end of the header; end of the block). d starts at 0, the header after d, the
+/// quants after the header.
 pub fn layout(kind: DotType) -> (usize, usize, usize) {
-    // (end of d, end of header, end of block); d starts at 0, header after d, quants after header.
-    match kind {
-        DotType::Iq2K => (2, 12, 76),
-        DotType::Iq3K => (2, 14, 110),
-        DotType::Iq4K => (2, 16, 144),
-        DotType::Iq2Ks => (0, 6, 70),
-        DotType::Iq3Ks => (0, 6, 102),
-        DotType::Iq4Ks => (0, 8, 136),
-        DotType::Iq5Ks => (0, 8, 168),
-    }
+    let l = kind.layout();
+    (
+        if l.block_scale { 2 } else { 0 },
+        l.header_bytes,
+        l.block_bytes,
+    )
 }
 
 /// How a block's bytes are chosen.
@@ -124,13 +122,13 @@ pub fn make_row(kind: DotType, rng: &mut Rng, nb: usize, fill: &dyn Fn(usize) ->
     let meta = kind.row_meta();
     let bb = kind.block_bytes();
     let mut row = vec![0u8; meta + nb * bb];
-    match kind {
-        DotType::Iq2Ks | DotType::Iq3Ks => {
+    match kind.layout().row_scale {
+        RowScale::F16 => {
             let special = rng.below(6) == 0;
             let d = f16_scale(rng, special);
             row[0..2].copy_from_slice(&d.to_le_bytes());
         }
-        DotType::Iq4Ks | DotType::Iq5Ks => {
+        RowScale::F32 => {
             let d = if rng.below(6) == 0 {
                 F32_SPECIAL[rng.below(F32_SPECIAL.len() as u64) as usize]
             } else {
@@ -138,7 +136,7 @@ pub fn make_row(kind: DotType, rng: &mut Rng, nb: usize, fill: &dyn Fn(usize) ->
             };
             row[0..4].copy_from_slice(&d.to_le_bytes());
         }
-        _ => {}
+        RowScale::None => {}
     }
     for i in 0..nb {
         let f = fill(i);

@@ -3,7 +3,7 @@
 //! packed. The packing must agree with the type's own dequantizer; the tests decode what is
 //! packed here with it.
 
-use super::super::common::{high1_position, low2_position, read_u16, write_u16, Weighting};
+use super::super::common::{high1_position, low2_position, rd_u16, write_u16, Weighting};
 use super::super::{iq2_k, iq2_ks, iq3_k, iq3_ks, iq4_k, iq4_ks};
 use crate::numeric::{f16_to_f32, f32_to_f16};
 use crate::registry::{QuantType, QK_K};
@@ -76,10 +76,10 @@ impl Format {
             if self.f32_scale {
                 f32::from_le_bytes(row[0..4].try_into().unwrap())
             } else {
-                f16_to_f32(read_u16(row, 0))
+                f16_to_f32(rd_u16(row, 0))
             }
         } else {
-            f16_to_f32(read_u16(row, ibl * self.block_bytes))
+            f16_to_f32(rd_u16(row, ibl * self.block_bytes))
         }
     }
 
@@ -108,21 +108,21 @@ impl Format {
         let base = self.sub * ib;
         match self.qtype {
             QuantType::Iq2K => {
-                let extra = read_u16(y, 2) | (shifted as u16) << ib;
+                let extra = rd_u16(y, 2) | (shifted as u16) << ib;
                 write_u16(y, 2, extra);
                 y[4 + ib / 2] |= ((l + 8) as u8) << (4 * (ib % 2));
                 put_low2(y, 12, base, idx);
             }
             QuantType::Iq3K => {
-                write_u16(y, 2, read_u16(y, 2) | (shifted as u16) << ib);
-                write_u16(y, 4, read_u16(y, 4) | ((l < 0) as u16) << ib);
+                write_u16(y, 2, rd_u16(y, 2) | (shifted as u16) << ib);
+                write_u16(y, 4, rd_u16(y, 4) | ((l < 0) as u16) << ib);
                 let magnitude = ((l.abs() - 1) / 2) as u8;
                 y[6 + ib / 2] |= magnitude << (4 * (ib % 2));
                 put_low2(y, 14, base, idx);
                 put_high1(y, 78, base, idx);
             }
             QuantType::Iq4K => {
-                write_u16(y, 2, read_u16(y, 2) | (shifted as u16) << ib);
+                write_u16(y, 2, rd_u16(y, 2) | (shifted as u16) << ib);
                 let code = (l + 32) as u8;
                 y[8 + ib / 2] |= (code & 0xf) << (4 * (ib % 2));
                 y[4 + ib / 4] |= (code >> 4) << (2 * (ib % 4));
@@ -133,14 +133,14 @@ impl Format {
             }
             QuantType::Iq2Ks => {
                 let code = (l + 16) as u16;
-                let extra = read_u16(y, 0) | (shifted as u16) << ib | (code >> 4) << (8 + ib);
+                let extra = rd_u16(y, 0) | (shifted as u16) << ib | (code >> 4) << (8 + ib);
                 write_u16(y, 0, extra);
                 y[2 + ib / 2] |= ((code & 0xf) as u8) << (4 * (ib % 2));
                 put_low2(y, 6, base, idx);
             }
             QuantType::Iq3Ks => {
                 let code = (l + 16) as u16;
-                let extra = read_u16(y, 0) | (code >> 4) << ib | (shifted as u16) << (8 + ib);
+                let extra = rd_u16(y, 0) | (code >> 4) << ib | (shifted as u16) << (8 + ib);
                 write_u16(y, 0, extra);
                 y[2 + ib % 4] |= ((code & 0xf) as u8) << (4 * (ib / 4));
                 put_low2(y, 6, base, idx);

@@ -13,14 +13,16 @@
 //! candidate's are not fitted again; the scalar path fits every candidate.
 
 use super::common::{
-    low2_position, pack_iq2_block, read_u16, signed_max, write_u16, PartitionSearch, Weighting,
+    low2_position, pack_iq2_block, rd_u16, signed_max, write_u16, PartitionSearch, Weighting,
 };
-use crate::numeric::{f32_to_f16, make_qx_quants};
-use crate::registry::QK_K;
+use crate::numeric::{f32_to_f16, make_qx_quants_iqk};
+use crate::simd::QK as QK_K;
 use crate::tables::{IQ2NL, IQ2_GRIDS};
 
-pub const BLOCK_BYTES: usize = 70;
-pub const ROW_META: usize = 2;
+/// Bytes of one block (the layout module's).
+pub const BLOCK_BYTES: usize = crate::simd::DotType::Iq2Ks.block_bytes();
+/// Bytes of the row scale in front of the blocks (the layout module's).
+pub const ROW_META: usize = crate::simd::DotType::Iq2Ks.row_meta();
 const SUB: usize = 32;
 const NSUB: usize = QK_K / SUB;
 const SCALES: usize = 2;
@@ -111,7 +113,7 @@ fn block_scales(
         }
         write_u16(y, 0, extra);
     }
-    make_qx_quants(16, &rs.scales, &rs.sw, &mut rs.levels)
+    make_qx_quants_iqk(16, &rs.scales, &rs.sw, &mut rs.levels)
 }
 
 fn exhaustive(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], rs: &mut RowScales) {
@@ -134,7 +136,7 @@ fn exhaustive(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], rs: &mut RowScales)
             if dl == 0.0 {
                 continue;
             }
-            let grid = &IQ2_GRIDS[(read_u16(y, 0) >> ib & 1 == 1) as usize];
+            let grid = &IQ2_GRIDS[(rd_u16(y, 0) >> ib & 1 == 1) as usize];
             let (xb, weight) = sub_block(x, &rs.weights, k);
             pack_iq2_block(
                 grid,
@@ -154,7 +156,7 @@ fn exhaustive(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], rs: &mut RowScales)
 #[inline(always)]
 fn store_scale_code(y: &mut [u8], ib: usize, code: i32) {
     y[SCALES + ib / 2] |= ((code & 0xf) as u8) << (4 * (ib % 2));
-    let extra = read_u16(y, 0) | (((code >> 4) as u16) << (8 + ib));
+    let extra = rd_u16(y, 0) | (((code >> 4) as u16) << (8 + ib));
     write_u16(y, 0, extra);
 }
 
@@ -471,7 +473,7 @@ fn fast(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], rs: &mut RowScales) {
     for (ibl, y) in blocks.chunks_exact_mut(BLOCK_BYTES).enumerate() {
         for ib in 0..NSUB {
             let k = ibl * NSUB + ib;
-            let grid = &IQ2_GRIDS[(read_u16(y, 0) >> ib & 1 == 1) as usize];
+            let grid = &IQ2_GRIDS[(rd_u16(y, 0) >> ib & 1 == 1) as usize];
             let values = grid.values;
             let (xb, weight) = sub_block(x, &rs.weights, k);
             // Nudge the 5-bit code by one towards the block's own best scale if that lowers

@@ -1,6 +1,7 @@
 //! IQ5_K and IQ6_K (ik_llama.cpp `iqk_quantize.cpp`): 16 blocks of 16 with non-linear
-//! 5-/6-bit value tables, a per-block "shifted table" bit in `extra`, and the imatrix
-//! sanitised per 16 columns as for the other IQK types.
+//! 5-/6-bit value tables and a per-block "shifted table" bit in `extra`. The quantizers take
+//! importances already sanitised per 16 columns (the registry's `Importance::Sanitized`), as
+//! the other IQK types do.
 //!
 //! | type  | bytes | layout                                                                  |
 //! |-------|-------|-------------------------------------------------------------------------|
@@ -11,12 +12,10 @@
 //! takes its low nibble from `qs[32c + 16s + j]` (low nibble for h = 0) and its high bits
 //! from `qh[16s + j]` (IQ5_K: bit 2c+h; IQ6_K: `qh[32(c/2) + 16s + j]`, bits 4(c%2)+2h).
 
-use super::util::{
-    build_nl_index, c_trunc_i32, f32_to_f16, nearest_int, read_f16, resolve_nl, sanitize_imatrix,
-};
+use super::util::{build_nl_index, c_trunc_i32, f32_to_f16, nearest_int, read_f16, resolve_nl};
 use crate::numeric::FitPick;
 
-use crate::registry::QK_K;
+use crate::simd::QK as QK_K;
 
 /// `iq5nl_values`: base row, then the shifted row (= base + 2); shared with IQ5_KS.
 pub(super) const IQ5NL_VALUES: [i8; 64] = crate::simd::IQ5NL;
@@ -478,14 +477,13 @@ fn quantize_rows<T: NlTable>(
     bs: usize,
     pack: impl Fn(&mut [u8], u16, u16, &[i32; 16], &[u8; QK_K]),
 ) {
-    let qw = imatrix.map(|q| sanitize_imatrix(x, q, 16));
     for (ibl, (xbl, y)) in x
         .chunks_exact(QK_K)
         .zip(out.chunks_exact_mut(bs))
         .enumerate()
     {
         y.fill(0);
-        let q = qw.as_deref().map(|q| &q[QK_K * ibl..QK_K * (ibl + 1)]);
+        let q = imatrix.map(|q| &q[QK_K * ibl..QK_K * (ibl + 1)]);
         if let Some((d, extra, codes, idx)) = superblock::<T>(xbl, q) {
             pack(y, d, extra, &codes, &idx);
         }
@@ -493,7 +491,7 @@ fn quantize_rows<T: NlTable>(
 }
 
 /// IQ5_K (`quantize_iq5_k`): d = −max_scale/32 (then refit), 6-bit block codes.
-pub(super) fn quantize_iq5_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+pub(crate) fn quantize_iq5_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     quantize_rows::<Iq5>(x, imatrix, out, 176, |y, d, extra, codes, idx| {
         y[0..2].copy_from_slice(&d.to_le_bytes());
         y[2..4].copy_from_slice(&extra.to_le_bytes());
@@ -516,7 +514,7 @@ pub(super) fn quantize_iq5_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8])
 }
 
 /// IQ6_K (`quantize_iq6_k`): d = −max_scale/127 (then refit), int8 block codes.
-pub(super) fn quantize_iq6_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+pub(crate) fn quantize_iq6_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     quantize_rows::<Iq6>(x, imatrix, out, 212, |y, d, extra, codes, idx| {
         y[0..2].copy_from_slice(&d.to_le_bytes());
         y[2..4].copy_from_slice(&extra.to_le_bytes());
@@ -536,7 +534,7 @@ pub(super) fn quantize_iq6_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8])
     });
 }
 
-pub(super) fn dequantize_iq5_k(b: &[u8], out: &mut [f32]) {
+pub(crate) fn dequantize_iq5_k(b: &[u8], out: &mut [f32]) {
     for (y, ob) in b.chunks_exact(176).zip(out.chunks_exact_mut(QK_K)) {
         let d = read_f16(y, 0);
         let extra = u16::from_le_bytes([y[2], y[3]]);
@@ -566,7 +564,7 @@ pub(super) fn dequantize_iq5_k(b: &[u8], out: &mut [f32]) {
 
 /// IQ6_K on the CPU evaluates a cubic instead of looking up `iq6nl_values`:
 /// v(q) = −127 + q·(6.2568 + q·(−0.11218 + q·0.0011972)) + (shifted ? 1 : 0).
-pub(super) fn dequantize_iq6_k(b: &[u8], out: &mut [f32]) {
+pub(crate) fn dequantize_iq6_k(b: &[u8], out: &mut [f32]) {
     const A: f32 = -127.0;
     const B: f32 = 6.2568;
     const C: f32 = 0.11218;
