@@ -1,19 +1,31 @@
-"""Quantization throughput per type: ours (best SIMD path and scalar), single- and all-thread,
+"""Quantization throughput per type: ours on every SIMD path the CPU has, single- and all-thread,
 and, when available, ik_llama.cpp's own quantizer on the same data in the same run.
 
-    python benches/bench_quantize.py [--rows 256] [--cols 4096] [--repeat 5]
+    python benches/bench_quantize.py [--types six,companions] [--best] [--rows 256]
+        [--cols 4096] [--repeat 5]
+
+Types: ``--types`` takes type names (``iq2_ks:fast``, ``iq2_ks:exhaustive``, ``NAME:best`` pick a
+search) and groups: ``six`` (IQ2_K..IQ4_KS), ``companions`` (the types ik's mixes put on the
+largest tensors, and IQ5_KS), ``best`` (search="best" of the six) and ``all``; the default is
+the six and the companions. ``--best`` adds the ``best`` group.
 
 Data: normal(0, 0.02) weights with a chi-square(2) importance matrix (as the speed issue's facts).
-``x 1T`` is the thread scaling: single- over all-thread wall time. ``procs`` is the machine's
-own scaling: the single-thread time over that of as many single-thread processes as CPUs, each
-quantizing its share of the rows, started together (the slowest counting). The three are timed
-in turn in every round, best of ``--repeat`` rounds, so that a change in the machine's load hits
-them alike; on a shared or frequency-boosting machine ``procs`` is the reference for ``x 1T``.
-Ratios are against baselines measured in this run: the scalar path (a subprocess with
-IQK_RS_SIMD=scalar) and ik_llama.cpp. For the latter, point IQK_BENCH_IK_LIB at a shared library
-built from ik_llama.cpp's ggml-quants.c and iqk/iqk_quantize.cpp that exports its
-`quantize_<type>(src, dst, nrows, n_per_row, imatrix, user_data)` functions; the benchmark then
-also checks that both produce the same bytes.
+One column per SIMD path (those ``iqk_rs.simd_info()`` lists as candidates, each but this
+process's own timed in a subprocess with IQK_RS_SIMD=<path>): single-thread CPU-time throughput;
+``*`` marks this process's path, which the other columns use, and ``!`` a path whose bytes differ
+from it. ``x scalar`` is that path's rate over the scalar one. ``x 1T`` is the thread scaling:
+single- over all-thread wall time. ``procs`` is the machine's own scaling: the single-thread time
+over that of as many single-thread processes as CPUs, each quantizing its share of the rows,
+started together (the slowest counting). The three are timed in turn in every round, best of
+``--repeat`` rounds, so that a change in the machine's load hits them alike; on a shared or
+frequency-boosting machine ``procs`` is the reference for ``x 1T``. For ik_llama.cpp, point
+IQK_BENCH_IK_LIB at a shared library built from ik_llama.cpp's ggml-quants.c and
+iqk/iqk_quantize.cpp that exports its `quantize_<type>(src, dst, nrows, n_per_row, imatrix,
+user_data)` functions (its libggml.so does); ``rows same`` then counts the rows both quantize to
+the same bytes (``-`` for search="best", whose bytes are meant to differ). Expect all of them only
+from a build with ``-ffp-contract=off``, as the golden files were made: a default ``-march=native``
+build fuses a*b+c into FMAs in its scalar code and differs in some rows, mostly of the companion
+types (we reproduce the uncontracted arithmetic).
 """
 
 from __future__ import annotations
@@ -25,14 +37,60 @@ import os
 import subprocess
 import sys
 import time
+import zlib
 
 import numpy as np
 
-TYPES = ["iq2_k", "iq3_k", "iq4_k", "iq2_ks:fast", "iq2_ks:exhaustive", "iq3_ks", "iq4_ks"]
-# With --best: search="best" (issue 22), compared with ik's default quantizer of the same type.
+SIX = ["iq2_k", "iq3_k", "iq4_k", "iq2_ks:fast", "iq2_ks:exhaustive", "iq3_ks", "iq4_ks"]
+# The types ik's mixes put on the largest tensors (output, token embedding, attn_v, ffn_down),
+# and IQ5_KS.
+COMPANIONS = ["q5_K", "q6_K", "iq5_k", "iq6_k", "q8_0", "iq4_nl", "q4_K", "iq5_ks"]
+# search="best" (issue 22), compared with ik's default quantizer of the same type.
 BEST = [f"{t}:best" for t in ("iq2_k", "iq3_k", "iq4_k", "iq2_ks", "iq3_ks", "iq4_ks")]
+GROUPS = {"six": SIX, "companions": COMPANIONS, "best": BEST, "all": SIX + COMPANIONS + BEST}
+DEFAULT_TYPES = "six,companions"
+SEARCHES = ("", "fast", "exhaustive", "best")
 # Slow searches get fewer rows so the run stays short; throughput is per weight either way.
-ROW_SHARE = {"iq2_k": 4, "iq2_ks:exhaustive": 4, **{spec: 8 for spec in BEST}}
+ROW_SHARE = {
+    "iq2_k": 4,
+    "iq2_ks:exhaustive": 4,
+    "iq5_k": 4,
+    "iq6_k": 4,
+    "iq5_ks": 4,
+    **{spec: 8 for spec in BEST},
+}
+# Widest last: the order of the per-path columns.
+PATH_ORDER = ("scalar", "neon", "avx2", "avx512")
+
+
+def parse_types(text: str, known: list[str]) -> list[str]:
+    """The benchmark specs a ``--types`` value names: comma-separated groups (GROUPS) and
+    ``type[:search]`` with the type spelled as in ``known`` (any case), in order, each once.
+    Raises ValueError naming the first item that is neither."""
+    canonical = {name.lower(): name for name in known}
+    specs: list[str] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        if item.lower() in GROUPS:
+            found = GROUPS[item.lower()]
+        else:
+            name, _, search = item.partition(":")
+            if name.lower() not in canonical or search.lower() not in SEARCHES:
+                raise ValueError(
+                    f"--types: {item!r} is neither a group ({', '.join(GROUPS)}) nor a type "
+                    f"({', '.join(known)}) with an optional :{'|:'.join(SEARCHES[1:])}"
+                )
+            found = [canonical[name.lower()] + (f":{search.lower()}" if search else "")]
+        specs += [spec for spec in found if spec not in specs]
+    if not specs:
+        raise ValueError("--types names no type")
+    return specs
+
+
+def simd_paths(info: list[dict], active: str) -> list[str]:
+    """The `active` path and every one some kernel of ``iqk_rs.simd_info()`` can run on,
+    narrowest first."""
+    found = {active, *(path for entry in info for path in entry["candidates"])}
+    return sorted(found, key=lambda p: (PATH_ORDER.index(p) if p in PATH_ORDER else 99, p))
 
 
 def data(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
@@ -124,11 +182,12 @@ def worker(spec: str, rows: int, cols: int, part: str) -> None:
 
 
 def measure_ours(
-    rows: int, cols: int, repeat: int, with_procs: bool, specs: list[str]
-) -> dict[str, dict[str, float]]:
-    """Mweights/s of this process's SIMD path: single thread (CPU time, as ik's is measured)
-    and all threads (wall time); the thread scaling (single- over all-thread wall time) and,
-    with `with_procs`, the machine's own (see the module docstring), timed in turn each round."""
+    rows: int, cols: int, repeat: int, specs: list[str], single_only: bool = False
+) -> dict[str, dict]:
+    """Per spec, on this process's SIMD path: Mweights/s single-thread (CPU time, as ik's is
+    measured) and a CRC of the bytes; unless `single_only`, also all threads (wall time), the
+    thread scaling (single- over all-thread wall time) and the machine's own (see the module
+    docstring), timed in turn each round."""
     import iqk_rs
 
     x, im = data(rows, cols)
@@ -140,7 +199,8 @@ def measure_ours(
         def run(threads, xs=xs, name=name, search=search or "fast"):
             return iqk_rs.quantize(xs, name, im, iq2ks_search=search, threads=threads)
 
-        workers = Workers(spec, rows, cols, cpus) if with_procs else None
+        digest = zlib.crc32(run(1).tobytes())  # also the warm-up; bytes never depend on threads
+        workers = None if single_only else Workers(spec, rows, cols, cpus)
         one_cpu = one_wall = many = procs = float("inf")
         try:
             for _ in range(repeat):
@@ -148,19 +208,34 @@ def measure_ours(
                 run(1)
                 one_cpu = min(one_cpu, time.process_time() - cpu)
                 one_wall = min(one_wall, time.perf_counter() - wall)
+                if single_only:
+                    continue
                 many = min(many, best_time(lambda: run(None), 1))
-                if workers:
-                    procs = min(procs, workers.run())
+                procs = min(procs, workers.run())
         finally:
             if workers:
                 workers.close()
-        out[spec] = {
-            "one": xs.size / one_cpu / 1e6,
-            "all": xs.size / many / 1e6,
-            "scaling": one_wall / many,
-            "machine": one_wall / procs,
-        }
+        out[spec] = {"one": xs.size / one_cpu / 1e6, "digest": digest}
+        if not single_only:
+            out[spec].update(
+                all=xs.size / many / 1e6, scaling=one_wall / many, machine=one_wall / procs
+            )
     return out
+
+
+def measure_path(path: str, rows: int, cols: int, repeat: int, specs: list[str]) -> dict | None:
+    """`measure_ours(single_only=True)` in a subprocess forced onto `path` (IQK_RS_SIMD); None,
+    with a note on stderr, when the subprocess runs on another path (the CPU lacks it)."""
+    cmd = [sys.executable, __file__, "--child", "--types", ",".join(specs)]
+    cmd += ["--rows", str(rows), "--cols", str(cols), "--repeat", str(repeat)]
+    env = dict(os.environ, IQK_RS_SIMD=path)
+    child = json.loads(
+        subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    )
+    if child["path"] != path:
+        print(f"IQK_RS_SIMD={path} ran on {child['path']}; column left out", file=sys.stderr)
+        return None
+    return child["results"]
 
 
 def measure_ik(
@@ -187,8 +262,9 @@ def measure_ik(
             ctypes.c_void_p,
             ctypes.c_void_p,
         ]
-        # ik takes its IQ2_KS fast path only when given user data (as llama-quantize does).
-        fast = search == "fast" or (search == "best" and name == "iq2_ks")
+        # ik takes its IQ2_KS fast path (ours by default) only when given user data (as
+        # llama-quantize does).
+        fast = name == "iq2_ks" and search != "exhaustive"
         user = ctypes.byref(UserData(False, False)) if fast else None
         dst = np.zeros((xs.shape[0], iqk_rs.row_size(name, cols)), np.uint8)
 
@@ -197,67 +273,94 @@ def measure_ik(
 
         t = best_time(run, repeat, time.process_time)
         ours = iqk_rs.quantize(xs, name, im, iq2ks_search=search or "fast")
-        same = "-" if search == "best" else str(bool(np.array_equal(ours, dst)))
-        out[spec] = {"one": xs.size / t / 1e6, "same_bytes": same}
+        same = "-" if search == "best" else f"{(ours == dst).all(axis=1).sum()}/{len(xs)}"
+        out[spec] = {"one": xs.size / t / 1e6, "rows_same": same}
     return out
+
+
+def table(
+    specs: list[str],
+    active: str,
+    ours: dict[str, dict],
+    paths: dict[str, dict],
+    ik: dict[str, dict],
+) -> list[str]:
+    """The report's lines: per spec, single-thread Mweights/s on each path in `paths` (this
+    process's `active` one from `ours`), then `ours`'s other columns and, if measured, ik's."""
+    head = f"{'type':18}"
+    for path in paths:
+        head += f" {path + ('*' if path == active else ' '):>8}"
+    head += f" {'x scalar':>8} {'ours allT':>9} {'x 1T':>6} {'procs':>6}"
+    if ik:
+        head += f" {'ik 1T':>7} {'x ik':>6} {'rows same':>9}"
+    lines = [head]
+    differ = False
+    for spec in specs:
+        o = ours[spec]
+        line = f"{spec:18}"
+        for path, results in paths.items():
+            r = results[spec]
+            mark = "*" if path == active else "!" if r["digest"] != o["digest"] else " "
+            differ |= mark == "!"
+            line += f" {r['one']:7.2f}{mark}"
+        x_scalar = f"{o['one'] / paths['scalar'][spec]['one']:8.2f}" if "scalar" in paths else ""
+        line += f" {x_scalar:>8} {o['all']:9.2f} {o['scaling']:6.2f} {o['machine']:6.2f}"
+        if ik:
+            k = ik[spec]
+            line += f" {k['one']:7.2f} {o['one'] / k['one']:6.2f} {k['rows_same']:>9}"
+        lines.append(line)
+    if differ:
+        lines.append(f"! bytes differ from the {active} path's")
+    return lines
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--types",
+        default=DEFAULT_TYPES,
+        help=f"comma-separated types (NAME or NAME:fast|exhaustive|best) and groups "
+        f"({', '.join(GROUPS)}); default {DEFAULT_TYPES}",
+    )
     ap.add_argument("--rows", type=int, default=256)
     ap.add_argument("--cols", type=int, default=4096)
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--best", action="store_true", help='also time search="best"')
+    ap.add_argument("--best", action="store_true", help='also time search="best" (group best)')
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--part", default="0/1", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    specs = TYPES + (BEST if args.best else [])
-    if args.child:
-        print(json.dumps(measure_ours(args.rows, args.cols, args.repeat, False, specs)))
-        return
     if args.worker:
         worker(args.worker, args.rows, args.cols, args.part)
         return
 
-    ours = measure_ours(args.rows, args.cols, args.repeat, True, specs)
-    env = dict(os.environ, IQK_RS_SIMD="scalar")
-    cmd = [
-        sys.executable,
-        __file__,
-        "--child",
-        "--rows",
-        str(args.rows),
-        "--cols",
-        str(args.cols),
-        "--repeat",
-        str(args.repeat),
-        *(["--best"] if args.best else []),
-    ]
-    scalar = json.loads(
-        subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
-    )
+    import iqk_rs
+
+    try:
+        known = [t["name"] for t in iqk_rs.type_table()]
+        specs = parse_types(args.types + (",best" if args.best else ""), known)
+    except ValueError as e:
+        ap.error(str(e))
+    active = iqk_rs.simd_path()
+    if args.child:
+        results = measure_ours(args.rows, args.cols, args.repeat, specs, single_only=True)
+        print(json.dumps({"path": active, "results": results}))
+        return
+
+    ours = measure_ours(args.rows, args.cols, args.repeat, specs)
+    paths = {}
+    for path in simd_paths(iqk_rs.simd_info(), active):
+        results = (
+            ours if path == active else measure_path(path, args.rows, args.cols, args.repeat, specs)
+        )
+        if results is not None:
+            paths[path] = results
     lib = os.environ.get("IQK_BENCH_IK_LIB")
     ik = measure_ik(lib, args.rows, args.cols, args.repeat, specs) if lib else {}
 
     print(f"quantization, {args.rows} x {args.cols} weights with imatrix, Mweights/s")
-    head = (
-        f"{'type':18} {'ours 1T':>8} {'scalar 1T':>9} {'x scalar':>8} {'ours allT':>9} {'x 1T':>6}"
-        f" {'procs':>6}"
-    )
-    if ik:
-        head += f" {'ik 1T':>7} {'x ik':>6} {'same bytes':>10}"
-    print(head)
-    for spec in specs:
-        o, s = ours[spec], scalar[spec]
-        line = (
-            f"{spec:18} {o['one']:8.2f} {s['one']:9.2f} {o['one'] / s['one']:8.2f} "
-            f"{o['all']:9.2f} {o['scaling']:6.2f} {o['machine']:6.2f}"
-        )
-        if ik:
-            k = ik[spec]
-            line += f" {k['one']:7.2f} {o['one'] / k['one']:6.2f} {k['same_bytes']:>10}"
-        print(line)
+    print("per SIMD path: single thread (* this process's path, which the other columns use)")
+    print("\n".join(table(specs, active, ours, paths, ik)))
 
 
 if __name__ == "__main__":
