@@ -4,8 +4,10 @@ For every tensor of MODEL whose rows are a multiple of 256 long (and whose name 
 --tensors), a deterministic sample of rows is quantized to each IQK type both ways, decoded
 with our dequantizer, and scored by Σ w·(x - x̂)² under two weightings: ik's own internal one
 (imatrix·sqrt(σ² + x²), or its no-imatrix weighting) and the plain imatrix (1 without one).
-Prints, per type and tensor, both errors, the reduction, how many rows "best" made worse
-(under ik's weighting; must be 0) and the time each search took.
+Prints, per type and tensor, the errors, the reduction under each of the three weightings
+"best" may minimise (ik's, the plain imatrix, their geometric mean; README says which type uses
+which), how many rows "best" made worse under each (0 under the type's own) and the time each
+search took.
 
     python benches/bench_quality.py MODEL.gguf [--imatrix FILE] [--tensors REGEX] [--rows N]
 """
@@ -53,6 +55,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=64, help="rows sampled per tensor")
     ap.add_argument("--types", default=",".join(TYPES))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--search", default="best", help="best, best-plain or best-ik-weights")
     args = ap.parse_args()
 
     reader = GGUFReader(args.model)
@@ -78,49 +81,60 @@ def main() -> None:
     print(f"{args.model}: {len(samples)} tensors, {args.rows} rows each, imatrix: {args.imatrix}")
     head = (
         f"{'type':7} {'tensor':28} {'ik err':>10} {'best err':>10} {'red. ik-w':>9} "
-        f"{'red. plain':>10} {'worse':>6} {'t ik':>6} {'t best':>7}"
+        f"{'red. plain':>10} {'red. geo':>9} {'worse i/p/g':>12} {'t ik':>6} {'t best':>7}"
     )
+    kinds = ("ik", "plain", "geo")
     for qtype in args.types.split(","):
         print("\n" + head)
-        tot = {"ik": 0.0, "best": 0.0, "ikp": 0.0, "bestp": 0.0, "worse": 0, "n": 0}
+        tot = {(k, m): 0.0 for k in kinds for m in ("ik", "best")}
+        worse_tot = dict.fromkeys(kinds, 0)
         tot_t = {"ik": 0.0, "best": 0.0}
-        per_tensor = []
+        rows = 0
+        per_tensor = {k: [] for k in kinds}
         for name, x, im in samples:
             w_ik = ik_weights(qtype, x, im)
             w_plain = np.broadcast_to(im if im is not None else np.ones(x.shape[1]), x.shape)
-            err, errp, secs = {}, {}, {}
-            for mode in ("ik", "best"):
+            weights = {"ik": w_ik, "plain": w_plain, "geo": np.sqrt(w_ik * w_plain)}
+            err, secs = {}, {}
+            for mode in ("ik", args.search):
+                key = "ik" if mode == "ik" else "best"
                 t0 = time.perf_counter()
                 q = iqk_rs.quantize(x, qtype, im, search=mode, threads=args.threads)
-                secs[mode] = time.perf_counter() - t0
+                secs[key] = time.perf_counter() - t0
                 y = iqk_rs.dequantize(q, qtype)
-                err[mode] = row_errors(x, y, w_ik)
-                errp[mode] = row_errors(x, y, w_plain)
-                tot_t[mode] += secs[mode]
-            worse = int((err["best"] > err["ik"] * (1 + 1e-9)).sum())
-            e_ik, e_b = err["ik"].sum(), err["best"].sum()
-            p_ik, p_b = errp["ik"].sum(), errp["best"].sum()
-            tot["ik"] += e_ik
-            tot["best"] += e_b
-            tot["ikp"] += p_ik
-            tot["bestp"] += p_b
-            tot["worse"] += worse
-            tot["n"] += x.shape[0]
-            per_tensor.append(100 * (1 - e_b / e_ik))
+                for k in kinds:
+                    err[k, key] = row_errors(x, y, weights[k])
+                tot_t[key] += secs[key]
+            red = {}
+            for k in kinds:
+                e_ik, e_b = err[k, "ik"].sum(), err[k, "best"].sum()
+                tot[k, "ik"] += e_ik
+                tot[k, "best"] += e_b
+                red[k] = 100 * (1 - e_b / e_ik)
+                per_tensor[k].append(red[k])
+            worse = {k: int((err[k, "best"] > err[k, "ik"] * (1 + 1e-9)).sum()) for k in kinds}
+            for k in kinds:
+                worse_tot[k] += worse[k]
+            rows += x.shape[0]
             print(
-                f"{qtype:7} {name[:28]:28} {e_ik:10.4g} {e_b:10.4g} {100 * (1 - e_b / e_ik):8.2f}% "
-                f"{100 * (1 - p_b / p_ik):9.2f}% {worse:6d} {secs['ik']:6.2f} {secs['best']:7.2f}"
+                f"{qtype:7} {name[:28]:28} {err['ik', 'ik'].sum():10.4g} "
+                f"{err['ik', 'best'].sum():10.4g} {red['ik']:8.2f}% {red['plain']:9.2f}% "
+                f"{red['geo']:8.2f}% {'/'.join(str(worse[k]) for k in kinds):>12} "
+                f"{secs['ik']:6.2f} {secs['best']:7.2f}"
             )
+        red = {k: 100 * (1 - tot[k, "best"] / tot[k, "ik"]) for k in kinds}
         print(
-            f"{qtype:7} {'ALL':28} {tot['ik']:10.4g} {tot['best']:10.4g} "
-            f"{100 * (1 - tot['best'] / tot['ik']):8.2f}% "
-            f"{100 * (1 - tot['bestp'] / tot['ikp']):9.2f}% {tot['worse']:6d} "
-            f"{tot_t['ik']:6.2f} {tot_t['best']:7.2f}   ({tot['n']} rows)"
+            f"{qtype:7} {'ALL':28} {tot['ik', 'ik']:10.4g} {tot['ik', 'best']:10.4g} "
+            f"{red['ik']:8.2f}% {red['plain']:9.2f}% {red['geo']:8.2f}% "
+            f"{'/'.join(str(worse_tot[k]) for k in kinds):>12} "
+            f"{tot_t['ik']:6.2f} {tot_t['best']:7.2f}   ({rows} rows)"
         )
-        print(
-            f"{qtype:7} per tensor (ik weighting): mean {np.mean(per_tensor):.2f} %, median "
-            f"{np.median(per_tensor):.2f} %, min {np.min(per_tensor):.2f} %"
-        )
+        for k in kinds:
+            v = per_tensor[k]
+            print(
+                f"{qtype:7} per tensor ({k} weighting): mean {np.mean(v):.2f} %, median "
+                f"{np.median(v):.2f} %, min {np.min(v):.2f} %, max {np.max(v):.2f} %"
+            )
 
 
 if __name__ == "__main__":
