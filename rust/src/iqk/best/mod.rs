@@ -24,7 +24,7 @@ use crate::registry::QK_K;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Objective {
     /// Each type's own choice ([`Format::objective`]): the weighting that lowered the model's
-    /// KL divergence more in our measurements (README, "Lower error than ik").
+    /// KL divergence more in our measurements (README, "Lower error than ik_llama.cpp").
     #[default]
     PerType,
     /// ik's own importance weighting (imatrix·sqrt(σ² + x²), or its no-imatrix weighting).
@@ -462,9 +462,10 @@ impl<'a> Engine<'a> {
         blocks.map(|k| self.choose(k, d).value).sum()
     }
 
-    /// `score`, or None as soon as it is sure to reach `bound`: each block scores at least
-    /// its floor (its best minimum, or 0), so a candidate d is dropped once the blocks done
-    /// plus the floors of those to come reach the best score so far.
+    /// `score`, or None as soon as it is (all but) sure to reach `bound`: each block scores at
+    /// least its floor (its best minimum inside its windows, or 0; only a code past a window's
+    /// end can do better), so a candidate d is dropped once the blocks done plus the floors of
+    /// those to come reach the best score so far.
     fn score_below(&self, blocks: std::ops::Range<usize>, d: f32, bound: f64) -> Option<f64> {
         let end = blocks.end;
         let mut sum = 0.0f64;
