@@ -2,12 +2,13 @@
 
 For every tensor of MODEL whose rows are a multiple of 256 long (and whose name matches
 --tensors), a deterministic sample of rows is quantized to each IQK type both ways, decoded
-with our dequantizer, and scored by Σ w·(x - x̂)² under two weightings: ik's own internal one
-(imatrix·sqrt(σ² + x²), or its no-imatrix weighting) and the plain imatrix (1 without one).
+with our dequantizer, and scored by Σ w·(x - x̂)² under three weightings: ik's own internal one
+(imatrix·sqrt(σ² + x²), or its no-imatrix weighting), the plain imatrix (1 without one) and
+their geometric mean.
 Prints, per type and tensor, the errors, the reduction under each of the three weightings
 "best" may minimise (ik's, the plain imatrix, their geometric mean; README says which type uses
-which), how many rows "best" made worse under each (0 under the type's own) and the time each
-search took.
+which), how many rows "best" made worse under each (0 under the objective --search minimises)
+and the time each search took.
 
     python benches/bench_quality.py MODEL.gguf [--imatrix FILE] [--tensors REGEX] [--rows N]
 """

@@ -480,8 +480,12 @@ mod tests {
 
     #[test]
     fn table_is_consistent() {
-        for t in &TYPES {
-            assert_eq!(t.qtype.info(), t);
+        for (i, t) in TYPES.iter().enumerate() {
+            // The row a type finds is its own (TypeInfo's == compares the type only).
+            assert!(std::ptr::eq(t.qtype.info(), t), "{}", t.name);
+            for u in &TYPES[..i] {
+                assert!(u.qtype != t.qtype && u.ggml_id != t.ggml_id && u.name != t.name);
+            }
             assert_eq!(
                 QuantType::from_name(&t.name.to_uppercase()).unwrap(),
                 t.qtype

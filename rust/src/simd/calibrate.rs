@@ -1,7 +1,7 @@
 //! Which path `auto` runs, per type and kernel shape: the fastest measured on this machine.
 //!
 //! A wider instruction set is not always faster (the AVX-512 single-row kernels were slower
-//! than the AVX2 ones on Zen 4, and AVX-512 has no tile kernel yet), so at the first use of a
+//! than the AVX2 ones on Zen 4), so at the first use of a
 //! (type, shape) every path the CPU has is timed on a small cache-resident block and the fastest
 //! is kept for the process. All paths return bit-identical results, so the choice changes the
 //! speed only, never a result.

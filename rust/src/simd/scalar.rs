@@ -63,7 +63,8 @@ pub const IQ5NL: [i8; 64] = [
 /// The activation format a weight type's dot product runs against: how the other operand
 /// is quantized. Every type here uses Q8_K; a type whose kernels take another format (ik's
 /// IQ*_KT types use Q8_0_X4/Q8_2_X4) adds a variant, its block size here and its quantizer
-/// in `ops::quantize_activations`, without touching the other types.
+/// in `ops::quantize_activation_row`; the kernels' length checks and the calibration's test
+/// block (`calibrate.rs`) still build Q8_K activations and would need the new format too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ActFormat {
     /// ik_llama.cpp's Q8_K: per 256 values an f32 scale, an f32 sum, int8 quants and int16
