@@ -286,7 +286,8 @@ impl<'a> Engine<'a> {
         for (xb, wb) in x.chunks_exact(f.sub).zip(w.chunks_exact(f.sub)) {
             for grid in f.grids.iter() {
                 for sign in [1.0, -1.0] {
-                    curves.push(grid.values, xb, wb, sign, window(grid.values, xb, sign));
+                    let window = f.windowed.then(|| window(grid.values, xb, sign)).flatten();
+                    curves.push(grid.values, xb, wb, sign, window);
                 }
             }
         }
