@@ -13,10 +13,10 @@ import pytest
 
 TYPES = ["IQ2_K", "IQ3_K", "IQ4_K", "IQ2_KS", "IQ3_KS", "IQ4_KS"]
 BROAD = {"IQ2_K", "IQ2_KS", "IQ3_K"}
-# What search="best" minimises per type (the README's KL-divergence table chose these).
+# What search="best" minimises per type (the README's KL-divergence tables chose these).
 PER_TYPE = {
-    "IQ2_K": "plain",
-    "IQ3_K": "plain",
+    "IQ2_K": "geometric",
+    "IQ3_K": "ik",
     "IQ4_K": "ik",
     "IQ2_KS": "geometric",
     "IQ3_KS": "ik",
