@@ -482,7 +482,13 @@ mod tests {
     fn table_is_consistent() {
         for (i, t) in TYPES.iter().enumerate() {
             // The row a type finds is its own (TypeInfo's == compares the type only).
-            assert!(std::ptr::eq(t.qtype.info(), t), "{}", t.name);
+            let found = t.qtype.info();
+            assert_eq!(
+                (found.ggml_id, found.name, found.type_size, found.block_size),
+                (t.ggml_id, t.name, t.type_size, t.block_size),
+                "{}",
+                t.name
+            );
             for u in &TYPES[..i] {
                 assert!(u.qtype != t.qtype && u.ggml_id != t.ggml_id && u.name != t.name);
             }
