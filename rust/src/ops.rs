@@ -9,7 +9,7 @@ use crate::error::{IqkError, Result};
 use crate::iqk::best;
 use crate::q8k;
 pub use crate::registry::QuantizeOptions;
-use crate::registry::{Importance, QuantType, TypeInfo, QK_K};
+use crate::registry::{Importance, QuantType, TypeInfo};
 use crate::simd::{self, ActFormat, DotType};
 use crate::widen::{widen, HalfFormat};
 
@@ -545,16 +545,7 @@ pub fn dequantize(
 
 /// Quantize activations to Q8_K (length a multiple of 256).
 pub fn quantize_q8_k(x: &[f32]) -> Result<Vec<u8>> {
-    if !x.len().is_multiple_of(QK_K) {
-        return Err(IqkError::Shape(format!(
-            "Q8_K needs a multiple of {QK_K} values, got {}",
-            x.len()
-        )));
-    }
-    check_finite("activations", x, x.len())?;
-    let mut out = vec![0u8; q8k::row_size(x.len())];
-    q8k::quantize_row(x, &mut out);
-    Ok(out)
+    quantize_activations_to(ActFormat::Q8K, x)
 }
 
 /// Weight rows per task of the matrix products: the multi-row kernels share their set-up
@@ -599,7 +590,11 @@ fn quantize_activation_row(format: ActFormat, x: &[f32], out: &mut [u8]) {
 
 /// Quantize activations to the format `qtype`'s dot product takes, checked.
 fn quantize_activations(qtype: QuantType, x: &[f32]) -> Result<Vec<u8>> {
-    let format = dot_type(qtype)?.activations();
+    quantize_activations_to(dot_type(qtype)?.activations(), x)
+}
+
+/// Quantize activations to `format`, checked.
+fn quantize_activations_to(format: ActFormat, x: &[f32]) -> Result<Vec<u8>> {
     if !x.len().is_multiple_of(format.block_values()) {
         return Err(IqkError::Shape(format!(
             "{} needs a multiple of {} values, got {}",

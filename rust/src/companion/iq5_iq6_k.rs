@@ -17,6 +17,33 @@ use crate::numeric::FitPick;
 
 use crate::simd::QK as QK_K;
 
+/// Where the parts of a 256-value block begin (after fp16 d at 0 and u16 extra at 2), and
+/// its size.
+struct Layout {
+    qs: usize,
+    qh: usize,
+    bytes: usize,
+}
+
+/// IQ5_K: scales_h[4]@4, scales_l[8]@8, qs[128]@16, qh[32]@144.
+const IQ5K: Layout = Layout {
+    qs: 16,
+    qh: 144,
+    bytes: 176,
+};
+/// IQ6_K: int8 scales[16]@4, qs[128]@20, qh[64]@148.
+const IQ6K: Layout = Layout {
+    qs: 20,
+    qh: 148,
+    bytes: 212,
+};
+const _: () = assert!(IQ5K.qs == 4 + 4 + 8 && IQ5K.qh == IQ5K.qs + QK_K / 2);
+const _: () = assert!(IQ5K.bytes == IQ5K.qh + QK_K / 8);
+const _: () = assert!(IQ6K.qs == 4 + 16 && IQ6K.qh == IQ6K.qs + QK_K / 2);
+const _: () = assert!(IQ6K.bytes == IQ6K.qh + QK_K / 4);
+pub(crate) const IQ5K_BLOCK_BYTES: usize = IQ5K.bytes;
+pub(crate) const IQ6K_BLOCK_BYTES: usize = IQ6K.bytes;
+
 /// `iq5nl_values`: base row, then the shifted row (= base + 2); shared with IQ5_KS.
 pub(super) const IQ5NL_VALUES: [i8; 64] = crate::simd::IQ5NL;
 /// `iq6nl_values`, base row (the quantizer's shifted row is base + 1).
@@ -492,22 +519,14 @@ fn quantize_rows<T: NlTable>(
 
 /// IQ5_K (`quantize_iq5_k`): d = −max_scale/32 (then refit), 6-bit block codes.
 pub(crate) fn quantize_iq5_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
-    quantize_rows::<Iq5>(x, imatrix, out, 176, |y, d, extra, codes, idx| {
-        y[0..2].copy_from_slice(&d.to_le_bytes());
-        y[2..4].copy_from_slice(&extra.to_le_bytes());
+    quantize_rows::<Iq5>(x, imatrix, out, IQ5K.bytes, |y, d, extra, codes, idx| {
+        put_header(y, d, extra);
         for ib in 0..16 {
             let u = (codes[ib] + 32) as u8;
             y[8 + ib / 2] |= (u & 0x0f) << (4 * (ib % 2));
             y[4 + ib / 4] |= (u >> 4) << (2 * (ib % 4));
-            if codes[ib] == 0 {
-                continue;
-            }
-            let ib32 = ib / 2;
-            let off = 16 * (ib % 2);
-            for j in 0..16 {
-                let k = idx[16 * ib + j];
-                y[16 + 32 * (ib32 / 2) + off + j] |= (k & 0x0f) << (4 * (ib32 % 2));
-                y[144 + off + j] |= (k >> 4) << ib32;
+            if codes[ib] != 0 {
+                put_values(y, &IQ5K, ib, idx, |ib32| (IQ5K.qh, ib32));
             }
         }
     });
@@ -515,31 +534,49 @@ pub(crate) fn quantize_iq5_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8])
 
 /// IQ6_K (`quantize_iq6_k`): d = −max_scale/127 (then refit), int8 block codes.
 pub(crate) fn quantize_iq6_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
-    quantize_rows::<Iq6>(x, imatrix, out, 212, |y, d, extra, codes, idx| {
-        y[0..2].copy_from_slice(&d.to_le_bytes());
-        y[2..4].copy_from_slice(&extra.to_le_bytes());
+    quantize_rows::<Iq6>(x, imatrix, out, IQ6K.bytes, |y, d, extra, codes, idx| {
+        put_header(y, d, extra);
         for ib in 0..16 {
             y[4 + ib] = codes[ib] as i8 as u8;
-            if codes[ib] == 0 {
-                continue;
-            }
-            let ib32 = ib / 2;
-            let off = 16 * (ib % 2);
-            for j in 0..16 {
-                let k = idx[16 * ib + j];
-                y[20 + 32 * (ib32 / 2) + off + j] |= (k & 0x0f) << (4 * (ib32 % 2));
-                y[148 + 32 * (ib32 / 4) + off + j] |= (k >> 4) << (2 * (ib32 % 4));
+            if codes[ib] != 0 {
+                put_values(y, &IQ6K, ib, idx, |ib32| {
+                    (IQ6K.qh + 32 * (ib32 / 4), 2 * (ib32 % 4))
+                });
             }
         }
     });
 }
 
+fn put_header(y: &mut [u8], d: u16, extra: u16) {
+    y[0..2].copy_from_slice(&d.to_le_bytes());
+    y[2..4].copy_from_slice(&extra.to_le_bytes());
+}
+
+/// Block `ib`'s value indices: low nibbles into `qs` (as the module header says), high bits
+/// at `high(ib32) = (byte offset of the 32 qh bytes, bit)`.
+fn put_values(
+    y: &mut [u8],
+    layout: &Layout,
+    ib: usize,
+    idx: &[u8; QK_K],
+    high: impl Fn(usize) -> (usize, usize),
+) {
+    let ib32 = ib / 2;
+    let off = 16 * (ib % 2);
+    let (qh, bit) = high(ib32);
+    for j in 0..16 {
+        let k = idx[16 * ib + j];
+        y[layout.qs + 32 * (ib32 / 2) + off + j] |= (k & 0x0f) << (4 * (ib32 % 2));
+        y[qh + off + j] |= (k >> 4) << bit;
+    }
+}
+
 pub(crate) fn dequantize_iq5_k(b: &[u8], out: &mut [f32]) {
-    for (y, ob) in b.chunks_exact(176).zip(out.chunks_exact_mut(QK_K)) {
+    for (y, ob) in b.chunks_exact(IQ5K.bytes).zip(out.chunks_exact_mut(QK_K)) {
         let d = read_f16(y, 0);
         let extra = u16::from_le_bytes([y[2], y[3]]);
         let (sh, sl) = (&y[4..8], &y[8..16]);
-        let (qs, qh) = (&y[16..144], &y[144..176]);
+        let (qs, qh) = (&y[IQ5K.qs..IQ5K.qh], &y[IQ5K.qh..IQ5K.bytes]);
         for c in 0..4 {
             let code = |k: usize| -> f32 {
                 let lo = (sl[2 * c + k / 2] >> (4 * (k % 2))) & 0x0f;
@@ -569,10 +606,10 @@ pub(crate) fn dequantize_iq6_k(b: &[u8], out: &mut [f32]) {
     const B: f32 = 6.2568;
     const C: f32 = 0.11218;
     const D: f32 = 0.0011972;
-    for (y, ob) in b.chunks_exact(212).zip(out.chunks_exact_mut(QK_K)) {
+    for (y, ob) in b.chunks_exact(IQ6K.bytes).zip(out.chunks_exact_mut(QK_K)) {
         let d = read_f16(y, 0);
         let extra = u16::from_le_bytes([y[2], y[3]]);
-        let (qs, qh) = (&y[20..148], &y[148..212]);
+        let (qs, qh) = (&y[IQ6K.qs..IQ6K.qh], &y[IQ6K.qh..IQ6K.bytes]);
         for c in 0..4 {
             let q = &qs[32 * c..32 * c + 32];
             let h64 = &qh[32 * (c / 2)..32 * (c / 2) + 32];

@@ -23,20 +23,10 @@ use super::avx2::{
     tab_iq3, tab_iq4, tab_iq5, K16, K32,
 };
 use super::scalar::{
-    acc_k, acc_ks, check_lens, check_tile, f16_to_f32, finish_k, finish_ks, row_scale, ActRows,
-    DotType, IQ2KS_BYTES, IQ2K_BYTES, IQ3KS_BYTES, IQ3K_BYTES, IQ4KS_BYTES, IQ4K_BYTES,
-    IQ5KS_BYTES, Q8K_BYTES, Q8K_QS,
+    acc_k, acc_ks, check_lens, check_tile, f16_to_f32, finish_k, finish_ks, rd_f32_at, rd_u16_at,
+    row_scale, ActRows, DotType, IQ2KS_BYTES, IQ2K_BYTES, IQ3KS_BYTES, IQ3K_BYTES, IQ4KS_BYTES,
+    IQ4K_BYTES, IQ5KS_BYTES, Q8K_BYTES, Q8K_QS,
 };
-
-#[inline]
-unsafe fn rd16(p: *const u8) -> u16 {
-    u16::from_le_bytes([*p, *p.add(1)])
-}
-
-#[inline]
-unsafe fn rdf32(p: *const u8) -> f32 {
-    f32::from_le_bytes([*p, *p.add(1), *p.add(2), *p.add(3)])
-}
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
@@ -406,7 +396,7 @@ macro_rules! row_k {
                 let x = row.as_ptr().add(i * $bytes);
                 let y = q8k.as_ptr().add(i * Q8K_BYTES);
                 let sumi = $sb(x, y, tab);
-                acc = acc_k(acc, f16_to_f32(rd16(x)), rdf32(y), sumi);
+                acc = acc_k(acc, f16_to_f32(rd_u16_at(x)), rd_f32_at(y), sumi);
             }
             finish_k(acc)
         }
@@ -429,7 +419,7 @@ macro_rules! row_ks {
                 let x = row.as_ptr().add(meta + i * $bytes);
                 let y = q8k.as_ptr().add(i * Q8K_BYTES);
                 let sumi = $sb(x, y, tab);
-                acc = acc_ks(acc, rdf32(y), sumi);
+                acc = acc_ks(acc, rd_f32_at(y), sumi);
             }
             finish_ks(acc, row_scale($kind, row))
         }
@@ -492,9 +482,9 @@ macro_rules! tile {
                         }
                         let mut sumi = [0i32; TILE_ACTS];
                         _mm256_storeu_si256(sumi.as_mut_ptr() as *mut __m256i, reduce8(&sums));
-                        let dw = if $k { f16_to_f32(rd16(x)) } else { 0.0 };
+                        let dw = if $k { f16_to_f32(rd_u16_at(x)) } else { 0.0 };
                         for (j, acc) in acc.iter_mut().enumerate().take(n) {
-                            let d8 = rdf32(y(j));
+                            let d8 = rd_f32_at(y(j));
                             *acc = if $k {
                                 acc_k(*acc, dw, d8, sumi[j])
                             } else {

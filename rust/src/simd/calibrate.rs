@@ -12,7 +12,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use super::scalar::{ActRows, DotType, Q8K_BYTES, Q8K_QS, QK};
+use super::scalar::{ActRows, DotType, QK};
 use super::SimdPath;
 
 /// The three kernel shapes (see [`super::dot_fn`], [`super::rows_fn`], [`super::tile_fn`]).
@@ -174,8 +174,8 @@ const CAL_ROWS: usize = 4;
 const CAL_ACTS: usize = 8;
 
 /// Synthetic bytes for calibration: deterministic, with normal scales (no NaN, inf or
-/// subnormals, whose arithmetic can be slower) and activations without -128, as Q8_K from
-/// `quantize_row` has.
+/// subnormals, whose arithmetic can be slower) and activations as their format's quantizer
+/// writes them ([`ActFormat::sample_block`](super::scalar::ActFormat::sample_block)).
 pub struct Block {
     kind: DotType,
     rows: Vec<u8>,
@@ -207,20 +207,11 @@ impl Block {
                 }
             }
         }
-        let mut acts = vec![0u8; CAL_ACTS * CAL_N_PER_ROW / QK * Q8K_BYTES];
-        for b in acts.chunks_exact_mut(Q8K_BYTES) {
-            b[..4].copy_from_slice(&0.01f32.to_le_bytes());
-            b[4..Q8K_QS].fill(0);
-            let mut sums = [0i16; QK / 16];
-            for (i, q) in b[Q8K_QS..Q8K_QS + QK].iter_mut().enumerate() {
-                let v = (next() % 255) as i16 - 127;
-                *q = v as i8 as u8;
-                sums[i / 16] += v;
-            }
-            for (k, s) in sums.iter().enumerate() {
-                let at = Q8K_QS + QK + 2 * k;
-                b[at..at + 2].copy_from_slice(&s.to_le_bytes());
-            }
+        let format = kind.activations();
+        let mut acts =
+            vec![0u8; CAL_ACTS * CAL_N_PER_ROW / format.block_values() * format.block_bytes()];
+        for b in acts.chunks_exact_mut(format.block_bytes()) {
+            format.sample_block(b, &mut next);
         }
         Block { kind, rows, acts }
     }

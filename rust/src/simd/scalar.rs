@@ -92,6 +92,28 @@ impl ActFormat {
             ActFormat::Q8K => Q8K_BYTES,
         }
     }
+
+    /// Fill `block` with a valid block of this format from the byte source `next`, as a
+    /// quantizer would write it (normal scales; Q8_K: no -128, true sums): sample input for
+    /// timing the kernels.
+    pub fn sample_block(self, block: &mut [u8], mut next: impl FnMut() -> u8) {
+        match self {
+            ActFormat::Q8K => {
+                block[..4].copy_from_slice(&0.01f32.to_le_bytes());
+                block[4..Q8K_QS].fill(0);
+                let mut sums = [0i16; QK / 16];
+                for (i, q) in block[Q8K_QS..Q8K_QS + QK].iter_mut().enumerate() {
+                    let v = (next() % 255) as i16 - 127;
+                    *q = v as i8 as u8;
+                    sums[i / 16] += v;
+                }
+                for (k, s) in sums.iter().enumerate() {
+                    let at = Q8K_QS + QK + 2 * k;
+                    block[at..at + 2].copy_from_slice(&s.to_le_bytes());
+                }
+            }
+        }
+    }
 }
 
 /// How a row of a type begins: with nothing (K types) or the KS types' row scale.
