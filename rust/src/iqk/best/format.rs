@@ -4,9 +4,9 @@
 //! packed here with it.
 
 use super::super::common::{high1_position, low2_position, rd_u16, write_u16, Weighting};
-use super::super::{iq2_k, iq2_ks, iq3_k, iq3_ks, iq4_k, iq4_ks};
 use crate::numeric::{f16_to_f32, f32_to_f16};
 use crate::registry::{QuantType, QK_K};
+use crate::simd::{Layout, RowScale};
 use crate::tables::{Grid, IQ2_GRIDS, IQ3_GRIDS, IQ4_GRIDS};
 
 use super::Objective;
@@ -20,10 +20,6 @@ pub struct Format {
     pub lo: i32,
     pub hi: i32,
     pub step: usize,
-    /// d is shared by a row (the _KS types) rather than by a super-block.
-    pub per_row: bool,
-    /// d is stored as f32 (IQ4_KS), otherwise as fp16.
-    pub f32_scale: bool,
     /// ik's importance weighting for this type.
     pub weighting: Weighting,
     /// What `search="best"` minimises for this type: the weighting whose files had the lower
@@ -34,8 +30,6 @@ pub struct Format {
     /// row, and windows raised their files' KL divergence (SmolLM2 IQ4_KS 0.0644 -> 0.0652,
     /// IQ3_KS 0.1552 -> 0.1590), so they build whole curves.
     pub windowed: bool,
-    pub block_bytes: usize,
-    pub row_meta: usize,
 }
 
 impl Format {
@@ -50,6 +44,35 @@ impl Format {
             QuantType::Iq4Ks => &IQ4KS,
             _ => return None,
         })
+    }
+
+    /// The type's block layout: sizes and where d lives come from there.
+    fn layout(&self) -> Layout {
+        self.qtype
+            .info()
+            .kernel
+            .expect("the best search's types have kernels")
+            .layout()
+    }
+
+    /// d is shared by a row (the _KS types) rather than by a super-block.
+    pub fn per_row(&self) -> bool {
+        self.layout().row_scale != RowScale::None
+    }
+
+    /// d is stored as f32 (IQ4_KS), otherwise as fp16.
+    fn f32_scale(&self) -> bool {
+        self.layout().row_scale == RowScale::F32
+    }
+
+    /// Bytes of a 256-weight super-block.
+    pub fn block_bytes(&self) -> usize {
+        self.layout().block_bytes
+    }
+
+    /// Bytes before the first super-block of a row (the _KS types' d).
+    pub fn row_meta(&self) -> usize {
+        self.layout().row_scale.bytes()
     }
 
     /// Decode a row (or, for the _K types, any run of whole super-blocks).
@@ -68,7 +91,7 @@ impl Format {
 
     /// d as it will be stored and read back.
     pub fn stored(&self, d: f32) -> f32 {
-        if self.f32_scale {
+        if self.f32_scale() {
             d
         } else {
             f16_to_f32(f32_to_f16(d))
@@ -77,34 +100,34 @@ impl Format {
 
     /// The stored d of super-block `ibl` of a row in this format.
     pub fn read_d(&self, row: &[u8], ibl: usize) -> f32 {
-        if self.per_row {
-            if self.f32_scale {
+        if self.per_row() {
+            if self.f32_scale() {
                 f32::from_le_bytes(row[0..4].try_into().unwrap())
             } else {
                 f16_to_f32(rd_u16(row, 0))
             }
         } else {
-            f16_to_f32(rd_u16(row, ibl * self.block_bytes))
+            f16_to_f32(rd_u16(row, ibl * self.block_bytes()))
         }
     }
 
     /// Store d for super-block `ibl` (or the row).
     pub fn write_d(&self, row: &mut [u8], ibl: usize, d: f32) {
-        if self.per_row {
-            if self.f32_scale {
+        if self.per_row() {
+            if self.f32_scale() {
                 row[0..4].copy_from_slice(&d.to_le_bytes());
             } else {
                 write_u16(row, 0, f32_to_f16(d));
             }
         } else {
-            write_u16(row, ibl * self.block_bytes, f32_to_f16(d));
+            write_u16(row, ibl * self.block_bytes(), f32_to_f16(d));
         }
     }
 
     /// Byte range of super-block `ibl` within a row.
     pub fn superblock(&self, ibl: usize) -> std::ops::Range<usize> {
-        let s = self.row_meta + ibl * self.block_bytes;
-        s..s + self.block_bytes
+        let s = self.row_meta() + ibl * self.block_bytes();
+        s..s + self.block_bytes()
     }
 
     /// Pack block `ib` of super-block `y` (zeroed beforehand, d excepted): scale code `l`,
@@ -186,13 +209,9 @@ static IQ2K: Format = Format {
     lo: -8,
     hi: 7,
     step: 1,
-    per_row: false,
-    f32_scale: false,
     weighting: Weighting::Broad,
     objective: Objective::GeometricMean,
     windowed: true,
-    block_bytes: iq2_k::BLOCK_BYTES,
-    row_meta: 0,
 };
 
 static IQ3K: Format = Format {
@@ -202,13 +221,9 @@ static IQ3K: Format = Format {
     lo: -31,
     hi: 31,
     step: 2,
-    per_row: false,
-    f32_scale: false,
     weighting: Weighting::Broad,
     objective: Objective::IkWeights,
     windowed: true,
-    block_bytes: iq3_k::BLOCK_BYTES,
-    row_meta: 0,
 };
 
 static IQ4K: Format = Format {
@@ -218,13 +233,9 @@ static IQ4K: Format = Format {
     lo: -32,
     hi: 31,
     step: 1,
-    per_row: false,
-    f32_scale: false,
     weighting: Weighting::Narrow,
     objective: Objective::IkWeights,
     windowed: true,
-    block_bytes: iq4_k::BLOCK_BYTES,
-    row_meta: 0,
 };
 
 static IQ2KS: Format = Format {
@@ -234,13 +245,9 @@ static IQ2KS: Format = Format {
     lo: -16,
     hi: 15,
     step: 1,
-    per_row: true,
-    f32_scale: false,
     weighting: Weighting::Broad,
     objective: Objective::GeometricMean,
     windowed: false,
-    block_bytes: iq2_ks::BLOCK_BYTES,
-    row_meta: iq2_ks::ROW_META,
 };
 
 static IQ3KS: Format = Format {
@@ -250,13 +257,9 @@ static IQ3KS: Format = Format {
     lo: -16,
     hi: 15,
     step: 1,
-    per_row: true,
-    f32_scale: false,
     weighting: Weighting::Narrow,
     objective: Objective::IkWeights,
     windowed: false,
-    block_bytes: iq3_ks::BLOCK_BYTES,
-    row_meta: iq3_ks::ROW_META,
 };
 
 static IQ4KS: Format = Format {
@@ -266,11 +269,7 @@ static IQ4KS: Format = Format {
     lo: -127,
     hi: 127,
     step: 2,
-    per_row: true,
-    f32_scale: true,
     weighting: Weighting::Narrow,
     objective: Objective::IkWeights,
     windowed: false,
-    block_bytes: iq4_ks::BLOCK_BYTES,
-    row_meta: iq4_ks::ROW_META,
 };

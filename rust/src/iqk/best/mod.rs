@@ -151,7 +151,7 @@ fn improve_row_in(
     scratch.resize(x.len(), 0.0);
     let engine = Engine::new(f, x, &w, work);
     let nsub = QK_K / f.sub;
-    let groups: Vec<(usize, std::ops::Range<usize>)> = if f.per_row {
+    let groups: Vec<(usize, std::ops::Range<usize>)> = if f.per_row() {
         vec![(0, 0..x.len() / f.sub)]
     } else {
         (0..x.len() / QK_K)
@@ -165,7 +165,7 @@ fn improve_row_in(
         }
         let d = engine.search(blocks.clone(), d_ik);
         engine.pack(&mut candidate, blocks.clone(), d);
-        let (bytes, elems) = if f.per_row {
+        let (bytes, elems) = if f.per_row() {
             (0..out.len(), 0..x.len())
         } else {
             (f.superblock(ibl), ibl * QK_K..(ibl + 1) * QK_K)
@@ -540,8 +540,8 @@ impl<'a> Engine<'a> {
         for ibl in first_sb..last_sb {
             row[f.superblock(ibl)].fill(0);
         }
-        if f.per_row {
-            row[..f.row_meta].fill(0);
+        if f.per_row() {
+            row[..f.row_meta()].fill(0);
         }
         f.write_d(row, first_sb, d);
         let mut idx = vec![0u8; f.sub];
@@ -611,7 +611,7 @@ mod tests {
     }
 
     fn row_size(f: &Format, n: usize) -> usize {
-        f.row_meta + n / QK_K * f.block_bytes
+        f.row_meta() + n / QK_K * f.block_bytes()
     }
 
     #[test]
@@ -650,7 +650,7 @@ mod tests {
             let engine = Engine::new(f, &x, &w, &mut work);
             let nsub = QK_K / f.sub;
             let blocks = 0..x.len() / f.sub;
-            let ranges: Vec<_> = if f.per_row {
+            let ranges: Vec<_> = if f.per_row() {
                 vec![blocks]
             } else {
                 (0..x.len() / QK_K)
