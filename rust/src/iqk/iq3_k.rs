@@ -10,6 +10,8 @@ use crate::tables::IQ3_GRIDS;
 
 /// Bytes of one block (the layout module's).
 pub const BLOCK_BYTES: usize = crate::simd::DotType::Iq3K.block_bytes();
+/// ik's factor on the stored d (as IQ2_K's, smaller).
+pub const SCALE_FACTOR: f32 = 1.01;
 const SUB: usize = 16;
 const NSUB: usize = QK_K / SUB;
 const SCALES_L: usize = 6;
@@ -117,6 +119,6 @@ pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
         }
         write_u16(y, 4, signs);
         let d_final = if sumq2 > 0.0 { sumqx / sumq2 } else { d };
-        write_u16(y, 0, f32_to_f16(1.01 * d_final));
+        write_u16(y, 0, f32_to_f16(SCALE_FACTOR * d_final));
     }
 }

@@ -4,6 +4,7 @@
 //! packed here with it.
 
 use super::super::common::{high1_position, low2_position, rd_u16, write_u16, Weighting};
+use super::super::{iq2_k, iq3_k};
 use crate::numeric::{f16_to_f32, f32_to_f16};
 use crate::registry::{QuantType, QK_K};
 use crate::simd::{Layout, RowScale};
@@ -30,6 +31,10 @@ pub struct Format {
     /// row, and windows raised their files' KL divergence (SmolLM2 IQ4_KS 0.0644 -> 0.0652,
     /// IQ3_KS 0.1552 -> 0.1590), so they build whole curves.
     pub windowed: bool,
+    /// What the stored d is multiplied by once the codes are chosen: ik's own factor for the
+    /// type (IQ2_K 1.03, IQ3_K 1.01; ik_llama.cpp PR #81), which trades weighted error for
+    /// perplexity by undoing part of the shrinkage of a least-squares fit.
+    pub scale_factor: f32,
 }
 
 impl Format {
@@ -212,6 +217,7 @@ static IQ2K: Format = Format {
     weighting: Weighting::Broad,
     objective: Objective::GeometricMean,
     windowed: true,
+    scale_factor: iq2_k::SCALE_FACTOR,
 };
 
 static IQ3K: Format = Format {
@@ -224,6 +230,7 @@ static IQ3K: Format = Format {
     weighting: Weighting::Broad,
     objective: Objective::IkWeights,
     windowed: true,
+    scale_factor: iq3_k::SCALE_FACTOR,
 };
 
 static IQ4K: Format = Format {
@@ -236,6 +243,7 @@ static IQ4K: Format = Format {
     weighting: Weighting::Narrow,
     objective: Objective::IkWeights,
     windowed: true,
+    scale_factor: 1.0,
 };
 
 static IQ2KS: Format = Format {
@@ -248,6 +256,7 @@ static IQ2KS: Format = Format {
     weighting: Weighting::Broad,
     objective: Objective::GeometricMean,
     windowed: false,
+    scale_factor: 1.0,
 };
 
 static IQ3KS: Format = Format {
@@ -260,6 +269,7 @@ static IQ3KS: Format = Format {
     weighting: Weighting::Narrow,
     objective: Objective::IkWeights,
     windowed: false,
+    scale_factor: 1.0,
 };
 
 static IQ4KS: Format = Format {
@@ -272,4 +282,5 @@ static IQ4KS: Format = Format {
     weighting: Weighting::Narrow,
     objective: Objective::IkWeights,
     windowed: false,
+    scale_factor: 1.0,
 };

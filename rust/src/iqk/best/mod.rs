@@ -165,6 +165,9 @@ fn improve_row_in(
         }
         let d = engine.search(blocks.clone(), d_ik);
         engine.pack(&mut candidate, blocks.clone(), d);
+        if f.scale_factor != 1.0 {
+            f.write_d(&mut candidate, ibl, f.scale_factor * d);
+        }
         let (bytes, elems) = if f.per_row() {
             (0..out.len(), 0..x.len())
         } else {
