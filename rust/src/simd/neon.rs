@@ -16,9 +16,9 @@
 use core::arch::aarch64::*;
 
 use super::scalar::{
-    acc_k, acc_ks, check_lens, f16_to_f32, finish_k, finish_ks, rd_f32_at, rd_u16_at, rd_u32_at,
-    row_scale, DotType, IQ2KS_BYTES, IQ2K_BYTES, IQ3KS_BYTES, IQ3K_BYTES, IQ4K, IQ4KS_BYTES,
-    IQ4K_BYTES, IQ5KS_BYTES, IQ5NL, Q8K_BSUMS, Q8K_BYTES, Q8K_QS,
+    acc_k, acc_ks, check_lens, check_tile, f16_to_f32, finish_k, finish_ks, rd_f32_at, rd_u16_at,
+    rd_u32_at, row_scale, ActRows, DotType, IQ2KS_BYTES, IQ2K_BYTES, IQ3KS_BYTES, IQ3K_BYTES, IQ4K,
+    IQ4KS_BYTES, IQ4K_BYTES, IQ5KS_BYTES, IQ5NL, Q8K_BSUMS, Q8K_BYTES, Q8K_QS,
 };
 
 const TAB2: [i8; 16] = [-31, -13, 1, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
@@ -279,7 +279,7 @@ unsafe fn idx_5bit(qs: *const u8, qh: *const u8) -> [uint8x16_t; 16] {
 macro_rules! row_body {
     ($row:ident, $q8k:ident, $kind:expr, $bytes:expr, $tab:expr, $scales:ident, |$x:ident| $idx:expr, $sb:ident, $flavour:ident) => {{
         let nb = check_lens($kind, $row, $q8k);
-        let tab = vld1q_s8($tab.as_ptr());
+        let tab = $tab;
         let meta = $kind.row_meta();
         let mut acc = 0.0f64;
         for i in 0..nb {
@@ -288,21 +288,107 @@ macro_rules! row_body {
             let sc = $scales($x);
             let idx = $idx;
             let sumi = $sb(tab, &idx, &sc, y);
-            acc = row_body!(@acc $flavour, acc, $x, y, sumi);
+            acc = fold!($flavour, acc, $x, y, sumi);
         }
-        row_body!(@finish $flavour, acc, $kind, $row)
+        finish!($flavour, acc, $kind, $row)
     }};
-    (@acc k, $acc:ident, $x:ident, $y:ident, $sumi:ident) => {
+}
+
+/// Activation rows a tile kernel takes at a time (each keeps its own f64 accumulator).
+const TILE_ACTS: usize = 8;
+
+/// The tile loop: each weight block is decoded once and dotted with every activation row's
+/// block, each pair accumulated in the row kernel's order (so bit-identical to it).
+macro_rules! tile_body {
+    ($rows:ident, $acts:ident, $out:ident, $kind:expr, $bytes:expr, $tab:expr, $scales:ident, |$x:ident| $idx:expr, $sb:ident, $flavour:ident) => {{
+        let (nb, row_bytes, nrows) = check_tile($kind, $rows, $acts, $out.len());
+        let tab = $tab;
+        let meta = $kind.row_meta();
+        let (nacts, act_bytes) = ($acts.len(), $acts.row_bytes());
+        let acts = $acts.bytes().as_ptr();
+        for r in 0..nrows {
+            let row = &$rows[r * row_bytes..(r + 1) * row_bytes];
+            let mut j0 = 0;
+            while j0 < nacts {
+                let n = core::cmp::min(TILE_ACTS, nacts - j0);
+                let mut acc = [0.0f64; TILE_ACTS];
+                for i in 0..nb {
+                    let $x = row.as_ptr().add(meta + i * $bytes);
+                    let sc = $scales($x);
+                    let idx = $idx;
+                    for (j, acc) in acc.iter_mut().enumerate().take(n) {
+                        let y = acts.add((j0 + j) * act_bytes + i * Q8K_BYTES);
+                        let sumi = $sb(tab, &idx, &sc, y);
+                        *acc = fold!($flavour, *acc, $x, y, sumi);
+                    }
+                }
+                for (j, &acc) in acc.iter().enumerate().take(n) {
+                    $out[r * nacts + j0 + j] = finish!($flavour, acc, $kind, row);
+                }
+                j0 += n;
+            }
+        }
+    }};
+}
+
+/// One block's exact integer sum folded into the f64 accumulator.
+macro_rules! fold {
+    (k, $acc:expr, $x:ident, $y:ident, $sumi:ident) => {
         acc_k($acc, f16_to_f32(rd_u16_at($x)), rd_f32_at($y), $sumi)
     };
-    (@acc ks, $acc:ident, $x:ident, $y:ident, $sumi:ident) => {
+    (ks, $acc:expr, $x:ident, $y:ident, $sumi:ident) => {
         acc_ks($acc, rd_f32_at($y), $sumi)
     };
-    (@finish k, $acc:ident, $kind:expr, $row:ident) => {
+}
+
+macro_rules! finish {
+    (k, $acc:expr, $kind:expr, $row:ident) => {
         finish_k($acc)
     };
-    (@finish ks, $acc:ident, $kind:expr, $row:ident) => {
+    (ks, $acc:expr, $kind:expr, $row:ident) => {
         finish_ks($acc, row_scale($kind, $row))
+    };
+}
+
+/// A type's row kernel (`row · q8k`) and tile kernel (every weight row · every activation row,
+/// `out[r · acts + j]`), from one description: kind, block bytes, value table (loaded),
+/// scale decoder, index decoder, superblock sum, scale flavour.
+macro_rules! type_kernels {
+    ($feat:literal, $dot:ident, $tile:ident, $doc:literal, $kind:expr, $bytes:expr, $tab:expr, $scales:ident, |$x:ident| $idx:expr, $sb:ident, $flavour:ident) => {
+        #[doc = $doc]
+        /// # Safety: the CPU must support the enabled features.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn $dot(row: &[u8], q8k: &[u8]) -> f32 {
+            row_body!(
+                row,
+                q8k,
+                $kind,
+                $bytes,
+                $tab,
+                $scales,
+                |$x| $idx,
+                $sb,
+                $flavour
+            )
+        }
+
+        #[doc = $doc]
+        /// Tile kernel. # Safety: the CPU must support the enabled features.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn $tile(rows: &[u8], acts: &ActRows, out: &mut [f32]) {
+            tile_body!(
+                rows,
+                acts,
+                out,
+                $kind,
+                $bytes,
+                $tab,
+                $scales,
+                |$x| $idx,
+                $sb,
+                $flavour
+            )
+        }
     };
 }
 
@@ -358,120 +444,99 @@ macro_rules! kernels {
             vaddvq_s32(acc)
         }
 
-        /// IQ5_KS row (f32 row scale first) · Q8_K: the base half of iq5nl through `tbl` on
-        /// two registers, the shifted half's +2 through the block sums. # Safety: as above.
-        #[target_feature(enable = $feat)]
-        pub unsafe fn vec_dot_iq5ks(row: &[u8], q8k: &[u8]) -> f32 {
-            let kind = DotType::Iq5Ks;
-            let nb = check_lens(kind, row, q8k);
-            let tab = int8x16x2_t(vld1q_s8(IQ5NL.as_ptr()), vld1q_s8(IQ5NL.as_ptr().add(16)));
-            let meta = kind.row_meta();
-            let mut acc = 0.0f64;
-            for i in 0..nb {
-                let x = row.as_ptr().add(meta + i * IQ5KS_BYTES);
-                let y = q8k.as_ptr().add(i * Q8K_BYTES);
-                let idx = idx_5bit(x.add(8), x.add(136));
-                let sumi = superblock32(tab, &idx, &scales_iq5ks(x), y);
-                acc = acc_ks(acc, rd_f32_at(y), sumi);
-            }
-            finish_ks(acc, row_scale(kind, row))
-        }
-
-        /// IQ2_K row · Q8_K. # Safety: the CPU must support the enabled features.
-        #[target_feature(enable = $feat)]
-        pub unsafe fn vec_dot_iq2k(row: &[u8], q8k: &[u8]) -> f32 {
-            row_body!(
-                row,
-                q8k,
-                DotType::Iq2K,
-                IQ2K_BYTES,
-                TAB2,
-                scales_iq2k,
-                |x| idx_2bit(x.add(12), None),
-                superblock,
-                k
-            )
-        }
-
-        /// IQ3_K row · Q8_K. # Safety: the CPU must support the enabled features.
-        #[target_feature(enable = $feat)]
-        pub unsafe fn vec_dot_iq3k(row: &[u8], q8k: &[u8]) -> f32 {
-            row_body!(
-                row,
-                q8k,
-                DotType::Iq3K,
-                IQ3K_BYTES,
-                TAB3,
-                scales_iq3k,
-                |x| idx_2bit(x.add(14), Some(x.add(78))),
-                superblock,
-                k
-            )
-        }
-
-        /// IQ4_K row · Q8_K. # Safety: the CPU must support the enabled features.
-        #[target_feature(enable = $feat)]
-        pub unsafe fn vec_dot_iq4k(row: &[u8], q8k: &[u8]) -> f32 {
-            row_body!(
-                row,
-                q8k,
-                DotType::Iq4K,
-                IQ4K_BYTES,
-                IQ4K,
-                scales_iq4k,
-                |x| idx_4bit(x.add(16)),
-                superblock,
-                k
-            )
-        }
-
-        /// IQ2_KS row (fp16 row scale first) · Q8_K. # Safety: as above.
-        #[target_feature(enable = $feat)]
-        pub unsafe fn vec_dot_iq2ks(row: &[u8], q8k: &[u8]) -> f32 {
-            row_body!(
-                row,
-                q8k,
-                DotType::Iq2Ks,
-                IQ2KS_BYTES,
-                TAB2,
-                scales_iq2ks,
-                |x| idx_2bit(x.add(6), None),
-                superblock,
-                ks
-            )
-        }
-
-        /// IQ3_KS row (fp16 row scale first) · Q8_K. # Safety: as above.
-        #[target_feature(enable = $feat)]
-        pub unsafe fn vec_dot_iq3ks(row: &[u8], q8k: &[u8]) -> f32 {
-            row_body!(
-                row,
-                q8k,
-                DotType::Iq3Ks,
-                IQ3KS_BYTES,
-                TAB3,
-                scales_iq3ks,
-                |x| idx_2bit(x.add(6), Some(x.add(70))),
-                superblock,
-                ks
-            )
-        }
-
-        /// IQ4_KS row (f32 row scale first) · Q8_K. # Safety: as above.
-        #[target_feature(enable = $feat)]
-        pub unsafe fn vec_dot_iq4ks(row: &[u8], q8k: &[u8]) -> f32 {
-            row_body!(
-                row,
-                q8k,
-                DotType::Iq4Ks,
-                IQ4KS_BYTES,
-                IQ4K,
-                scales_iq4ks,
-                |x| idx_4bit(x.add(8)),
-                superblock,
-                ks
-            )
-        }
+        type_kernels!(
+            $feat,
+            vec_dot_iq2k,
+            tile_iq2k,
+            "IQ2_K · Q8_K.",
+            DotType::Iq2K,
+            IQ2K_BYTES,
+            vld1q_s8(TAB2.as_ptr()),
+            scales_iq2k,
+            |x| idx_2bit(x.add(12), None),
+            superblock,
+            k
+        );
+        type_kernels!(
+            $feat,
+            vec_dot_iq3k,
+            tile_iq3k,
+            "IQ3_K · Q8_K.",
+            DotType::Iq3K,
+            IQ3K_BYTES,
+            vld1q_s8(TAB3.as_ptr()),
+            scales_iq3k,
+            |x| idx_2bit(x.add(14), Some(x.add(78))),
+            superblock,
+            k
+        );
+        type_kernels!(
+            $feat,
+            vec_dot_iq4k,
+            tile_iq4k,
+            "IQ4_K · Q8_K.",
+            DotType::Iq4K,
+            IQ4K_BYTES,
+            vld1q_s8(IQ4K.as_ptr()),
+            scales_iq4k,
+            |x| idx_4bit(x.add(16)),
+            superblock,
+            k
+        );
+        type_kernels!(
+            $feat,
+            vec_dot_iq2ks,
+            tile_iq2ks,
+            "IQ2_KS (fp16 row scale first) · Q8_K.",
+            DotType::Iq2Ks,
+            IQ2KS_BYTES,
+            vld1q_s8(TAB2.as_ptr()),
+            scales_iq2ks,
+            |x| idx_2bit(x.add(6), None),
+            superblock,
+            ks
+        );
+        type_kernels!(
+            $feat,
+            vec_dot_iq3ks,
+            tile_iq3ks,
+            "IQ3_KS (fp16 row scale first) · Q8_K.",
+            DotType::Iq3Ks,
+            IQ3KS_BYTES,
+            vld1q_s8(TAB3.as_ptr()),
+            scales_iq3ks,
+            |x| idx_2bit(x.add(6), Some(x.add(70))),
+            superblock,
+            ks
+        );
+        type_kernels!(
+            $feat,
+            vec_dot_iq4ks,
+            tile_iq4ks,
+            "IQ4_KS (f32 row scale first) · Q8_K.",
+            DotType::Iq4Ks,
+            IQ4KS_BYTES,
+            vld1q_s8(IQ4K.as_ptr()),
+            scales_iq4ks,
+            |x| idx_4bit(x.add(8)),
+            superblock,
+            ks
+        );
+        // The base half of iq5nl through `tbl` on two registers, the shifted half's +2 through
+        // the block sums.
+        type_kernels!(
+            $feat,
+            vec_dot_iq5ks,
+            tile_iq5ks,
+            "IQ5_KS (f32 row scale first) · Q8_K.",
+            DotType::Iq5Ks,
+            IQ5KS_BYTES,
+            int8x16x2_t(vld1q_s8(IQ5NL.as_ptr()), vld1q_s8(IQ5NL.as_ptr().add(16))),
+            scales_iq5ks,
+            |x| idx_5bit(x.add(8), x.add(136)),
+            superblock32,
+            ks
+        );
     };
 }
 
@@ -507,12 +572,15 @@ mod dotprod {
 }
 
 pub use self::dotprod::{
-    vec_dot_iq2k as vec_dot_iq2k_dotprod, vec_dot_iq2ks as vec_dot_iq2ks_dotprod,
-    vec_dot_iq3k as vec_dot_iq3k_dotprod, vec_dot_iq3ks as vec_dot_iq3ks_dotprod,
-    vec_dot_iq4k as vec_dot_iq4k_dotprod, vec_dot_iq4ks as vec_dot_iq4ks_dotprod,
-    vec_dot_iq5ks as vec_dot_iq5ks_dotprod,
+    tile_iq2k as tile_iq2k_dotprod, tile_iq2ks as tile_iq2ks_dotprod,
+    tile_iq3k as tile_iq3k_dotprod, tile_iq3ks as tile_iq3ks_dotprod,
+    tile_iq4k as tile_iq4k_dotprod, tile_iq4ks as tile_iq4ks_dotprod,
+    tile_iq5ks as tile_iq5ks_dotprod, vec_dot_iq2k as vec_dot_iq2k_dotprod,
+    vec_dot_iq2ks as vec_dot_iq2ks_dotprod, vec_dot_iq3k as vec_dot_iq3k_dotprod,
+    vec_dot_iq3ks as vec_dot_iq3ks_dotprod, vec_dot_iq4k as vec_dot_iq4k_dotprod,
+    vec_dot_iq4ks as vec_dot_iq4ks_dotprod, vec_dot_iq5ks as vec_dot_iq5ks_dotprod,
 };
 pub use self::plain::{
-    vec_dot_iq2k, vec_dot_iq2ks, vec_dot_iq3k, vec_dot_iq3ks, vec_dot_iq4k, vec_dot_iq4ks,
-    vec_dot_iq5ks,
+    tile_iq2k, tile_iq2ks, tile_iq3k, tile_iq3ks, tile_iq4k, tile_iq4ks, tile_iq5ks, vec_dot_iq2k,
+    vec_dot_iq2ks, vec_dot_iq3k, vec_dot_iq3ks, vec_dot_iq4k, vec_dot_iq4ks, vec_dot_iq5ks,
 };

@@ -20,7 +20,9 @@ mod testgen;
 mod tests {
     use super::neon;
     use super::scalar::{self, DotType};
-    use super::testgen::{random_case, read_f64s, same, Rng, GOLDEN_CASES};
+    use super::testgen::{
+        make_q8k, make_row, random_case, read_f64s, same, Act, Fill, Rng, GOLDEN_CASES,
+    };
     use std::arch::is_aarch64_feature_detected;
 
     type Kernel = unsafe fn(&[u8], &[u8]) -> f32;
@@ -49,6 +51,85 @@ mod tests {
             v.push(("neon+dotprod", dot));
         }
         v
+    }
+
+    type Tile = unsafe fn(&[u8], &scalar::ActRows, &mut [f32]);
+
+    fn tiles(kind: DotType) -> Vec<(&'static str, Tile)> {
+        let plain: Tile = match kind {
+            DotType::Iq2K => neon::tile_iq2k,
+            DotType::Iq3K => neon::tile_iq3k,
+            DotType::Iq4K => neon::tile_iq4k,
+            DotType::Iq2Ks => neon::tile_iq2ks,
+            DotType::Iq3Ks => neon::tile_iq3ks,
+            DotType::Iq4Ks => neon::tile_iq4ks,
+            DotType::Iq5Ks => neon::tile_iq5ks,
+        };
+        let dot: Tile = match kind {
+            DotType::Iq2K => neon::tile_iq2k_dotprod,
+            DotType::Iq3K => neon::tile_iq3k_dotprod,
+            DotType::Iq4K => neon::tile_iq4k_dotprod,
+            DotType::Iq2Ks => neon::tile_iq2ks_dotprod,
+            DotType::Iq3Ks => neon::tile_iq3ks_dotprod,
+            DotType::Iq4Ks => neon::tile_iq4ks_dotprod,
+            DotType::Iq5Ks => neon::tile_iq5ks_dotprod,
+        };
+        let mut v = vec![("neon tile", plain)];
+        if is_aarch64_feature_detected!("dotprod") {
+            v.push(("neon+dotprod tile", dot));
+        }
+        v
+    }
+
+    /// Every (weight row, activation row) pair of `tile`'s output against the scalar twin.
+    fn check_tile(kind: DotType, rows: &[u8], nrows: usize, acts: &[u8], nacts: usize, what: &str) {
+        let (rb, ab) = (rows.len() / nrows, acts.len() / nacts);
+        let act_rows = scalar::ActRows::new(acts, nacts);
+        for &(name, f) in &tiles(kind) {
+            let mut out = vec![0.0f32; nrows * nacts];
+            unsafe { f(rows, &act_rows, &mut out) };
+            for r in 0..nrows {
+                for j in 0..nacts {
+                    let want = scalar::vec_dot(kind, &rows[r * rb..(r + 1) * rb], &acts[j * ab..(j + 1) * ab]);
+                    let got = out[r * nacts + j];
+                    assert!(
+                        same(got, want),
+                        "{:?} {} {} ({}, {}): {:e} != {:e}",
+                        kind,
+                        name,
+                        what,
+                        r,
+                        j,
+                        got,
+                        want
+                    );
+                }
+            }
+        }
+    }
+
+    /// Tiles of 1-4 random weight rows by 1-11 activation rows (more than a tile's 8, so
+    /// the activation chunks are exercised too), some activations extreme.
+    #[test]
+    fn tiles_equal_scalar() {
+        for kind in DotType::ALL {
+            let mut rng = Rng::new(0x7117_0000 ^ kind as u64);
+            for case in 0..60 {
+                let nb = 1 + case % 3;
+                let (nrows, nacts) = (1 + case % 4, 1 + (case / 4) % 11);
+                let mut rows = Vec::new();
+                for _ in 0..nrows {
+                    rows.extend(make_row(kind, &mut rng, nb, &|_| Fill::Random));
+                }
+                let mut acts = Vec::new();
+                for j in 0..nacts {
+                    let act = if j % 3 == 0 { Act::Extreme } else { Act::Random };
+                    acts.extend(make_q8k(&mut rng, nb, &|_| act));
+                }
+                check_tile(kind, &rows, nrows, &acts, nacts, &format!("case {}", case));
+            }
+        }
+        eprintln!("tiles: 60 random tiles per type bit-identical");
     }
 
     #[test]
@@ -156,9 +237,11 @@ mod tests {
                     }
                     rows += 1;
                 }
+                let acts: Vec<u8> = q8.iter().chain(&q8).chain(&q8).copied().collect();
+                check_tile(kind, &data, nrows, &acts, 3, case);
             }
         }
-        eprintln!("golden: {} rows", rows);
+        eprintln!("golden: {} rows (row and tile kernels)", rows);
     }
 }
 
