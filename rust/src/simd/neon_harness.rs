@@ -90,7 +90,11 @@ mod tests {
             unsafe { f(rows, &act_rows, &mut out) };
             for r in 0..nrows {
                 for j in 0..nacts {
-                    let want = scalar::vec_dot(kind, &rows[r * rb..(r + 1) * rb], &acts[j * ab..(j + 1) * ab]);
+                    let want = scalar::vec_dot(
+                        kind,
+                        &rows[r * rb..(r + 1) * rb],
+                        &acts[j * ab..(j + 1) * ab],
+                    );
                     let got = out[r * nacts + j];
                     assert!(
                         same(got, want),
@@ -123,7 +127,11 @@ mod tests {
                 }
                 let mut acts = Vec::new();
                 for j in 0..nacts {
-                    let act = if j % 3 == 0 { Act::Extreme } else { Act::Random };
+                    let act = if j % 3 == 0 {
+                        Act::Extreme
+                    } else {
+                        Act::Random
+                    };
                     acts.extend(make_q8k(&mut rng, nb, &|_| act));
                 }
                 check_tile(kind, &rows, nrows, &acts, nacts, &format!("case {}", case));
