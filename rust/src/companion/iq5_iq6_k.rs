@@ -67,20 +67,72 @@ pub(super) const IQ5NL_BASE: [i8; 32] = first_half::<32>(&IQ5NL_VALUES);
 static IQ5NL_INDEX: [u8; 248] = build_nl_index::<32, 248>(&IQ5NL_BASE);
 static IQ6NL_INDEX: [u8; 249] = build_nl_index::<64, 249>(&IQ6NL_VALUES);
 
+/// Rows per pair table, each `PAIR_STRIDE` entries apart: base, shifted.
 #[cfg(target_arch = "x86_64")]
-const fn widen<const M: usize>(lut: &[u8; M]) -> [i32; M] {
-    let mut o = [0i32; M];
-    let mut i = 0;
-    while i < M {
-        o[i] = lut[i] as i32;
-        i += 1;
-    }
-    o
+const PAIR_STRIDE: usize = 256;
+
+/// `resolve_nl` as one table per row for vector gathers: the entry at `1 + ix` (ix clamped to
+/// −1..=`limit`, the two ends standing for ik's clamps) packs the two candidate values and
+/// their indices as bytes, `lo | hi << 8 | ilo << 16 | ihi << 24`; where ik's bucket is unambiguous (or clamped) lo = hi, so the
+/// comparison `x − lo < hi − x` that picks between them cannot change the value. One gather
+/// then yields the value, where the bucket table needs one gather for the bucket and two or
+/// three for the values.
+#[cfg(target_arch = "x86_64")]
+const fn pack(v: &[i8], lo: usize, hi: usize) -> i32 {
+    (v[lo] as u8 as i32) | ((v[hi] as u8 as i32) << 8) | ((lo as i32) << 16) | ((hi as i32) << 24)
 }
 #[cfg(target_arch = "x86_64")]
-static IQ5NL_INDEX32: [i32; 248] = widen(&IQ5NL_INDEX);
+const fn pair_table<const N: usize>(lut: &[u8], limit: usize, rows: [[i8; N]; 2]) -> [i32; 512] {
+    assert!(limit + 2 <= PAIR_STRIDE && limit <= lut.len());
+    let mut out = [0i32; 512];
+    let mut r = 0;
+    while r < 2 {
+        let v = &rows[r];
+        let t = r * PAIR_STRIDE;
+        out[t] = pack(v, 0, 0);
+        out[t + limit + 1] = pack(v, N - 1, N - 1);
+        let mut ix = 0;
+        while ix < limit {
+            let e = lut[ix] as usize;
+            out[t + 1 + ix] = if e < N {
+                pack(v, e, e)
+            } else {
+                pack(v, e - N, e - N + 1)
+            };
+            ix += 1;
+        }
+        r += 1;
+    }
+    out
+}
+
+/// The rows of a value table, the second `shift` above the first.
 #[cfg(target_arch = "x86_64")]
-static IQ6NL_INDEX32: [i32; 249] = widen(&IQ6NL_INDEX);
+const fn rows_of<const N: usize>(base: &[i8], shifted: Option<&[i8]>, shift: i8) -> [[i8; N]; 2] {
+    let mut out = [[0i8; N]; 2];
+    let mut i = 0;
+    while i < N {
+        out[0][i] = base[i];
+        out[1][i] = match shifted {
+            Some(s) => s[i],
+            None => base[i] + shift,
+        };
+        i += 1;
+    }
+    out
+}
+#[cfg(target_arch = "x86_64")]
+static IQ5NL_PAIRS: [i32; 512] = pair_table::<32>(
+    &IQ5NL_INDEX,
+    Iq5::LIMIT as usize,
+    rows_of::<32>(&IQ5NL_BASE, Some(IQ5NL_VALUES.split_at(32).1), 0),
+);
+#[cfg(target_arch = "x86_64")]
+static IQ6NL_PAIRS: [i32; 512] = pair_table::<64>(
+    &IQ6NL_INDEX,
+    Iq6::LIMIT as usize,
+    rows_of::<64>(&IQ6NL_VALUES, None, 1),
+);
 
 /// f32 copies: IQ5 (64 = base | shifted) and IQ6 (128 = base | base + 1).
 static IQ5NL_F: [f32; 64] = {
@@ -103,13 +155,6 @@ static IQ6NL_F: [f32; 128] = {
     v
 };
 
-/// ik's `best_index_iq5nl(values, x)` on `vals`, the base or the shifted row of
-/// `iq5nl_values` as f32 (IQ5_KS's quantizer shares it with IQ5_K).
-#[inline]
-pub(crate) fn best_index_iq5nl(vals: &[f32], x: f32) -> usize {
-    Iq5::best_index(vals, x)
-}
-
 /// `iq5nl_values` as f32: the base row, then the shifted row.
 pub(crate) fn iq5nl_f32() -> &'static [f32; 64] {
     &IQ5NL_F
@@ -123,9 +168,9 @@ trait NlTable {
     fn values() -> &'static [f32];
     /// ik's `best_index_iq{5,6}nl` on one row (`vals` has `N` entries)
     fn best_index(vals: &[f32], x: f32) -> usize;
-    /// `best_index`'s bucket table, widened to i32 for vector gathers, and its length limit
+    /// `best_index` as pair tables (see [`pair_table`]), and the bucket table's length limit
     #[cfg(target_arch = "x86_64")]
-    fn index32() -> &'static [i32];
+    fn pairs() -> &'static [i32; 512];
     const LIMIT: i32;
     /// IQ5: `(int)x - values[0]`; IQ6: `(int)(x - values[0])`
     const TRUNCATE_FIRST: bool;
@@ -150,8 +195,8 @@ impl NlTable for Iq5 {
         resolve_nl(&IQ5NL_INDEX, vals, 32, Self::LIMIT, ix, x)
     }
     #[cfg(target_arch = "x86_64")]
-    fn index32() -> &'static [i32] {
-        &IQ5NL_INDEX32
+    fn pairs() -> &'static [i32; 512] {
+        &IQ5NL_PAIRS
     }
     const LIMIT: i32 = 247;
     const TRUNCATE_FIRST: bool = true;
@@ -172,8 +217,8 @@ impl NlTable for Iq6 {
         resolve_nl(&IQ6NL_INDEX, vals, 64, Self::LIMIT, ix, x)
     }
     #[cfg(target_arch = "x86_64")]
-    fn index32() -> &'static [i32] {
-        &IQ6NL_INDEX32
+    fn pairs() -> &'static [i32; 512] {
+        &IQ6NL_PAIRS
     }
     const LIMIT: i32 = 249;
     const TRUNCATE_FIRST: bool = false;
@@ -241,10 +286,12 @@ fn block_search<T: NlTable>(xb: &[f32], weight: &[f32; 16], max: f32) -> (f32, b
     if d != 0.0 {
         let vals = if is_shifted { shifted } else { base };
         let id = 1.0 / d;
+        let mut idx = [0u8; 16];
+        nearest_indices::<T>(is_shifted, id, xb, &mut idx);
         let (mut sqx, mut sq2) = (0f32, 0f32);
         for j in 0..16 {
             let w = weight[j];
-            let q = vals[T::best_index(vals, id * xb[j])];
+            let q = vals[idx[j] as usize];
             sqx += w * q * xb[j];
             sq2 += w * q * q;
         }
@@ -253,6 +300,29 @@ fn block_search<T: NlTable>(xb: &[f32], weight: &[f32; 16], max: f32) -> (f32, b
         }
     }
     (d, is_shifted)
+}
+
+/// `T::best_index` of `id·x[j]` on the base or shifted row, into `out[j]`, for every j.
+fn nearest_indices<T: NlTable>(shifted: bool, id: f32, x: &[f32], out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::quantize_path() == crate::cpu::Path::Avx2 && x.len().is_multiple_of(8) {
+        assert!(std::is_x86_feature_detected!("avx2"));
+        // SAFETY: the CPU has AVX2 (asserted above).
+        return unsafe { avx2::nearest_indices::<T>(shifted, id, x, out) };
+    }
+    nearest_indices_scalar::<T>(shifted, id, x, out)
+}
+
+fn nearest_indices_scalar<T: NlTable>(shifted: bool, id: f32, x: &[f32], out: &mut [u8]) {
+    let row = &T::values()[shifted as usize * T::N..][..T::N];
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = T::best_index(row, id * v) as u8;
+    }
+}
+
+/// IQ5_KS's `best_index_iq5nl` on `scale·x[j]` for every j, into `out` (row: base or shifted).
+pub(crate) fn iq5nl_indices(shifted: bool, scale: f32, x: &[f32], out: &mut [u8]) {
+    nearest_indices::<Iq5>(shifted, scale, x, out)
 }
 
 /// IQ5_KS's per-32-block scale search (`quantize_row_iq5_ks_impl`, ntry 5): the candidate
@@ -317,44 +387,107 @@ fn fill_sums<T: NlTable, const B: usize>(
 }
 
 /// The candidates' sums with eight candidates per vector: each lane runs the scalar
-/// `candidate_sums` for its candidate, element by element, with `best_index`'s table lookups
-/// as gathers.
+/// `candidate_sums` for its candidate, element by element, with `best_index` as one gather
+/// from the pair table.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{NlTable, N_PADDED};
+    use super::{NlTable, N_PADDED, PAIR_STRIDE};
 
-    /// `T::best_index` on the row at `offset` (0 or N) of `T::values()`, lane by lane; `v0`
-    /// is that row's first value.
+    /// Per lane, which row of `T`'s table it looks values up in.
+    #[derive(Clone, Copy)]
+    pub(super) struct Rows {
+        /// the row's first value (f32 and i32)
+        v0: __m256,
+        v0i: __m256i,
+        /// where the row's pair table starts, plus one (ik's clamp below sits at index 0)
+        start: __m256i,
+    }
+
+    impl Rows {
+        #[inline]
+        #[target_feature(enable = "avx2")]
+        pub(super) fn new<T: NlTable>(shifted: [bool; 8]) -> Self {
+            let values = T::values();
+            let v0: [f32; 8] = std::array::from_fn(|i| values[shifted[i] as usize * T::N]);
+            let start: [i32; 8] =
+                std::array::from_fn(|i| (shifted[i] as usize * PAIR_STRIDE + 1) as i32);
+            // SAFETY: reads of 8-element arrays.
+            unsafe {
+                let v0 = _mm256_loadu_ps(v0.as_ptr());
+                Rows {
+                    v0,
+                    v0i: _mm256_cvttps_epi32(v0),
+                    start: _mm256_loadu_si256(start.as_ptr() as *const __m256i),
+                }
+            }
+        }
+    }
+
+    /// `T::values()[T::best_index(row, x)]` lane by lane: ik's bucket (the same truncation and
+    /// wrapping arithmetic as the scalar, cvttps giving i32::MIN where `c_trunc_i32` does),
+    /// clamped, then the pair's comparison.
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn best_index<T: NlTable>(x: __m256, offset: __m256i, v0: __m256) -> __m256i {
-        let values = T::values().as_ptr();
-        let n = T::N as i32;
+    pub(super) fn nearest_value<T: NlTable>(x: __m256, rows: &Rows) -> __m256 {
+        nearest::<T>(x, rows).2
+    }
+
+    /// `T::best_index(row, x)` lane by lane (see [`nearest_value`]).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) fn nearest_index<T: NlTable>(x: __m256, rows: &Rows) -> __m256i {
+        let (e, nearer_lo, _) = nearest::<T>(x, rows);
+        let lo = _mm256_srli_epi32::<24>(_mm256_slli_epi32::<8>(e));
+        let hi = _mm256_srli_epi32::<24>(e);
+        _mm256_blendv_epi8(hi, lo, _mm256_castps_si256(nearer_lo))
+    }
+
+    /// The pair-table entry, whether the lower of its pair is nearer, and the picked value.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn nearest<T: NlTable>(x: __m256, rows: &Rows) -> (__m256i, __m256, __m256) {
         let ix = if T::TRUNCATE_FIRST {
-            _mm256_sub_epi32(_mm256_cvttps_epi32(x), _mm256_cvttps_epi32(v0))
+            _mm256_sub_epi32(_mm256_cvttps_epi32(x), rows.v0i)
         } else {
-            _mm256_cvttps_epi32(_mm256_sub_ps(x, v0))
+            _mm256_cvttps_epi32(_mm256_sub_ps(x, rows.v0))
         };
-        let below = _mm256_cmpgt_epi32(_mm256_setzero_si256(), ix);
-        let above = _mm256_cmpgt_epi32(ix, _mm256_set1_epi32(T::LIMIT - 1));
-        let inside = _mm256_andnot_si256(_mm256_or_si256(below, above), _mm256_set1_epi32(-1));
-        let e = _mm256_i32gather_epi32::<4>(T::index32().as_ptr(), _mm256_and_si256(ix, inside));
-        // e < N: the value itself; else e - N and e - N + 1 are compared.
-        let direct = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), e);
-        let pair = _mm256_andnot_si256(direct, _mm256_sub_epi32(e, _mm256_set1_epi32(n)));
-        let at = _mm256_add_epi32(offset, pair);
-        let lo = _mm256_i32gather_ps::<4>(values, at);
-        let hi = _mm256_i32gather_ps::<4>(values.add(1), at);
-        let nearer_lo = _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_sub_ps(x, lo), _mm256_sub_ps(hi, x));
-        let resolved = _mm256_sub_epi32(
-            _mm256_add_epi32(pair, _mm256_set1_epi32(1)),
-            _mm256_and_si256(_mm256_castps_si256(nearer_lo), _mm256_set1_epi32(1)),
+        let ix = _mm256_min_epi32(
+            _mm256_max_epi32(ix, _mm256_set1_epi32(-1)),
+            _mm256_set1_epi32(T::LIMIT),
         );
-        let idx = _mm256_blendv_epi8(resolved, e, direct);
-        let idx = _mm256_andnot_si256(below, idx);
-        _mm256_blendv_epi8(idx, _mm256_set1_epi32(n - 1), above)
+        // SAFETY: the index is in 0..=LIMIT+1 plus a row start, inside the 512 entries.
+        let e = unsafe {
+            _mm256_i32gather_epi32::<4>(T::pairs().as_ptr(), _mm256_add_epi32(rows.start, ix))
+        };
+        let lo = _mm256_cvtepi32_ps(_mm256_srai_epi32::<24>(_mm256_slli_epi32::<24>(e)));
+        let hi = _mm256_cvtepi32_ps(_mm256_srai_epi32::<24>(_mm256_slli_epi32::<16>(e)));
+        let nearer_lo = _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_sub_ps(x, lo), _mm256_sub_ps(hi, x));
+        (e, nearer_lo, _mm256_blendv_ps(hi, lo, nearer_lo))
+    }
+
+    /// [`super::nearest_indices_scalar`] eight elements at a time (`x.len()` a multiple of 8).
+    #[target_feature(enable = "avx2")]
+    pub(super) fn nearest_indices<T: NlTable>(shifted: bool, id: f32, x: &[f32], out: &mut [u8]) {
+        let rows = Rows::new::<T>([shifted; 8]);
+        let id = _mm256_set1_ps(id);
+        for (xc, oc) in x.chunks_exact(8).zip(out.chunks_exact_mut(8)) {
+            // SAFETY: `xc` holds 8 f32.
+            let al = _mm256_mul_ps(id, unsafe { _mm256_loadu_ps(xc.as_ptr()) });
+            let k = nearest_index::<T>(al, &rows);
+            // indices < 64: the low byte of each lane, gathered into the low 8 bytes
+            let bytes = _mm256_shuffle_epi8(
+                k,
+                _mm256_setr_epi8(
+                    0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1,
+                    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                ),
+            );
+            let lo = _mm_cvtsi128_si32(_mm256_castsi256_si128(bytes)) as u32;
+            let hi = _mm_cvtsi128_si32(_mm256_extracti128_si256::<1>(bytes)) as u32;
+            oc.copy_from_slice(&(lo as u64 | (hi as u64) << 32).to_le_bytes());
+        }
     }
 
     #[target_feature(enable = "avx2")]
@@ -365,14 +498,10 @@ mod avx2 {
         shifted: &[bool; N_PADDED],
         sums: &mut [[f32; 4]; N_PADDED],
     ) {
-        let values = T::values();
-        let n = T::N;
+        let xb = &xb[..B];
         for g in 0..N_PADDED / 8 {
             let lane = |i: usize| 8 * g + i;
-            let offsets: [i32; 8] = std::array::from_fn(|i| (shifted[lane(i)] as usize * n) as i32);
-            let v0s: [f32; 8] = std::array::from_fn(|i| values[offsets[i] as usize]);
-            let offset = _mm256_loadu_si256(offsets.as_ptr() as *const __m256i);
-            let v0 = _mm256_loadu_ps(v0s.as_ptr());
+            let rows = Rows::new::<T>(std::array::from_fn(|i| shifted[lane(i)]));
             let id = _mm256_loadu_ps(ids[8 * g..].as_ptr());
             let zero = _mm256_setzero_ps();
             let (mut sp, mut qp, mut sm, mut qm) = (zero, zero, zero, zero);
@@ -380,15 +509,12 @@ mod avx2 {
                 let x = _mm256_set1_ps(xb[j]);
                 let w = _mm256_set1_ps(weight[j]);
                 let al = _mm256_mul_ps(id, x);
-                let value = |i: __m256i| {
-                    _mm256_i32gather_ps::<4>(values.as_ptr(), _mm256_add_epi32(offset, i))
-                };
-                let q = value(best_index::<T>(al, offset, v0));
+                let q = nearest_value::<T>(al, &rows);
                 let wq = _mm256_mul_ps(w, q);
                 sp = _mm256_add_ps(sp, _mm256_mul_ps(wq, x));
                 qp = _mm256_add_ps(qp, _mm256_mul_ps(wq, q));
                 let neg = _mm256_xor_ps(al, _mm256_set1_ps(-0.0));
-                let q = value(best_index::<T>(neg, offset, v0));
+                let q = nearest_value::<T>(neg, &rows);
                 let wq = _mm256_mul_ps(w, q);
                 sm = _mm256_add_ps(sm, _mm256_mul_ps(wq, x));
                 qm = _mm256_add_ps(qm, _mm256_mul_ps(wq, q));
@@ -418,7 +544,9 @@ fn superblock<T: NlTable>(
         sumx2 += v * v;
     }
     let sigma2 = 2.0 * sumx2 / QK_K as f32;
-    let weights = |ib: usize, w: &mut [f32; 16]| {
+    // The weights of all 16 blocks, kept for the second pass.
+    let mut weights = [[0f32; 16]; 16];
+    for (ib, w) in weights.iter_mut().enumerate() {
         let xb = &xbl[16 * ib..16 * ib + 16];
         match qw {
             Some(q) => {
@@ -433,14 +561,12 @@ fn superblock<T: NlTable>(
                 }
             }
         }
-    };
-    let mut weight = [0f32; 16];
+    }
     let mut scales = [0f32; 16];
     let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
     let mut extra = 0u16;
     for ib in 0..16 {
         let xb = &xbl[16 * ib..16 * ib + 16];
-        weights(ib, &mut weight);
         let (mut amax, mut max) = (0f32, 0f32);
         for &v in xb {
             if v.abs() > amax {
@@ -452,7 +578,7 @@ fn superblock<T: NlTable>(
             scales[ib] = 0.0;
             continue;
         }
-        let (d, sh) = block_search::<T>(xb, &weight, max);
+        let (d, sh) = block_search::<T>(xb, &weights[ib], max);
         scales[ib] = d;
         if sh {
             extra |= 1 << ib;
@@ -477,18 +603,15 @@ fn superblock<T: NlTable>(
         if dl == 0.0 {
             continue;
         }
-        let vals = if extra & (1 << ib) != 0 {
-            &all[n..2 * n]
-        } else {
-            &all[..n]
-        };
+        let shifted = extra & (1 << ib) != 0;
+        let vals = &all[shifted as usize * n..][..n];
         let xb = &xbl[16 * ib..16 * ib + 16];
-        weights(ib, &mut weight);
+        let weight = &weights[ib];
         let idl = 1.0 / dl;
+        let block_idx = &mut idx[16 * ib..16 * ib + 16];
+        nearest_indices::<T>(shifted, idl, xb, block_idx);
         for j in 0..16 {
-            let k = T::best_index(vals, idl * xb[j]);
-            idx[16 * ib + j] = k as u8;
-            let q = vals[k] * ls as f32;
+            let q = vals[block_idx[j] as usize] * ls as f32;
             sumqx += weight[j] * q * xb[j];
             sumq2 += weight[j] * q * q;
         }
@@ -637,6 +760,106 @@ pub(crate) fn dequantize_iq6_k(b: &[u8], out: &mut [f32]) {
 mod tests {
     use super::*;
     use crate::testing::rng;
+
+    /// The AVX2 pair-table lookup gives `best_index`'s value on both rows of both tables for
+    /// a dense sweep, every f32 within a few ulps of each midpoint and integer, and values
+    /// far outside the tables (including i32 overflow of the truncation).
+    #[test]
+    fn avx2_nearest_value_equals_best_index() {
+        #[cfg(target_arch = "x86_64")]
+        fn check<T: NlTable>() {
+            let mut xs: Vec<f32> = (-300_000..300_000)
+                .map(|i| i as f32 / 1024.0 + 1e-4)
+                .collect();
+            for k in -260..260 {
+                let c = k as f32 * 0.5;
+                let mut up = c;
+                let mut down = c;
+                for _ in 0..8 {
+                    xs.extend([up, down]);
+                    up = f32::from_bits(up.to_bits().wrapping_add(if up >= 0.0 {
+                        1
+                    } else {
+                        u32::MAX
+                    }));
+                    down = f32::from_bits(down.to_bits().wrapping_add(if down > 0.0 {
+                        u32::MAX
+                    } else {
+                        1
+                    }));
+                }
+            }
+            xs.extend([
+                0.0,
+                -0.0,
+                1e-30,
+                -1e-30,
+                2.1e9,
+                -2.1e9,
+                2_147_483_520.0,
+                3e9,
+                -3e9,
+                1e30,
+                -1e30,
+            ]);
+            xs.resize(xs.len().next_multiple_of(8), 0.0);
+            let all = T::values();
+            for shifted in [false, true] {
+                let off = shifted as usize * T::N;
+                let row = &all[off..off + T::N];
+                // SAFETY: AVX2 was detected by the caller.
+                unsafe {
+                    use std::arch::x86_64::*;
+                    let rows = avx2::Rows::new::<T>([shifted; 8]);
+                    for c in xs.chunks_exact(8) {
+                        let mut got = [0f32; 8];
+                        let v = avx2::nearest_value::<T>(_mm256_loadu_ps(c.as_ptr()), &rows);
+                        _mm256_storeu_ps(got.as_mut_ptr(), v);
+                        for (&x, &g) in c.iter().zip(&got) {
+                            let want = row[T::best_index(row, x)];
+                            assert_eq!(g, want, "N {} shifted {shifted} x {x:e}", T::N);
+                        }
+                    }
+                }
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            check::<Iq5>();
+            check::<Iq6>();
+        }
+    }
+
+    /// The AVX2 indices equal the scalar ones, scale by scale, on random blocks with values on
+    /// midpoints and beyond the tables.
+    #[test]
+    fn avx2_nearest_indices_equal_scalar() {
+        #[cfg(target_arch = "x86_64")]
+        fn check<T: NlTable>() {
+            let mut seed = 7u32;
+            for trial in 0..4000usize {
+                let mut x: [f32; 32] = std::array::from_fn(|_| rng(&mut seed));
+                let id = 10f32.powi(trial as i32 % 5) * rng(&mut seed);
+                let shifted = trial % 2 == 1;
+                let row = &T::values()[shifted as usize * T::N..][..T::N];
+                for k in 0..4 {
+                    let i = (trial + 5 * k) % (T::N - 1);
+                    x[(trial + 7 * k) % 32] = 0.5 * (row[i] + row[i + 1]) / id;
+                }
+                x[trial % 32] *= 1e6;
+                let (mut simd, mut scalar) = ([0u8; 32], [0u8; 32]);
+                // SAFETY: AVX2 was detected by the caller.
+                unsafe { avx2::nearest_indices::<T>(shifted, id, &x, &mut simd) };
+                nearest_indices_scalar::<T>(shifted, id, &x, &mut scalar);
+                assert_eq!(simd, scalar, "N {} trial {trial}", T::N);
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            check::<Iq5>();
+            check::<Iq6>();
+        }
+    }
 
     /// The AVX2 candidate sums equal the scalar ones bit for bit, for both tables, on random
     /// blocks of many amplitudes with zeros, exact ties between neighbouring values, and

@@ -22,6 +22,15 @@ const QK: usize = 32;
 /// `quantize_row_q8_0_ref` (ik ignores the imatrix for Q8_0): d = amax/127,
 /// q = roundf(x/d) (half away from zero).
 pub(crate) fn quantize_q8_0(x: &[f32], out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::quantize_path() == crate::cpu::Path::Avx2 {
+        // SAFETY: the Avx2 path is only chosen on CPUs with AVX2.
+        return unsafe { quantize_q8_0_avx2(x, out) };
+    }
+    quantize_q8_0_scalar(x, out)
+}
+
+fn quantize_q8_0_scalar(x: &[f32], out: &mut [u8]) {
     for (xb, y) in x.chunks_exact(QK).zip(out.chunks_exact_mut(34)) {
         let mut amax = 0f32;
         for &v in xb {
@@ -44,7 +53,59 @@ pub(crate) fn quantize_q8_0(x: &[f32], out: &mut [u8]) {
 fn round_half_away(p: f32) -> i32 {
     let t = p as i32;
     let rest = p - t as f32;
-    t + (rest >= 0.5) as i32 - (rest <= -0.5) as i32
+    // Wrapping: an infinite p (a subnormal block maximum) saturates t, and the release
+    // build's bytes for it are the wrapped ones.
+    t.wrapping_add((rest >= 0.5) as i32)
+        .wrapping_sub((rest <= -0.5) as i32)
+}
+
+/// [`quantize_q8_0_scalar`] eight values per vector: the maximum is order-free, the products
+/// are the same, and [`round_half_away`]'s steps are exact in any lane. A block whose inverse
+/// scale overflows (a subnormal maximum) goes to the scalar code, whose saturating casts the
+/// vector conversion does not share.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn quantize_q8_0_avx2(x: &[f32], out: &mut [u8]) {
+    use std::arch::x86_64::*;
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX));
+    let (half, minus_half) = (_mm256_set1_ps(0.5), _mm256_set1_ps(-0.5));
+    // packs interleave the 128-bit lanes: dwords 0,4,1,5,.. hold bytes 0..4, 4..8, ..
+    let unshuffle = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (xb, y) in x.chunks_exact(QK).zip(out.chunks_exact_mut(34)) {
+        // SAFETY: `xb` holds 32 f32.
+        let v: [__m256; 4] =
+            std::array::from_fn(|k| unsafe { _mm256_loadu_ps(xb[8 * k..].as_ptr()) });
+        let a = v.map(|v| _mm256_and_ps(v, abs_mask));
+        let m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
+        let m = _mm256_max_ps(m, _mm256_permute2f128_ps::<1>(m, m));
+        let m = _mm256_max_ps(m, _mm256_permute_ps::<0b0100_1110>(m));
+        let m = _mm256_max_ps(m, _mm256_permute_ps::<0b1011_0001>(m));
+        let amax = _mm256_cvtss_f32(m);
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        if !id.is_finite() {
+            quantize_q8_0_scalar(xb, y);
+            continue;
+        }
+        write_f16(y, 0, d);
+        let idv = _mm256_set1_ps(id);
+        let q = v.map(|v| {
+            let p = _mm256_mul_ps(v, idv);
+            let t = _mm256_cvttps_epi32(p);
+            let rest = _mm256_sub_ps(p, _mm256_cvtepi32_ps(t));
+            // the masks are -1 where true
+            let up = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(rest, half));
+            let down = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(rest, minus_half));
+            _mm256_add_epi32(_mm256_sub_epi32(t, up), down)
+        });
+        let q = _mm256_packs_epi16(
+            _mm256_packs_epi32(q[0], q[1]),
+            _mm256_packs_epi32(q[2], q[3]),
+        );
+        let q = _mm256_permutevar8x32_epi32(q, unshuffle);
+        // SAFETY: `y` holds 34 bytes.
+        unsafe { _mm256_storeu_si256(y[2..34].as_mut_ptr() as *mut __m256i, q) };
+    }
 }
 
 pub(crate) fn dequantize_q8_0(b: &[u8], out: &mut [f32]) {
@@ -403,6 +464,37 @@ mod tests {
         ]);
         for p in ps {
             assert_eq!(round_half_away(p), p.round() as i32, "p = {p:e}");
+        }
+    }
+
+    /// The AVX2 Q8_0 quantizer writes the scalar one's bytes on random blocks of many
+    /// amplitudes, with exact half-steps, zero blocks and subnormal maxima.
+    #[test]
+    fn q8_0_simd_equals_scalar() {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            let mut seed = 77u32;
+            for trial in 0..4000usize {
+                let amp = 10f32.powi(trial as i32 % 84 - 45);
+                let mut x: Vec<f32> = (0..QK).map(|_| amp * rng(&mut seed)).collect();
+                match trial % 5 {
+                    0 => x.fill(0.0),
+                    1 => {
+                        // values landing on k + 1/2 steps of the scale
+                        x[0] = 127.0;
+                        for (j, v) in x.iter_mut().enumerate().skip(1) {
+                            *v = (j as f32 - 16.0) * 2.5 + if j % 2 == 0 { 0.5 } else { -0.5 };
+                        }
+                    }
+                    2 => x[trial % QK] = f32::from_bits(1 + (trial as u32 % 5000)),
+                    _ => {}
+                }
+                let (mut simd, mut scalar) = ([0u8; 34], [0u8; 34]);
+                // SAFETY: AVX2 detected above.
+                unsafe { quantize_q8_0_avx2(&x, &mut simd) };
+                quantize_q8_0_scalar(&x, &mut scalar);
+                assert_eq!(simd, scalar, "trial {trial}: {x:?}");
+            }
         }
     }
 

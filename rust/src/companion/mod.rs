@@ -43,8 +43,8 @@
 #![allow(clippy::needless_range_loop)]
 
 mod iq5_iq6_k;
-pub(crate) use iq5_iq6_k::{best_index_iq5nl, iq5nl_block_scale, iq5nl_f32};
 pub(crate) use iq5_iq6_k::{dequantize_iq5_k, dequantize_iq6_k, quantize_iq5_k, quantize_iq6_k};
+pub(crate) use iq5_iq6_k::{iq5nl_block_scale, iq5nl_f32, iq5nl_indices};
 pub(crate) use iq5_iq6_k::{IQ5K_BLOCK_BYTES, IQ6K_BLOCK_BYTES};
 mod kquants;
 pub(crate) use kquants::{dequantize_q2_k, dequantize_q4_k, dequantize_q5_k, dequantize_q6_k};

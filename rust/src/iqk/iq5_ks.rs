@@ -8,7 +8,7 @@
 //! operation for operation: the bytes must be identical.
 
 use super::common::quantize_ks_row_f32_scale;
-use crate::companion::{best_index_iq5nl, iq5nl_block_scale, iq5nl_f32};
+use crate::companion::{iq5nl_block_scale, iq5nl_f32, iq5nl_indices};
 
 /// Bytes of one block (the layout module's).
 pub const BLOCK_BYTES: usize = crate::simd::DotType::Iq5Ks.block_bytes();
@@ -27,9 +27,12 @@ pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
         // IQ5_K's candidate search (ntry 5, both rows, both signs), on 32 values.
         iq5nl_block_scale,
         |y, ib, xb, weight, l, idl, sumqx, sumq2| {
-            let values = &iq5nl_f32()[32 * (y[ib] & 1) as usize..][..32];
+            let shifted = y[ib] & 1 != 0;
+            let values = &iq5nl_f32()[32 * shifted as usize..][..32];
+            let mut indices = [0u8; SUB];
+            iq5nl_indices(shifted, idl, xb, &mut indices);
             for j in 0..SUB {
-                let idx = best_index_iq5nl(values, idl * xb[j]);
+                let idx = indices[j] as usize;
                 y[QS + SUB * (ib / 2) + j] |= ((idx & 0xf) << (4 * (ib % 2))) as u8;
                 y[QH + j] |= ((idx >> 4) << ib) as u8;
                 let w = weight[j];
