@@ -338,7 +338,8 @@ fn requantize_failed_blocks(
     uninformed: &[bool],
     opts: &QuantizeOptions,
 ) {
-    if t.is_iqk {
+    // Q8_0 ignores the imatrix: quantizing again without one gives the same bytes.
+    if t.is_iqk || t.importance == Importance::Ignored {
         return;
     }
     let blocks = out_row

@@ -13,6 +13,7 @@
 //! from `qh[16s + j]` (IQ5_K: bit 2c+h; IQ6_K: `qh[32(c/2) + 16s + j]`, bits 4(c%2)+2h).
 
 use super::util::{build_nl_index, c_trunc_i32, f32_to_f16, nearest_int, read_f16, resolve_nl};
+use crate::cpu::Path;
 use crate::numeric::FitPick;
 
 use crate::simd::QK as QK_K;
@@ -278,16 +279,16 @@ fn candidate_sums<T: NlTable, const B: usize>(
 /// scales for each table half and each sign, then one refit. Returns `(d, shifted)`. The
 /// candidates' sums are formed first (8 candidates per vector on AVX2, each lane in element
 /// order, so bit for bit the scalar sums), then ik's accept rule runs over them in order.
-fn block_search<T: NlTable>(xb: &[f32], weight: &[f32; 16], max: f32) -> (f32, bool) {
+fn block_search<T: NlTable>(path: Path, xb: &[f32], weight: &[f32; 16], max: f32) -> (f32, bool) {
     let n = T::N;
     let all = T::values();
     let (base, shifted) = (&all[..n], &all[n..2 * n]);
-    let (mut d, is_shifted) = pick_scale::<T, 16>(xb, weight, max);
+    let (mut d, is_shifted) = pick_scale::<T, 16>(path, xb, weight, max);
     if d != 0.0 {
         let vals = if is_shifted { shifted } else { base };
         let id = 1.0 / d;
         let mut idx = [0u8; 16];
-        nearest_indices::<T>(is_shifted, id, xb, &mut idx);
+        nearest_indices::<T>(path, is_shifted, id, xb, &mut idx);
         let (mut sqx, mut sq2) = (0f32, 0f32);
         for j in 0..16 {
             let w = weight[j];
@@ -303,13 +304,14 @@ fn block_search<T: NlTable>(xb: &[f32], weight: &[f32; 16], max: f32) -> (f32, b
 }
 
 /// `T::best_index` of `id·x[j]` on the base or shifted row, into `out[j]`, for every j.
-fn nearest_indices<T: NlTable>(shifted: bool, id: f32, x: &[f32], out: &mut [u8]) {
+fn nearest_indices<T: NlTable>(path: Path, shifted: bool, id: f32, x: &[f32], out: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
-    if crate::cpu::quantize_path() == crate::cpu::Path::Avx2 && x.len().is_multiple_of(8) {
+    if path == Path::Avx2 && x.len().is_multiple_of(8) {
         assert!(std::is_x86_feature_detected!("avx2"));
         // SAFETY: the CPU has AVX2 (asserted above).
         return unsafe { avx2::nearest_indices::<T>(shifted, id, x, out) };
     }
+    let _ = path;
     nearest_indices_scalar::<T>(shifted, id, x, out)
 }
 
@@ -320,35 +322,36 @@ fn nearest_indices_scalar<T: NlTable>(shifted: bool, id: f32, x: &[f32], out: &m
     }
 }
 
-/// IQ5_KS's `best_index_iq5nl` on `scale·x[j]` for every j, into `out` (row: base or shifted).
-pub(crate) fn iq5nl_indices(shifted: bool, scale: f32, x: &[f32], out: &mut [u8]) {
-    nearest_indices::<Iq5>(shifted, scale, x, out)
+/// IQ5_KS's `best_index_iq5nl` on `scale·x[j]` for every j, into `out` (row: base or shifted),
+/// on `path` (`crate::cpu::quantize_path()`, which the caller reads once per row: it is not
+/// free).
+pub(crate) fn iq5nl_indices(path: Path, shifted: bool, scale: f32, x: &[f32], out: &mut [u8]) {
+    nearest_indices::<Iq5>(path, shifted, scale, x, out)
 }
 
 /// IQ5_KS's per-32-block scale search (`quantize_row_iq5_ks_impl`, ntry 5): the candidate
 /// search of IQ5_K on a block of `B` values, without IQ5_K's refit. Returns `(d, shifted)`.
 pub(crate) fn iq5nl_block_scale<const B: usize>(
+    path: Path,
     xb: &[f32],
     weight: &[f32; B],
     max: f32,
 ) -> (f32, bool) {
-    pick_scale::<Iq5, B>(xb, weight, max)
+    pick_scale::<Iq5, B>(path, xb, weight, max)
 }
 
 /// The best scale over the candidates of [`candidates`] and whether the shifted row won:
 /// ik's accept rule run over the candidates' sums in order (the first fit taken whatever its
 /// denominator, then each later fit of either sign when it scores higher).
-fn pick_scale<T: NlTable, const B: usize>(xb: &[f32], weight: &[f32; B], max: f32) -> (f32, bool) {
+fn pick_scale<T: NlTable, const B: usize>(
+    path: Path,
+    xb: &[f32],
+    weight: &[f32; B],
+    max: f32,
+) -> (f32, bool) {
     let (ids, is_shifted_row) = candidates::<T>(max);
     let mut sums = [[0f32; 4]; N_PADDED];
-    fill_sums::<T, B>(
-        crate::cpu::quantize_path(),
-        xb,
-        weight,
-        &ids,
-        &is_shifted_row,
-        &mut sums,
-    );
+    fill_sums::<T, B>(path, xb, weight, &ids, &is_shifted_row, &mut sums);
     let [sp, qp, sm, qm] = sums[0];
     let mut pick = FitPick::first(sp / qp, sp);
     pick.offer(sm, qm);
@@ -364,7 +367,7 @@ fn pick_scale<T: NlTable, const B: usize>(xb: &[f32], weight: &[f32; B], max: f3
 
 /// The sums of candidates 0..N_TRIES on `path` (which must be available on this CPU).
 fn fill_sums<T: NlTable, const B: usize>(
-    path: crate::cpu::Path,
+    path: Path,
     xb: &[f32],
     weight: &[f32; B],
     ids: &[f32; N_PADDED],
@@ -372,7 +375,7 @@ fn fill_sums<T: NlTable, const B: usize>(
     sums: &mut [[f32; 4]; N_PADDED],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if path == crate::cpu::Path::Avx2 {
+    if path == Path::Avx2 {
         assert!(std::is_x86_feature_detected!("avx2"));
         // SAFETY: the CPU has AVX2 (asserted above).
         return unsafe { avx2::fill_sums::<T, B>(xb, weight, ids, shifted, sums) };
@@ -534,6 +537,7 @@ mod avx2 {
 /// (into the block's row), or `None` for an all-zero superblock (left zeroed, d = +0).
 #[allow(clippy::type_complexity)]
 fn superblock<T: NlTable>(
+    path: Path,
     xbl: &[f32],
     qw: Option<&[f32]>,
 ) -> Option<(u16, u16, [i32; 16], [u8; QK_K])> {
@@ -578,7 +582,7 @@ fn superblock<T: NlTable>(
             scales[ib] = 0.0;
             continue;
         }
-        let (d, sh) = block_search::<T>(xb, &weights[ib], max);
+        let (d, sh) = block_search::<T>(path, xb, &weights[ib], max);
         scales[ib] = d;
         if sh {
             extra |= 1 << ib;
@@ -609,7 +613,7 @@ fn superblock<T: NlTable>(
         let weight = &weights[ib];
         let idl = 1.0 / dl;
         let block_idx = &mut idx[16 * ib..16 * ib + 16];
-        nearest_indices::<T>(shifted, idl, xb, block_idx);
+        nearest_indices::<T>(path, shifted, idl, xb, block_idx);
         for j in 0..16 {
             let q = vals[block_idx[j] as usize] * ls as f32;
             sumqx += weight[j] * q * xb[j];
@@ -627,6 +631,8 @@ fn quantize_rows<T: NlTable>(
     bs: usize,
     pack: impl Fn(&mut [u8], u16, u16, &[i32; 16], &[u8; QK_K]),
 ) {
+    // Read once per row: the searches below ask for it per block.
+    let path = crate::cpu::quantize_path();
     for (ibl, (xbl, y)) in x
         .chunks_exact(QK_K)
         .zip(out.chunks_exact_mut(bs))
@@ -634,7 +640,7 @@ fn quantize_rows<T: NlTable>(
     {
         y.fill(0);
         let q = imatrix.map(|q| &q[QK_K * ibl..QK_K * (ibl + 1)]);
-        if let Some((d, extra, codes, idx)) = superblock::<T>(xbl, q) {
+        if let Some((d, extra, codes, idx)) = superblock::<T>(path, xbl, q) {
             pack(y, d, extra, &codes, &idx);
         }
     }
@@ -916,22 +922,8 @@ mod tests {
                 let (ids, shifted) = candidates::<T>(max);
                 let mut scalar = [[0f32; 4]; N_PADDED];
                 let mut simd = [[0f32; 4]; N_PADDED];
-                fill_sums::<T, 16>(
-                    crate::cpu::Path::Scalar,
-                    &x,
-                    &weight,
-                    &ids,
-                    &shifted,
-                    &mut scalar,
-                );
-                fill_sums::<T, 16>(
-                    crate::cpu::Path::Avx2,
-                    &x,
-                    &weight,
-                    &ids,
-                    &shifted,
-                    &mut simd,
-                );
+                fill_sums::<T, 16>(Path::Scalar, &x, &weight, &ids, &shifted, &mut scalar);
+                fill_sums::<T, 16>(Path::Avx2, &x, &weight, &ids, &shifted, &mut simd);
                 for c in 0..N_TRIES {
                     assert_eq!(
                         simd[c].map(f32::to_bits),

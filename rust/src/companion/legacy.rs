@@ -257,6 +257,8 @@ pub(crate) fn quantize_iq4_nl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]
     let vi = |k: usize| IQ4NL_VALUES[k] as i32;
     let mut weight = [0f32; QK];
     let mut lb = [0u8; QK];
+    // Read once per row: the refinement asks for it per move.
+    let path = crate::cpu::quantize_path();
     for (ib, (xb, y)) in x.chunks_exact(QK).zip(out.chunks_exact_mut(18)).enumerate() {
         let mut sigma2 = 0f32;
         for &t in xb {
@@ -302,7 +304,7 @@ pub(crate) fn quantize_iq4_nl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]
             nearest_indices(grid, best_id, xb, &mut lb);
             let (mut sqx, mut sq2) = (best_sqx, best_sq2);
             for _ in 0..32 * QK {
-                let Some((j, dir)) = cheapest_move(pick.scale, xb, &weight, &lb) else {
+                let Some((j, dir)) = cheapest_move(path, pick.scale, xb, &weight, &lb) else {
                     break;
                 };
                 let w = weight[j];
@@ -332,12 +334,19 @@ pub(crate) fn quantize_iq4_nl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]
 /// One greedy move of the IQ4_NL refinement: the element whose step to the neighbouring
 /// value in its gradient's direction needs the smallest scale change
 /// `Δv / (d·w·(x − d·v))`, the first such element on ties, and the direction (±1).
-fn cheapest_move(d: f32, x: &[f32], w: &[f32], lb: &[u8; QK]) -> Option<(usize, i32)> {
+fn cheapest_move(
+    path: crate::cpu::Path,
+    d: f32,
+    x: &[f32],
+    w: &[f32],
+    lb: &[u8; QK],
+) -> Option<(usize, i32)> {
     #[cfg(target_arch = "x86_64")]
-    if crate::cpu::quantize_path() == crate::cpu::Path::Avx2 {
+    if path == crate::cpu::Path::Avx2 {
         // SAFETY: the Avx2 path is only chosen on CPUs with AVX2.
         return unsafe { cheapest_move_avx2(d, x, w, lb) };
     }
+    let _ = path;
     cheapest_move_scalar(d, x, w, lb)
 }
 

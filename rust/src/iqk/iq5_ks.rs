@@ -19,18 +19,20 @@ const QS: usize = 8;
 const QH: usize = 136;
 
 pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
+    // Read once per row, not per block.
+    let path = crate::cpu::quantize_path();
     quantize_ks_row_f32_scale(
         x,
         qw,
         out,
         BLOCK_BYTES,
         // IQ5_K's candidate search (ntry 5, both rows, both signs), on 32 values.
-        iq5nl_block_scale,
+        |xb, weight, max| iq5nl_block_scale(path, xb, weight, max),
         |y, ib, xb, weight, l, idl, sumqx, sumq2| {
             let shifted = y[ib] & 1 != 0;
             let values = &iq5nl_f32()[32 * shifted as usize..][..32];
             let mut indices = [0u8; SUB];
-            iq5nl_indices(shifted, idl, xb, &mut indices);
+            iq5nl_indices(path, shifted, idl, xb, &mut indices);
             for j in 0..SUB {
                 let idx = indices[j] as usize;
                 y[QS + SUB * (ib / 2) + j] |= ((idx & 0xf) << (4 * (ib % 2))) as u8;
