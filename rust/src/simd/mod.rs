@@ -261,7 +261,7 @@ pub fn dot_fn(kind: DotType, path: SimdPath) -> DotFn {
     match path {
         SimdPath::Scalar => scalar_fn(kind),
         #[cfg(target_arch = "x86_64")]
-        SimdPath::Avx2 => x86::avx2_fn(kind),
+        SimdPath::Avx2 => x86::avx2(kind).dot,
         #[cfg(target_arch = "x86_64")]
         SimdPath::Avx512 => x86::avx512_fn(kind),
         #[cfg(target_arch = "aarch64")]
@@ -293,7 +293,7 @@ pub fn rows_fn(kind: DotType, path: SimdPath) -> RowsFn {
     // Paths without a multi-row kernel run their single-row one row by row.
     match path {
         #[cfg(target_arch = "x86_64")]
-        SimdPath::Avx2 => x86::avx2_rows_fn(kind),
+        SimdPath::Avx2 => x86::avx2(kind).rows,
         SimdPath::Scalar => per_kind!(kind, |r, q, o| by_row(SimdPath::Scalar)),
         SimdPath::Avx512 => per_kind!(kind, |r, q, o| by_row(SimdPath::Avx512)),
         SimdPath::Neon => per_kind!(kind, |r, q, o| by_row(SimdPath::Neon)),
@@ -318,7 +318,7 @@ pub fn tile_fn(kind: DotType, path: SimdPath) -> TileFn {
     // Paths without a tile kernel run their multi-row one per activation row.
     match path {
         #[cfg(target_arch = "x86_64")]
-        SimdPath::Avx2 => x86::avx2_tile_fn(kind),
+        SimdPath::Avx2 => x86::avx2(kind).tile,
         #[cfg(target_arch = "x86_64")]
         SimdPath::Avx512 => x86::avx512_tile_fn(kind),
         SimdPath::Scalar => per_kind!(kind, |r, a, o| by_act(SimdPath::Scalar)),
@@ -377,39 +377,6 @@ mod x86 {
         };
     }
 
-    pub(super) fn avx2_fn(kind: DotType) -> DotFn {
-        match kind {
-            DotType::Iq2K => wrap!(avx2, vec_dot_iq2k),
-            DotType::Iq3K => wrap!(avx2, vec_dot_iq3k),
-            DotType::Iq4K => wrap!(avx2, vec_dot_iq4k),
-            DotType::Iq2Ks => wrap!(avx2, vec_dot_iq2ks),
-            DotType::Iq3Ks => wrap!(avx2, vec_dot_iq3ks),
-            DotType::Iq4Ks => wrap!(avx2, vec_dot_iq4ks),
-            DotType::Iq5Ks => wrap!(avx2, vec_dot_iq5ks),
-        }
-    }
-
-    macro_rules! wrap_rows {
-        ($m:ident, $f:ident) => {
-            |r: &[u8], q: &[u8], o: &mut [f32]| {
-                // SAFETY: only reachable through `rows_fn`, which checked the CPU features.
-                unsafe { $m::$f(r, q, o) }
-            }
-        };
-    }
-
-    pub(super) fn avx2_rows_fn(kind: DotType) -> RowsFn {
-        match kind {
-            DotType::Iq2K => wrap_rows!(avx2, vec_dot_iq2k_rows),
-            DotType::Iq3K => wrap_rows!(avx2, vec_dot_iq3k_rows),
-            DotType::Iq4K => wrap_rows!(avx2, vec_dot_iq4k_rows),
-            DotType::Iq2Ks => wrap_rows!(avx2, vec_dot_iq2ks_rows),
-            DotType::Iq3Ks => wrap_rows!(avx2, vec_dot_iq3ks_rows),
-            DotType::Iq4Ks => wrap_rows!(avx2, vec_dot_iq4ks_rows),
-            DotType::Iq5Ks => wrap_rows!(avx2, vec_dot_iq5ks_rows),
-        }
-    }
-
     macro_rules! wrap_tile {
         ($m:ident, $f:ident) => {
             |r: &[u8], a: &ActRows, o: &mut [f32]| {
@@ -419,16 +386,28 @@ mod x86 {
         };
     }
 
-    pub(super) fn avx2_tile_fn(kind: DotType) -> TileFn {
-        match kind {
-            DotType::Iq2K => wrap_tile!(avx2, tile_iq2k),
-            DotType::Iq3K => wrap_tile!(avx2, tile_iq3k),
-            DotType::Iq4K => wrap_tile!(avx2, tile_iq4k),
-            DotType::Iq2Ks => wrap_tile!(avx2, tile_iq2ks),
-            DotType::Iq3Ks => wrap_tile!(avx2, tile_iq3ks),
-            DotType::Iq4Ks => wrap_tile!(avx2, tile_iq4ks),
-            DotType::Iq5Ks => wrap_tile!(avx2, tile_iq5ks),
+    /// One kind's AVX2 kernels.
+    pub(super) struct Avx2 {
+        pub dot: DotFn,
+        pub rows: RowsFn,
+        pub tile: TileFn,
+    }
+
+    impl avx2::ForKind for Avx2 {
+        type Out = Avx2;
+        fn of<K: avx2::Avx2Kind>() -> Avx2 {
+            // SAFETY (each): only reachable through `dot_fn`, `rows_fn` or `tile_fn`, which
+            // checked the CPU features.
+            Avx2 {
+                dot: |r, q| unsafe { avx2::single::<K>(r, q) },
+                rows: |r, q, o| unsafe { avx2::rows::<K>(r, q, o) },
+                tile: |r, a, o| unsafe { avx2::tile::<K>(r, a, o) },
+            }
         }
+    }
+
+    pub(super) fn avx2(kind: DotType) -> Avx2 {
+        avx2::for_kind::<Avx2>(kind)
     }
 
     pub(super) fn avx512_tile_fn(kind: DotType) -> TileFn {
