@@ -230,21 +230,72 @@ pub fn auto_tile_fn(kind: DotType) -> TileFn {
     tile_fn(kind, choice(kind, Shape::Tile).path)
 }
 
-/// One closure per kind calling `f(kind, extra.., args..)`, coerced to a fn pointer (a closure
-/// that captured `kind` could not be): `per_kind!(kind, |r, q| f(EXTRA))`. The extra
-/// arguments must be constants for the same reason.
-macro_rules! per_kind {
-    ($kind:expr, |$($arg:ident),*| $($f:ident)::+($($extra:expr),*)) => {
-        match $kind {
-            DotType::Iq2K => |$($arg),*| $($f)::+(DotType::Iq2K, $($extra,)* $($arg),*),
-            DotType::Iq3K => |$($arg),*| $($f)::+(DotType::Iq3K, $($extra,)* $($arg),*),
-            DotType::Iq4K => |$($arg),*| $($f)::+(DotType::Iq4K, $($extra,)* $($arg),*),
-            DotType::Iq2Ks => |$($arg),*| $($f)::+(DotType::Iq2Ks, $($extra,)* $($arg),*),
-            DotType::Iq3Ks => |$($arg),*| $($f)::+(DotType::Iq3Ks, $($extra,)* $($arg),*),
-            DotType::Iq4Ks => |$($arg),*| $($f)::+(DotType::Iq4Ks, $($extra,)* $($arg),*),
-            DotType::Iq5Ks => |$($arg),*| $($f)::+(DotType::Iq5Ks, $($extra,)* $($arg),*),
-        }
-    };
+/// Kernels that take their kind as an argument, made one fn pointer per kind:
+/// `P::at::<I>()` builds the pointer for `DotType::ALL[I]` (a closure that captured the kind
+/// could not be a fn pointer).
+trait PerKind {
+    type Out;
+    fn at<const I: usize>() -> Self::Out;
+}
+
+/// `P::at::<I>()` for `kind`'s index `I` in [`DotType::ALL`].
+fn per_kind<P: PerKind>(kind: DotType) -> P::Out {
+    match kind as usize {
+        0 => P::at::<0>(),
+        1 => P::at::<1>(),
+        2 => P::at::<2>(),
+        3 => P::at::<3>(),
+        4 => P::at::<4>(),
+        5 => P::at::<5>(),
+        6 => P::at::<6>(),
+        i => unreachable!("DotType {i} is missing from simd::per_kind"),
+    }
+}
+
+// `per_kind` relies on `kind as usize` being the kind's index in `DotType::ALL` (and on
+// covering every index), `ByRow` and `ByAct` on the same for `SimdPath`.
+const _: () = {
+    assert!(DotType::ALL.len() == 7, "simd::per_kind lists 7 kinds");
+    let mut i = 0;
+    while i < DotType::ALL.len() {
+        assert!(DotType::ALL[i] as usize == i);
+        i += 1;
+    }
+    let mut i = 0;
+    while i < SimdPath::ALL.len() {
+        assert!(SimdPath::ALL[i] as usize == i);
+        i += 1;
+    }
+};
+
+/// The scalar kernel of the kind `DotType::ALL[I]`.
+struct ScalarDot;
+
+impl PerKind for ScalarDot {
+    type Out = DotFn;
+    fn at<const I: usize>() -> DotFn {
+        |r, q| scalar::vec_dot(DotType::ALL[I], r, q)
+    }
+}
+
+/// Path `SimdPath::ALL[P]`'s single-row kernel run row by row (a [`RowsFn`]).
+struct ByRow<const P: usize>;
+
+impl<const P: usize> PerKind for ByRow<P> {
+    type Out = RowsFn;
+    fn at<const I: usize>() -> RowsFn {
+        |r, q, o| by_row(DotType::ALL[I], SimdPath::ALL[P], r, q, o)
+    }
+}
+
+/// Path `SimdPath::ALL[P]`'s multi-row kernel run per activation row (a [`TileFn`]).
+struct ByAct<const P: usize>;
+
+impl<const P: usize> PerKind for ByAct<P> {
+    type Out = TileFn;
+    fn at<const I: usize>() -> TileFn {
+        |r, a, o| by_act(DotType::ALL[I], SimdPath::ALL[P], r, a, o)
+    }
 }
 
 /// A dot-product kernel: one row's bytes (KS types start with the row scale) and that many
@@ -263,7 +314,7 @@ pub fn dot_fn(kind: DotType, path: SimdPath) -> DotFn {
         #[cfg(target_arch = "x86_64")]
         SimdPath::Avx2 => x86::avx2(kind).dot,
         #[cfg(target_arch = "x86_64")]
-        SimdPath::Avx512 => x86::avx512_fn(kind),
+        SimdPath::Avx512 => per_kind::<x86::Avx512Fn>(kind),
         #[cfg(target_arch = "aarch64")]
         SimdPath::Neon => arm::neon_fn(kind, caps().dotprod),
         #[allow(unreachable_patterns)]
@@ -294,9 +345,9 @@ pub fn rows_fn(kind: DotType, path: SimdPath) -> RowsFn {
     match path {
         #[cfg(target_arch = "x86_64")]
         SimdPath::Avx2 => x86::avx2(kind).rows,
-        SimdPath::Scalar => per_kind!(kind, |r, q, o| by_row(SimdPath::Scalar)),
-        SimdPath::Avx512 => per_kind!(kind, |r, q, o| by_row(SimdPath::Avx512)),
-        SimdPath::Neon => per_kind!(kind, |r, q, o| by_row(SimdPath::Neon)),
+        SimdPath::Scalar => per_kind::<ByRow<{ SimdPath::Scalar as usize }>>(kind),
+        SimdPath::Avx512 => per_kind::<ByRow<{ SimdPath::Avx512 as usize }>>(kind),
+        SimdPath::Neon => per_kind::<ByRow<{ SimdPath::Neon as usize }>>(kind),
         #[allow(unreachable_patterns)]
         _ => unreachable!("{path} reported available on an architecture without it"),
     }
@@ -320,9 +371,9 @@ pub fn tile_fn(kind: DotType, path: SimdPath) -> TileFn {
         #[cfg(target_arch = "x86_64")]
         SimdPath::Avx2 => x86::avx2(kind).tile,
         #[cfg(target_arch = "x86_64")]
-        SimdPath::Avx512 => x86::avx512_tile_fn(kind),
-        SimdPath::Scalar => per_kind!(kind, |r, a, o| by_act(SimdPath::Scalar)),
-        SimdPath::Neon => per_kind!(kind, |r, a, o| by_act(SimdPath::Neon)),
+        SimdPath::Avx512 => per_kind::<x86::Avx512TileFn>(kind),
+        SimdPath::Scalar => per_kind::<ByAct<{ SimdPath::Scalar as usize }>>(kind),
+        SimdPath::Neon => per_kind::<ByAct<{ SimdPath::Neon as usize }>>(kind),
         #[allow(unreachable_patterns)]
         _ => unreachable!("{path} reported available on an architecture without it"),
     }
@@ -358,7 +409,7 @@ fn by_row(kind: DotType, path: SimdPath, rows: &[u8], q8k: &[u8], out: &mut [f32
 }
 
 fn scalar_fn(kind: DotType) -> DotFn {
-    per_kind!(kind, |r, q| scalar::vec_dot())
+    per_kind::<ScalarDot>(kind)
 }
 
 /// Safe wrappers around the `#[target_feature]` kernels. They are private and only handed
@@ -366,25 +417,7 @@ fn scalar_fn(kind: DotType) -> DotFn {
 /// the `unsafe` calls sound.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{avx2, avx512, ActRows, DotFn, DotType, RowsFn, TileFn};
-
-    macro_rules! wrap {
-        ($m:ident, $f:ident) => {
-            |r: &[u8], q: &[u8]| -> f32 {
-                // SAFETY: only reachable through `dot_fn`, which checked the CPU features.
-                unsafe { $m::$f(r, q) }
-            }
-        };
-    }
-
-    macro_rules! wrap_tile {
-        ($m:ident, $f:ident) => {
-            |r: &[u8], a: &ActRows, o: &mut [f32]| {
-                // SAFETY: only reachable through `tile_fn`, which checked the CPU features.
-                unsafe { $m::$f(r, a, o) }
-            }
-        };
-    }
+    use super::{avx2, avx512, ActRows, DotFn, DotType, PerKind, RowsFn, TileFn};
 
     /// One kind's AVX2 kernels.
     pub(super) struct Avx2 {
@@ -410,27 +443,46 @@ mod x86 {
         avx2::for_kind::<Avx2>(kind)
     }
 
-    pub(super) fn avx512_tile_fn(kind: DotType) -> TileFn {
-        match kind {
-            DotType::Iq2K => wrap_tile!(avx512, tile_iq2k),
-            DotType::Iq3K => wrap_tile!(avx512, tile_iq3k),
-            DotType::Iq4K => wrap_tile!(avx512, tile_iq4k),
-            DotType::Iq2Ks => wrap_tile!(avx512, tile_iq2ks),
-            DotType::Iq3Ks => wrap_tile!(avx512, tile_iq3ks),
-            DotType::Iq4Ks => wrap_tile!(avx512, tile_iq4ks),
-            DotType::Iq5Ks => wrap_tile!(avx512, tile_iq5ks),
+    /// The AVX-512 kernels, in `DotType::ALL` order.
+    const AVX512: [(DotType, Avx512Dot, Avx512Tile); 7] = [
+        (DotType::Iq2K, avx512::vec_dot_iq2k, avx512::tile_iq2k),
+        (DotType::Iq3K, avx512::vec_dot_iq3k, avx512::tile_iq3k),
+        (DotType::Iq4K, avx512::vec_dot_iq4k, avx512::tile_iq4k),
+        (DotType::Iq2Ks, avx512::vec_dot_iq2ks, avx512::tile_iq2ks),
+        (DotType::Iq3Ks, avx512::vec_dot_iq3ks, avx512::tile_iq3ks),
+        (DotType::Iq4Ks, avx512::vec_dot_iq4ks, avx512::tile_iq4ks),
+        (DotType::Iq5Ks, avx512::vec_dot_iq5ks, avx512::tile_iq5ks),
+    ];
+    type Avx512Dot = unsafe fn(&[u8], &[u8]) -> f32;
+    type Avx512Tile = unsafe fn(&[u8], &ActRows, &mut [f32]);
+
+    const _: () = {
+        let mut i = 0;
+        while i < AVX512.len() {
+            assert!(AVX512[i].0 as usize == i, "AVX512 is in DotType::ALL order");
+            i += 1;
+        }
+    };
+
+    /// One kind's AVX-512 single-row kernel.
+    pub(super) struct Avx512Fn;
+
+    impl PerKind for Avx512Fn {
+        type Out = DotFn;
+        fn at<const I: usize>() -> DotFn {
+            // SAFETY: only reachable through `dot_fn`, which checked the CPU features.
+            |r, q| unsafe { (AVX512[I].1)(r, q) }
         }
     }
 
-    pub(super) fn avx512_fn(kind: DotType) -> DotFn {
-        match kind {
-            DotType::Iq2K => wrap!(avx512, vec_dot_iq2k),
-            DotType::Iq3K => wrap!(avx512, vec_dot_iq3k),
-            DotType::Iq4K => wrap!(avx512, vec_dot_iq4k),
-            DotType::Iq2Ks => wrap!(avx512, vec_dot_iq2ks),
-            DotType::Iq3Ks => wrap!(avx512, vec_dot_iq3ks),
-            DotType::Iq4Ks => wrap!(avx512, vec_dot_iq4ks),
-            DotType::Iq5Ks => wrap!(avx512, vec_dot_iq5ks),
+    /// One kind's AVX-512 tile kernel.
+    pub(super) struct Avx512TileFn;
+
+    impl PerKind for Avx512TileFn {
+        type Out = TileFn;
+        fn at<const I: usize>() -> TileFn {
+            // SAFETY: only reachable through `tile_fn`, which checked the CPU features.
+            |r, a, o| unsafe { (AVX512[I].2)(r, a, o) }
         }
     }
 }
