@@ -366,14 +366,15 @@ pub fn tile_fn(kind: DotType, path: SimdPath) -> TileFn {
         path.is_available(),
         "SIMD path {path} is not available on this CPU"
     );
-    // Paths without a tile kernel run their multi-row one per activation row.
+    // The scalar path runs its multi-row kernel per activation row.
     match path {
         #[cfg(target_arch = "x86_64")]
         SimdPath::Avx2 => x86::avx2(kind).tile,
         #[cfg(target_arch = "x86_64")]
         SimdPath::Avx512 => per_kind::<x86::Avx512TileFn>(kind),
         SimdPath::Scalar => per_kind::<ByAct<{ SimdPath::Scalar as usize }>>(kind),
-        SimdPath::Neon => per_kind::<ByAct<{ SimdPath::Neon as usize }>>(kind),
+        #[cfg(target_arch = "aarch64")]
+        SimdPath::Neon => arm::neon_tile_fn(kind, caps().dotprod),
         #[allow(unreachable_patterns)]
         _ => unreachable!("{path} reported available on an architecture without it"),
     }
@@ -489,33 +490,120 @@ mod x86 {
 
 #[cfg(target_arch = "aarch64")]
 mod arm {
-    use super::{neon, DotFn, DotType};
+    use super::{neon, per_kind, ActRows, DotFn, DotType, PerKind, TileFn};
 
-    macro_rules! wrap {
-        ($f:ident) => {
-            |r: &[u8], q: &[u8]| -> f32 {
-                // SAFETY: only reachable through `dot_fn`, which checked the CPU features.
-                unsafe { neon::$f(r, q) }
+    type NeonDot = unsafe fn(&[u8], &[u8]) -> f32;
+    type NeonTile = unsafe fn(&[u8], &ActRows, &mut [f32]);
+
+    /// The NEON kernels in `DotType::ALL` order: row kernel plain and with `dotprod`, tile
+    /// kernel plain and with `dotprod`.
+    const NEON: [(DotType, NeonDot, NeonDot, NeonTile, NeonTile); 7] = [
+        (
+            DotType::Iq2K,
+            neon::vec_dot_iq2k,
+            neon::vec_dot_iq2k_dotprod,
+            neon::tile_iq2k,
+            neon::tile_iq2k_dotprod,
+        ),
+        (
+            DotType::Iq3K,
+            neon::vec_dot_iq3k,
+            neon::vec_dot_iq3k_dotprod,
+            neon::tile_iq3k,
+            neon::tile_iq3k_dotprod,
+        ),
+        (
+            DotType::Iq4K,
+            neon::vec_dot_iq4k,
+            neon::vec_dot_iq4k_dotprod,
+            neon::tile_iq4k,
+            neon::tile_iq4k_dotprod,
+        ),
+        (
+            DotType::Iq2Ks,
+            neon::vec_dot_iq2ks,
+            neon::vec_dot_iq2ks_dotprod,
+            neon::tile_iq2ks,
+            neon::tile_iq2ks_dotprod,
+        ),
+        (
+            DotType::Iq3Ks,
+            neon::vec_dot_iq3ks,
+            neon::vec_dot_iq3ks_dotprod,
+            neon::tile_iq3ks,
+            neon::tile_iq3ks_dotprod,
+        ),
+        (
+            DotType::Iq4Ks,
+            neon::vec_dot_iq4ks,
+            neon::vec_dot_iq4ks_dotprod,
+            neon::tile_iq4ks,
+            neon::tile_iq4ks_dotprod,
+        ),
+        (
+            DotType::Iq5Ks,
+            neon::vec_dot_iq5ks,
+            neon::vec_dot_iq5ks_dotprod,
+            neon::tile_iq5ks,
+            neon::tile_iq5ks_dotprod,
+        ),
+    ];
+
+    const _: () = {
+        let mut i = 0;
+        while i < NEON.len() {
+            assert!(NEON[i].0 as usize == i, "NEON is in DotType::ALL order");
+            i += 1;
+        }
+    };
+
+    /// One kind's NEON row kernel (`DOTPROD`: the `sdot` variant).
+    struct NeonDotFn<const DOTPROD: bool>;
+
+    impl<const DOTPROD: bool> PerKind for NeonDotFn<DOTPROD> {
+        type Out = DotFn;
+        fn at<const I: usize>() -> DotFn {
+            // SAFETY (both): only reachable through `dot_fn`, which checked the CPU features.
+            let plain: DotFn = |r, q| unsafe { (NEON[I].1)(r, q) };
+            let dotprod: DotFn = |r, q| unsafe { (NEON[I].2)(r, q) };
+            if DOTPROD {
+                dotprod
+            } else {
+                plain
             }
-        };
+        }
+    }
+
+    /// One kind's NEON tile kernel (`DOTPROD`: the `sdot` variant).
+    struct NeonTileFn<const DOTPROD: bool>;
+
+    impl<const DOTPROD: bool> PerKind for NeonTileFn<DOTPROD> {
+        type Out = TileFn;
+        fn at<const I: usize>() -> TileFn {
+            // SAFETY (both): only reachable through `tile_fn`, which checked the CPU features.
+            let plain: TileFn = |r, a, o| unsafe { (NEON[I].3)(r, a, o) };
+            let dotprod: TileFn = |r, a, o| unsafe { (NEON[I].4)(r, a, o) };
+            if DOTPROD {
+                dotprod
+            } else {
+                plain
+            }
+        }
     }
 
     pub(super) fn neon_fn(kind: DotType, dotprod: bool) -> DotFn {
-        match (kind, dotprod) {
-            (DotType::Iq2K, false) => wrap!(vec_dot_iq2k),
-            (DotType::Iq3K, false) => wrap!(vec_dot_iq3k),
-            (DotType::Iq4K, false) => wrap!(vec_dot_iq4k),
-            (DotType::Iq2Ks, false) => wrap!(vec_dot_iq2ks),
-            (DotType::Iq3Ks, false) => wrap!(vec_dot_iq3ks),
-            (DotType::Iq4Ks, false) => wrap!(vec_dot_iq4ks),
-            (DotType::Iq5Ks, false) => wrap!(vec_dot_iq5ks),
-            (DotType::Iq2K, true) => wrap!(vec_dot_iq2k_dotprod),
-            (DotType::Iq3K, true) => wrap!(vec_dot_iq3k_dotprod),
-            (DotType::Iq4K, true) => wrap!(vec_dot_iq4k_dotprod),
-            (DotType::Iq2Ks, true) => wrap!(vec_dot_iq2ks_dotprod),
-            (DotType::Iq3Ks, true) => wrap!(vec_dot_iq3ks_dotprod),
-            (DotType::Iq4Ks, true) => wrap!(vec_dot_iq4ks_dotprod),
-            (DotType::Iq5Ks, true) => wrap!(vec_dot_iq5ks_dotprod),
+        if dotprod {
+            per_kind::<NeonDotFn<true>>(kind)
+        } else {
+            per_kind::<NeonDotFn<false>>(kind)
+        }
+    }
+
+    pub(super) fn neon_tile_fn(kind: DotType, dotprod: bool) -> TileFn {
+        if dotprod {
+            per_kind::<NeonTileFn<true>>(kind)
+        } else {
+            per_kind::<NeonTileFn<false>>(kind)
         }
     }
 }
