@@ -38,9 +38,9 @@ fn level_sums(
 }
 
 /// [`level_sums`] with 8 candidates per vector, all five vectors advancing together so that
-/// their ten sums are independent chains. `nearest_int` is the float-add trick; subtracting
-/// the magic constant back gives the same integer as the bit masking (|iscale·x| <= nmax + 1,
-/// far below 2^22), and clamping it as a float is exact.
+/// their ten sums are independent chains. `nearest_int` is a round-to-nearest-even, which is
+/// what the float-add trick computes (|iscale·x| <= nmax + 1, far below 2^22), and clamping
+/// it as a float is exact.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn level_sums_avx2(
@@ -54,7 +54,6 @@ unsafe fn level_sums_avx2(
     const GROUPS: usize = N_ISCALES.div_ceil(8);
     let mut padded = [0f32; 8 * GROUPS];
     padded[..N_ISCALES].copy_from_slice(iscales);
-    let magic = _mm256_set1_ps(12_582_912.0);
     let (lo, hi) = (
         _mm256_set1_ps(-nmax as f32),
         _mm256_set1_ps((nmax - 1) as f32),
@@ -65,7 +64,9 @@ unsafe fn level_sums_avx2(
     for ((&xi, &wi), &wxi) in x.iter().zip(w).zip(wx) {
         let (xv, wv, wxv) = (_mm256_set1_ps(xi), _mm256_set1_ps(wi), _mm256_set1_ps(wxi));
         for g in 0..GROUPS {
-            let rounded = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(is[g], xv), magic), magic);
+            let rounded = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm256_mul_ps(is[g], xv),
+            );
             let lf = _mm256_min_ps(_mm256_max_ps(rounded, lo), hi);
             slx[g] = _mm256_add_ps(slx[g], _mm256_mul_ps(wxv, lf));
             sl2[g] = _mm256_add_ps(sl2[g], _mm256_mul_ps(_mm256_mul_ps(wv, lf), lf));
