@@ -615,16 +615,22 @@ unsafe fn qkx3_lanes_unchanged_avx2(
     nmax: i32,
     iscales: &[f32; QKX3_LANES],
     min: f32,
+    from: usize,
     x: &[f32],
     cols: &Qkx3Columns,
 ) -> u32 {
     use std::arch::x86_64::*;
     let (is, min_v) = (_mm256_loadu_ps(iscales.as_ptr()), _mm256_set1_ps(min));
+    // Only lanes `from..` matter; stop once none of them is left unchanged.
+    let wanted = 0xffu32 << from & 0xff;
     let mut same = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
     for (i, xi) in x.iter().enumerate() {
         let lf = lane_levels_avx2(nmax, is, _mm256_sub_ps(_mm256_broadcast_ss(xi), min_v));
         let stored = _mm256_loadu_ps(cols.levels[i].as_ptr());
         same = _mm256_and_ps(same, _mm256_cmp_ps::<_CMP_EQ_OQ>(lf, stored));
+        if i % 8 == 7 && _mm256_movemask_ps(same) as u32 & wanted == 0 {
+            return 0;
+        }
     }
     _mm256_movemask_ps(same) as u32
 }
@@ -657,23 +663,17 @@ fn make_qkx3_quants_on(
     nstep: i32,
 ) -> (f32, f32) {
     let n = x.len();
+    // The C's one loop, split: min and max first, so that the weighted sums and the error of
+    // the first levels, four independent f64 chains, run in one loop (each in its order).
     let mut min = x[0];
     let mut max = x[0];
-    let mut sum_w = weights[0] as f64;
-    let mut sum_x = sum_w * x[0] as f64;
-    let mut sum_x2 = sum_w * x[0] as f64 * x[0] as f64;
-    for i in 1..n {
-        if x[i] < min {
-            min = x[i];
+    for &v in &x[1..n] {
+        if v < min {
+            min = v;
         }
-        if x[i] > max {
-            max = x[i];
+        if v > max {
+            max = v;
         }
-        let w = weights[i] as f64;
-        let xi = x[i] as f64;
-        sum_w += w;
-        sum_x += w * xi;
-        sum_x2 += w * xi * xi;
     }
     if min > 0.0 {
         min = 0.0;
@@ -684,41 +684,62 @@ fn make_qkx3_quants_on(
     }
     let iscale = nmax as f32 / (max - min);
     let mut scale = 1.0 / iscale;
-    let mut best_mad = 0f64;
-    for i in 0..n {
+    let mad_term = |i: usize, l: i32| {
+        let diff = scale as f64 * l as f64 + min as f64 - x[i] as f64;
+        weights[i] as f64 * (diff * diff)
+    };
+    let l0 = offset_level(nmax, iscale, min, x[0]);
+    out[0] = l0 as u8;
+    let mut best_mad = 0f64 + mad_term(0, l0);
+    let mut sum_w = weights[0] as f64;
+    let mut sum_x = sum_w * x[0] as f64;
+    let mut sum_x2 = sum_w * x[0] as f64 * x[0] as f64;
+    for i in 1..n {
+        let w = weights[i] as f64;
+        let xi = x[i] as f64;
+        sum_w += w;
+        sum_x += w * xi;
+        sum_x2 += w * xi * xi;
         let l = offset_level(nmax, iscale, min, x[i]);
         out[i] = l as u8;
-        let diff = scale as f64 * l as f64 + min as f64 - x[i] as f64;
-        best_mad += weights[i] as f64 * (diff * diff);
+        best_mad += mad_term(i, l);
     }
     if nstep < 1 {
         return (scale, -min);
     }
-    // Each candidate's levels depend on `min`, which an accepted candidate changes. So the
-    // candidates go in batches of one vector, each batch formed with the current `min`; an
-    // accept restarts the batch at the next candidate (the C's order, unchanged).
     let totals = Qkx3Totals {
         w: sum_w,
         x: sum_x,
         x2: sum_x2,
     };
-    // On the AVX2 path an accept does not end the batch outright: a later candidate whose
-    // levels the new `min` leaves as they were has the fit already computed (a fit depends on
-    // the levels alone), so the batch goes on up to the first candidate whose levels moved.
+    // Each candidate's levels depend on `min`, which an accepted candidate changes. So the
+    // candidates go in batches of one vector, each batch formed with the current `min`; an
+    // accept ends the batch at the candidate after it (the C's order, unchanged), except that
+    // on the AVX2 path a later candidate whose levels the new `min` leaves as they were has
+    // its fit already (a fit depends on the levels alone): the batch goes on up to the first
+    // candidate whose levels moved.
     let mut cols = avx2.then(|| Qkx3Columns::new(x, weights));
-    let numerator = |c: usize| rmin + rdelta * c as f32 + nmax as f32;
+    // The last accept's levels, as the inverse scale and min that give them: written once,
+    // after the scan.
+    let mut accepted: Option<(f32, f32)> = None;
     let mut next = 0usize;
     while next <= nstep as usize {
         let count = (nstep as usize + 1 - next).min(QKX3_LANES);
-        // All lanes, past `count` too, so that the loop vectorises (the extra ones go unused).
-        let iscales_at = |min: f32| -> [f32; QKX3_LANES] {
-            std::array::from_fn(|k| numerator(next + k) / (max - min))
-        };
-        let batch_min = min;
-        let mut iscales = iscales_at(min);
-        let fits = qkx3_fits(cols.as_mut(), nmax, &iscales, min, x, weights, &totals);
+        // All lanes, past `count` too, so that the divisions vectorise (extras go unused).
+        let numerators: [f32; QKX3_LANES] =
+            std::array::from_fn(|k| rmin + rdelta * (next + k) as f32 + nmax as f32);
+        let iscales_at = |min: f32| numerators.map(|v| v / (max - min));
+        let (batch_min, batch_iscales) = (min, iscales_at(min));
+        let fits = qkx3_fits(
+            cols.as_mut(),
+            nmax,
+            &batch_iscales,
+            min,
+            x,
+            weights,
+            &totals,
+        );
         let mut unchanged = u32::MAX;
-        let mut accepted = None;
         let mut k = 0;
         while k < count && unchanged & (1 << k) != 0 {
             // NaN marks a candidate without a fit (the C's `D <= 0`): never below.
@@ -726,38 +747,27 @@ fn make_qkx3_quants_on(
                 best_mad = fits.mad[k];
                 scale = fits.scale[k] as f32;
                 min = fits.min[k] as f32;
-                accepted = Some(k);
+                // The levels it was fitted with, which are also those at the current `min`.
+                accepted = Some((batch_iscales[k], batch_min));
                 unchanged = 0;
                 #[cfg(target_arch = "x86_64")]
                 if let Some(cols) = cols.as_ref() {
                     if k + 1 < count {
-                        iscales = iscales_at(min);
+                        let now = iscales_at(min);
                         // SAFETY: the columns are only built on the Avx2 path.
                         unchanged =
-                            unsafe { qkx3_lanes_unchanged_avx2(nmax, &iscales, min, x, cols) };
+                            unsafe { qkx3_lanes_unchanged_avx2(nmax, &now, min, k + 1, x, cols) };
                     }
                 }
             }
             k += 1;
         }
-        // Only the batch's last accept leaves its levels (those it was fitted with, which
-        // are also those at the current `min`).
-        if let Some(k) = accepted {
-            match cols.as_ref() {
-                Some(cols) => {
-                    for (o, lanes) in out.iter_mut().zip(&cols.levels) {
-                        *o = lanes[k] as u8;
-                    }
-                }
-                // Without the columns a batch ends at its first accept.
-                None => {
-                    for (o, &v) in out.iter_mut().zip(x) {
-                        *o = offset_level(nmax, iscales[k], batch_min, v) as u8;
-                    }
-                }
-            }
-        }
         next += k;
+    }
+    if let Some((iscale, level_min)) = accepted {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = offset_level(nmax, iscale, level_min, v) as u8;
+        }
     }
 
     let (mut sum_l, mut sum_l2, mut sum_xl) = (0f64, 0f64, 0f64);
