@@ -406,17 +406,11 @@ const QKX3_LANES: usize = 8;
 /// The longest block the K-quant searches see (Q4_K/Q5_K: 32, Q2_K: 16).
 const MAX_N: usize = 32;
 
-/// Whether the searches take their AVX2 kernels (the process's path, fixed at start; cached
-/// because asking for it costs more than some of the kernels).
+/// Whether the searches take their AVX2 kernels (the process's path; the AVX2 path implies
+/// FMA too).
 #[inline]
 fn use_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVX2.get_or_init(|| crate::cpu::quantize_path() == crate::cpu::Path::Avx2)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    crate::cpu::quantize_path() == crate::cpu::Path::Avx2
 }
 
 /// The block's own weighted sums `(Σ w, Σ w·x, Σ w·x²)`, in f64.
