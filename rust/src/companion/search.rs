@@ -552,8 +552,14 @@ unsafe fn qkx3_fits_avx2(
     let (is, min_v) = (_mm256_loadu_ps(iscales.as_ptr()), _mm256_set1_ps(min));
     let zero = _mm256_setzero_pd();
     let (mut l, mut l2, mut xl) = ([zero; 2], [zero; 2], [zero; 2]);
-    for (i, xi) in x.iter().enumerate() {
-        let lf = lane_levels_avx2(nmax, is, _mm256_sub_ps(_mm256_broadcast_ss(xi), min_v));
+    // x − min for the whole block first, so that the loop only broadcasts it from memory.
+    let mut xm = [0f32; MAX_N];
+    for k in (0..x.len()).step_by(8) {
+        let v = _mm256_sub_ps(_mm256_loadu_ps(x[k..k + 8].as_ptr()), min_v);
+        _mm256_storeu_ps(xm[k..k + 8].as_mut_ptr(), v);
+    }
+    for (i, xmi) in xm.iter().enumerate().take(x.len()) {
+        let lf = lane_levels_avx2(nmax, is, _mm256_broadcast_ss(xmi));
         _mm256_storeu_ps(cols.levels[i].as_mut_ptr(), lf);
         let halves = [
             _mm256_cvtps_pd(_mm256_castps256_ps128(lf)),
@@ -712,7 +718,9 @@ fn make_qkx3_quants_on(
     // on the AVX2 path a later candidate whose levels the new `min` leaves as they were has
     // its fit already (a fit depends on the levels alone): the batch goes on up to the first
     // candidate whose levels moved.
-    let mut cols = avx2.then(|| Qkx3Columns::new(x, weights));
+    // The kernels take whole vectors of values (Q4_K/Q5_K: 32, Q2_K: 16).
+    let mut cols =
+        (avx2 && n.is_multiple_of(8) && n <= MAX_N).then(|| Qkx3Columns::new(x, weights));
     // The last accept's levels, as the inverse scale and min that give them: written once,
     // after the scan.
     let mut accepted: Option<(f32, f32)> = None;
