@@ -624,11 +624,16 @@ unsafe fn qkx3_lanes_unchanged_avx2(
     // Only lanes `from..` matter; stop once none of them is left unchanged.
     let wanted = 0xffu32 << from & 0xff;
     let mut same = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
-    for (i, xi) in x.iter().enumerate() {
-        let lf = lane_levels_avx2(nmax, is, _mm256_sub_ps(_mm256_broadcast_ss(xi), min_v));
-        let stored = _mm256_loadu_ps(cols.levels[i].as_ptr());
-        same = _mm256_and_ps(same, _mm256_cmp_ps::<_CMP_EQ_OQ>(lf, stored));
-        if i % 8 == 7 && _mm256_movemask_ps(same) as u32 & wanted == 0 {
+    for k in (0..x.len()).step_by(8) {
+        let mut xm = [0f32; 8];
+        let v = _mm256_sub_ps(_mm256_loadu_ps(x[k..k + 8].as_ptr()), min_v);
+        _mm256_storeu_ps(xm.as_mut_ptr(), v);
+        for (xmi, stored) in xm.iter().zip(&cols.levels[k..k + 8]) {
+            let lf = lane_levels_avx2(nmax, is, _mm256_broadcast_ss(xmi));
+            let stored = _mm256_loadu_ps(stored.as_ptr());
+            same = _mm256_and_ps(same, _mm256_cmp_ps::<_CMP_EQ_OQ>(lf, stored));
+        }
+        if _mm256_movemask_ps(same) as u32 & wanted == 0 {
             return 0;
         }
     }
