@@ -1,8 +1,9 @@
-//! The scale searches of ggml-quants.c that the companion types use:
+//! The scale searches of ik_llama.cpp's ggml-quants.c (MIT) that the companion types use:
 //! `make_qx_quants` (symmetric, Q5_0/Q6_0/Q6_K), `make_qkx2_quants` (scale + min, f32,
 //! the K-quants without imatrix), `make_qkx3_quants` (scale + min, f64 sums, with imatrix)
 //! and `make_qp_quants` (positive super-block scales). Plain f32/f64 arithmetic in the
-//! association order of the C, which was built without FMA contraction.
+//! association order of the C, which was built without FMA contraction (the AVX2 kernels
+//! fuse only products that are exact, which rounds the same).
 
 use super::util::nearest_int;
 use crate::numeric::FitPick;
@@ -723,9 +724,10 @@ fn make_qkx3_quants_on(
     // on the AVX2 path a later candidate whose levels the new `min` leaves as they were has
     // its fit already (a fit depends on the levels alone): the batch goes on up to the first
     // candidate whose levels moved.
-    // The kernels take whole vectors of values (Q4_K/Q5_K: 32, Q2_K: 16).
-    let mut cols =
-        (avx2 && n.is_multiple_of(8) && n <= MAX_N).then(|| Qkx3Columns::new(x, weights));
+    // The kernels take whole vectors of values (Q4_K/Q5_K: 32, Q2_K: 16), and levels of at
+    // most 5 bits (their products are exact only then).
+    let mut cols = (avx2 && n.is_multiple_of(8) && n <= MAX_N && nmax <= 31)
+        .then(|| Qkx3Columns::new(x, weights));
     // The last accept's levels, as the inverse scale and min that give them: written once,
     // after the scan.
     let mut accepted: Option<(f32, f32)> = None;
