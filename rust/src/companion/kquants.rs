@@ -396,20 +396,13 @@ pub(crate) fn quantize_q5_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) 
         quantize_k4_block(31, xb, qw, y, &mut l);
         let (qh, ql) = y[16..176].split_at_mut(32);
         qh.fill(0);
+        // Levels are at most 31: bit 4 is the high bit, the low nibble the rest (no
+        // branches, so the loop vectorises).
         for c in 0..4 {
-            let (m1, m2) = (1u8 << (2 * c), 2u8 << (2 * c));
             for i in 0..32 {
-                let mut l1 = l[64 * c + i];
-                if l1 > 15 {
-                    l1 -= 16;
-                    qh[i] |= m1;
-                }
-                let mut l2 = l[64 * c + i + 32];
-                if l2 > 15 {
-                    l2 -= 16;
-                    qh[i] |= m2;
-                }
-                ql[32 * c + i] = l1 | (l2 << 4);
+                let (l1, l2) = (l[64 * c + i], l[64 * c + i + 32]);
+                qh[i] |= ((l1 >> 4) << (2 * c)) | ((l2 >> 4) << (2 * c + 1));
+                ql[32 * c + i] = (l1 & 0x0f) | ((l2 & 0x0f) << 4);
             }
         }
     }

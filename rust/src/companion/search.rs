@@ -1,8 +1,9 @@
-//! The scale searches of ggml-quants.c that the companion types use:
+//! The scale searches of ik_llama.cpp's ggml-quants.c (MIT) that the companion types use:
 //! `make_qx_quants` (symmetric, Q5_0/Q6_0/Q6_K), `make_qkx2_quants` (scale + min, f32,
 //! the K-quants without imatrix), `make_qkx3_quants` (scale + min, f64 sums, with imatrix)
 //! and `make_qp_quants` (positive super-block scales). Plain f32/f64 arithmetic in the
-//! association order of the C, which was built without FMA contraction.
+//! association order of the C, which was built without FMA contraction (the AVX2 kernels
+//! fuse only products that are exact, which rounds the same).
 
 use super::util::nearest_int;
 use crate::numeric::FitPick;
@@ -22,7 +23,7 @@ fn level_sums(
     wx: &[f32],
 ) -> ([f32; N_ISCALES], [f32; N_ISCALES]) {
     #[cfg(target_arch = "x86_64")]
-    if crate::cpu::quantize_path() == crate::cpu::Path::Avx2 {
+    if use_avx2() {
         // SAFETY: the Avx2 path is only chosen on CPUs with AVX2.
         return unsafe { level_sums_avx2(nmax, iscales, x, w, wx) };
     }
@@ -38,9 +39,9 @@ fn level_sums(
 }
 
 /// [`level_sums`] with 8 candidates per vector, all five vectors advancing together so that
-/// their ten sums are independent chains. `nearest_int` is the float-add trick; subtracting
-/// the magic constant back gives the same integer as the bit masking (|iscale·x| <= nmax + 1,
-/// far below 2^22), and clamping it as a float is exact.
+/// their ten sums are independent chains. `nearest_int` is a round-to-nearest-even, which is
+/// what the float-add trick computes (|iscale·x| <= nmax + 1, far below 2^22), and clamping
+/// it as a float is exact.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn level_sums_avx2(
@@ -54,7 +55,6 @@ unsafe fn level_sums_avx2(
     const GROUPS: usize = N_ISCALES.div_ceil(8);
     let mut padded = [0f32; 8 * GROUPS];
     padded[..N_ISCALES].copy_from_slice(iscales);
-    let magic = _mm256_set1_ps(12_582_912.0);
     let (lo, hi) = (
         _mm256_set1_ps(-nmax as f32),
         _mm256_set1_ps((nmax - 1) as f32),
@@ -65,7 +65,9 @@ unsafe fn level_sums_avx2(
     for ((&xi, &wi), &wxi) in x.iter().zip(w).zip(wx) {
         let (xv, wv, wxv) = (_mm256_set1_ps(xi), _mm256_set1_ps(wi), _mm256_set1_ps(wxi));
         for g in 0..GROUPS {
-            let rounded = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(is[g], xv), magic), magic);
+            let rounded = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm256_mul_ps(is[g], xv),
+            );
             let lf = _mm256_min_ps(_mm256_max_ps(rounded, lo), hi);
             slx[g] = _mm256_add_ps(slx[g], _mm256_mul_ps(wxv, lf));
             sl2[g] = _mm256_add_ps(sl2[g], _mm256_mul_ps(_mm256_mul_ps(wv, lf), lf));
@@ -189,7 +191,7 @@ fn steepest_level(
     levels: &[i8],
 ) -> Option<(usize, f32)> {
     #[cfg(target_arch = "x86_64")]
-    if crate::cpu::quantize_path() == crate::cpu::Path::Avx2 && x.len().is_multiple_of(8) {
+    if use_avx2() && x.len().is_multiple_of(8) {
         // SAFETY: the Avx2 path is only chosen on CPUs with AVX2.
         return unsafe { steepest_level_avx2(nmax, scale, x, w, levels) };
     }
@@ -402,6 +404,16 @@ fn offset_level(nmax: i32, iscale: f32, min: f32, v: f32) -> i32 {
 /// Candidates per batch of [`make_qkx3_quants`]: one vector of f32 levels.
 const QKX3_LANES: usize = 8;
 
+/// The longest block the K-quant searches see (Q4_K/Q5_K: 32, Q2_K: 16).
+const MAX_N: usize = 32;
+
+/// Whether the searches take their AVX2 kernels (the process's path; the AVX2 path implies
+/// FMA too).
+#[inline]
+fn use_avx2() -> bool {
+    crate::cpu::quantize_path() == crate::cpu::Path::Avx2
+}
+
 /// The block's own weighted sums `(Σ w, Σ w·x, Σ w·x²)`, in f64.
 struct Qkx3Totals {
     w: f64,
@@ -422,6 +434,7 @@ struct Qkx3Fits {
 /// product in the sums is exact in f64 (24-bit w and x, levels of at most 5 bits), so only the
 /// order of the additions matters: element order in every lane, as in the C.
 fn qkx3_fits(
+    cols: Option<&mut Qkx3Columns>,
     nmax: i32,
     iscales: &[f32; QKX3_LANES],
     min: f32,
@@ -430,10 +443,11 @@ fn qkx3_fits(
     totals: &Qkx3Totals,
 ) -> Qkx3Fits {
     #[cfg(target_arch = "x86_64")]
-    if crate::cpu::quantize_path() == crate::cpu::Path::Avx2 {
-        // SAFETY: the Avx2 path is only chosen on CPUs with AVX2.
-        return unsafe { qkx3_fits_avx2(nmax, iscales, min, x, w, totals) };
+    if let Some(cols) = cols {
+        // SAFETY: the columns are only built on the Avx2 path, on CPUs with AVX2 and FMA.
+        return unsafe { qkx3_fits_avx2(nmax, iscales, min, x, cols, totals) };
     }
+    let _ = cols;
     qkx3_fits_scalar(nmax, iscales, min, x, w, totals)
 }
 
@@ -494,39 +508,73 @@ fn closed_form_fits(
     f
 }
 
+/// The block's weights and weighted values as f64 columns for [`qkx3_fits_avx2`]:
+/// `w[i]`, and `wx[i] = w[i]·x[i]` (exact: 24-bit by 24-bit significands).
+struct Qkx3Columns {
+    w: [f64; MAX_N],
+    wx: [f64; MAX_N],
+    /// The last batch's levels, per element, one lane per candidate.
+    levels: [[f32; QKX3_LANES]; MAX_N],
+}
+
+impl Qkx3Columns {
+    fn new(x: &[f32], w: &[f32]) -> Self {
+        let mut cols = Qkx3Columns {
+            w: [0.0; MAX_N],
+            wx: [0.0; MAX_N],
+            levels: [[0.0; QKX3_LANES]; MAX_N],
+        };
+        for (i, (&xi, &wi)) in x.iter().zip(w).enumerate() {
+            cols.w[i] = wi as f64;
+            cols.wx[i] = wi as f64 * xi as f64;
+        }
+        cols
+    }
+}
+
 /// [`qkx3_fits`] with the eight levels in one f32 vector (`nearest_int` as the float-add
 /// trick: |iscale·(x − min)| stays far below 2^22, and clamping as a float is exact) and the
-/// sums in two f64 vectors.
+/// sums in two f64 vectors. Every product is exact in f64 (`w·l`: 29 bits, `w·l·l`: 34,
+/// `w·l·x` = `(w·x)·l`: at most 24 + 24 + 5 = 53 bits for levels up to 31), so computing
+/// `Σ (w·l)·x` as `Σ wx·l` and adding a product in a fused multiply-add round exactly as
+/// the C's multiply-then-add does: only the additions round, in the C's order.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn qkx3_fits_avx2(
     nmax: i32,
     iscales: &[f32; QKX3_LANES],
     min: f32,
     x: &[f32],
-    w: &[f32],
+    cols: &mut Qkx3Columns,
     totals: &Qkx3Totals,
 ) -> Qkx3Fits {
     use std::arch::x86_64::*;
-    let magic = _mm256_set1_ps(12_582_912.0);
-    let (lo, hi) = (_mm256_setzero_ps(), _mm256_set1_ps(nmax as f32));
-    let is = _mm256_loadu_ps(iscales.as_ptr());
+    debug_assert!((0..32).contains(&nmax) && x.len() <= MAX_N);
+    let (is, min_v) = (_mm256_loadu_ps(iscales.as_ptr()), _mm256_set1_ps(min));
     let zero = _mm256_setzero_pd();
     let (mut l, mut l2, mut xl) = ([zero; 2], [zero; 2], [zero; 2]);
-    for (&xi, &wi) in x.iter().zip(w) {
-        let xm = _mm256_set1_ps(xi - min);
-        let rounded = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(is, xm), magic), magic);
-        let lf = _mm256_min_ps(_mm256_max_ps(rounded, lo), hi);
+    // x − min for the whole block first, so that the loop only broadcasts it from memory.
+    let mut xm = [0f32; MAX_N];
+    for k in (0..x.len()).step_by(8) {
+        let v = _mm256_sub_ps(_mm256_loadu_ps(x[k..k + 8].as_ptr()), min_v);
+        _mm256_storeu_ps(xm[k..k + 8].as_mut_ptr(), v);
+    }
+    for (i, xmi) in xm.iter().enumerate().take(x.len()) {
+        let lf = lane_levels_avx2(nmax, is, _mm256_broadcast_ss(xmi));
+        _mm256_storeu_ps(cols.levels[i].as_mut_ptr(), lf);
         let halves = [
             _mm256_cvtps_pd(_mm256_castps256_ps128(lf)),
             _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(lf)),
         ];
-        let (xd, wd) = (_mm256_set1_pd(xi as f64), _mm256_set1_pd(wi as f64));
+        let (wd, wxd) = (
+            _mm256_broadcast_sd(&cols.w[i]),
+            _mm256_broadcast_sd(&cols.wx[i]),
+        );
         for (h, &lf) in halves.iter().enumerate() {
             let wl = _mm256_mul_pd(wd, lf);
             l[h] = _mm256_add_pd(l[h], wl);
-            l2[h] = _mm256_add_pd(l2[h], _mm256_mul_pd(wl, lf));
-            xl[h] = _mm256_add_pd(xl[h], _mm256_mul_pd(wl, xd));
+            l2[h] = _mm256_fmadd_pd(wl, lf, l2[h]);
+            xl[h] = _mm256_fmadd_pd(wxd, lf, xl[h]);
         }
     }
     let store = |v: [__m256d; 2]| {
@@ -536,6 +584,61 @@ unsafe fn qkx3_fits_avx2(
         out
     };
     closed_form_fits(&store(l), &store(l2), &store(xl), totals)
+}
+
+/// The levels of one value `xm = x − min` at eight inverse scales: `nearest_int` as a
+/// round-to-nearest-even (what the float-add trick computes for |iscale·xm| < 2^22; beyond,
+/// both clamp alike), then clamped to [0, nmax] (exact as floats).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn lane_levels_avx2(
+    nmax: i32,
+    iscales: std::arch::x86_64::__m256,
+    xm: std::arch::x86_64::__m256,
+) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let rounded = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm256_mul_ps(iscales, xm),
+    );
+    _mm256_min_ps(
+        _mm256_max_ps(rounded, _mm256_setzero_ps()),
+        _mm256_set1_ps(nmax as f32),
+    )
+}
+
+/// After an accept moved `min`, which lanes of the last batch ([`Qkx3Columns::levels`]) still
+/// hold the levels their candidates have now: bit k set when candidate k's levels at inverse
+/// scale `iscales[k]` above `min` equal those it was fitted with. Its fit then stands.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn qkx3_lanes_unchanged_avx2(
+    nmax: i32,
+    iscales: &[f32; QKX3_LANES],
+    min: f32,
+    from: usize,
+    x: &[f32],
+    cols: &Qkx3Columns,
+) -> u32 {
+    use std::arch::x86_64::*;
+    let (is, min_v) = (_mm256_loadu_ps(iscales.as_ptr()), _mm256_set1_ps(min));
+    // Only lanes `from..` matter; stop once none of them is left unchanged.
+    let wanted = 0xffu32 << from & 0xff;
+    let mut same = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+    for k in (0..x.len()).step_by(8) {
+        let mut xm = [0f32; 8];
+        let v = _mm256_sub_ps(_mm256_loadu_ps(x[k..k + 8].as_ptr()), min_v);
+        _mm256_storeu_ps(xm.as_mut_ptr(), v);
+        for (xmi, stored) in xm.iter().zip(&cols.levels[k..k + 8]) {
+            let lf = lane_levels_avx2(nmax, is, _mm256_broadcast_ss(xmi));
+            let stored = _mm256_loadu_ps(stored.as_ptr());
+            same = _mm256_and_ps(same, _mm256_cmp_ps::<_CMP_EQ_OQ>(lf, stored));
+        }
+        if _mm256_movemask_ps(same) as u32 & wanted == 0 {
+            return 0;
+        }
+    }
+    _mm256_movemask_ps(same) as u32
 }
 
 /// `make_qkx3_quants` with explicit weights and `use_mad = false`: like
@@ -550,24 +653,33 @@ pub(super) fn make_qkx3_quants(
     rdelta: f32,
     nstep: i32,
 ) -> (f32, f32) {
+    make_qkx3_quants_on(use_avx2(), nmax, x, weights, out, rmin, rdelta, nstep)
+}
+
+/// [`make_qkx3_quants`] with its AVX2 kernels (`avx2`, which needs AVX2 and FMA) or without.
+#[allow(clippy::too_many_arguments)]
+fn make_qkx3_quants_on(
+    avx2: bool,
+    nmax: i32,
+    x: &[f32],
+    weights: &[f32],
+    out: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+) -> (f32, f32) {
     let n = x.len();
+    // The C's one loop, split: min and max first, so that the weighted sums and the error of
+    // the first levels, four independent f64 chains, run in one loop (each in its order).
     let mut min = x[0];
     let mut max = x[0];
-    let mut sum_w = weights[0] as f64;
-    let mut sum_x = sum_w * x[0] as f64;
-    let mut sum_x2 = sum_w * x[0] as f64 * x[0] as f64;
-    for i in 1..n {
-        if x[i] < min {
-            min = x[i];
+    for &v in &x[1..n] {
+        if v < min {
+            min = v;
         }
-        if x[i] > max {
-            max = x[i];
+        if v > max {
+            max = v;
         }
-        let w = weights[i] as f64;
-        let xi = x[i] as f64;
-        sum_w += w;
-        sum_x += w * xi;
-        sum_x2 += w * xi * xi;
     }
     if min > 0.0 {
         min = 0.0;
@@ -578,47 +690,93 @@ pub(super) fn make_qkx3_quants(
     }
     let iscale = nmax as f32 / (max - min);
     let mut scale = 1.0 / iscale;
-    let mut best_mad = 0f64;
-    for i in 0..n {
+    let mad_term = |i: usize, l: i32| {
+        let diff = scale as f64 * l as f64 + min as f64 - x[i] as f64;
+        weights[i] as f64 * (diff * diff)
+    };
+    let l0 = offset_level(nmax, iscale, min, x[0]);
+    out[0] = l0 as u8;
+    let mut best_mad = 0f64 + mad_term(0, l0);
+    let mut sum_w = weights[0] as f64;
+    let mut sum_x = sum_w * x[0] as f64;
+    let mut sum_x2 = sum_w * x[0] as f64 * x[0] as f64;
+    for i in 1..n {
+        let w = weights[i] as f64;
+        let xi = x[i] as f64;
+        sum_w += w;
+        sum_x += w * xi;
+        sum_x2 += w * xi * xi;
         let l = offset_level(nmax, iscale, min, x[i]);
         out[i] = l as u8;
-        let diff = scale as f64 * l as f64 + min as f64 - x[i] as f64;
-        best_mad += weights[i] as f64 * (diff * diff);
+        best_mad += mad_term(i, l);
     }
     if nstep < 1 {
         return (scale, -min);
     }
-    // Each candidate's levels depend on `min`, which an accepted candidate changes. So the
-    // candidates go in batches of one vector, each batch formed with the current `min`; an
-    // accept restarts the batch at the next candidate (the C's order, unchanged).
     let totals = Qkx3Totals {
         w: sum_w,
         x: sum_x,
         x2: sum_x2,
     };
+    // Each candidate's levels depend on `min`, which an accepted candidate changes. So the
+    // candidates go in batches of one vector, each batch formed with the current `min`; an
+    // accept ends the batch at the candidate after it (the C's order, unchanged), except that
+    // on the AVX2 path a later candidate whose levels the new `min` leaves as they were has
+    // its fit already (a fit depends on the levels alone): the batch goes on up to the first
+    // candidate whose levels moved.
+    // The kernels take whole vectors of values (Q4_K/Q5_K: 32, Q2_K: 16), and levels of at
+    // most 5 bits (their products are exact only then).
+    let mut cols = (avx2 && n.is_multiple_of(8) && n <= MAX_N && nmax <= 31)
+        .then(|| Qkx3Columns::new(x, weights));
+    // The last accept's levels, as the inverse scale and min that give them: written once,
+    // after the scan.
+    let mut accepted: Option<(f32, f32)> = None;
     let mut next = 0usize;
     while next <= nstep as usize {
         let count = (nstep as usize + 1 - next).min(QKX3_LANES);
-        let mut iscales = [0f32; QKX3_LANES];
-        for (k, iscale) in iscales.iter_mut().enumerate().take(count) {
-            *iscale = (rmin + rdelta * (next + k) as f32 + nmax as f32) / (max - min);
-        }
-        let fits = qkx3_fits(nmax, &iscales, min, x, weights, &totals);
-        let mut accepted = None;
-        for (k, &iscale) in iscales.iter().enumerate().take(count) {
+        // All lanes, past `count` too, so that the divisions vectorise (extras go unused).
+        let numerators: [f32; QKX3_LANES] =
+            std::array::from_fn(|k| rmin + rdelta * (next + k) as f32 + nmax as f32);
+        let iscales_at = |min: f32| numerators.map(|v| v / (max - min));
+        let (batch_min, batch_iscales) = (min, iscales_at(min));
+        let fits = qkx3_fits(
+            cols.as_mut(),
+            nmax,
+            &batch_iscales,
+            min,
+            x,
+            weights,
+            &totals,
+        );
+        let mut unchanged = u32::MAX;
+        let mut k = 0;
+        while k < count && unchanged & (1 << k) != 0 {
             // NaN marks a candidate without a fit (the C's `D <= 0`): never below.
             if fits.mad[k] < best_mad {
-                for (o, &v) in out.iter_mut().zip(x) {
-                    *o = offset_level(nmax, iscale, min, v) as u8;
-                }
                 best_mad = fits.mad[k];
                 scale = fits.scale[k] as f32;
                 min = fits.min[k] as f32;
-                accepted = Some(k);
-                break;
+                // The levels it was fitted with, which are also those at the current `min`.
+                accepted = Some((batch_iscales[k], batch_min));
+                unchanged = 0;
+                #[cfg(target_arch = "x86_64")]
+                if let Some(cols) = cols.as_ref() {
+                    if k + 1 < count {
+                        let now = iscales_at(min);
+                        // SAFETY: the columns are only built on the Avx2 path.
+                        unchanged =
+                            unsafe { qkx3_lanes_unchanged_avx2(nmax, &now, min, k + 1, x, cols) };
+                    }
+                }
             }
+            k += 1;
         }
-        next += accepted.map_or(count, |k| k + 1);
+        next += k;
+    }
+    if let Some((iscale, level_min)) = accepted {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = offset_level(nmax, iscale, level_min, v) as u8;
+        }
     }
 
     let (mut sum_l, mut sum_l2, mut sum_xl) = (0f64, 0f64, 0f64);
@@ -634,7 +792,7 @@ pub(super) fn make_qkx3_quants(
         2.0 * s * sum_xl + 2.0 * m * sum_x - 2.0 * s * m * sum_l - s * s * sum_l2 - m * m * sum_w;
     let mut last: Option<(usize, i32)> = None;
     for _ in 0..nmax as usize * n {
-        let Some((j, dir)) = steepest_offset_level(nmax, scale, min, x, &out[..n]) else {
+        let Some((j, dir)) = steepest_offset_level(avx2, nmax, scale, min, x, &out[..n]) else {
             break;
         };
         if let Some((lj, ldir)) = last {
@@ -679,6 +837,7 @@ pub(super) fn make_qkx3_quants(
 /// residual magnitude `|x − scale·l − min|` among those that can still move towards it, and
 /// the direction (±1).
 fn steepest_offset_level(
+    avx2: bool,
     nmax: i32,
     scale: f32,
     min: f32,
@@ -686,7 +845,7 @@ fn steepest_offset_level(
     levels: &[u8],
 ) -> Option<(usize, i32)> {
     #[cfg(target_arch = "x86_64")]
-    if crate::cpu::quantize_path() == crate::cpu::Path::Avx2 && x.len().is_multiple_of(8) {
+    if avx2 && x.len().is_multiple_of(8) {
         // SAFETY: the Avx2 path is only chosen on CPUs with AVX2.
         return unsafe { steepest_offset_level_avx2(nmax, scale, min, x, levels) };
     }
@@ -823,7 +982,7 @@ mod tests {
     #[test]
     fn qkx3_fits_simd_equal_scalar() {
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             let mut seed = 777u32;
             for trial in 0..3000usize {
                 let (nmax, n) = [(3, 16), (15, 32), (31, 32), (3, 16)][trial % 4];
@@ -864,8 +1023,9 @@ mod tests {
                     x: tx,
                     x2: tx2,
                 };
-                // SAFETY: AVX2 is present (checked above).
-                let simd = unsafe { qkx3_fits_avx2(nmax, &iscales, min, &x, &w, &totals) };
+                // SAFETY: AVX2 and FMA are present (checked above).
+                let mut cols = Qkx3Columns::new(&x, &w);
+                let simd = unsafe { qkx3_fits_avx2(nmax, &iscales, min, &x, &mut cols, &totals) };
                 let scalar = qkx3_fits_scalar(nmax, &iscales, min, &x, &w, &totals);
                 let bits = |f: &Qkx3Fits| {
                     (
@@ -875,6 +1035,40 @@ mod tests {
                     )
                 };
                 assert_eq!(bits(&simd), bits(&scalar), "trial {trial}");
+            }
+        }
+    }
+
+    /// `make_qkx3_quants` gives the same levels, scale and min with its AVX2 kernels as without
+    /// (the batched fits, and the fits kept across an accept when the levels stand), on
+    /// normal-like blocks with widely spread weights, zeros and all-positive blocks.
+    #[test]
+    fn make_qkx3_quants_avx2_equals_scalar() {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            let mut seed = 2718u32;
+            for trial in 0..4000usize {
+                let (nmax, n) = [(31, 32), (15, 32), (3, 16)][trial % 3];
+                let amp = 10f32.powi(trial as i32 % 5 - 3);
+                let x: Vec<f32> = (0..n)
+                    .map(|j| match (j + trial) % 11 {
+                        0 if trial % 4 == 0 => 0.0,
+                        _ if trial % 7 == 0 => amp * rng(&mut seed).abs(),
+                        _ => amp * (rng(&mut seed) + rng(&mut seed) + rng(&mut seed)),
+                    })
+                    .collect();
+                let w: Vec<f32> = (0..n)
+                    .map(|j| {
+                        let u = rng(&mut seed).abs().max(1e-6);
+                        let q = -2.0 * u.ln() * if (j + trial) % 13 == 0 { 0.0 } else { 1.0 };
+                        q * (0.5 * amp * amp + x[j] * x[j]).sqrt()
+                    })
+                    .collect();
+                let (mut la, mut ls) = (vec![0u8; n], vec![0u8; n]);
+                let a = make_qkx3_quants_on(true, nmax, &x, &w, &mut la, -0.9, 0.05, 36);
+                let s = make_qkx3_quants_on(false, nmax, &x, &w, &mut ls, -0.9, 0.05, 36);
+                let bits = |(d, m): (f32, f32)| (d.to_bits(), m.to_bits());
+                assert_eq!((bits(a), &la), (bits(s), &ls), "trial {trial}");
             }
         }
     }
