@@ -17,8 +17,7 @@ use core::arch::aarch64::*;
 
 use super::scalar::{
     acc_k, acc_ks, check_lens, check_tile, f16_to_f32, finish_k, finish_ks, rd_f32_at, rd_u16_at,
-    rd_u32_at, row_scale, ActRows, DotType, IQ2KS_BYTES, IQ2K_BYTES, IQ3KS_BYTES, IQ3K_BYTES, IQ4K,
-    IQ4KS_BYTES, IQ4K_BYTES, IQ5KS_BYTES, IQ5NL, Q8K_BSUMS, Q8K_BYTES, Q8K_QS,
+    rd_u32_at, row_scale, ActRows, DotType, IQ4K, IQ5NL, Q8K_BSUMS, Q8K_BYTES, Q8K_QS,
 };
 
 const TAB2: [i8; 16] = [-31, -13, 1, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
@@ -277,13 +276,13 @@ unsafe fn idx_5bit(qs: *const u8, qh: *const u8) -> [uint8x16_t; 16] {
 
 /// The row loop shared by all kernels (`k`: fp16 scale per block; `ks`: row scale first).
 macro_rules! row_body {
-    ($row:ident, $q8k:ident, $kind:expr, $bytes:expr, $tab:expr, $scales:ident, |$x:ident| $idx:expr, $sb:ident, $flavour:ident) => {{
+    ($row:ident, $q8k:ident, $kind:expr, $tab:expr, $scales:ident, |$x:ident| $idx:expr, $sb:ident, $flavour:ident) => {{
         let nb = check_lens($kind, $row, $q8k);
         let tab = $tab;
-        let meta = $kind.row_meta();
+        let (meta, bytes) = ($kind.row_meta(), $kind.block_bytes());
         let mut acc = 0.0f64;
         for i in 0..nb {
-            let $x = $row.as_ptr().add(meta + i * $bytes);
+            let $x = $row.as_ptr().add(meta + i * bytes);
             let y = $q8k.as_ptr().add(i * Q8K_BYTES);
             let sc = $scales($x);
             let idx = $idx;
@@ -300,10 +299,10 @@ const TILE_ACTS: usize = 8;
 /// The tile loop: each weight block is decoded once and dotted with every activation row's
 /// block, each pair accumulated in the row kernel's order (so bit-identical to it).
 macro_rules! tile_body {
-    ($rows:ident, $acts:ident, $out:ident, $kind:expr, $bytes:expr, $tab:expr, $scales:ident, |$x:ident| $idx:expr, $sb:ident, $flavour:ident) => {{
+    ($rows:ident, $acts:ident, $out:ident, $kind:expr, $tab:expr, $scales:ident, |$x:ident| $idx:expr, $sb:ident, $flavour:ident) => {{
         let (nb, row_bytes, nrows) = check_tile($kind, $rows, $acts, $out.len());
         let tab = $tab;
-        let meta = $kind.row_meta();
+        let (meta, bytes) = ($kind.row_meta(), $kind.block_bytes());
         let (nacts, act_bytes) = ($acts.len(), $acts.row_bytes());
         let acts = $acts.bytes().as_ptr();
         for r in 0..nrows {
@@ -313,7 +312,7 @@ macro_rules! tile_body {
                 let n = core::cmp::min(TILE_ACTS, nacts - j0);
                 let mut acc = [0.0f64; TILE_ACTS];
                 for i in 0..nb {
-                    let $x = row.as_ptr().add(meta + i * $bytes);
+                    let $x = row.as_ptr().add(meta + i * bytes);
                     let sc = $scales($x);
                     let idx = $idx;
                     for (j, acc) in acc.iter_mut().enumerate().take(n) {
@@ -351,25 +350,15 @@ macro_rules! finish {
 }
 
 /// A type's row kernel (`row · q8k`) and tile kernel (every weight row · every activation row,
-/// `out[r · acts + j]`), from one description: kind, block bytes, value table (loaded),
-/// scale decoder, index decoder, superblock sum, scale flavour.
+/// `out[r · acts + j]`), from one description: kind (its layout gives the block and row-prefix
+/// bytes), value table (loaded), scale decoder, index decoder, superblock sum, scale flavour.
 macro_rules! type_kernels {
-    ($feat:literal, $dot:ident, $tile:ident, $doc:literal, $kind:expr, $bytes:expr, $tab:expr, $scales:ident, |$x:ident| $idx:expr, $sb:ident, $flavour:ident) => {
+    ($feat:literal, $dot:ident, $tile:ident, $doc:literal, $kind:expr, $tab:expr, $scales:ident, |$x:ident| $idx:expr, $sb:ident, $flavour:ident) => {
         #[doc = $doc]
         /// # Safety: the CPU must support the enabled features.
         #[target_feature(enable = $feat)]
         pub unsafe fn $dot(row: &[u8], q8k: &[u8]) -> f32 {
-            row_body!(
-                row,
-                q8k,
-                $kind,
-                $bytes,
-                $tab,
-                $scales,
-                |$x| $idx,
-                $sb,
-                $flavour
-            )
+            row_body!(row, q8k, $kind, $tab, $scales, |$x| $idx, $sb, $flavour)
         }
 
         #[doc = $doc]
@@ -381,7 +370,6 @@ macro_rules! type_kernels {
                 acts,
                 out,
                 $kind,
-                $bytes,
                 $tab,
                 $scales,
                 |$x| $idx,
@@ -450,7 +438,6 @@ macro_rules! kernels {
             tile_iq2k,
             "IQ2_K · Q8_K.",
             DotType::Iq2K,
-            IQ2K_BYTES,
             vld1q_s8(TAB2.as_ptr()),
             scales_iq2k,
             |x| idx_2bit(x.add(12), None),
@@ -463,7 +450,6 @@ macro_rules! kernels {
             tile_iq3k,
             "IQ3_K · Q8_K.",
             DotType::Iq3K,
-            IQ3K_BYTES,
             vld1q_s8(TAB3.as_ptr()),
             scales_iq3k,
             |x| idx_2bit(x.add(14), Some(x.add(78))),
@@ -476,7 +462,6 @@ macro_rules! kernels {
             tile_iq4k,
             "IQ4_K · Q8_K.",
             DotType::Iq4K,
-            IQ4K_BYTES,
             vld1q_s8(IQ4K.as_ptr()),
             scales_iq4k,
             |x| idx_4bit(x.add(16)),
@@ -489,7 +474,6 @@ macro_rules! kernels {
             tile_iq2ks,
             "IQ2_KS (fp16 row scale first) · Q8_K.",
             DotType::Iq2Ks,
-            IQ2KS_BYTES,
             vld1q_s8(TAB2.as_ptr()),
             scales_iq2ks,
             |x| idx_2bit(x.add(6), None),
@@ -502,7 +486,6 @@ macro_rules! kernels {
             tile_iq3ks,
             "IQ3_KS (fp16 row scale first) · Q8_K.",
             DotType::Iq3Ks,
-            IQ3KS_BYTES,
             vld1q_s8(TAB3.as_ptr()),
             scales_iq3ks,
             |x| idx_2bit(x.add(6), Some(x.add(70))),
@@ -515,7 +498,6 @@ macro_rules! kernels {
             tile_iq4ks,
             "IQ4_KS (f32 row scale first) · Q8_K.",
             DotType::Iq4Ks,
-            IQ4KS_BYTES,
             vld1q_s8(IQ4K.as_ptr()),
             scales_iq4ks,
             |x| idx_4bit(x.add(8)),
@@ -530,7 +512,6 @@ macro_rules! kernels {
             tile_iq5ks,
             "IQ5_KS (f32 row scale first) · Q8_K.",
             DotType::Iq5Ks,
-            IQ5KS_BYTES,
             int8x16x2_t(vld1q_s8(IQ5NL.as_ptr()), vld1q_s8(IQ5NL.as_ptr().add(16))),
             scales_iq5ks,
             |x| idx_5bit(x.add(8), x.add(136)),
