@@ -696,3 +696,136 @@ fn rows_fn_refuses_partial_rows() {
         assert!(r.is_err(), "{p} accepted {} bytes as 2 rows", rows.len());
     }
 }
+
+// ------------------------------------------------------------------ the quantizers' grid fits
+// The batched fits of the IQK searches (`iqk::fit`) have an AVX-512 version too; the Bochs run
+// (scripts/avx512_test.sh) runs this binary, so they are pinned to the scalar fit here.
+
+use iqk_rs::cpu::Path as QuantizePath;
+use iqk_rs::iqk::fit::{fit_many_on, Signs, MAX_CANDIDATES};
+use iqk_rs::tables::{Grid, IQ2_GRIDS, IQ3_GRIDS, IQ4_GRIDS};
+
+fn quantize_simd_paths() -> Vec<QuantizePath> {
+    [QuantizePath::Avx2, QuantizePath::Avx512]
+        .into_iter()
+        .filter(|p| p.is_available())
+        .collect()
+}
+
+fn all_grids() -> impl Iterator<Item = &'static Grid> {
+    IQ2_GRIDS.iter().chain(&IQ3_GRIDS).chain(&IQ4_GRIDS)
+}
+
+/// Each path's fits of `x`, `w` at `ids`, both signs and `+` only, against the scalar fits.
+fn check_fits(label: &str, grid: &Grid, ids: &[f32], x: &[f32], w: &[f32]) {
+    for signs in [Signs::Both, Signs::PlusOnly] {
+        let mut want = [[0f32; 4]; MAX_CANDIDATES];
+        fit_many_on(QuantizePath::Scalar, signs, grid, ids, x, w, &mut want);
+        for path in quantize_simd_paths() {
+            let mut got = [[f32::NAN; 4]; MAX_CANDIDATES];
+            fit_many_on(path, signs, grid, ids, x, w, &mut got);
+            for c in 0..ids.len() {
+                let bits = |f: [f32; 4]| f.map(f32::to_bits);
+                assert_eq!(
+                    bits(got[c]),
+                    bits(want[c]),
+                    "{path:?} {signs:?} {label}: candidate {c} of {}",
+                    ids.len()
+                );
+            }
+        }
+    }
+}
+
+/// Random blocks of 16 and 32 values at magnitudes 1e-3..1e3 with zeros among them, 1 to 32
+/// candidate scales, some of them so large that id·x passes 2^31 (where ik's conversion sends
+/// a value to index 0).
+#[test]
+fn grid_fits_every_path_equal_scalar() {
+    let mut rng = Rng::new(0x5eed_f175);
+    let mut sym = || rng.unit();
+    for trial in 0..200 {
+        let n = if trial % 2 == 0 { 16 } else { 32 };
+        let amp = 10f32.powi(trial % 7 - 3);
+        let x: Vec<f32> = (0..n)
+            .map(|j| {
+                if (trial + j) % 9 == 0 {
+                    0.0
+                } else {
+                    amp * sym()
+                }
+            })
+            .collect();
+        let w: Vec<f32> = (0..n).map(|_| sym().abs()).collect();
+        let max = x.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+        let reach = match trial % 10 {
+            3 => 3e9,
+            7 => 1.5e9,
+            _ => 120.0,
+        };
+        let ncand = 1 + trial as usize % MAX_CANDIDATES;
+        let ids: Vec<f32> = (0..ncand)
+            .map(|k| (k as f32 - 7.0 - reach * sym()) / max)
+            .collect();
+        for grid in all_grids() {
+            check_fits(&format!("trial {trial}"), grid, &ids, &x, &w);
+        }
+    }
+}
+
+/// One-value blocks at every f32 within 64 ulps of each midpoint of each grid (where rounding
+/// decides the nearest value), and at the extremes, scaled by 1: the sums then hold the
+/// nearest value itself.
+#[test]
+fn grid_fits_at_midpoints_and_extremes_equal_scalar() {
+    let extremes = [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        2_147_483_648.0,
+        -2_147_483_648.0,
+        2_147_483_520.0,
+        -2_147_483_520.0,
+        f32::MAX,
+        f32::MIN_POSITIVE,
+        0.0,
+        -0.0,
+    ];
+    for grid in all_grids() {
+        let mut xs: Vec<f32> = extremes.to_vec();
+        for pair in grid.values.windows(2) {
+            let mid = 0.5 * (pair[0] as f32 + pair[1] as f32);
+            for k in 0..64u32 {
+                let up = mid.to_bits() + k;
+                let down = mid.to_bits().saturating_sub(k);
+                xs.extend([f32::from_bits(up), f32::from_bits(down)]);
+            }
+        }
+        for chunk in xs.chunks(MAX_CANDIDATES) {
+            // Candidate c scales the value 1 by chunk[c]: id·x is exactly the value.
+            check_fits("near midpoints", grid, chunk, &[1.0], &[1.0]);
+        }
+    }
+}
+
+/// The nearest indices of a block at one scale (IQ3_K's and IQ4_K's final assignment), every
+/// path against the scalar one, blocks of 1 to 40 values.
+#[test]
+fn grid_nearest_indices_every_path_equal_scalar() {
+    use iqk_rs::iqk::fit::nearest_indices_on;
+    let mut rng = Rng::new(0x0001_d0f5_ca1e);
+    for trial in 0..200 {
+        let n = 1 + trial % 40;
+        let x: Vec<f32> = (0..n).map(|_| 3.0 * rng.unit()).collect();
+        let id = 60.0 * rng.unit();
+        for grid in all_grids() {
+            let mut want = vec![0u8; n];
+            nearest_indices_on(QuantizePath::Scalar, grid, id, &x, &mut want);
+            for path in quantize_simd_paths() {
+                let mut got = vec![0xffu8; n];
+                nearest_indices_on(path, grid, id, &x, &mut got);
+                assert_eq!(got, want, "{path:?}: trial {trial}");
+            }
+        }
+    }
+}

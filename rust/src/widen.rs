@@ -41,7 +41,7 @@ pub fn widen_on(path: Path, format: HalfFormat, src: &[u16], dst: &mut [f32]) {
         "widen: source and destination lengths differ"
     );
     #[cfg(target_arch = "x86_64")]
-    if path == Path::Avx2 {
+    if path.has_avx2() {
         match format {
             HalfFormat::F16 if std::is_x86_feature_detected!("f16c") => {
                 // SAFETY: the Avx2 path implies AVX2; F16C is checked above.

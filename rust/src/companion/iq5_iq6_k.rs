@@ -306,7 +306,7 @@ fn block_search<T: NlTable>(path: Path, xb: &[f32], weight: &[f32; 16], max: f32
 /// `T::best_index` of `id·x[j]` on the base or shifted row, into `out[j]`, for every j.
 fn nearest_indices<T: NlTable>(path: Path, shifted: bool, id: f32, x: &[f32], out: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
-    if path == Path::Avx2 && x.len().is_multiple_of(8) {
+    if path.has_avx2() && x.len().is_multiple_of(8) {
         assert!(std::is_x86_feature_detected!("avx2"));
         // SAFETY: the CPU has AVX2 (asserted above).
         return unsafe { avx2::nearest_indices::<T>(shifted, id, x, out) };
@@ -375,7 +375,7 @@ fn fill_sums<T: NlTable, const B: usize>(
     sums: &mut [[f32; 4]; N_PADDED],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if path == Path::Avx2 {
+    if path.has_avx2() {
         assert!(std::is_x86_feature_detected!("avx2"));
         // SAFETY: the CPU has AVX2 (asserted above).
         return unsafe { avx2::fill_sums::<T, B>(xb, weight, ids, shifted, sums) };

@@ -23,7 +23,7 @@ const QK: usize = 32;
 /// q = roundf(x/d) (half away from zero).
 pub(crate) fn quantize_q8_0(x: &[f32], out: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
-    if crate::cpu::quantize_path() == crate::cpu::Path::Avx2 {
+    if crate::cpu::quantize_path().has_avx2() {
         // SAFETY: the Avx2 path is only chosen on CPUs with AVX2.
         return unsafe { quantize_q8_0_avx2(x, out) };
     }
@@ -342,7 +342,7 @@ fn cheapest_move(
     lb: &[u8; QK],
 ) -> Option<(usize, i32)> {
     #[cfg(target_arch = "x86_64")]
-    if path == crate::cpu::Path::Avx2 {
+    if path.has_avx2() {
         // SAFETY: the Avx2 path is only chosen on CPUs with AVX2.
         return unsafe { cheapest_move_avx2(d, x, w, lb) };
     }

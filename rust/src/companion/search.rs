@@ -411,7 +411,7 @@ const MAX_N: usize = 32;
 /// FMA too).
 #[inline]
 fn use_avx2() -> bool {
-    crate::cpu::quantize_path() == crate::cpu::Path::Avx2
+    crate::cpu::quantize_path().has_avx2()
 }
 
 /// The block's own weighted sums `(Σ w, Σ w·x, Σ w·x²)`, in f64.

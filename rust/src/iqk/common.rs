@@ -255,7 +255,7 @@ impl PartitionSearch {
         }
         let cands = candidates(grid);
         #[cfg(target_arch = "x86_64")]
-        if crate::cpu::quantize_path() == crate::cpu::Path::Avx2 {
+        if crate::cpu::quantize_path().has_avx2() {
             // SAFETY: the Avx2 path is only chosen on CPUs with AVX2.
             return unsafe { self.search_avx2(&p, &cands) };
         }

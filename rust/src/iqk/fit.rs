@@ -3,6 +3,10 @@
 //! with the same f32 operations as the scalar code, so every SIMD lane produces exactly the
 //! scalar result: the lanes run across candidates, never across elements.
 
+use std::sync::OnceLock;
+
+use crate::cpu::Path;
+use crate::simd::SimdPath;
 use crate::tables::Grid;
 
 /// At most this many candidates are fitted in one call.
@@ -37,33 +41,127 @@ pub fn fit_one(grid: &Grid, signs: Signs, id: f32, x: &[f32], w: &[f32]) -> [f32
 
 /// `fit_one` (both signs) for every id in `ids` (at most [`MAX_CANDIDATES`]), into `out`.
 pub fn fit_many(grid: &Grid, ids: &[f32], x: &[f32], w: &[f32], out: &mut [[f32; 4]]) {
-    fit_many_on(
-        crate::cpu::quantize_path(),
-        Signs::Both,
-        grid,
-        ids,
-        x,
-        w,
-        out,
-    )
+    let path = fit_path(grid, ids.len());
+    fit_many_on(path, Signs::Both, grid, ids, x, w, out)
 }
 
 /// [`fit_many`] with the `+` fits only.
 pub fn fit_many_plus(grid: &Grid, ids: &[f32], x: &[f32], w: &[f32], out: &mut [[f32; 4]]) {
-    fit_many_on(
-        crate::cpu::quantize_path(),
-        Signs::PlusOnly,
-        grid,
-        ids,
-        x,
-        w,
-        out,
-    )
+    let path = fit_path(grid, ids.len());
+    fit_many_on(path, Signs::PlusOnly, grid, ids, x, w, out)
+}
+
+/// The path the batched fits of `candidates` scales on `grid` take:
+/// [`crate::cpu::quantize_path`], except that on an AVX-512 CPU under `auto` the AVX2 and
+/// AVX-512 fits are timed once per grid size and candidate count class (up to 8, more) and the
+/// faster is kept for the process. The wider fit need not win: IQ3_K fits 7 and 8 candidates,
+/// which fill one AVX2 register and half an AVX-512 one (measured on Sapphire Rapids: its
+/// search 10 % slower with the AVX-512 fits, IQ4_K's 1.45x faster), and Zen 4 runs most
+/// 512-bit instructions as two 256-bit halves. Both give the same bits, so the choice never
+/// changes a result.
+pub fn fit_path(grid: &Grid, candidates: usize) -> Path {
+    static PATHS: [OnceLock<Path>; 6] = [const { OnceLock::new() }; 6];
+    let many = usize::from(candidates > 8);
+    let slot = &PATHS[2 * grid_class(grid) + many];
+    *slot.get_or_init(|| {
+        let sample = FitSample::new(grid, 8 << many);
+        calibrated(|path| sample.time_fits(path))
+    })
+}
+
+/// The path [`nearest_indices`] takes on `grid`, chosen as [`fit_path`] chooses.
+fn nearest_path(grid: &Grid) -> Path {
+    static PATHS: [OnceLock<Path>; 3] = [const { OnceLock::new() }; 3];
+    *PATHS[grid_class(grid)].get_or_init(|| {
+        let sample = FitSample::new(grid, 1);
+        calibrated(|path| sample.time_nearest(path))
+    })
+}
+
+/// 0, 1, 2 for the 4-, 8- and 16-value grids.
+fn grid_class(grid: &Grid) -> usize {
+    match grid.values.len() {
+        4 => 0,
+        8 => 1,
+        16 => 2,
+        n => unreachable!("grids have 4, 8 or 16 values, not {n}"),
+    }
+}
+
+/// The quantize path, or on an AVX-512 CPU under `auto` the faster of AVX2 and AVX-512 by
+/// `time` (see `simd::decide`).
+fn calibrated(time: impl FnMut(SimdPath) -> f64) -> Path {
+    let path = crate::cpu::quantize_path();
+    if path != Path::Avx512 || crate::simd::forced().is_some() {
+        return path;
+    }
+    let mut time = time;
+    let choice = crate::simd::decide(None, &[SimdPath::Avx2, SimdPath::Avx512], &mut time);
+    if choice.path == SimdPath::Avx512 {
+        Path::Avx512
+    } else {
+        Path::Avx2
+    }
+}
+
+/// A fixed 32-value block and a few candidate scales on a grid, for timing a path.
+struct FitSample<'g> {
+    grid: &'g Grid,
+    x: [f32; 32],
+    w: [f32; 32],
+    ids: Vec<f32>,
+}
+
+impl<'g> FitSample<'g> {
+    fn new(grid: &'g Grid, candidates: usize) -> Self {
+        let x = std::array::from_fn(|j| ((j * 37 % 29) as f32 - 14.0) * 0.01);
+        let w = std::array::from_fn(|j| 0.5 + (j * 11 % 7) as f32 * 0.1);
+        let top = grid.values[grid.values.len() - 1] as f32;
+        let ids = (0..candidates).map(|k| (top + k as f32) / 0.14).collect();
+        FitSample { grid, x, w, ids }
+    }
+
+    /// Nanoseconds for a few batches of fits on `path`.
+    fn time_fits(&self, path: SimdPath) -> f64 {
+        let path = Self::quantize_path(path);
+        let mut out = [[0.0f32; 4]; MAX_CANDIDATES];
+        let start = std::time::Instant::now();
+        for _ in 0..16 {
+            let (ids, x) = (
+                std::hint::black_box(&self.ids),
+                std::hint::black_box(&self.x),
+            );
+            fit_many_on(path, Signs::Both, self.grid, ids, x, &self.w, &mut out);
+            std::hint::black_box(&out);
+        }
+        start.elapsed().as_nanos() as f64
+    }
+
+    /// Nanoseconds for a few blocks' nearest indices on `path`.
+    fn time_nearest(&self, path: SimdPath) -> f64 {
+        let path = Self::quantize_path(path);
+        let mut out = [0u8; 32];
+        let start = std::time::Instant::now();
+        for k in 0..64 {
+            let x = std::hint::black_box(&self.x);
+            nearest_indices_on(path, self.grid, self.ids[0] + k as f32, x, &mut out);
+            std::hint::black_box(&out);
+        }
+        start.elapsed().as_nanos() as f64
+    }
+
+    fn quantize_path(path: SimdPath) -> Path {
+        match path {
+            SimdPath::Avx512 => Path::Avx512,
+            SimdPath::Avx2 => Path::Avx2,
+            _ => Path::Scalar,
+        }
+    }
 }
 
 /// The batched fits on a given path (which must be available on this CPU).
 pub fn fit_many_on(
-    path: crate::cpu::Path,
+    path: Path,
     signs: Signs,
     grid: &Grid,
     ids: &[f32],
@@ -72,17 +170,33 @@ pub fn fit_many_on(
     out: &mut [[f32; 4]],
 ) {
     assert!(ids.len() <= MAX_CANDIDATES && out.len() >= ids.len());
+    assert!(
+        path.is_available(),
+        "quantize path {path:?} is not available on this CPU"
+    );
     #[cfg(target_arch = "x86_64")]
-    if path == crate::cpu::Path::Avx2 {
-        assert!(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"));
-        // SAFETY: the CPU has AVX2 (asserted above).
-        unsafe {
-            match signs {
-                Signs::Both => avx2::fit_many::<true>(grid, ids, x, w, out),
-                Signs::PlusOnly => avx2::fit_many::<false>(grid, ids, x, w, out),
+    match path {
+        // SAFETY (both): the CPU has the path's instruction sets (asserted above; AVX-512 is
+        // only reported with AVX2 + FMA).
+        Path::Avx512 => {
+            unsafe {
+                match signs {
+                    Signs::Both => avx512::fit_many::<true>(grid, ids, x, w, out),
+                    Signs::PlusOnly => avx512::fit_many::<false>(grid, ids, x, w, out),
+                }
             }
+            return;
         }
-        return;
+        Path::Avx2 => {
+            unsafe {
+                match signs {
+                    Signs::Both => avx2::fit_many::<true>(grid, ids, x, w, out),
+                    Signs::PlusOnly => avx2::fit_many::<false>(grid, ids, x, w, out),
+                }
+            }
+            return;
+        }
+        Path::Scalar => {}
     }
     for (o, &id) in out.iter_mut().zip(ids) {
         *o = fit_one(grid, signs, id, x, w);
@@ -91,23 +205,33 @@ pub fn fit_many_on(
 
 /// `out[j] = grid.nearest(id·x[j])` for every element of a block, on a given path (which must
 /// be available on this CPU).
-pub fn nearest_indices_on(path: crate::cpu::Path, grid: &Grid, id: f32, x: &[f32], out: &mut [u8]) {
+pub fn nearest_indices_on(path: Path, grid: &Grid, id: f32, x: &[f32], out: &mut [u8]) {
     assert!(out.len() >= x.len());
+    assert!(
+        path.is_available(),
+        "quantize path {path:?} is not available on this CPU"
+    );
     #[cfg(target_arch = "x86_64")]
-    if path == crate::cpu::Path::Avx2 {
-        assert!(std::is_x86_feature_detected!("avx2"));
-        // SAFETY: the CPU has AVX2 (asserted above).
-        unsafe { avx2::nearest_indices(grid, id, x, out) };
-        return;
+    match path {
+        // SAFETY (both): the CPU has the path's instruction sets (asserted above).
+        Path::Avx512 => {
+            unsafe { avx512::nearest_indices(grid, id, x, out) };
+            return;
+        }
+        Path::Avx2 => {
+            unsafe { avx2::nearest_indices(grid, id, x, out) };
+            return;
+        }
+        Path::Scalar => {}
     }
     for (o, &v) in out.iter_mut().zip(x) {
         *o = grid.nearest(id * v) as u8;
     }
 }
 
-/// [`nearest_indices_on`] on the active path.
+/// [`nearest_indices_on`] on the path calibrated for it.
 pub fn nearest_indices(grid: &Grid, id: f32, x: &[f32], out: &mut [u8]) {
-    nearest_indices_on(crate::cpu::quantize_path(), grid, id, x, out)
+    nearest_indices_on(nearest_path(grid), grid, id, x, out)
 }
 
 /// The AVX2 grid search, also used by the IQ4_NL refinement (`companion::legacy`).
@@ -307,6 +431,8 @@ pub(crate) mod avx2 {
         }
     }
 
+    // Out of line (one call per batch of fits), so benches/mca_fits.py finds its loop by name.
+    #[inline(never)]
     #[target_feature(enable = "avx2")]
     unsafe fn fit_many_n<const N: usize, const BOTH_SIGNS: bool, const GROUPS: usize>(
         grid: &Grid,
@@ -356,6 +482,154 @@ pub(crate) mod avx2 {
     }
 }
 
+/// The AVX-512 batched fits: 16 candidates per register. A lane's nearest index is a binary
+/// search over the grid's thresholds (as in the AVX2 fit: the number of thresholds `<= x`),
+/// each step one 16-entry `vpermps` look-up and a masked add; the value is one more look-up.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::MAX_CANDIDATES;
+    use crate::tables::Grid;
+
+    /// A grid half in registers: its thresholds (+inf past the last one) and its values.
+    pub(crate) struct GridRegs {
+        thresholds: __m512,
+        values: __m512,
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn load(grid: &Grid) -> GridRegs {
+        let mut values = [0.0f32; 16];
+        for (v, &g) in values.iter_mut().zip(grid.values) {
+            *v = g as f32;
+        }
+        let mut thresholds = [f32::INFINITY; 16];
+        thresholds[..15].copy_from_slice(&grid.thresholds);
+        GridRegs {
+            thresholds: _mm512_loadu_ps(thresholds.as_ptr()),
+            values: _mm512_loadu_ps(values.as_ptr()),
+        }
+    }
+
+    /// The index of the grid value nearest to each lane of `x`, exactly as `Grid::nearest`
+    /// picks it (NaN and |x| >= 2^31 give 0). `N` is the number of grid values.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn nearest_index<const N: usize>(g: &GridRegs, x: __m512) -> __m512i {
+        // Steps N/2, N/4, ..., 1: move up by the step where the threshold just below the new
+        // position is <= x. NaN compares false everywhere and stays at 0.
+        let mut pos = _mm512_setzero_si512();
+        let mut step = N as i32 / 2;
+        while step >= 1 {
+            let probe = _mm512_add_epi32(pos, _mm512_set1_epi32(step - 1));
+            let pivot = _mm512_permutexvar_ps(probe, g.thresholds);
+            let le = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(pivot, x);
+            pos = _mm512_mask_add_epi32(pos, le, pos, _mm512_set1_epi32(step));
+            step /= 2;
+        }
+        // x >= 2^31 must count 0, as ik's (int) conversion sends it there.
+        let sane = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(2_147_483_648.0));
+        _mm512_maskz_mov_epi32(sane, pos)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn nearest_indices(grid: &Grid, id: f32, x: &[f32], out: &mut [u8]) {
+        match grid.values.len() {
+            4 => nearest_indices_n::<4>(grid, id, x, out),
+            8 => nearest_indices_n::<8>(grid, id, x, out),
+            16 => nearest_indices_n::<16>(grid, id, x, out),
+            n => unreachable!("grids have 4, 8 or 16 values, not {n}"),
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn nearest_indices_n<const N: usize>(grid: &Grid, id: f32, x: &[f32], out: &mut [u8]) {
+        let g = load(grid);
+        let idv = _mm512_set1_ps(id);
+        let mut lanes = [0f32; 16];
+        let mut idx = [0u8; 16];
+        for (xs, os) in x.chunks(16).zip(out[..x.len()].chunks_mut(16)) {
+            lanes[..xs.len()].copy_from_slice(xs);
+            let al = _mm512_mul_ps(idv, _mm512_loadu_ps(lanes.as_ptr()));
+            let i = _mm512_cvtepi32_epi8(nearest_index::<N>(&g, al));
+            _mm_storeu_si128(idx.as_mut_ptr() as *mut __m128i, i);
+            os.copy_from_slice(&idx[..os.len()]);
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn fit_many<const BOTH_SIGNS: bool>(
+        grid: &Grid,
+        ids: &[f32],
+        x: &[f32],
+        w: &[f32],
+        out: &mut [[f32; 4]],
+    ) {
+        match (grid.values.len(), ids.len() > 16) {
+            (4, false) => fit_many_n::<4, BOTH_SIGNS, 1>(grid, ids, x, w, out),
+            (4, true) => fit_many_n::<4, BOTH_SIGNS, 2>(grid, ids, x, w, out),
+            (8, false) => fit_many_n::<8, BOTH_SIGNS, 1>(grid, ids, x, w, out),
+            (8, true) => fit_many_n::<8, BOTH_SIGNS, 2>(grid, ids, x, w, out),
+            (16, false) => fit_many_n::<16, BOTH_SIGNS, 1>(grid, ids, x, w, out),
+            (16, true) => fit_many_n::<16, BOTH_SIGNS, 2>(grid, ids, x, w, out),
+            (n, _) => unreachable!("grids have 4, 8 or 16 values, not {n}"),
+        }
+    }
+
+    /// As the AVX2 `fit_many_n`, 16 candidates per group: each lane adds its element's
+    /// products in element order with the scalar fit's f32 operations.
+    #[inline(never)]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn fit_many_n<const N: usize, const BOTH_SIGNS: bool, const GROUPS: usize>(
+        grid: &Grid,
+        ids: &[f32],
+        x: &[f32],
+        w: &[f32],
+        out: &mut [[f32; 4]],
+    ) {
+        let g = load(grid);
+        let mut padded = [0.0f32; MAX_CANDIDATES];
+        padded[..ids.len()].copy_from_slice(ids);
+        let id: [__m512; GROUPS] =
+            std::array::from_fn(|k| _mm512_loadu_ps(padded.as_ptr().add(16 * k)));
+        let mut sums = [[_mm512_setzero_ps(); 4]; GROUPS];
+        let sign = _mm512_set1_epi32(i32::MIN);
+        for (&xj, &wj) in x.iter().zip(w) {
+            let (xv, wv) = (_mm512_set1_ps(xj), _mm512_set1_ps(wj));
+            for k in 0..GROUPS {
+                let al = _mm512_mul_ps(id[k], xv);
+                let s = &mut sums[k];
+                let q = _mm512_permutexvar_ps(nearest_index::<N>(&g, al), g.values);
+                let wq = _mm512_mul_ps(wv, q);
+                s[0] = _mm512_add_ps(s[0], _mm512_mul_ps(wq, xv));
+                s[1] = _mm512_add_ps(s[1], _mm512_mul_ps(wq, q));
+                if BOTH_SIGNS {
+                    let neg = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(al), sign));
+                    let q = _mm512_permutexvar_ps(nearest_index::<N>(&g, neg), g.values);
+                    let wq = _mm512_mul_ps(wv, q);
+                    s[2] = _mm512_add_ps(s[2], _mm512_mul_ps(wq, xv));
+                    s[3] = _mm512_add_ps(s[3], _mm512_mul_ps(wq, q));
+                }
+            }
+        }
+        let mut lanes = [[0.0f32; 16]; 4];
+        for (k, group) in sums.iter().enumerate() {
+            for (s, lane) in group.iter().zip(lanes.iter_mut()) {
+                _mm512_storeu_ps(lane.as_mut_ptr(), *s);
+            }
+            for (l, o) in out
+                .iter_mut()
+                .skip(16 * k)
+                .take(ids.len().saturating_sub(16 * k).min(16))
+                .enumerate()
+            {
+                *o = [lanes[0][l], lanes[1][l], lanes[2][l], lanes[3][l]];
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,53 +638,60 @@ mod tests {
 
     use crate::testing::rng;
 
+    /// The SIMD quantize paths this CPU has (the AVX-512 fits are also tested in Bochs, by
+    /// tests/simd_kernels.rs).
+    fn simd_paths() -> impl Iterator<Item = Path> {
+        [Path::Avx2, Path::Avx512]
+            .into_iter()
+            .filter(|p| p.is_available())
+    }
+
     /// Every SIMD lane reproduces the scalar fit bit for bit, on random blocks, scales and
     /// weights, including blocks with zeros and extreme inverse scales.
     #[test]
     fn simd_fits_equal_scalar_fits() {
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") {
-            let mut seed = 12345u32;
-            for trial in 0..300 {
-                let n = if trial % 2 == 0 { 16 } else { 32 };
-                let amp = 10f32.powi(trial % 7 - 3);
-                let x: Vec<f32> = (0..n)
-                    .map(|j| {
-                        if (trial + j) % 9 == 0 {
-                            0.0
-                        } else {
-                            amp * rng(&mut seed)
-                        }
-                    })
-                    .collect();
-                let w: Vec<f32> = (0..n).map(|_| rng(&mut seed).abs()).collect();
-                let max = x
-                    .iter()
-                    .fold(0f32, |m, v| if v.abs() > m.abs() { *v } else { m });
-                let ncand = 1 + trial as usize % MAX_CANDIDATES;
-                // Every tenth trial scales some candidates far past the grid, so that id·x
-                // reaches 2^31 and beyond (where ik's conversion sends x to index 0), and
-                // 1e9..2^31 (still the top index).
-                let reach = match trial % 10 {
-                    3 => 3e9,
-                    7 => 1.5e9,
-                    _ => 120.0,
-                };
-                let ids: Vec<f32> = (0..ncand)
-                    .map(|k| (k as f32 - 7.0 - reach * rng(&mut seed)) / max.max(1e-30))
-                    .collect();
-                let grids = IQ2_GRIDS.iter().chain(&IQ3_GRIDS).chain(&IQ4_GRIDS);
-                for (grid, signs) in grids.flat_map(|g| [(g, Signs::Both), (g, Signs::PlusOnly)]) {
-                    let mut scalar = [[0f32; 4]; MAX_CANDIDATES];
+        let mut seed = 12345u32;
+        for trial in 0..300 {
+            let n = if trial % 2 == 0 { 16 } else { 32 };
+            let amp = 10f32.powi(trial % 7 - 3);
+            let x: Vec<f32> = (0..n)
+                .map(|j| {
+                    if (trial + j) % 9 == 0 {
+                        0.0
+                    } else {
+                        amp * rng(&mut seed)
+                    }
+                })
+                .collect();
+            let w: Vec<f32> = (0..n).map(|_| rng(&mut seed).abs()).collect();
+            let max = x
+                .iter()
+                .fold(0f32, |m, v| if v.abs() > m.abs() { *v } else { m });
+            let ncand = 1 + trial as usize % MAX_CANDIDATES;
+            // Every tenth trial scales some candidates far past the grid, so that id·x
+            // reaches 2^31 and beyond (where ik's conversion sends x to index 0), and
+            // 1e9..2^31 (still the top index).
+            let reach = match trial % 10 {
+                3 => 3e9,
+                7 => 1.5e9,
+                _ => 120.0,
+            };
+            let ids: Vec<f32> = (0..ncand)
+                .map(|k| (k as f32 - 7.0 - reach * rng(&mut seed)) / max.max(1e-30))
+                .collect();
+            let grids = IQ2_GRIDS.iter().chain(&IQ3_GRIDS).chain(&IQ4_GRIDS);
+            for (grid, signs) in grids.flat_map(|g| [(g, Signs::Both), (g, Signs::PlusOnly)]) {
+                let mut scalar = [[0f32; 4]; MAX_CANDIDATES];
+                fit_many_on(Path::Scalar, signs, grid, &ids, &x, &w, &mut scalar);
+                for path in simd_paths() {
                     let mut simd = [[0f32; 4]; MAX_CANDIDATES];
-                    fit_many_on(Path::Scalar, signs, grid, &ids, &x, &w, &mut scalar);
-                    fit_many_on(Path::Avx2, signs, grid, &ids, &x, &w, &mut simd);
+                    fit_many_on(path, signs, grid, &ids, &x, &w, &mut simd);
                     for c in 0..ncand {
                         let bits = |f: [f32; 4]| f.map(f32::to_bits);
                         assert_eq!(
                             bits(scalar[c]),
                             bits(simd[c]),
-                            "trial {trial}, candidate {c}"
+                            "{path:?}: trial {trial}, candidate {c}"
                         );
                     }
                 }
@@ -430,8 +711,10 @@ mod tests {
                 for grid in IQ2_GRIDS.iter().chain(&IQ3_GRIDS).chain(&IQ4_GRIDS) {
                     let (mut scalar, mut simd) = (vec![0u8; n], vec![0u8; n]);
                     nearest_indices_on(Path::Scalar, grid, id, &x, &mut scalar);
-                    nearest_indices_on(Path::Avx2, grid, id, &x, &mut simd);
-                    assert_eq!(scalar, simd, "trial {trial}");
+                    for path in simd_paths() {
+                        nearest_indices_on(path, grid, id, &x, &mut simd);
+                        assert_eq!(scalar, simd, "{path:?}: trial {trial}");
+                    }
                 }
             }
         }

@@ -235,7 +235,7 @@ fn best_of_signs(sqx_p: f32, sq2_p: f32, sqx_m: f32, sq2_m: f32) -> Option<(f32,
 /// chosen indices written to `idx`.
 fn block_error(dl: f32, x: &[f32], w: &[f32], values: &[i8], idx: &mut [u8; SUB]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if crate::cpu::quantize_path() == crate::cpu::Path::Avx2 {
+    if crate::cpu::quantize_path().has_avx2() {
         // SAFETY: the Avx2 path is only chosen on CPUs with AVX2 and FMA.
         return unsafe { avx2::block_error(dl, x, w, values, idx) };
     }
@@ -383,7 +383,7 @@ impl FitScratch {
 fn search_block(x: &[f32], w: &[f32], max: f32, scratch: &mut FitScratch) -> (f32, bool) {
     let fits = &mut scratch.fits;
     #[cfg(target_arch = "x86_64")]
-    if crate::cpu::quantize_path() == crate::cpu::Path::Avx2 {
+    if crate::cpu::quantize_path().has_avx2() {
         // SAFETY: the Avx2 path is only chosen on CPUs with AVX2 and FMA.
         unsafe { avx2::candidate_fits(x, w, max, fits, &mut scratch.lane_sums) };
         return replay(fits);
@@ -445,7 +445,7 @@ fn accumulate_fit(
     sumq2: &mut [f32; 8],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if crate::cpu::quantize_path() == crate::cpu::Path::Avx2 {
+    if crate::cpu::quantize_path().has_avx2() {
         // SAFETY: the Avx2 path is only chosen on CPUs with AVX2 and FMA.
         return unsafe { avx2::accumulate_fit(ls, values, idx, x, w, sumqx, sumq2) };
     }
