@@ -45,9 +45,32 @@ impl Path {
 #[inline]
 pub fn quantize_path() -> Path {
     static PATH: OnceLock<Path> = OnceLock::new();
-    *PATH.get_or_init(|| match active_path() {
-        SimdPath::Avx512 => Path::Avx512,
-        SimdPath::Avx2 => Path::Avx2,
-        SimdPath::Scalar | SimdPath::Neon => Path::Scalar,
-    })
+    *PATH.get_or_init(|| Path::of_simd(active_path()))
+}
+
+impl Path {
+    /// The search path of a dot-product path's instruction set.
+    fn of_simd(path: SimdPath) -> Path {
+        match path {
+            SimdPath::Avx512 => Path::Avx512,
+            SimdPath::Avx2 => Path::Avx2,
+            SimdPath::Scalar | SimdPath::Neon => Path::Scalar,
+        }
+    }
+}
+
+/// For a search that has both an AVX2 and an AVX-512 version: [`quantize_path`], except that
+/// on an AVX-512 CPU under `auto` both are timed once by `time` (nanoseconds of a few warm
+/// calls; see `simd::decide`) and the faster is returned. The caller keeps the answer for the
+/// process. The wider version need not win (Zen 4 runs most 512-bit instructions as two
+/// 256-bit halves; a half-filled register gains nothing); both give the same bits, so the
+/// choice never changes a result.
+pub fn faster_wide_path(mut time: impl FnMut(Path) -> f64) -> Path {
+    let path = quantize_path();
+    if path != Path::Avx512 || crate::simd::forced().is_some() {
+        return path;
+    }
+    let candidates = [SimdPath::Avx2, SimdPath::Avx512];
+    let choice = crate::simd::decide(None, &candidates, |p| time(Path::of_simd(p)));
+    Path::of_simd(choice.path)
 }

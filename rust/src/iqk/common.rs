@@ -4,6 +4,9 @@
 //! association order), because the output bytes must be identical.
 
 use super::fit::{fit_many, nearest_indices, MAX_CANDIDATES};
+#[cfg(target_arch = "x86_64")]
+use super::lanes::F32Lanes;
+use crate::cpu::Path;
 use crate::numeric::{nearest_int, FitPick};
 use crate::simd::QK as QK_K;
 use crate::tables::Grid;
@@ -128,7 +131,7 @@ pub struct PartitionSearch {
     min_i3: usize,
     pairs: &'static SplitPairs,
     /// SIMD scratch: per (i2, i3) pair, the partial sums that do not depend on i1 (see
-    /// `fill_tails_avx2`), `TAIL_ROWS` rows of `ROW_STRIDE`.
+    /// `fill_tails`), `TAIL_ROWS` rows of `ROW_STRIDE`.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     tails: Vec<f32>,
 }
@@ -196,9 +199,9 @@ fn candidates(grid: &[i8; 8]) -> [([f32; 4], bool); 4] {
 }
 
 /// Rows of `PartitionSearch::tails`, one value per (i2, i3) pair: the prefix sums at i2 (x, w),
-/// the sums of runs 2 and 3 (x2, w2, x3, w3), then from `PRODUCT_ROWS` on, per candidate, the
-/// products of runs 2 and 3 with its levels (x2·v2, x3·v3, w2·v2·v2, w3·v3·v3).
-const PRODUCT_ROWS: usize = 6;
+/// then from `PRODUCT_ROWS` on, per candidate, the products of runs 2 and 3 with its levels
+/// (x2·v2, x3·v3, w2·v2·v2, w3·v3·v3, from the runs' sums x2, w2, x3, w3).
+const PRODUCT_ROWS: usize = 2;
 const TAIL_ROWS: usize = PRODUCT_ROWS + 4 * 4;
 /// Row length: room for every pair plus a vector of padding, and an odd number of cache lines
 /// so that the rows, read side by side, do not all map to the same L1 sets.
@@ -222,6 +225,12 @@ impl PartitionSearch {
     }
 
     pub fn run(&mut self, x: &[f32], w: &[f32], grid: &[i8; 8]) -> (f32, bool) {
+        let p = self.prefix(x, w);
+        self.search_on(partition_path(), &p, &candidates(grid))
+    }
+
+    /// The prefix sums of the block sorted by value.
+    fn prefix(&self, x: &[f32], w: &[f32]) -> Prefix {
         let n = x.len();
         assert_eq!(
             n, self.pairs.n,
@@ -253,13 +262,23 @@ impl PartitionSearch {
             p.sumw[k + 1] = p.sumw[k] + w[j];
             p.sumx[k + 1] = p.sumx[k] + w[j] * x[j];
         }
-        let cands = candidates(grid);
+        p
+    }
+
+    /// The search on `path` (which must be available on this CPU).
+    fn search_on(&mut self, path: Path, p: &Prefix, cands: &[([f32; 4], bool); 4]) -> (f32, bool) {
+        assert!(
+            path.is_available(),
+            "quantize path {path:?} is not available on this CPU"
+        );
         #[cfg(target_arch = "x86_64")]
-        if crate::cpu::quantize_path().has_avx2() {
-            // SAFETY: the Avx2 path is only chosen on CPUs with AVX2.
-            return unsafe { self.search_avx2(&p, &cands) };
+        match path {
+            // SAFETY (both): the CPU has the path's instruction sets (asserted above).
+            Path::Avx512 => return unsafe { self.search_avx512(p, cands) },
+            Path::Avx2 => return unsafe { self.search_avx2(p, cands) },
+            Path::Scalar => {}
         }
-        self.search_scalar(&p, &cands)
+        self.search_scalar(p, cands)
     }
 
     /// Where the search's best score may start instead of 0: the best score over a few
@@ -311,67 +330,77 @@ impl PartitionSearch {
         (best.d, best.shifted)
     }
 
-    /// Eight splits per vector, the same f32 operations per lane as `search_scalar`. For each
-    /// i1 the splits are the (i2, i3) pairs with i2 >= i1: a suffix of one lexicographic pair
-    /// list, so vectors stay full and consecutive lanes are consecutive in ik's order. The
-    /// products of runs 2 and 3 do not depend on i1, so they are formed once per pair up
-    /// front; per i1 only run 1's product and the additions remain. A vector none of whose 32
-    /// candidates passes the accept test against the current best changes nothing and is
-    /// skipped; otherwise its candidates are recomputed and replayed in order.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn search_avx2(&mut self, p: &Prefix, cands: &[([f32; 4], bool); 4]) -> (f32, bool) {
-        use std::arch::x86_64::*;
+        self.search_lanes::<std::arch::x86_64::__m256>(p, cands)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2")]
+    unsafe fn search_avx512(&mut self, p: &Prefix, cands: &[([f32; 4], bool); 4]) -> (f32, bool) {
+        self.search_lanes::<std::arch::x86_64::__m512>(p, cands)
+    }
+
+    /// `V::LANES` splits per vector, the same f32 operations per lane as `search_scalar`. For
+    /// each i1 the splits are the (i2, i3) pairs with i2 >= i1: a suffix of one lexicographic
+    /// pair list, so vectors stay full and consecutive lanes are consecutive in ik's order. The
+    /// products of runs 2 and 3 do not depend on i1, so they are formed once per pair up
+    /// front; per i1 only run 1's product and the additions remain. A vector none of whose
+    /// candidates passes the accept test against the current best changes nothing and is
+    /// skipped; otherwise its candidates are recomputed and replayed in order.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn search_lanes<V: F32Lanes>(
+        &mut self,
+        p: &Prefix,
+        cands: &[([f32; 4], bool); 4],
+    ) -> (f32, bool) {
         let (sumx, sumw) = (&p.sumx, &p.sumw);
         let pairs = self.pairs;
-        let count = pairs.i2.len();
-        let v = cands.map(|(v, _)| {
-            [
-                _mm256_set1_ps(v[0]),
-                _mm256_set1_ps(v[1]),
-                _mm256_set1_ps(v[2]),
-                _mm256_set1_ps(v[3]),
-            ]
-        });
-        self.fill_tails_avx2(p, &v);
-        // Unchecked loads in the hot loop: k + 8 <= count + 8 <= MAX_PAIRS < ROW_STRIDE (asserted
-        // in SplitPairs::build) and every row index is below TAIL_ROWS.
+        let count = pairs.count;
+        let v = cands.map(|(v, _)| v.map(|level| V::splat(level)));
+        self.fill_tails::<V>(p, cands);
+        // Unchecked loads in the hot loop: k + LANES <= count + 16 <= MAX_PAIRS + 8 < ROW_STRIDE
+        // (SplitPairs::build asserts count + 8 <= MAX_PAIRS) and every row index is below
+        // TAIL_ROWS.
         let base = self.tails.as_ptr();
-        let row = |r: usize, k: usize| _mm256_loadu_ps(base.add(tail_index(r, k)));
+        let row = |r: usize, k: usize| V::load(base.add(tail_index(r, k)));
         let mut best = Best {
             score: self.starting_score(p, cands),
             d: 0.0,
             shifted: false,
         };
-        let valid_lanes = |left: usize| if left >= 8 { 0xff } else { (1u32 << left) - 1 };
+        let valid_lanes = |left: usize| {
+            if left >= V::LANES {
+                (1u32 << V::LANES) - 1
+            } else {
+                (1u32 << left) - 1
+            }
+        };
         for i1 in 0..self.max_i1 {
-            let (x1, w1) = (_mm256_set1_ps(sumx[i1]), _mm256_set1_ps(sumw[i1]));
+            let (x1, w1) = (V::splat(sumx[i1]), V::splat(sumw[i1]));
             let (g0x, g0w) = (sumx[i1] - sumx[0], sumw[i1] - sumw[0]);
-            let head_x = cands.map(|(v, _)| _mm256_set1_ps(g0x * v[0]));
-            let head_w = cands.map(|(v, _)| _mm256_set1_ps(g0w * v[0] * v[0]));
+            let head_x = cands.map(|(v, _)| V::splat(g0x * v[0]));
+            let head_w = cands.map(|(v, _)| V::splat(g0w * v[0] * v[0]));
             let mut k = pairs.start[i1];
             while k < count {
-                let g1x = _mm256_sub_ps(row(0, k), x1);
-                let g1w = _mm256_sub_ps(row(1, k), w1);
-                // Candidate c's sums on lanes k..k+8, added in split_sums' order.
+                let g1x = row(0, k).sub(x1);
+                let g1w = row(1, k).sub(w1);
+                // Candidate c's sums on lanes k..k+LANES, added in split_sums' order.
                 let sums = |c: usize| {
                     let (r, v1) = (PRODUCT_ROWS + 4 * c, v[c][1]);
-                    let head = _mm256_add_ps(head_x[c], _mm256_mul_ps(g1x, v1));
-                    let sumqx = _mm256_add_ps(_mm256_add_ps(head, row(r, k)), row(r + 1, k));
-                    let term1 = _mm256_mul_ps(_mm256_mul_ps(g1w, v1), v1);
-                    let head = _mm256_add_ps(head_w[c], term1);
-                    let sumq2 = _mm256_add_ps(_mm256_add_ps(head, row(r + 2, k)), row(r + 3, k));
+                    let head = head_x[c].add(g1x.mul(v1));
+                    let sumqx = head.add(row(r, k)).add(row(r + 1, k));
+                    let head = head_w[c].add(g1w.mul(v1).mul(v1));
+                    let sumq2 = head.add(row(r + 2, k)).add(row(r + 3, k));
                     (sumqx, sumq2)
                 };
-                let score = _mm256_set1_ps(best.score);
+                let score = V::splat(best.score);
                 let passed: [u32; 4] = std::array::from_fn(|c| {
                     let (sumqx, sumq2) = sums(c);
                     // A superset of the accept test (`sumq2 > 0` is left to the replay).
-                    let pass = _mm256_cmp_ps::<_CMP_GT_OQ>(
-                        _mm256_mul_ps(sumqx, sumqx),
-                        _mm256_mul_ps(score, sumq2),
-                    );
-                    _mm256_movemask_ps(pass) as u32
+                    sumqx.mul(sumqx).gt_mask(score.mul(sumq2))
                 });
                 // Only candidates that pass against the score at the start of the vector can
                 // be accepted: the score only grows, and a larger score is a harder test for
@@ -380,11 +409,11 @@ impl PartitionSearch {
                 let mut lanes =
                     (passed[0] | passed[1] | passed[2] | passed[3]) & valid_lanes(count - k);
                 if lanes != 0 {
-                    let (mut qx, mut q2) = ([[0.0f32; 8]; 4], [[0.0f32; 8]; 4]);
+                    let (mut qx, mut q2) = ([[0.0f32; 16]; 4], [[0.0f32; 16]; 4]);
                     for c in 0..4 {
                         let (sumqx, sumq2) = sums(c);
-                        _mm256_storeu_ps(qx[c].as_mut_ptr(), sumqx);
-                        _mm256_storeu_ps(q2[c].as_mut_ptr(), sumq2);
+                        sumqx.store(qx[c].as_mut_ptr());
+                        sumq2.store(q2[c].as_mut_ptr());
                     }
                     while lanes != 0 {
                         let l = lanes.trailing_zeros() as usize;
@@ -396,49 +425,41 @@ impl PartitionSearch {
                         }
                     }
                 }
-                k += 8;
+                k += V::LANES;
             }
         }
         (best.d, best.shifted)
     }
 
-    /// Fill `tails` (see `TAIL_ROWS`) for the prefix sums `p` and candidate levels `v`: the
-    /// same f32 differences and products as `Prefix::split_sums`.
+    /// Fill `tails` (see `TAIL_ROWS`; rows 2..6 are not stored, only their products) for the
+    /// prefix sums `p` and the candidates' levels: the same f32 differences and products as
+    /// `Prefix::split_sums`, `V::LANES` pairs at a time.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn fill_tails_avx2(&mut self, p: &Prefix, v: &[[std::arch::x86_64::__m256; 4]; 4]) {
-        use std::arch::x86_64::*;
-        let (n, sumx, sumw) = (p.n, &p.sumx, &p.sumw);
+    #[inline(always)]
+    unsafe fn fill_tails<V: F32Lanes>(&mut self, p: &Prefix, cands: &[([f32; 4], bool); 4]) {
+        let v = cands.map(|(v, _)| v.map(|level| V::splat(level)));
+        let (sumx, sumw) = (p.sumx.as_ptr(), p.sumw.as_ptr());
+        let (xn, wn) = (V::splat(p.sumx[p.n]), V::splat(p.sumw[p.n]));
         let pairs = self.pairs;
-        let tails = &mut self.tails;
-        for (k, (&i2, &i3)) in pairs.i2.iter().zip(&pairs.i3).enumerate() {
-            let (i2, i3) = (i2 as usize, i3 as usize);
-            let rows = [
-                sumx[i2],
-                sumw[i2],
-                sumx[i3] - sumx[i2],
-                sumw[i3] - sumw[i2],
-                sumx[n] - sumx[i3],
-                sumw[n] - sumw[i3],
-            ];
-            for (r, value) in rows.into_iter().enumerate() {
-                tails[tail_index(r, k)] = value;
-            }
-        }
-        for k in (0..pairs.i2.len()).step_by(8) {
-            let load = |r: usize| _mm256_loadu_ps(tails[tail_index(r, k)..][..8].as_ptr());
-            let (g2x, g2w, g3x, g3w) = (load(2), load(3), load(4), load(5));
-            let term = |g: __m256, v: __m256| _mm256_mul_ps(_mm256_mul_ps(g, v), v);
+        // In bounds: k + LANES <= count + 16 <= MAX_PAIRS + 8 < ROW_STRIDE, and the pair
+        // lists are padded to count + 16 (see SplitPairs).
+        let tails = self.tails.as_mut_ptr();
+        for k in (0..pairs.count).step_by(V::LANES) {
+            let (i2, i3) = (pairs.i2.as_ptr().add(k), pairs.i3.as_ptr().add(k));
+            let (x2, w2) = (V::lookup32(sumx, i2), V::lookup32(sumw, i2));
+            let (x3, w3) = (V::lookup32(sumx, i3), V::lookup32(sumw, i3));
+            x2.store(tails.add(tail_index(0, k)));
+            w2.store(tails.add(tail_index(1, k)));
+            let (g2x, g2w, g3x, g3w) = (x3.sub(x2), w3.sub(w2), xn.sub(x3), wn.sub(w3));
             for (c, vc) in v.iter().enumerate() {
                 let products = [
-                    _mm256_mul_ps(g2x, vc[2]),
-                    _mm256_mul_ps(g3x, vc[3]),
-                    term(g2w, vc[2]),
-                    term(g3w, vc[3]),
+                    g2x.mul(vc[2]),
+                    g3x.mul(vc[3]),
+                    g2w.mul(vc[2]).mul(vc[2]),
+                    g3w.mul(vc[3]).mul(vc[3]),
                 ];
                 for (r, value) in products.into_iter().enumerate() {
-                    let at = tail_index(PRODUCT_ROWS + 4 * c + r, k);
-                    _mm256_storeu_ps(tails[at..][..8].as_mut_ptr(), value);
+                    value.store(tails.add(tail_index(PRODUCT_ROWS + 4 * c + r, k)));
                 }
             }
         }
@@ -457,6 +478,26 @@ fn ordered_bits(v: f32) -> u32 {
     }
 }
 
+/// The path the partition search takes, chosen once per process (see
+/// [`crate::cpu::faster_wide_path`]; timed on an IQ2_K block).
+fn partition_path() -> Path {
+    static PATH: std::sync::OnceLock<Path> = std::sync::OnceLock::new();
+    *PATH.get_or_init(|| {
+        let x: [f32; 16] = std::array::from_fn(|j| ((j * 7 % 16) as f32 - 7.5) * 0.01);
+        let w: [f32; 16] = std::array::from_fn(|j| 0.5 + (j % 5) as f32 * 0.2);
+        let mut search = PartitionSearch::new(16, 16, 0);
+        crate::cpu::faster_wide_path(|path| {
+            let start = std::time::Instant::now();
+            for _ in 0..4 {
+                let p = search.prefix(std::hint::black_box(&x), &w);
+                let cands = candidates(&crate::tables::IQ2NL);
+                std::hint::black_box(search.search_on(path, &p, &cands));
+            }
+            start.elapsed().as_nanos() as f64
+        })
+    })
+}
+
 /// Upper bound on (i2, i3) split pairs (n = 32: 492), plus a vector of padding.
 const MAX_PAIRS: usize = 512;
 
@@ -464,8 +505,11 @@ const MAX_PAIRS: usize = 512;
 /// max(i2, min_i3)), and for each i1 the index of the first pair with i2 >= i1.
 struct SplitPairs {
     n: usize,
-    i2: Vec<u8>,
-    i3: Vec<u8>,
+    /// Number of pairs.
+    count: usize,
+    /// The pairs' i2 and i3, padded with 16 zeros (whole vectors read past the end).
+    i2: Vec<i32>,
+    i3: Vec<i32>,
     start: [usize; 33],
 }
 
@@ -475,14 +519,18 @@ impl SplitPairs {
         for (i2, first) in start.iter_mut().enumerate().take(n) {
             *first = i2s.len();
             for i3 in i2.max(min_i3)..n {
-                i2s.push(i2 as u8);
-                i3s.push(i3 as u8);
+                i2s.push(i2 as i32);
+                i3s.push(i3 as i32);
             }
         }
-        start[n] = i2s.len();
-        assert!(i2s.len() + 8 <= MAX_PAIRS);
+        let count = i2s.len();
+        start[n] = count;
+        assert!(count + 8 <= MAX_PAIRS);
+        i2s.resize(count + 16, 0);
+        i3s.resize(count + 16, 0);
         SplitPairs {
             n,
+            count,
             i2: i2s,
             i3: i3s,
             start,
@@ -655,11 +703,15 @@ mod tests {
         }
     }
 
-    /// The vectorised partition search picks exactly the scalar search's scale and grid half.
+    /// The vectorised partition searches (AVX2, AVX-512 where the CPU has it) pick exactly
+    /// the scalar search's scale and grid half.
     #[test]
     fn partition_search_simd_equals_scalar() {
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") {
+        let paths: Vec<Path> = [Path::Avx2, Path::Avx512]
+            .into_iter()
+            .filter(|p| p.is_available())
+            .collect();
+        {
             let mut seed = 99u32;
             for trial in 0..400 {
                 let (n, mut search) = if trial % 2 == 0 {
@@ -691,13 +743,14 @@ mod tests {
                 }
                 let cands = candidates(&IQ2NL);
                 let scalar = search.search_scalar(&p, &cands);
-                // SAFETY: AVX2 is present (checked above).
-                let simd = unsafe { search.search_avx2(&p, &cands) };
-                assert_eq!(
-                    (scalar.0.to_bits(), scalar.1),
-                    (simd.0.to_bits(), simd.1),
-                    "trial {trial}"
-                );
+                for &path in &paths {
+                    let simd = search.search_on(path, &p, &cands);
+                    assert_eq!(
+                        (scalar.0.to_bits(), scalar.1),
+                        (simd.0.to_bits(), simd.1),
+                        "trial {trial} on {path:?}"
+                    );
+                }
             }
         }
     }

@@ -6,7 +6,6 @@
 use std::sync::OnceLock;
 
 use crate::cpu::Path;
-use crate::simd::SimdPath;
 use crate::tables::Grid;
 
 /// At most this many candidates are fitted in one call.
@@ -65,7 +64,7 @@ pub fn fit_path(grid: &Grid, candidates: usize) -> Path {
     let slot = &PATHS[2 * grid_class(grid) + many];
     *slot.get_or_init(|| {
         let sample = FitSample::new(grid, 8 << many);
-        calibrated(|path| sample.time_fits(path))
+        crate::cpu::faster_wide_path(|path| sample.time_fits(path))
     })
 }
 
@@ -74,7 +73,7 @@ fn nearest_path(grid: &Grid) -> Path {
     static PATHS: [OnceLock<Path>; 3] = [const { OnceLock::new() }; 3];
     *PATHS[grid_class(grid)].get_or_init(|| {
         let sample = FitSample::new(grid, 1);
-        calibrated(|path| sample.time_nearest(path))
+        crate::cpu::faster_wide_path(|path| sample.time_nearest(path))
     })
 }
 
@@ -85,22 +84,6 @@ fn grid_class(grid: &Grid) -> usize {
         8 => 1,
         16 => 2,
         n => unreachable!("grids have 4, 8 or 16 values, not {n}"),
-    }
-}
-
-/// The quantize path, or on an AVX-512 CPU under `auto` the faster of AVX2 and AVX-512 by
-/// `time` (see `simd::decide`).
-fn calibrated(time: impl FnMut(SimdPath) -> f64) -> Path {
-    let path = crate::cpu::quantize_path();
-    if path != Path::Avx512 || crate::simd::forced().is_some() {
-        return path;
-    }
-    let mut time = time;
-    let choice = crate::simd::decide(None, &[SimdPath::Avx2, SimdPath::Avx512], &mut time);
-    if choice.path == SimdPath::Avx512 {
-        Path::Avx512
-    } else {
-        Path::Avx2
     }
 }
 
@@ -122,8 +105,7 @@ impl<'g> FitSample<'g> {
     }
 
     /// Nanoseconds for a few batches of fits on `path`.
-    fn time_fits(&self, path: SimdPath) -> f64 {
-        let path = Self::quantize_path(path);
+    fn time_fits(&self, path: Path) -> f64 {
         let mut out = [[0.0f32; 4]; MAX_CANDIDATES];
         let start = std::time::Instant::now();
         for _ in 0..16 {
@@ -138,8 +120,7 @@ impl<'g> FitSample<'g> {
     }
 
     /// Nanoseconds for a few blocks' nearest indices on `path`.
-    fn time_nearest(&self, path: SimdPath) -> f64 {
-        let path = Self::quantize_path(path);
+    fn time_nearest(&self, path: Path) -> f64 {
         let mut out = [0u8; 32];
         let start = std::time::Instant::now();
         for k in 0..64 {
@@ -148,14 +129,6 @@ impl<'g> FitSample<'g> {
             std::hint::black_box(&out);
         }
         start.elapsed().as_nanos() as f64
-    }
-
-    fn quantize_path(path: SimdPath) -> Path {
-        match path {
-            SimdPath::Avx512 => Path::Avx512,
-            SimdPath::Avx2 => Path::Avx2,
-            _ => Path::Scalar,
-        }
     }
 }
 

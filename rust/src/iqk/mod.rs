@@ -12,3 +12,5 @@ pub mod iq3_ks;
 pub mod iq4_k;
 pub mod iq4_ks;
 pub mod iq5_ks;
+#[cfg(target_arch = "x86_64")]
+mod lanes;

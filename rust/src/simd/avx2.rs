@@ -132,6 +132,25 @@ impl K16 {
     pub(crate) unsafe fn mins(&self, y: *const u8) -> __m256i {
         _mm256_madd_epi16(self.mins16, loadu256(y.add(Q8K_BSUMS)))
     }
+
+    /// The 16 sub-block scales, i16, natural order.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn natural_scales(&self) -> __m256i {
+        let (even, odd) = (
+            _mm256_castsi256_si128(self.eo),
+            _mm256_extracti128_si256::<1>(self.eo),
+        );
+        _mm256_set_m128i(_mm_unpackhi_epi16(even, odd), _mm_unpacklo_epi16(even, odd))
+    }
+
+    /// Adds `Σ_sub delta_sub · bsum_sub` to [`K16::mins`] (`delta`: i16, natural order; every
+    /// `s·c + delta` must fit in i16).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn add_mins(&mut self, delta: __m256i) {
+        self.mins16 = _mm256_add_epi16(self.mins16, delta);
+    }
 }
 
 /// The 16 i8 sub-block scales `nat` (natural order) as `K16::eo` lays them out: i16, even
@@ -168,6 +187,32 @@ impl K32 {
     #[target_feature(enable = "avx2")]
     pub(crate) unsafe fn mins(&self, y: *const u8) -> __m256i {
         _mm256_madd_epi16(self.mins16, loadu256(y.add(Q8K_BSUMS)))
+    }
+
+    /// The scale of each 16-weight half-block (each block's twice), i16, natural order.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn natural_scales(&self) -> __m256i {
+        let s = _mm256_castsi256_si128(self.sc);
+        _mm256_set_m128i(_mm_unpackhi_epi16(s, s), _mm_unpacklo_epi16(s, s))
+    }
+
+    /// The same scales without a block-sum term (for IQ5_KS, whose shifted table is looked
+    /// up directly).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn without_mins(self) -> K32 {
+        K32 {
+            sc: self.sc,
+            mins16: _mm256_setzero_si256(),
+        }
+    }
+
+    /// As [`K16::add_mins`], per 16-weight half-block.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn add_mins(&mut self, delta: __m256i) {
+        self.mins16 = _mm256_add_epi16(self.mins16, delta);
     }
 }
 

@@ -127,37 +127,6 @@ unsafe fn sum_signed(d: &Decoded, y: *const u8) -> __m512i {
     acc
 }
 
-/// Signed values readied for activations without -128 (Q8_K from `quantize_row` has none):
-/// their magnitudes and where they are negative. A step then negates the activations instead,
-/// `maddubs(|v|, v < 0 ? -q : q)`, one instruction instead of three per activation row; -q
-/// would overflow for q = -128 only, and |v| ≤ 127 keeps every pair sum within i16.
-struct Signs {
-    abs: [__m512i; 4],
-    neg: [__mmask64; 4],
-}
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn signs(d: &Decoded) -> Signs {
-    Signs {
-        abs: d.v.map(|v| _mm512_abs_epi8(v)),
-        neg: d.v.map(|v| _mm512_movepi8_mask(v)),
-    }
-}
-
-/// [`sum_signed`] for activations without -128, on [`signs`] of the values.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn sum_signed_no_min8(d: &Decoded, s: &Signs, y: *const u8) -> __m512i {
-    let mut acc = _mm512_setzero_si512();
-    for t in 0..4usize {
-        let q = loadu512(y.add(Q8K_QS + 64 * t));
-        let qs = _mm512_mask_sub_epi8(q, s.neg[t], _mm512_setzero_si512(), q);
-        acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(s.abs[t], qs), d.sc[t]);
-    }
-    acc
-}
-
 /// One 64-weight step on signed values `v`: weights 64t..64t+64.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -308,24 +277,15 @@ unsafe fn dec_iq4ks(x: *const u8, tab: __m512i) -> (Decoded, K32) {
     (d, st)
 }
 
-/// No block-sum correction for IQ5_KS: the shifted row is looked up directly.
-struct NoMins;
-
-impl NoMins {
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn mins(&self, _y: *const u8) -> __m256i {
-        _mm256_setzero_si256()
-    }
-}
-
 /// IQ5_KS: step t covers sub-blocks 2t (low nibbles of `qs[32t..32t+32]`, fifth bit 2t of
 /// `qh`) and 2t + 1 (high nibbles, bit 2t + 1), each half with the table row its shift bit
 /// picks; the fifth bit chooses the table's low or high 16 entries by a mask blend.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn dec_iq5ks(x: *const u8, _tab: __m512i) -> (Decoded, NoMins) {
-    let sc = widen(prep_iq4ks(x).sc);
+unsafe fn dec_iq5ks(x: *const u8, _tab: __m512i) -> (Decoded, K32) {
+    // No block-sum term: the shifted table is looked up directly.
+    let st = prep_iq4ks(x).without_mins();
+    let sc = widen(st.sc);
     let qh256 = _mm256_loadu_si256(x.add(136) as *const __m256i);
     let qh = join(qh256, qh256);
     let m = _mm256_set1_epi8(0x0f);
@@ -358,7 +318,7 @@ unsafe fn dec_iq5ks(x: *const u8, _tab: __m512i) -> (Decoded, NoMins) {
         let t2 = 2 * t as i16;
         d.sc[t] = _mm512_permutexvar_epi16(lanes16([t2, t2, t2 + 1, t2 + 1]), sc);
     }
-    (d, NoMins)
+    (d, st)
 }
 
 /// The exact integer sum of one superblock against one activation row.
@@ -430,16 +390,62 @@ macro_rules! row_ks {
 /// is shared by this many rows.
 const TILE_ACTS: usize = 8;
 
-macro_rules! tile {
+/// Reorders a superblock's 256 bytes (`v[s]`: weights 64s..64s+64) so that dword lane l of
+/// step t holds weights 16l + 4t .. 16l + 4t + 4. A `vpdpbusd` chain over the four steps then
+/// leaves in lane l the whole sum of 16-weight sub-block l, which one multiply scales: four
+/// multiply instructions and one scale multiply per superblock and activation row instead of
+/// eight (the product ports' limit on CPUs that run 512-bit multiplies on one port).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn lane_major(v: &[__m512i; 4]) -> [__m512i; 4] {
+    // Lane l comes from register l/4, dword 4(l%4) + t: lanes 0..8 from the pair (0, 1),
+    // lanes 8..16 from (2, 3), with the same two-source indices.
+    let base = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
+    std::array::from_fn(|t| {
+        let idx = _mm512_add_epi32(base, _mm512_set1_epi32(t as i32));
+        let lo = _mm512_permutex2var_epi32(v[0], idx, v[1]);
+        let hi = _mm512_permutex2var_epi32(v[2], idx, v[3]);
+        _mm512_mask_blend_epi32(0xff00, lo, hi)
+    })
+}
+
+/// The activation rows of a tile call, readied once and shared by all its weight rows: the
+/// quants of every superblock in [`lane_major`] order (rows one after the other), and the
+/// superblock scales of each group of [`TILE_ACTS`] rows side by side (zero past the last
+/// row), so that the rows' f64 accumulators fold in one vector.
+struct LaneMajorActs {
+    quants: Vec<__m512i>,
+    scales: Vec<[f32; TILE_ACTS]>,
+}
+
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn lane_major_acts(acts: &ActRows, nb: usize) -> LaneMajorActs {
+    let mut quants = Vec::with_capacity(acts.len() * nb * 4);
+    let mut scales = vec![[0.0f32; TILE_ACTS]; acts.len().div_ceil(TILE_ACTS) * nb];
+    let ys = acts.bytes().as_ptr();
+    for j in 0..acts.len() {
+        for i in 0..nb {
+            let y = ys.add(j * acts.row_bytes() + i * Q8K_BYTES);
+            let q: [__m512i; 4] = std::array::from_fn(|t| loadu512(y.add(Q8K_QS + 64 * t)));
+            quants.extend_from_slice(&lane_major(&q));
+            scales[j / TILE_ACTS * nb + i][j % TILE_ACTS] = rd_f32_at(y);
+        }
+    }
+    LaneMajorActs { quants, scales }
+}
+
+macro_rules! tile_lane_major {
     (
-        $name:ident, $kind:expr, $bytes:expr, $dec:ident, $sum:ident, $tab:ident,
+        $name:ident, $kind:expr, $bytes:expr, $dec:ident, $tab:ident,
         k_type: $k:literal, signed: $signed:literal
     ) => {
         /// Weight rows × the activation rows of `acts`: `out[r * acts.len() + j]` is row r
-        /// dotted with activation row j. Each superblock is decoded once per group of up to
-        /// [`TILE_ACTS`] activation rows; every pair has its own f64 accumulator, which takes
-        /// the superblocks' products in order exactly as the single-row kernel's does, so
-        /// every dot equals it bit for bit.
+        /// dotted with activation row j. The activations are put in [`lane_major`] order
+        /// once; each superblock is decoded once per group of up to [`TILE_ACTS`] activation
+        /// rows, as unsigned bytes (signed values biased by 128, which the block sums take
+        /// back), for `vpdpbusd`. Every pair has its own f64 accumulator, which takes the
+        /// superblocks' exact integer sums in order as the single-row kernel's does, so every
+        /// dot equals it bit for bit.
         ///
         /// # Safety
         /// The CPU must support AVX-512 F, BW, VL and VNNI.
@@ -454,8 +460,9 @@ macro_rules! tile {
                 return;
             }
             let (nb, row_bytes, nrows) = check_tile($kind, rows, acts, out.len());
-            let (n_acts, act_bytes, no_min8) = (acts.len(), acts.row_bytes(), !acts.has_min8());
+            let (n_acts, act_bytes) = (acts.len(), acts.row_bytes());
             let ys = acts.bytes().as_ptr();
+            let lm = lane_major_acts(acts, nb);
             let tab = bcast_tab($tab());
             let meta = $kind.row_meta();
             for r in 0..nrows {
@@ -463,36 +470,50 @@ macro_rules! tile {
                 let mut j0 = 0;
                 while j0 < n_acts {
                     let n = (n_acts - j0).min(TILE_ACTS);
-                    let mut acc = [0.0f64; TILE_ACTS];
+                    // Lane j: activation row j0 + j's f64 accumulator, folded as `acc_k` /
+                    // `acc_ks` fold (separate multiply and add, as the scalar code rounds).
+                    let mut acc = _mm512_setzero_pd();
                     for i in 0..nb {
                         let x = row.as_ptr().add(meta + i * $bytes);
-                        let (d, st) = $dec(x, tab);
+                        let (d, mut st) = $dec(x, tab);
+                        let scales = st.natural_scales();
+                        if $signed {
+                            // Σ s·(v + 128)·q counts 128·s·bsum too much per sub-block.
+                            let bias = _mm256_slli_epi16::<7>(scales);
+                            st.add_mins(_mm256_sub_epi16(_mm256_setzero_si256(), bias));
+                        }
+                        let scales = _mm512_cvtepi16_epi32(scales);
+                        // Signed values v become v + 128, so that the bytes are unsigned.
+                        let v = lane_major(&d.v.map(|v| {
+                            if $signed {
+                                _mm512_xor_si512(v, _mm512_set1_epi8(-128))
+                            } else {
+                                v
+                            }
+                        }));
                         let y = |j: usize| ys.add((j0 + j) * act_bytes + i * Q8K_BYTES);
                         let mut sums = [_mm512_setzero_si512(); TILE_ACTS];
-                        if $signed && no_min8 {
-                            let sg = signs(&d);
-                            for (j, s) in sums.iter_mut().enumerate().take(n) {
-                                let dot = sum_signed_no_min8(&d, &sg, y(j));
-                                *s = _mm512_add_epi32(dot, widen(st.mins(y(j))));
-                            }
-                        } else {
-                            for (j, s) in sums.iter_mut().enumerate().take(n) {
-                                *s = _mm512_add_epi32($sum(&d, y(j)), widen(st.mins(y(j))));
-                            }
+                        for (j, s) in sums.iter_mut().enumerate().take(n) {
+                            let q = lm.quants.as_ptr().add(((j0 + j) * nb + i) * 4);
+                            let mut dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v[0], *q);
+                            dot = _mm512_dpbusd_epi32(dot, v[1], *q.add(1));
+                            dot = _mm512_dpbusd_epi32(dot, v[2], *q.add(2));
+                            dot = _mm512_dpbusd_epi32(dot, v[3], *q.add(3));
+                            let scaled = _mm512_mullo_epi32(dot, scales);
+                            *s = _mm512_add_epi32(scaled, widen(st.mins(y(j))));
                         }
-                        let mut sumi = [0i32; TILE_ACTS];
-                        _mm256_storeu_si256(sumi.as_mut_ptr() as *mut __m256i, reduce8(&sums));
-                        let dw = if $k { f16_to_f32(rd_u16_at(x)) } else { 0.0 };
-                        for (j, acc) in acc.iter_mut().enumerate().take(n) {
-                            let d8 = rd_f32_at(y(j));
-                            *acc = if $k {
-                                acc_k(*acc, dw, d8, sumi[j])
-                            } else {
-                                acc_ks(*acc, d8, sumi[j])
-                            };
+                        let sumi = _mm512_cvtepi32_pd(reduce8(&sums));
+                        let d8 = lm.scales[j0 / TILE_ACTS * nb + i].as_ptr();
+                        let mut d8 = _mm512_cvtps_pd(_mm256_loadu_ps(d8));
+                        if $k {
+                            let dw = _mm512_set1_pd(f16_to_f32(rd_u16_at(x)) as f64);
+                            d8 = _mm512_mul_pd(dw, d8);
                         }
+                        acc = _mm512_add_pd(acc, _mm512_mul_pd(d8, sumi));
                     }
-                    for (j, &acc) in acc.iter().enumerate().take(n) {
+                    let mut accs = [0.0f64; TILE_ACTS];
+                    _mm512_storeu_pd(accs.as_mut_ptr(), acc);
+                    for (j, &acc) in accs.iter().enumerate().take(n) {
                         out[r * n_acts + j0 + j] = if $k {
                             finish_k(acc)
                         } else {
@@ -538,10 +559,10 @@ row_ks!(
     tab_iq4
 );
 
-tile!(tile_iq2k, DotType::Iq2K, IQ2K_BYTES, dec_iq2k, sum_unsigned, tab_iq2, k_type: true, signed: false);
-tile!(tile_iq3k, DotType::Iq3K, IQ3K_BYTES, dec_iq3k, sum_unsigned, tab_iq3, k_type: true, signed: false);
-tile!(tile_iq4k, DotType::Iq4K, IQ4K_BYTES, dec_iq4k, sum_signed, tab_iq4, k_type: true, signed: true);
-tile!(tile_iq2ks, DotType::Iq2Ks, IQ2KS_BYTES, dec_iq2ks, sum_unsigned, tab_iq2, k_type: false, signed: false);
-tile!(tile_iq3ks, DotType::Iq3Ks, IQ3KS_BYTES, dec_iq3ks, sum_unsigned, tab_iq3, k_type: false, signed: false);
-tile!(tile_iq4ks, DotType::Iq4Ks, IQ4KS_BYTES, dec_iq4ks, sum_signed, tab_iq4, k_type: false, signed: true);
-tile!(tile_iq5ks, DotType::Iq5Ks, IQ5KS_BYTES, dec_iq5ks, sum_signed, tab_iq4, k_type: false, signed: true);
+tile_lane_major!(tile_iq2k, DotType::Iq2K, IQ2K_BYTES, dec_iq2k, tab_iq2, k_type: true, signed: false);
+tile_lane_major!(tile_iq3k, DotType::Iq3K, IQ3K_BYTES, dec_iq3k, tab_iq3, k_type: true, signed: false);
+tile_lane_major!(tile_iq4k, DotType::Iq4K, IQ4K_BYTES, dec_iq4k, tab_iq4, k_type: true, signed: true);
+tile_lane_major!(tile_iq2ks, DotType::Iq2Ks, IQ2KS_BYTES, dec_iq2ks, tab_iq2, k_type: false, signed: false);
+tile_lane_major!(tile_iq3ks, DotType::Iq3Ks, IQ3KS_BYTES, dec_iq3ks, tab_iq3, k_type: false, signed: false);
+tile_lane_major!(tile_iq4ks, DotType::Iq4Ks, IQ4KS_BYTES, dec_iq4ks, tab_iq4, k_type: false, signed: true);
+tile_lane_major!(tile_iq5ks, DotType::Iq5Ks, IQ5KS_BYTES, dec_iq5ks, tab_iq4, k_type: false, signed: true);
