@@ -702,7 +702,7 @@ fn rows_fn_refuses_partial_rows() {
 // (scripts/avx512_test.sh) runs this binary, so they are pinned to the scalar fit here.
 
 use iqk_rs::cpu::Path as QuantizePath;
-use iqk_rs::iqk::fit::{fit_many_on, Signs, MAX_CANDIDATES};
+use iqk_rs::iqk::fit::{fit_many_on, fit_pair_on, Signs, MAX_CANDIDATES};
 use iqk_rs::tables::{Grid, IQ2_GRIDS, IQ3_GRIDS, IQ4_GRIDS};
 
 fn quantize_simd_paths() -> Vec<QuantizePath> {
@@ -731,6 +731,34 @@ fn check_fits(label: &str, grid: &Grid, ids: &[f32], x: &[f32], w: &[f32]) {
                     bits(want[c]),
                     "{path:?} {signs:?} {label}: candidate {c} of {}",
                     ids.len()
+                );
+            }
+        }
+    }
+}
+
+/// The paired fits on IQ3's two grid halves (one pass on AVX-512 for up to 8 candidates
+/// each), every path against two scalar `fit_many_on` calls: `ids` split into the two lists.
+fn check_pair_fits(label: &str, ids: &[f32], x: &[f32], w: &[f32]) {
+    let split = ids.len().div_ceil(2);
+    let lists = [&ids[..split], &ids[split..]];
+    let mut want = [[[0f32; 4]; MAX_CANDIDATES]; 2];
+    for ((grid, list), want) in IQ3_GRIDS.iter().zip(lists).zip(&mut want) {
+        fit_many_on(QuantizePath::Scalar, Signs::Both, grid, list, x, w, want);
+    }
+    for path in quantize_simd_paths() {
+        let mut got = [[[f32::NAN; 4]; MAX_CANDIDATES]; 2];
+        let [a, b] = &mut got;
+        let grids = [&IQ3_GRIDS[0], &IQ3_GRIDS[1]];
+        fit_pair_on(path, grids, lists, x, w, [&mut a[..], &mut b[..]]);
+        for (half, list) in lists.iter().enumerate() {
+            for c in 0..list.len() {
+                let bits = |f: [f32; 4]| f.map(f32::to_bits);
+                assert_eq!(
+                    bits(got[half][c]),
+                    bits(want[half][c]),
+                    "{path:?} {label}: grid half {half}, candidate {c} of {}",
+                    list.len()
                 );
             }
         }
@@ -770,6 +798,8 @@ fn grid_fits_every_path_equal_scalar() {
         for grid in all_grids() {
             check_fits(&format!("trial {trial}"), grid, &ids, &x, &w);
         }
+        // Up to 8 candidates per half takes the one-pass fit, more the two-pass one.
+        check_pair_fits(&format!("trial {trial}"), &ids[..ids.len().min(16)], &x, &w);
     }
 }
 
@@ -804,6 +834,11 @@ fn grid_fits_at_midpoints_and_extremes_equal_scalar() {
         for chunk in xs.chunks(MAX_CANDIDATES) {
             // Candidate c scales the value 1 by chunk[c]: id·x is exactly the value.
             check_fits("near midpoints", grid, chunk, &[1.0], &[1.0]);
+        }
+        if grid.values.len() == 8 {
+            for chunk in xs.chunks(16) {
+                check_pair_fits("near midpoints", chunk, &[1.0], &[1.0]);
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 //! Arithmetic mirrors ik_llama.cpp's reference build operation for operation (plain f32, same
 //! association order), because the output bytes must be identical.
 
-use super::fit::{fit_many, nearest_indices, MAX_CANDIDATES};
+use super::fit::{fit_pair, nearest_indices, MAX_CANDIDATES};
 #[cfg(target_arch = "x86_64")]
 use super::lanes::F32Lanes;
 use crate::cpu::Path;
@@ -95,8 +95,14 @@ impl NlSearch {
             }
         }
         let mut fits = [[[0.0f32; 4]; MAX_CANDIDATES]; 2];
-        fit_many(base, &ids[0][..ntry + 1], x, w, &mut fits[0]);
-        fit_many(shifted, &ids[1][..ntry], x, w, &mut fits[1]);
+        let [fits_base, fits_shifted] = &mut fits;
+        fit_pair(
+            [base, shifted],
+            [&ids[0][..ntry + 1], &ids[1][..ntry]],
+            x,
+            w,
+            [fits_base, fits_shifted],
+        );
 
         let [sp, qp, sm, qm] = fits[0][0];
         let mut pick = FitPick {

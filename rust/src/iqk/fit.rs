@@ -50,6 +50,78 @@ pub fn fit_many_plus(grid: &Grid, ids: &[f32], x: &[f32], w: &[f32], out: &mut [
     fit_many_on(path, Signs::PlusOnly, grid, ids, x, w, out)
 }
 
+/// [`fit_many`] on two grids at once: `ids[0]` on `grids[0]` into `out[0]`, `ids[1]` on
+/// `grids[1]` into `out[1]` (the IQK searches fit the base and the shifted grid half of a
+/// block). Where both grids have 8 values and both lists at most 8 candidates (IQ3_K), the
+/// AVX-512 path fits them in one pass, one grid per half of each register, if that measured
+/// faster than two passes.
+pub fn fit_pair(
+    grids: [&Grid; 2],
+    ids: [&[f32]; 2],
+    x: &[f32],
+    w: &[f32],
+    [out_a, out_b]: [&mut [[f32; 4]]; 2],
+) {
+    if one_pass(grids, ids) && pair_path() == Path::Avx512 {
+        fit_pair_on(Path::Avx512, grids, ids, x, w, [out_a, out_b]);
+    } else {
+        fit_many(grids[0], ids[0], x, w, out_a);
+        fit_many(grids[1], ids[1], x, w, out_b);
+    }
+}
+
+/// Whether [`fit_pair`]'s AVX-512 one-pass fit applies: two 8-value grids, at most 8
+/// candidates each.
+fn one_pass(grids: [&Grid; 2], ids: [&[f32]; 2]) -> bool {
+    grids.iter().all(|g| g.values.len() == 8) && ids.iter().all(|i| i.len() <= 8)
+}
+
+/// [`fit_pair`] on a given path (which must be available on this CPU): on AVX-512, where
+/// [`one_pass`] allows, the one-pass fit; else two [`fit_many_on`] calls.
+pub fn fit_pair_on(
+    path: Path,
+    grids: [&Grid; 2],
+    ids: [&[f32]; 2],
+    x: &[f32],
+    w: &[f32],
+    [out_a, out_b]: [&mut [[f32; 4]]; 2],
+) {
+    assert!(
+        path.is_available(),
+        "quantize path {path:?} is not available on this CPU"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if path == Path::Avx512 && one_pass(grids, ids) {
+        // SAFETY: the CPU has AVX-512 F, AVX2 and FMA (asserted above).
+        unsafe { avx512::fit_pair8(grids, ids, x, w, [out_a, out_b]) };
+        return;
+    }
+    fit_many_on(path, Signs::Both, grids[0], ids[0], x, w, out_a);
+    fit_many_on(path, Signs::Both, grids[1], ids[1], x, w, out_b);
+}
+
+/// The path of [`fit_pair`]'s one-pass case: AVX-512 (one pass) or the AVX2 path's two, timed
+/// once per process on IQ3_K's grids and candidate counts (see
+/// [`crate::cpu::faster_wide_path`]).
+fn pair_path() -> Path {
+    static PATH: OnceLock<Path> = OnceLock::new();
+    *PATH.get_or_init(|| {
+        let grids = &crate::tables::IQ3_GRIDS;
+        let (a, b) = (FitSample::new(&grids[0], 8), FitSample::new(&grids[1], 7));
+        crate::cpu::faster_wide_path(|path| {
+            let (mut out_a, mut out_b) = ([[0.0f32; 4]; 8], [[0.0f32; 4]; 8]);
+            let start = std::time::Instant::now();
+            for _ in 0..16 {
+                let x = std::hint::black_box(&a.x);
+                let out = [&mut out_a[..], &mut out_b[..]];
+                fit_pair_on(path, [a.grid, b.grid], [&a.ids, &b.ids], x, &a.w, out);
+                std::hint::black_box((&out_a, &out_b));
+            }
+            start.elapsed().as_nanos() as f64
+        })
+    })
+}
+
 /// The path the batched fits of `candidates` scales on `grid` take:
 /// [`crate::cpu::quantize_path`], except that on an AVX-512 CPU under `auto` the AVX2 and
 /// AVX-512 fits are timed once per grid size and candidate count class (up to 8, more) and the
@@ -490,9 +562,22 @@ pub(crate) mod avx512 {
     #[inline]
     #[target_feature(enable = "avx512f")]
     pub(crate) unsafe fn nearest_index<const N: usize>(g: &GridRegs, x: __m512) -> __m512i {
+        nearest_index_from::<N>(g, x, _mm512_setzero_si512())
+    }
+
+    /// [`nearest_index`] on registers holding several grids of `N` values side by side: lane
+    /// l searches the grid starting at entry `first[l]` and returns its entry (NaN and
+    /// |x| >= 2^31 give `first[l]`, that grid's index 0).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn nearest_index_from<const N: usize>(
+        g: &GridRegs,
+        x: __m512,
+        first: __m512i,
+    ) -> __m512i {
         // Steps N/2, N/4, ..., 1: move up by the step where the threshold just below the new
-        // position is <= x. NaN compares false everywhere and stays at 0.
-        let mut pos = _mm512_setzero_si512();
+        // position is <= x. NaN compares false everywhere and stays at the start.
+        let mut pos = first;
         let mut step = N as i32 / 2;
         while step >= 1 {
             let probe = _mm512_add_epi32(pos, _mm512_set1_epi32(step - 1));
@@ -503,7 +588,69 @@ pub(crate) mod avx512 {
         }
         // x >= 2^31 must count 0, as ik's (int) conversion sends it there.
         let sane = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(2_147_483_648.0));
-        _mm512_maskz_mov_epi32(sane, pos)
+        _mm512_mask_mov_epi32(first, sane, pos)
+    }
+
+    /// Two 8-value grids in one pair of registers: entries 0..8 hold `a`, 8..16 hold `b`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load_pair8(a: &Grid, b: &Grid) -> GridRegs {
+        let (mut values, mut thresholds) = ([0.0f32; 16], [f32::INFINITY; 16]);
+        for (half, grid) in [a, b].into_iter().enumerate() {
+            for (v, &g) in values[8 * half..].iter_mut().zip(grid.values) {
+                *v = g as f32;
+            }
+            thresholds[8 * half..8 * half + 7].copy_from_slice(&grid.thresholds[..7]);
+        }
+        GridRegs {
+            thresholds: _mm512_loadu_ps(thresholds.as_ptr()),
+            values: _mm512_loadu_ps(values.as_ptr()),
+        }
+    }
+
+    /// Both-sign fits of up to 8 candidates on each of two 8-value grids in one pass: lanes
+    /// 0..8 fit `ids[0]` on `grids[0]`, lanes 8..16 `ids[1]` on `grids[1]`, each lane with the
+    /// scalar fit's f32 operations in element order.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(crate) unsafe fn fit_pair8(
+        grids: [&Grid; 2],
+        ids: [&[f32]; 2],
+        x: &[f32],
+        w: &[f32],
+        out: [&mut [[f32; 4]]; 2],
+    ) {
+        debug_assert!(grids.iter().all(|g| g.values.len() == 8));
+        assert!(ids[0].len() <= 8 && ids[1].len() <= 8);
+        let g = load_pair8(grids[0], grids[1]);
+        let first = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8);
+        let mut padded = [0.0f32; 16];
+        padded[..ids[0].len()].copy_from_slice(ids[0]);
+        padded[8..8 + ids[1].len()].copy_from_slice(ids[1]);
+        let id = _mm512_loadu_ps(padded.as_ptr());
+        let mut s = [_mm512_setzero_ps(); 4];
+        let sign = _mm512_set1_epi32(i32::MIN);
+        for (&xj, &wj) in x.iter().zip(w) {
+            let (xv, wv) = (_mm512_set1_ps(xj), _mm512_set1_ps(wj));
+            let al = _mm512_mul_ps(id, xv);
+            let q = _mm512_permutexvar_ps(nearest_index_from::<8>(&g, al, first), g.values);
+            let wq = _mm512_mul_ps(wv, q);
+            s[0] = _mm512_add_ps(s[0], _mm512_mul_ps(wq, xv));
+            s[1] = _mm512_add_ps(s[1], _mm512_mul_ps(wq, q));
+            let neg = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(al), sign));
+            let q = _mm512_permutexvar_ps(nearest_index_from::<8>(&g, neg, first), g.values);
+            let wq = _mm512_mul_ps(wv, q);
+            s[2] = _mm512_add_ps(s[2], _mm512_mul_ps(wq, xv));
+            s[3] = _mm512_add_ps(s[3], _mm512_mul_ps(wq, q));
+        }
+        let mut lanes = [[0.0f32; 16]; 4];
+        for (sum, lane) in s.iter().zip(lanes.iter_mut()) {
+            _mm512_storeu_ps(lane.as_mut_ptr(), *sum);
+        }
+        for (half, (out, ids)) in out.into_iter().zip(ids).enumerate() {
+            for (l, o) in out.iter_mut().take(ids.len()).enumerate() {
+                let l = 8 * half + l;
+                *o = [lanes[0][l], lanes[1][l], lanes[2][l], lanes[3][l]];
+            }
+        }
     }
 
     #[target_feature(enable = "avx512f")]
