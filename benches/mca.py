@@ -13,9 +13,9 @@ loop, four superblocks per iteration), `tile` the batched kernel on several acti
 tile inlines its variants for 1..8 activation rows into `tile_<type>`, and the larger ones
 compile to nested loops (no single loop body for llvm-mca), so the innermost loop with the most
 products stands in (`prod/it` / 256 activation rows, 3 to 7). AVX-512's tile loops over its 8
-activation rows at run time inside the superblock loop (a loop for the sums, one for the f64
-folds): its figure is (superblock loop, with each row loop's body once, + 7 × the row loops)
-/ 8.
+activation rows at run time inside the superblock loop (one loop for the rows' sums; their f64
+folds are one vector): its figure is (superblock loop, with the row loop's body once, + 7 × the
+row loop) / 8.
 
 With `--ik SRC` (an ik_llama.cpp checkout), ik's kernels for the same types are compiled the
 same way into a temporary directory (g++ -O3; `-march=znver3` for its AVX2 build,
@@ -25,7 +25,12 @@ reported next to ours: `mul_mat_*<Dequantizer, 1>` (or `_AVX512_1`) for `row`, a
 times too: `prod/it` says what was measured).
 
 llvm-mca models one core with warm caches and perfect branch prediction, and nothing of the
-loop's set-up: compare kernels with it, not absolute speeds.
+loop's set-up: compare kernels with it, not absolute speeds, and check on hardware. Measured on
+a Sapphire Rapids machine (cargo bench --bench kernels), it got the AVX-512 kernels wrong both
+ways: it puts the lane-major tile (four dependent `vpdpbusd` and a `vpmulld` per activation row)
+at 2.5-3.4x the AVX2 tile's cycles, where it takes 0.75-0.85x the AVX2 tile's time, and the
+single-row kernel at 0.8-1.0x, where it takes 1.1-1.3x; a long dependency chain inside a short
+loop body seems to be what it models worst.
 
 Usage: python3 benches/mca.py [--ik /work/ik/src] [--asm FILE.s] [--types iq2_k,iq4_ks]
 Needs: cargo, llvm-mca-19 and llvm-cxxfilt-19 (Debian: apt-get install llvm-19), g++ for --ik.
@@ -231,10 +236,11 @@ def find(demangled: dict[str, str], *patterns: str) -> str | None:
 
 def our_kernels(t: str) -> dict[tuple[str, str], list[str]]:
     rt = t.replace("_", "")
+    kind = rt.capitalize()  # the AVX2 kernels are generic over a kind type (Iq4ks, ...)
     return {
-        ("row", "avx2"): [rf"simd::avx2::vec_dot_{rt}_rows$"],
+        ("row", "avx2"): [rf"simd::avx2::rows::<\S*::{kind}>$"],
         ("row", "avx512"): [rf"simd::avx512::vec_dot_{rt}$"],
-        ("tile", "avx2"): [rf"simd::avx2::tile_{rt}$"],
+        ("tile", "avx2"): [rf"simd::avx2::tile::<\S*::{kind}>$"],
         ("tile", "avx512"): [rf"simd::avx512::tile_{rt}$"],
     }
 

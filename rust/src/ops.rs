@@ -549,9 +549,8 @@ pub fn quantize_q8_k(x: &[f32]) -> Result<Vec<u8>> {
     quantize_activations_to(ActFormat::Q8K, x)
 }
 
-/// Weight rows per task of the matrix products: the multi-row kernels share their set-up
-/// across a task's rows, and 16 rows of 4096 are still small enough to balance threads.
-const ROWS_PER_TASK: usize = 16;
+/// Weight rows per task of the matrix products (see [`simd::TASK_ROWS`]).
+const ROWS_PER_TASK: usize = simd::TASK_ROWS;
 
 /// The multi-row dot-product kernel of `qtype` on the path `auto` (or `IQK_RS_SIMD`) picks.
 pub fn rows_kernel(qtype: QuantType) -> Result<simd::RowsFn> {

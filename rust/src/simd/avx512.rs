@@ -413,15 +413,29 @@ unsafe fn lane_major(v: &[__m512i; 4]) -> [__m512i; 4] {
 /// quants of every superblock in [`lane_major`] order (rows one after the other), and the
 /// superblock scales of each group of [`TILE_ACTS`] rows side by side (zero past the last
 /// row), so that the rows' f64 accumulators fold in one vector.
+#[derive(Default)]
 struct LaneMajorActs {
     quants: Vec<__m512i>,
     scales: Vec<[f32; TILE_ACTS]>,
 }
 
+thread_local! {
+    /// Each thread's [`LaneMajorActs`], kept between calls: a tile call is a task of a few
+    /// weight rows, where two allocations per call cost several percent.
+    static LANE_MAJOR_ACTS: std::cell::Cell<LaneMajorActs> = Default::default();
+}
+
+/// `acts` readied as [`LaneMajorActs`] says, in this thread's buffers (hand them back with
+/// [`return_lane_major_acts`]).
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn lane_major_acts(acts: &ActRows, nb: usize) -> LaneMajorActs {
-    let mut quants = Vec::with_capacity(acts.len() * nb * 4);
-    let mut scales = vec![[0.0f32; TILE_ACTS]; acts.len().div_ceil(TILE_ACTS) * nb];
+    let LaneMajorActs {
+        mut quants,
+        mut scales,
+    } = LANE_MAJOR_ACTS.with(|c| c.take());
+    quants.clear();
+    scales.clear();
+    scales.resize(acts.len().div_ceil(TILE_ACTS) * nb, [0.0; TILE_ACTS]);
     let ys = acts.bytes().as_ptr();
     for j in 0..acts.len() {
         for i in 0..nb {
@@ -432,6 +446,11 @@ unsafe fn lane_major_acts(acts: &ActRows, nb: usize) -> LaneMajorActs {
         }
     }
     LaneMajorActs { quants, scales }
+}
+
+/// Keeps `lm`'s buffers for this thread's next tile call.
+fn return_lane_major_acts(lm: LaneMajorActs) {
+    LANE_MAJOR_ACTS.with(|c| c.set(lm));
 }
 
 macro_rules! tile_lane_major {
@@ -523,6 +542,7 @@ macro_rules! tile_lane_major {
                     j0 += n;
                 }
             }
+            return_lane_major_acts(lm);
         }
     };
 }

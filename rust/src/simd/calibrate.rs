@@ -165,11 +165,15 @@ pub fn pick_fastest(
 }
 
 /// Weights per row of the calibration block: 4 superblocks, so a row's loop runs long enough
-/// to show its steady state, and the whole block (at most 4 × 4 × 168 weight bytes and
+/// to show its steady state, and the whole block (at most 16 × 4 × 168 weight bytes and
 /// 8 × 4 × 296 activation bytes) stays in L1.
 const CAL_N_PER_ROW: usize = 4 * QK;
-/// Weight rows of the multi-row and tile samples.
+/// Weight rows of the single-row and multi-row samples.
 const CAL_ROWS: usize = 4;
+/// Weight rows of the tile sample: as many as the matrix products hand a tile kernel per task,
+/// so that a kernel's set-up per call (AVX-512 readies the activation rows once per call)
+/// weighs as much as in use.
+const CAL_TILE_ROWS: usize = super::TASK_ROWS;
 /// Activation rows of the tile sample (the matrix products' tile height).
 const CAL_ACTS: usize = 8;
 
@@ -192,7 +196,7 @@ impl Block {
             (state >> 24) as u8
         };
         let row_bytes = kind.row_bytes(CAL_N_PER_ROW);
-        let mut rows: Vec<u8> = (0..CAL_ROWS * row_bytes).map(|_| next()).collect();
+        let mut rows: Vec<u8> = (0..CAL_TILE_ROWS * row_bytes).map(|_| next()).collect();
         for row in rows.chunks_exact_mut(row_bytes) {
             let (meta, blocks) = row.split_at_mut(kind.row_meta());
             match meta.len() {
@@ -217,7 +221,7 @@ impl Block {
     }
 
     fn row_bytes(&self) -> usize {
-        self.rows.len() / CAL_ROWS
+        self.rows.len() / CAL_TILE_ROWS
     }
 
     fn act_bytes(&self) -> usize {
@@ -229,25 +233,27 @@ impl Block {
 pub fn time_sample(block: &Block, shape: Shape, path: SimdPath) -> f64 {
     let kind = block.kind;
     let (rb, ab) = (block.row_bytes(), block.act_bytes());
-    // Every shape computes these CAL_ROWS × CAL_ACTS dots (32 Ki weight products, about a
-    // microsecond on AVX2): the single-row kernel one by one, the multi-row one per activation
-    // row, the tile kernel at once.
-    let mut out = [0.0f32; CAL_ROWS * CAL_ACTS];
+    // The single-row and multi-row shapes compute CAL_ROWS × CAL_ACTS dots (32 Ki weight
+    // products, about a microsecond on AVX2), the single-row kernel one by one, the multi-row
+    // one per activation row; the tile kernel CAL_TILE_ROWS × CAL_ACTS at once.
+    let mut out = [0.0f32; CAL_TILE_ROWS * CAL_ACTS];
+    let rows = &block.rows[..CAL_ROWS * rb];
     let acts = ActRows::new(&block.acts, CAL_ACTS);
     let start = Instant::now();
     match shape {
         Shape::Row => {
             let dot = super::dot_fn(kind, path);
-            for (c, o) in out.iter_mut().enumerate() {
+            for (c, o) in out[..CAL_ROWS * CAL_ACTS].iter_mut().enumerate() {
                 let (r, a) = (c % CAL_ROWS, c / CAL_ROWS);
-                let row = &block.rows[r * rb..(r + 1) * rb];
+                let row = &rows[r * rb..(r + 1) * rb];
                 *o = dot(black_box(row), black_box(&block.acts[a * ab..(a + 1) * ab]));
             }
         }
         Shape::Rows => {
             let dot_rows = super::rows_fn(kind, path);
+            let out = &mut out[..CAL_ROWS * CAL_ACTS];
             for (a, o) in out.chunks_exact_mut(CAL_ROWS).enumerate() {
-                dot_rows(black_box(&block.rows), &block.acts[a * ab..(a + 1) * ab], o);
+                dot_rows(black_box(rows), &block.acts[a * ab..(a + 1) * ab], o);
             }
         }
         Shape::Tile => {

@@ -43,6 +43,11 @@ pub use scalar::{
     IQ2NL, IQ3NL, IQ4K, IQ5NL, QK,
 };
 
+/// Weight rows per task of the matrix products (`ops`): the multi-row and tile kernels share
+/// their set-up across a task's rows, and 16 rows of 4096 are still small enough to balance
+/// threads. The calibration times the tile kernels on as many rows.
+pub const TASK_ROWS: usize = 16;
+
 /// Bytes of one Q8_K block (ik_llama.cpp's layout: f32 d, f32 sum, 256 × i8, 16 × i16).
 pub const Q8K_BLOCK_BYTES: usize = scalar::Q8K_BYTES;
 
