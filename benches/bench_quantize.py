@@ -10,22 +10,22 @@ largest tensors, and IQ5_KS), ``best`` (search="best" of the six) and ``all``; t
 the six and the companions. ``--best`` adds the ``best`` group.
 
 Data: normal(0, 0.02) weights with a chi-square(2) importance matrix (as the speed issue's facts).
-One column per SIMD path (those ``iqk_rs.simd_info()`` lists as candidates, each but this
-process's own timed in a subprocess with IQK_RS_SIMD=<path>): single-thread CPU-time throughput;
-``*`` marks this process's path, which the other columns use, and ``!`` a path whose bytes differ
-from it. ``x scalar`` is that path's rate over the scalar one. ``x 1T`` is the thread scaling:
-single- over all-thread wall time. ``procs`` is the machine's own scaling: the single-thread time
-over that of as many single-thread processes as CPUs, each quantizing its share of the rows,
-started together (the slowest counting). The three are timed in turn in every round, best of
-``--repeat`` rounds, so that a change in the machine's load hits them alike; on a shared or
+One column per SIMD path (those ``iqk_rs.simd_info()`` lists as candidates, each but this process's
+own timed in a subprocess with IQK_RS_SIMD=<path>): single-thread throughput by the calling thread's
+CPU time; ``*`` marks this process's path, which the other columns use, and ``!`` a path whose bytes
+differ from it. ``x scalar`` is that path's rate over the scalar one. ``x 1T`` is the thread
+scaling: single- over all-thread wall time. ``procs`` is the machine's own scaling: the
+single-thread time over that of as many single-thread processes as CPUs, each quantizing its share
+of the rows, started together (the slowest counting). The three are timed in turn in every round,
+best of ``--repeat`` rounds, so that a change in the machine's load hits them alike; on a shared or
 frequency-boosting machine ``procs`` is the reference for ``x 1T``. For ik_llama.cpp, point
 IQK_BENCH_IK_LIB at a shared library built from ik_llama.cpp's ggml-quants.c and
 iqk/iqk_quantize.cpp that exports its `quantize_<type>(src, dst, nrows, n_per_row, imatrix,
-user_data)` functions (its libggml.so does); ``rows same`` then counts the rows both quantize to
-the same bytes (``-`` for search="best", whose bytes are meant to differ). Expect all of them only
-from a build with ``-ffp-contract=off``, as the golden files were made: a default ``-march=native``
-build fuses a*b+c into FMAs in its scalar code and differs in some rows, mostly of the companion
-types (we reproduce the uncontracted arithmetic).
+user_data)` functions (its libggml.so does); ``rows same`` then counts the rows both quantize to the
+same bytes (``-`` for search="best", whose bytes are meant to differ). Expect all of them only from
+a build with ``-ffp-contract=off``, as the golden files were made: a default ``-march=native`` build
+fuses a*b+c into FMAs in its scalar code and differs in some rows, mostly of the companion types (we
+reproduce the uncontracted arithmetic).
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ import sys
 import time
 import zlib
 
-# numpy's BLAS threads spin for a while after numpy's own work and count in this process's CPU
-# time, inflating a single-thread quantizer's time (IQ2_K, the first type timed, by 1.6x);
-# nothing here uses BLAS. Set before numpy starts them.
+# Single-thread runs are timed by the calling thread's CPU time (both quantizers run on it with
+# one thread): the process's would also count other threads spinning idle, numpy's BLAS threads
+# after numpy's own work and rayon's after an all-thread round (seen inflating IQ2_K by 1.6x and
+# Q8_0 by 2.3x). Nothing here uses BLAS, so it gets one thread; set before numpy starts.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
@@ -209,9 +210,9 @@ def measure_ours(
         one_cpu = one_wall = many = procs = float("inf")
         try:
             for _ in range(repeat):
-                cpu, wall = time.process_time(), time.perf_counter()
+                cpu, wall = time.thread_time(), time.perf_counter()
                 run(1)
-                one_cpu = min(one_cpu, time.process_time() - cpu)
+                one_cpu = min(one_cpu, time.thread_time() - cpu)
                 one_wall = min(one_wall, time.perf_counter() - wall)
                 if single_only:
                     continue
@@ -276,7 +277,7 @@ def measure_ik(
         def run(xs=xs, dst=dst, fn=fn, user=user):
             fn(xs.ctypes.data, dst.ctypes.data, xs.shape[0], cols, im.ctypes.data, user)
 
-        t = best_time(run, repeat, time.process_time)
+        t = best_time(run, repeat, time.thread_time)
         ours = iqk_rs.quantize(xs, name, im, iq2ks_search=search or "fast")
         same = "-" if search == "best" else f"{(ours == dst).all(axis=1).sum()}/{len(xs)}"
         out[spec] = {"one": xs.size / t / 1e6, "rows_same": same}
