@@ -28,7 +28,7 @@ llvm-mca models one core with warm caches and perfect branch prediction, and not
 loop's set-up: compare kernels with it, not absolute speeds, and check on hardware. Measured on
 a Sapphire Rapids machine (cargo bench --bench kernels), it got the AVX-512 kernels wrong both
 ways: it puts the lane-major tile (four dependent `vpdpbusd` and a `vpmulld` per activation row)
-at 2.5-3.4x the AVX2 tile's cycles, where it takes 0.75-0.85x the AVX2 tile's time, and the
+at 2.5-3.4x the AVX2 tile's cycles, where it takes 0.70-0.85x the AVX2 tile's time, and the
 single-row kernel at 0.8-1.0x, where it takes 1.1-1.3x; a long dependency chain inside a short
 loop body seems to be what it models worst.
 

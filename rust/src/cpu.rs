@@ -1,8 +1,9 @@
 //! Which instruction set the quantizers use. It follows [`crate::simd::active_path`], the
 //! widest path in use (CPU detection, or `IQK_RS_SIMD`), so one variable pins every kernel of
-//! the process: the quantization searches have AVX2 versions and a scalar twin, and the
-//! batched grid fits (`iqk::fit`) an AVX-512 one as well. (Under `auto` the dot products and
-//! the fits may run narrower, where that measured faster; see `simd::choice`, `fit::fit_path`.)
+//! the process: the quantization searches have AVX2 versions and a scalar twin, and some an
+//! AVX-512 one as well (the grid fits in `iqk::fit`, the IQ2 partition search). (Under `auto`
+//! the dot products and those searches may run narrower, where that measured faster; see
+//! `simd::choice` and [`faster_wide_path`].)
 
 use std::sync::OnceLock;
 
@@ -12,8 +13,8 @@ use crate::simd::{active_path, SimdPath};
 pub enum Path {
     Scalar,
     Avx2,
-    /// AVX-512 F/BW/VL (with AVX2 + FMA): the searches without an AVX-512 version run their
-    /// AVX2 one.
+    /// The dot products' AVX-512 set (F/BW/VL/VNNI, with AVX2 + FMA): the searches without an
+    /// AVX-512 version run their AVX2 one.
     Avx512,
 }
 
@@ -38,17 +39,7 @@ impl Path {
     pub fn is_available(self) -> bool {
         self.simd().is_available()
     }
-}
 
-/// The path the quantization searches use: fixed for the process, so found once (the
-/// searches ask for it per block, and finding it lists the CPU's paths).
-#[inline]
-pub fn quantize_path() -> Path {
-    static PATH: OnceLock<Path> = OnceLock::new();
-    *PATH.get_or_init(|| Path::of_simd(active_path()))
-}
-
-impl Path {
     /// The search path of a dot-product path's instruction set.
     fn of_simd(path: SimdPath) -> Path {
         match path {
@@ -57,6 +48,14 @@ impl Path {
             SimdPath::Scalar | SimdPath::Neon => Path::Scalar,
         }
     }
+}
+
+/// The path the quantization searches use: fixed for the process, so found once (the
+/// searches ask for it per block, and finding it lists the CPU's paths).
+#[inline]
+pub fn quantize_path() -> Path {
+    static PATH: OnceLock<Path> = OnceLock::new();
+    *PATH.get_or_init(|| Path::of_simd(active_path()))
 }
 
 /// For a search that has both an AVX2 and an AVX-512 version: [`quantize_path`], except that

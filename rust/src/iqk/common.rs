@@ -437,9 +437,8 @@ impl PartitionSearch {
         (best.d, best.shifted)
     }
 
-    /// Fill `tails` (see `TAIL_ROWS`; rows 2..6 are not stored, only their products) for the
-    /// prefix sums `p` and the candidates' levels: the same f32 differences and products as
-    /// `Prefix::split_sums`, `V::LANES` pairs at a time.
+    /// Fill `tails` (see `TAIL_ROWS`) for the prefix sums `p` and the candidates' levels: the
+    /// same f32 differences and products as `Prefix::split_sums`, `V::LANES` pairs at a time.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn fill_tails<V: F32Lanes>(&mut self, p: &Prefix, cands: &[([f32; 4], bool); 4]) {

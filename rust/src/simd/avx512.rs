@@ -3,15 +3,16 @@
 //! decoding is shared with `avx2.rs` (256-bit). Requires Rust >= 1.89 (AVX-512 intrinsics).
 //!
 //! A superblock is decoded ([`Decoded`]: four 64-value steps in weight order and their
-//! scales) apart from its products with the activations, so the tile kernels decode it once for
-//! up to 8 activation rows and reduce the rows' sums together ([`reduce8`]). Whether these or
-//! the AVX2 kernels run is measured per machine (`calibrate.rs`); `benches/mca.py` compares
-//! them statically.
+//! scales) apart from its products with the activations. The single-row kernels multiply it
+//! step by step (`maddubs`, then `vpdpwssd` with the scales; the sign trick for the 4-bit tables
+//! uses a mask-subtract, as AVX-512 has no `vpsignb`: `maddubs(|q8|, q8 < 0 ? -v : v)`, exact
+//! for every int8 activation including -128). The tile kernels decode it once for up to 8
+//! activation rows, reorder it and the activations into [`lane_major`] order for `vpdpbusd`
+//! chains, reduce the rows' sums together ([`reduce8`]) and fold them in one f64 vector.
+//! Whether these or the AVX2 kernels run is measured per machine (`calibrate.rs`).
 //!
-//! The sign trick for the 4-bit tables uses a mask-subtract (AVX-512 has no `vpsignb`):
-//! `maddubs(|q8|, q8 < 0 ? -v : v)`, exact for every int8 activation including -128.
-//! No int32 → int16 packing anywhere (ik_llama.cpp's single-row AVX-512 IQ4 kernels saturate
-//! there, which is why they drift from the exact value).
+//! No int32 → int16 packing anywhere (ik_llama.cpp's AVX-512 IQ4 kernels saturate there, which
+//! is why they drift from the exact value).
 
 #![allow(clippy::missing_safety_doc)]
 
@@ -392,9 +393,9 @@ const TILE_ACTS: usize = 8;
 
 /// Reorders a superblock's 256 bytes (`v[s]`: weights 64s..64s+64) so that dword lane l of
 /// step t holds weights 16l + 4t .. 16l + 4t + 4. A `vpdpbusd` chain over the four steps then
-/// leaves in lane l the whole sum of 16-weight sub-block l, which one multiply scales: four
-/// multiply instructions and one scale multiply per superblock and activation row instead of
-/// eight (the product ports' limit on CPUs that run 512-bit multiplies on one port).
+/// leaves in lane l the whole sum of 16-weight sub-block l, which one multiply scales: per
+/// superblock and activation row four `vpdpbusd` and one `vpmulld` instead of the single-row
+/// kernels' eight multiplies.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn lane_major(v: &[__m512i; 4]) -> [__m512i; 4] {
@@ -490,7 +491,7 @@ macro_rules! tile_lane_major {
                 while j0 < n_acts {
                     let n = (n_acts - j0).min(TILE_ACTS);
                     // Lane j: activation row j0 + j's f64 accumulator, folded as `acc_k` /
-                    // `acc_ks` fold (separate multiply and add, as the scalar code rounds).
+                    // `acc_ks` do (a multiply and an add, each rounded as in the scalar code).
                     let mut acc = _mm512_setzero_pd();
                     for i in 0..nb {
                         let x = row.as_ptr().add(meta + i * $bytes);
