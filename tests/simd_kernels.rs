@@ -864,3 +864,38 @@ fn grid_nearest_indices_every_path_equal_scalar() {
         }
     }
 }
+
+/// The IQ2 partition search (IQ2_K's blocks of 16, IQ2_KS's of 32), every path against the
+/// scalar one: random blocks at magnitudes 1e-4..1e4 with zeros and ties among them.
+#[test]
+fn partition_search_every_path_equals_scalar() {
+    use iqk_rs::iqk::common::PartitionSearch;
+    use iqk_rs::tables::IQ2NL;
+    let mut rng = Rng::new(0x9a27_1710);
+    for trial in 0..300 {
+        let (n, max_i1, min_i3) = if trial % 2 == 0 {
+            (16, 16, 0)
+        } else {
+            (32, 24, 8)
+        };
+        let amp = 10f32.powi(trial % 9 - 4);
+        let x: Vec<f32> = (0..n)
+            .map(|j| match (j + trial as usize) % 7 {
+                0 => 0.0,
+                1 => amp * 0.5,
+                _ => amp * rng.unit(),
+            })
+            .collect();
+        let w: Vec<f32> = (0..n).map(|_| rng.unit().abs() + 1e-3).collect();
+        let mut search = PartitionSearch::new(n, max_i1, min_i3);
+        let want = search.run_on(QuantizePath::Scalar, &x, &w, &IQ2NL);
+        for path in quantize_simd_paths() {
+            let got = search.run_on(path, &x, &w, &IQ2NL);
+            assert_eq!(
+                (got.0.to_bits(), got.1),
+                (want.0.to_bits(), want.1),
+                "{path:?}: trial {trial}"
+            );
+        }
+    }
+}

@@ -231,8 +231,13 @@ impl PartitionSearch {
     }
 
     pub fn run(&mut self, x: &[f32], w: &[f32], grid: &[i8; 8]) -> (f32, bool) {
+        self.run_on(partition_path(), x, w, grid)
+    }
+
+    /// [`PartitionSearch::run`] on a given path (which must be available on this CPU).
+    pub fn run_on(&mut self, path: Path, x: &[f32], w: &[f32], grid: &[i8; 8]) -> (f32, bool) {
         let p = self.prefix(x, w);
-        self.search_on(partition_path(), &p, &candidates(grid))
+        self.search_on(path, &p, &candidates(grid))
     }
 
     /// The prefix sums of the block sorted by value.
