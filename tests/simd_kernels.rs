@@ -705,13 +705,6 @@ use iqk_rs::cpu::Path as QuantizePath;
 use iqk_rs::iqk::fit::{fit_many_on, fit_pair_on, Signs, MAX_CANDIDATES};
 use iqk_rs::tables::{Grid, IQ2_GRIDS, IQ3_GRIDS, IQ4_GRIDS};
 
-fn quantize_simd_paths() -> Vec<QuantizePath> {
-    [QuantizePath::Avx2, QuantizePath::Avx512]
-        .into_iter()
-        .filter(|p| p.is_available())
-        .collect()
-}
-
 fn all_grids() -> impl Iterator<Item = &'static Grid> {
     IQ2_GRIDS.iter().chain(&IQ3_GRIDS).chain(&IQ4_GRIDS)
 }
@@ -721,7 +714,7 @@ fn check_fits(label: &str, grid: &Grid, ids: &[f32], x: &[f32], w: &[f32]) {
     for signs in [Signs::Both, Signs::PlusOnly] {
         let mut want = [[0f32; 4]; MAX_CANDIDATES];
         fit_many_on(QuantizePath::Scalar, signs, grid, ids, x, w, &mut want);
-        for path in quantize_simd_paths() {
+        for path in iqk_rs::cpu::vector_paths() {
             let mut got = [[f32::NAN; 4]; MAX_CANDIDATES];
             fit_many_on(path, signs, grid, ids, x, w, &mut got);
             for c in 0..ids.len() {
@@ -746,7 +739,7 @@ fn check_pair_fits(label: &str, ids: &[f32], x: &[f32], w: &[f32]) {
     for ((grid, list), want) in IQ3_GRIDS.iter().zip(lists).zip(&mut want) {
         fit_many_on(QuantizePath::Scalar, Signs::Both, grid, list, x, w, want);
     }
-    for path in quantize_simd_paths() {
+    for path in iqk_rs::cpu::vector_paths() {
         let mut got = [[[f32::NAN; 4]; MAX_CANDIDATES]; 2];
         let [a, b] = &mut got;
         let grids = [&IQ3_GRIDS[0], &IQ3_GRIDS[1]];
@@ -856,7 +849,7 @@ fn grid_nearest_indices_every_path_equal_scalar() {
         for grid in all_grids() {
             let mut want = vec![0u8; n];
             nearest_indices_on(QuantizePath::Scalar, grid, id, &x, &mut want);
-            for path in quantize_simd_paths() {
+            for path in iqk_rs::cpu::vector_paths() {
                 let mut got = vec![0xffu8; n];
                 nearest_indices_on(path, grid, id, &x, &mut got);
                 assert_eq!(got, want, "{path:?}: trial {trial}");
@@ -889,7 +882,7 @@ fn partition_search_every_path_equals_scalar() {
         let w: Vec<f32> = (0..n).map(|_| rng.unit().abs() + 1e-3).collect();
         let mut search = PartitionSearch::new(n, max_i1, min_i3);
         let want = search.run_on(QuantizePath::Scalar, &x, &w, &IQ2NL);
-        for path in quantize_simd_paths() {
+        for path in iqk_rs::cpu::vector_paths() {
             let got = search.run_on(path, &x, &w, &IQ2NL);
             assert_eq!(
                 (got.0.to_bits(), got.1),

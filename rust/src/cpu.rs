@@ -50,6 +50,15 @@ impl Path {
     }
 }
 
+/// The vector search paths this CPU can run (AVX2, AVX-512), narrowest first: what tests pin
+/// to the scalar searches.
+pub fn vector_paths() -> Vec<Path> {
+    [Path::Avx2, Path::Avx512]
+        .into_iter()
+        .filter(|p| p.is_available())
+        .collect()
+}
+
 /// The path the quantization searches use: fixed for the process, so found once (the
 /// searches ask for it per block, and finding it lists the CPU's paths).
 #[inline]

@@ -717,50 +717,45 @@ mod tests {
     /// the scalar search's scale and grid half.
     #[test]
     fn partition_search_simd_equals_scalar() {
-        let paths: Vec<Path> = [Path::Avx2, Path::Avx512]
-            .into_iter()
-            .filter(|p| p.is_available())
-            .collect();
-        {
-            let mut seed = 99u32;
-            for trial in 0..400 {
-                let (n, mut search) = if trial % 2 == 0 {
-                    (16usize, PartitionSearch::new(16, 16, 0))
-                } else {
-                    (32, PartitionSearch::new(32, 24, 8))
-                };
-                let amp = 10f32.powi(trial % 9 - 4);
-                let x: Vec<f32> = (0..n)
-                    .map(|j| {
-                        if (j + trial as usize).is_multiple_of(7) {
-                            0.0
-                        } else {
-                            amp * rng(&mut seed)
-                        }
-                    })
-                    .collect();
-                let w: Vec<f32> = (0..n).map(|_| rng(&mut seed).abs() + 1e-3).collect();
-                let mut p = Prefix {
-                    n,
-                    sumx: [0.0; 48],
-                    sumw: [0.0; 48],
-                };
-                let mut order: Vec<usize> = (0..n).collect();
-                order.sort_by(|&a, &b| x[a].partial_cmp(&x[b]).unwrap().then(a.cmp(&b)));
-                for (k, &j) in order.iter().enumerate() {
-                    p.sumw[k + 1] = p.sumw[k] + w[j];
-                    p.sumx[k + 1] = p.sumx[k] + w[j] * x[j];
-                }
-                let cands = candidates(&IQ2NL);
-                let scalar = search.search_scalar(&p, &cands);
-                for &path in &paths {
-                    let simd = search.search_on(path, &p, &cands);
-                    assert_eq!(
-                        (scalar.0.to_bits(), scalar.1),
-                        (simd.0.to_bits(), simd.1),
-                        "trial {trial} on {path:?}"
-                    );
-                }
+        let paths = crate::cpu::vector_paths();
+        let mut seed = 99u32;
+        for trial in 0..400 {
+            let (n, mut search) = if trial % 2 == 0 {
+                (16usize, PartitionSearch::new(16, 16, 0))
+            } else {
+                (32, PartitionSearch::new(32, 24, 8))
+            };
+            let amp = 10f32.powi(trial % 9 - 4);
+            let x: Vec<f32> = (0..n)
+                .map(|j| {
+                    if (j + trial as usize).is_multiple_of(7) {
+                        0.0
+                    } else {
+                        amp * rng(&mut seed)
+                    }
+                })
+                .collect();
+            let w: Vec<f32> = (0..n).map(|_| rng(&mut seed).abs() + 1e-3).collect();
+            let mut p = Prefix {
+                n,
+                sumx: [0.0; 48],
+                sumw: [0.0; 48],
+            };
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_by(|&a, &b| x[a].partial_cmp(&x[b]).unwrap().then(a.cmp(&b)));
+            for (k, &j) in order.iter().enumerate() {
+                p.sumw[k + 1] = p.sumw[k] + w[j];
+                p.sumx[k + 1] = p.sumx[k] + w[j] * x[j];
+            }
+            let cands = candidates(&IQ2NL);
+            let scalar = search.search_scalar(&p, &cands);
+            for &path in &paths {
+                let simd = search.search_on(path, &p, &cands);
+                assert_eq!(
+                    (scalar.0.to_bits(), scalar.1),
+                    (simd.0.to_bits(), simd.1),
+                    "trial {trial} on {path:?}"
+                );
             }
         }
     }

@@ -5,6 +5,8 @@
 
 use std::sync::OnceLock;
 
+#[cfg(target_arch = "x86_64")]
+use super::lanes::F32Lanes;
 use crate::cpu::Path;
 use crate::tables::Grid;
 
@@ -279,12 +281,55 @@ pub fn nearest_indices(grid: &Grid, id: f32, x: &[f32], out: &mut [u8]) {
     nearest_indices_on(nearest_path(grid), grid, id, x, out)
 }
 
+/// One element's products added to a group of candidates' four sums, on either x86 width:
+/// `al` = id·x per lane, `nearest` the lane's nearest grid value; the same f32 operations, in
+/// the same order, as [`fit_one`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn add_element<V: F32Lanes, const BOTH_SIGNS: bool>(
+    s: &mut [V; 4],
+    al: V,
+    (xv, wv): (V, V),
+    nearest: impl Fn(V) -> V,
+) {
+    let q = nearest(al);
+    let wq = wv.mul(q);
+    s[0] = s[0].add(wq.mul(xv));
+    s[1] = s[1].add(wq.mul(q));
+    if BOTH_SIGNS {
+        let q = nearest(al.flip_sign());
+        let wq = wv.mul(q);
+        s[2] = s[2].add(wq.mul(xv));
+        s[3] = s[3].add(wq.mul(q));
+    }
+}
+
+/// A group's four sums as per-lane fits: `fits(&s)[l]` is lane l's `[Σ+x, Σ+q, Σ-x, Σ-q]`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn lane_fits<V: F32Lanes>(s: &[V; 4]) -> [[f32; 4]; 16] {
+    let mut sums = [[0.0f32; 16]; 4];
+    for (v, lane) in s.iter().zip(sums.iter_mut()) {
+        v.store(lane.as_mut_ptr());
+    }
+    std::array::from_fn(|l| [sums[0][l], sums[1][l], sums[2][l], sums[3][l]])
+}
+
+/// Groups of `V::LANES` candidates' sums into `out`, `count` candidates in all.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn store_fits<V: F32Lanes>(groups: &[[V; 4]], count: usize, out: &mut [[f32; 4]]) {
+    for (group, out) in groups.iter().zip(out[..count].chunks_mut(V::LANES)) {
+        out.copy_from_slice(&lane_fits(group)[..out.len()]);
+    }
+}
+
 /// The AVX2 grid search, also used by the IQ4_NL refinement (`companion::legacy`).
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::MAX_CANDIDATES;
+    use super::{add_element, store_fits, MAX_CANDIDATES};
     use crate::tables::Grid;
 
     /// A grid half held in registers: values as f32 in two 8-lane halves, and the pivots of a
@@ -489,41 +534,17 @@ pub(crate) mod avx2 {
         let g = load::<N>(grid);
         let mut padded = [0.0f32; MAX_CANDIDATES];
         padded[..ids.len()].copy_from_slice(ids);
-        let sign = _mm256_set1_ps(-0.0);
         let id: [__m256; GROUPS] =
             std::array::from_fn(|k| _mm256_loadu_ps(padded.as_ptr().add(8 * k)));
         let mut sums = [[_mm256_setzero_ps(); 4]; GROUPS];
         for (&xj, &wj) in x.iter().zip(w) {
             let (xv, wv) = (_mm256_set1_ps(xj), _mm256_set1_ps(wj));
-            for k in 0..GROUPS {
-                let al = _mm256_mul_ps(id[k], xv);
-                let s = &mut sums[k];
-                let q = nearest_value(&g, al);
-                let wq = _mm256_mul_ps(wv, q);
-                s[0] = _mm256_add_ps(s[0], _mm256_mul_ps(wq, xv));
-                s[1] = _mm256_add_ps(s[1], _mm256_mul_ps(wq, q));
-                if BOTH_SIGNS {
-                    let q = nearest_value(&g, _mm256_xor_ps(al, sign));
-                    let wq = _mm256_mul_ps(wv, q);
-                    s[2] = _mm256_add_ps(s[2], _mm256_mul_ps(wq, xv));
-                    s[3] = _mm256_add_ps(s[3], _mm256_mul_ps(wq, q));
-                }
+            for (s, &id) in sums.iter_mut().zip(&id) {
+                let al = _mm256_mul_ps(id, xv);
+                add_element::<_, BOTH_SIGNS>(s, al, (xv, wv), |v| nearest_value(&g, v));
             }
         }
-        let mut lanes = [[0.0f32; 8]; 4];
-        for (k, group) in sums.iter().enumerate() {
-            for (s, lane) in group.iter().zip(lanes.iter_mut()) {
-                _mm256_storeu_ps(lane.as_mut_ptr(), *s);
-            }
-            for (l, o) in out
-                .iter_mut()
-                .skip(8 * k)
-                .take(ids.len().saturating_sub(8 * k).min(8))
-                .enumerate()
-            {
-                *o = [lanes[0][l], lanes[1][l], lanes[2][l], lanes[3][l]];
-            }
-        }
+        store_fits(&sums, ids.len(), out);
     }
 }
 
@@ -534,7 +555,7 @@ pub(crate) mod avx2 {
 pub(crate) mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::MAX_CANDIDATES;
+    use super::{add_element, store_fits, MAX_CANDIDATES};
     use crate::tables::Grid;
 
     /// A grid half in registers: its thresholds (+inf past the last one) and its values.
@@ -627,29 +648,14 @@ pub(crate) mod avx512 {
         padded[8..8 + ids[1].len()].copy_from_slice(ids[1]);
         let id = _mm512_loadu_ps(padded.as_ptr());
         let mut s = [_mm512_setzero_ps(); 4];
-        let sign = _mm512_set1_epi32(i32::MIN);
+        let nearest = |v| _mm512_permutexvar_ps(nearest_index_from::<8>(&g, v, first), g.values);
         for (&xj, &wj) in x.iter().zip(w) {
             let (xv, wv) = (_mm512_set1_ps(xj), _mm512_set1_ps(wj));
-            let al = _mm512_mul_ps(id, xv);
-            let q = _mm512_permutexvar_ps(nearest_index_from::<8>(&g, al, first), g.values);
-            let wq = _mm512_mul_ps(wv, q);
-            s[0] = _mm512_add_ps(s[0], _mm512_mul_ps(wq, xv));
-            s[1] = _mm512_add_ps(s[1], _mm512_mul_ps(wq, q));
-            let neg = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(al), sign));
-            let q = _mm512_permutexvar_ps(nearest_index_from::<8>(&g, neg, first), g.values);
-            let wq = _mm512_mul_ps(wv, q);
-            s[2] = _mm512_add_ps(s[2], _mm512_mul_ps(wq, xv));
-            s[3] = _mm512_add_ps(s[3], _mm512_mul_ps(wq, q));
+            add_element::<_, true>(&mut s, _mm512_mul_ps(id, xv), (xv, wv), nearest);
         }
-        let mut lanes = [[0.0f32; 16]; 4];
-        for (sum, lane) in s.iter().zip(lanes.iter_mut()) {
-            _mm512_storeu_ps(lane.as_mut_ptr(), *sum);
-        }
+        let fits = super::lane_fits(&s);
         for (half, (out, ids)) in out.into_iter().zip(ids).enumerate() {
-            for (l, o) in out.iter_mut().take(ids.len()).enumerate() {
-                let l = 8 * half + l;
-                *o = [lanes[0][l], lanes[1][l], lanes[2][l], lanes[3][l]];
-            }
+            out[..ids.len()].copy_from_slice(&fits[8 * half..8 * half + ids.len()]);
         }
     }
 
@@ -714,39 +720,14 @@ pub(crate) mod avx512 {
         let id: [__m512; GROUPS] =
             std::array::from_fn(|k| _mm512_loadu_ps(padded.as_ptr().add(16 * k)));
         let mut sums = [[_mm512_setzero_ps(); 4]; GROUPS];
-        let sign = _mm512_set1_epi32(i32::MIN);
+        let nearest = |v| _mm512_permutexvar_ps(nearest_index::<N>(&g, v), g.values);
         for (&xj, &wj) in x.iter().zip(w) {
             let (xv, wv) = (_mm512_set1_ps(xj), _mm512_set1_ps(wj));
-            for k in 0..GROUPS {
-                let al = _mm512_mul_ps(id[k], xv);
-                let s = &mut sums[k];
-                let q = _mm512_permutexvar_ps(nearest_index::<N>(&g, al), g.values);
-                let wq = _mm512_mul_ps(wv, q);
-                s[0] = _mm512_add_ps(s[0], _mm512_mul_ps(wq, xv));
-                s[1] = _mm512_add_ps(s[1], _mm512_mul_ps(wq, q));
-                if BOTH_SIGNS {
-                    let neg = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(al), sign));
-                    let q = _mm512_permutexvar_ps(nearest_index::<N>(&g, neg), g.values);
-                    let wq = _mm512_mul_ps(wv, q);
-                    s[2] = _mm512_add_ps(s[2], _mm512_mul_ps(wq, xv));
-                    s[3] = _mm512_add_ps(s[3], _mm512_mul_ps(wq, q));
-                }
+            for (s, &id) in sums.iter_mut().zip(&id) {
+                add_element::<_, BOTH_SIGNS>(s, _mm512_mul_ps(id, xv), (xv, wv), nearest);
             }
         }
-        let mut lanes = [[0.0f32; 16]; 4];
-        for (k, group) in sums.iter().enumerate() {
-            for (s, lane) in group.iter().zip(lanes.iter_mut()) {
-                _mm512_storeu_ps(lane.as_mut_ptr(), *s);
-            }
-            for (l, o) in out
-                .iter_mut()
-                .skip(16 * k)
-                .take(ids.len().saturating_sub(16 * k).min(16))
-                .enumerate()
-            {
-                *o = [lanes[0][l], lanes[1][l], lanes[2][l], lanes[3][l]];
-            }
-        }
+        store_fits(&sums, ids.len(), out);
     }
 }
 
@@ -758,13 +739,8 @@ mod tests {
 
     use crate::testing::rng;
 
-    /// The SIMD quantize paths this CPU has (the AVX-512 fits are also tested in Bochs, by
-    /// tests/simd_kernels.rs).
-    fn simd_paths() -> impl Iterator<Item = Path> {
-        [Path::Avx2, Path::Avx512]
-            .into_iter()
-            .filter(|p| p.is_available())
-    }
+    // The SIMD paths below are this CPU's; the AVX-512 fits are also tested in Bochs, by
+    // tests/simd_kernels.rs.
 
     /// Every SIMD lane reproduces the scalar fit bit for bit, on random blocks, scales and
     /// weights, including blocks with zeros and extreme inverse scales.
@@ -803,7 +779,7 @@ mod tests {
             for (grid, signs) in grids.flat_map(|g| [(g, Signs::Both), (g, Signs::PlusOnly)]) {
                 let mut scalar = [[0f32; 4]; MAX_CANDIDATES];
                 fit_many_on(Path::Scalar, signs, grid, &ids, &x, &w, &mut scalar);
-                for path in simd_paths() {
+                for path in crate::cpu::vector_paths() {
                     let mut simd = [[0f32; 4]; MAX_CANDIDATES];
                     fit_many_on(path, signs, grid, &ids, &x, &w, &mut simd);
                     for c in 0..ncand {
@@ -831,7 +807,7 @@ mod tests {
                 for grid in IQ2_GRIDS.iter().chain(&IQ3_GRIDS).chain(&IQ4_GRIDS) {
                     let (mut scalar, mut simd) = (vec![0u8; n], vec![0u8; n]);
                     nearest_indices_on(Path::Scalar, grid, id, &x, &mut scalar);
-                    for path in simd_paths() {
+                    for path in crate::cpu::vector_paths() {
                         nearest_indices_on(path, grid, id, &x, &mut simd);
                         assert_eq!(scalar, simd, "{path:?}: trial {trial}");
                     }

@@ -15,6 +15,8 @@ pub(crate) trait F32Lanes: Copy {
     unsafe fn mul(self, other: Self) -> Self;
     /// Bit l set where lane l of `self` > `other` (ordered: false with a NaN).
     unsafe fn gt_mask(self, other: Self) -> u32;
+    /// `self` with every sign bit flipped (negation, NaN payloads kept).
+    unsafe fn flip_sign(self) -> Self;
     /// `table[idx[l]]` in lane l; `table` holds at least 32 values and every index is below 32.
     unsafe fn lookup32(table: *const f32, idx: *const i32) -> Self;
 }
@@ -48,6 +50,10 @@ impl F32Lanes for __m256 {
     #[inline(always)]
     unsafe fn gt_mask(self, other: Self) -> u32 {
         _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(self, other)) as u32
+    }
+    #[inline(always)]
+    unsafe fn flip_sign(self) -> Self {
+        _mm256_xor_ps(self, _mm256_set1_ps(-0.0))
     }
     #[inline(always)]
     unsafe fn lookup32(table: *const f32, idx: *const i32) -> Self {
@@ -84,6 +90,13 @@ impl F32Lanes for __m512 {
     #[inline(always)]
     unsafe fn gt_mask(self, other: Self) -> u32 {
         _mm512_cmp_ps_mask::<_CMP_GT_OQ>(self, other) as u32
+    }
+    #[inline(always)]
+    unsafe fn flip_sign(self) -> Self {
+        _mm512_castsi512_ps(_mm512_xor_si512(
+            _mm512_castps_si512(self),
+            _mm512_set1_epi32(i32::MIN),
+        ))
     }
     #[inline(always)]
     unsafe fn lookup32(table: *const f32, idx: *const i32) -> Self {
