@@ -134,12 +134,8 @@ def count_products(lines: list[str]) -> int:
     return products
 
 
-def hot_loop(lines: list[str]) -> Loop | None:
-    """The innermost loop without a call (a backward jump to a label, with no other backward
-    jump inside its range) that does the most byte products per iteration, and of those the
-    one with the fewest instructions (AVX2's tile inlines its variants for 1..8 activation rows
-    with and without -128 in them; Q8_K as `quantize_row` makes it has none, the cheaper
-    variant)."""
+def loop_edges(lines: list[str]) -> list[tuple[int, int]]:
+    """Every loop of a function as (first line, backward jump's line): a jump to a label above."""
     labels = {}
     for i, line in enumerate(lines):
         m = re.match(r"^(\.?L\w+):", line)
@@ -150,13 +146,29 @@ def hot_loop(lines: list[str]) -> Loop | None:
         m = re.match(r"^\s*j\w+\s+(\.?L\w+)\s*$", line)
         if m and labels.get(m.group(1), j + 1) <= j:
             edges.append((labels[m.group(1)], j))
-    best: Loop | None = None
+    return edges
+
+
+def innermost_loops(lines: list[str], edges: list[tuple[int, int]]):
+    """(first line, last line, instructions) of each loop in `edges` with no other loop inside
+    and no call."""
     for i, j in edges:
         if any((i2, j2) != (i, j) and i <= i2 and j2 <= j for i2, j2 in edges):
             continue  # not innermost
         body = [x.strip() for x in lines[i : j + 1] if is_instruction(x)]
-        if any(x.startswith("call") for x in body):
-            continue
+        if not any(x.startswith("call") for x in body):
+            yield i, j, body
+
+
+def hot_loop(lines: list[str]) -> Loop | None:
+    """The innermost loop without a call (a backward jump to a label, with no other backward
+    jump inside its range) that does the most byte products per iteration, and of those the
+    one with the fewest instructions (AVX2's tile inlines its variants for 1..8 activation rows
+    with and without -128 in them; Q8_K as `quantize_row` makes it has none, the cheaper
+    variant)."""
+    edges = loop_edges(lines)
+    best: Loop | None = None
+    for i, j, body in innermost_loops(lines, edges):
         products = count_products(body)
         if best is None or (products, -len(body)) > (best.products, -len(best.lines)):
             around = [(i2, j2) for i2, j2 in edges if i2 <= i and j <= j2 and (i2, j2) != (i, j)]

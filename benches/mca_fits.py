@@ -40,23 +40,8 @@ def fit_loop(funcs: dict[str, list[str]], names: dict[str, str], path: str, n: i
 def element_loop(lines: list[str]) -> list[str] | None:
     """The innermost call-free loop with the most packed-float instructions: the loop over
     block values (the others copy candidates in and results out)."""
-    labels = {}
-    for i, line in enumerate(lines):
-        m = re.match(r"^(\.?L\w+):", line)
-        if m:
-            labels[m.group(1)] = i
-    edges = []
-    for j, line in enumerate(lines):
-        m = re.match(r"^\s*j\w+\s+(\.?L\w+)\s*$", line)
-        if m and labels.get(m.group(1), j + 1) <= j:
-            edges.append((labels[m.group(1)], j))
     best = None
-    for i, j in edges:
-        if any((i2, j2) != (i, j) and i <= i2 and j2 <= j for i2, j2 in edges):
-            continue  # not innermost
-        body = [x.strip() for x in lines[i : j + 1] if mca.is_instruction(x)]
-        if any(x.startswith("call") for x in body):
-            continue
+    for _, _, body in mca.innermost_loops(lines, mca.loop_edges(lines)):
         floats = sum(1 for x in body if re.match(r"v\w+ps\b", x))
         if best is None or floats > best[0]:
             best = (floats, body)
