@@ -166,6 +166,9 @@ struct Prefix {
     n: usize,
     sumx: [f32; 48],
     sumw: [f32; 48],
+    /// `Σ w·x²` over the block (for the bound that lets the vector searches pre-test
+    /// approximately; see `approximate_pretest`).
+    sumwx2: f64,
 }
 
 impl Prefix {
@@ -193,21 +196,37 @@ impl Prefix {
     }
 }
 
-/// The four level orders tried per split: base, shifted, base reversed, shifted reversed.
-fn candidates(grid: &[i8; 8]) -> [([f32; 4], bool); 4] {
+/// The four level orders tried per split (base, shifted, base reversed, shifted reversed, each
+/// with whether it is the shifted half), and the smallest and largest level magnitude.
+struct Candidates {
+    orders: [([f32; 4], bool); 4],
+    min_magnitude: f64,
+    max_magnitude: f64,
+}
+
+fn candidates(grid: &[i8; 8]) -> Candidates {
     let f = |i: usize| grid[i] as f32;
-    [
-        ([f(0), f(1), f(2), f(3)], false),
-        ([f(4), f(5), f(6), f(7)], true),
-        ([f(3), f(2), f(1), f(0)], false),
-        ([f(7), f(6), f(5), f(4)], true),
-    ]
+    let magnitudes = grid.map(|v| (v as i32).unsigned_abs());
+    Candidates {
+        orders: [
+            ([f(0), f(1), f(2), f(3)], false),
+            ([f(4), f(5), f(6), f(7)], true),
+            ([f(3), f(2), f(1), f(0)], false),
+            ([f(7), f(6), f(5), f(4)], true),
+        ],
+        min_magnitude: magnitudes.into_iter().min().unwrap_or(0) as f64,
+        max_magnitude: magnitudes.into_iter().max().unwrap_or(0) as f64,
+    }
 }
 
 /// Rows of `PartitionSearch::tails`, one value per (i2, i3) pair: the prefix sums at i2 (x, w),
-/// then from `PRODUCT_ROWS` on, per candidate, the products of runs 2 and 3 with its levels
-/// (x2·v2, x3·v3, w2·v2·v2, w3·v3·v3, from the runs' sums x2, w2, x3, w3).
+/// then, for the exact pre-test, from `PRODUCT_ROWS` on, per candidate, the products of runs 2
+/// and 3 with its levels (x2·v2, x3·v3, w2·v2·v2, w3·v3·v3, from the runs' sums x2, w2, x3,
+/// w3); for the approximate one instead the prefix sums at i3 (x, w) and from `TAIL_SUM_ROWS`
+/// on, per candidate, approximations of x2·v2 + x3·v3 and w2·v2·v2 + w3·v3·v3.
 const PRODUCT_ROWS: usize = 2;
+const I3_ROWS: usize = 2;
+const TAIL_SUM_ROWS: usize = I3_ROWS + 2;
 const TAIL_ROWS: usize = PRODUCT_ROWS + 4 * 4;
 /// Row length: room for every pair plus a vector of padding, and an odd number of cache lines
 /// so that the rows, read side by side, do not all map to the same L1 sets.
@@ -236,48 +255,110 @@ impl PartitionSearch {
 
     /// [`PartitionSearch::run`] on a given path (which must be available on this CPU).
     pub fn run_on(&mut self, path: Path, x: &[f32], w: &[f32], grid: &[i8; 8]) -> (f32, bool) {
-        let p = self.prefix(x, w);
-        self.search_on(path, &p, &candidates(grid))
+        let p = self.prefix_on(path, x, w);
+        self.search_on(path, &p, &candidates(grid), Pretest::Fastest)
     }
 
     /// The prefix sums of the block sorted by value.
     fn prefix(&self, x: &[f32], w: &[f32]) -> Prefix {
-        let n = x.len();
-        assert_eq!(
-            n, self.pairs.n,
-            "partition search built for another block length"
-        );
-        // Ascending by value, ties by position (-0 equals +0), as std::sort on (x, j) pairs:
-        // one u64 key per element, the value's order-preserving bits above the position.
-        let mut keys = [0u64; 32];
-        let keys = &mut keys[..n];
-        for (j, (key, &v)) in keys.iter_mut().zip(x).enumerate() {
-            *key = (ordered_bits(v + 0.0) as u64) << 32 | j as u64;
-        }
-        // The keys are distinct, so each one's rank is the number of smaller keys: counting
-        // them is branch-free, where a comparison sort of 16 or 32 keys mispredicts often.
-        let mut order = [0usize; 32];
-        for (j, &key) in keys.iter().enumerate() {
-            let rank = keys
-                .iter()
-                .map(|&other| (other < key) as usize)
-                .sum::<usize>();
-            order[rank] = j;
-        }
-        let mut p = Prefix {
-            n,
-            sumx: [0.0; 48],
-            sumw: [0.0; 48],
-        };
-        for (k, &j) in order[..n].iter().enumerate() {
-            p.sumw[k + 1] = p.sumw[k] + w[j];
-            p.sumx[k + 1] = p.sumx[k] + w[j] * x[j];
-        }
-        p
+        self.prefix_on(Path::Scalar, x, w)
     }
 
+    /// [`PartitionSearch::prefix`] compiled for `path` (which must be available on this CPU):
+    /// the same integer and f32 operations, which the wider instruction sets let the compiler
+    /// vectorise (the rank counting).
+    fn prefix_on(&self, path: Path, x: &[f32], w: &[f32]) -> Prefix {
+        assert_eq!(
+            x.len(),
+            self.pairs.n,
+            "partition search built for another block length"
+        );
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx2")]
+            unsafe fn avx2(x: &[f32], w: &[f32]) -> Prefix {
+                sorted_prefix(x, w)
+            }
+            #[target_feature(enable = "avx512f,avx512vl,avx2")]
+            unsafe fn avx512(x: &[f32], w: &[f32]) -> Prefix {
+                sorted_prefix(x, w)
+            }
+            match path {
+                // SAFETY (both): the caller checked that the CPU has the path.
+                Path::Avx512 => return unsafe { avx512(x, w) },
+                Path::Avx2 => return unsafe { avx2(x, w) },
+                Path::Scalar => {}
+            }
+        }
+        let _ = path;
+        sorted_prefix(x, w)
+    }
+}
+
+/// `Σ w·x²` in f64 (in any order: it feeds a bound with a wide margin), or infinity when a
+/// weight is negative (the bound then does not hold).
+#[inline(always)]
+fn weighted_energy(x: &[f32], w: &[f32]) -> f64 {
+    // Four partial sums: independent chains, vectorised.
+    let mut parts = [0f64; 4];
+    let mut negative = false;
+    for (xs, ws) in x.chunks(4).zip(w.chunks(4)) {
+        for ((part, &v), &wt) in parts.iter_mut().zip(xs).zip(ws) {
+            *part += wt as f64 * v as f64 * v as f64;
+            negative |= wt < 0.0;
+        }
+    }
+    if negative {
+        f64::INFINITY
+    } else {
+        parts.iter().sum()
+    }
+}
+
+/// The prefix sums of the block sorted by value.
+#[inline(always)]
+fn sorted_prefix(x: &[f32], w: &[f32]) -> Prefix {
+    let n = x.len();
+    // Ascending by value, ties by position (-0 equals +0), as std::sort on (x, j) pairs:
+    // one u64 key per element, the value's order-preserving bits above the position.
+    let mut keys = [0u64; 32];
+    let keys = &mut keys[..n];
+    for (j, (key, &v)) in keys.iter_mut().zip(x).enumerate() {
+        *key = (ordered_bits(v + 0.0) as u64) << 32 | j as u64;
+    }
+    // The keys are distinct, so each one's rank is the number of smaller keys: counting
+    // them is branch-free, where a comparison sort of 16 or 32 keys mispredicts often.
+    let mut order = [0usize; 32];
+    for (j, &key) in keys.iter().enumerate() {
+        let rank = keys
+            .iter()
+            .map(|&other| (other < key) as usize)
+            .sum::<usize>();
+        order[rank] = j;
+    }
+    let mut p = Prefix {
+        n,
+        sumx: [0.0; 48],
+        sumw: [0.0; 48],
+        sumwx2: 0.0,
+    };
+    for (k, &j) in order[..n].iter().enumerate() {
+        p.sumw[k + 1] = p.sumw[k] + w[j];
+        p.sumx[k + 1] = p.sumx[k] + w[j] * x[j];
+    }
+    p.sumwx2 = weighted_energy(x, w);
+    p
+}
+
+impl PartitionSearch {
     /// The search on `path` (which must be available on this CPU).
-    fn search_on(&mut self, path: Path, p: &Prefix, cands: &[([f32; 4], bool); 4]) -> (f32, bool) {
+    fn search_on(
+        &mut self,
+        path: Path,
+        p: &Prefix,
+        cands: &Candidates,
+        pretest: Pretest,
+    ) -> (f32, bool) {
         assert!(
             path.is_available(),
             "quantize path {path:?} is not available on this CPU"
@@ -285,8 +366,8 @@ impl PartitionSearch {
         #[cfg(target_arch = "x86_64")]
         match path {
             // SAFETY (both): the CPU has the path's instruction sets (asserted above).
-            Path::Avx512 => return unsafe { self.search_avx512(p, cands) },
-            Path::Avx2 => return unsafe { self.search_avx2(p, cands) },
+            Path::Avx512 => return unsafe { self.search_avx512(p, cands, pretest) },
+            Path::Avx2 => return unsafe { self.search_avx2(p, cands, pretest) },
             Path::Scalar => {}
         }
         self.search_scalar(p, cands)
@@ -298,7 +379,7 @@ impl PartitionSearch {
     /// accepted, and every candidate a start at 0 would accept below this bound is replaced
     /// later anyway: the result is the same, but the vector pre-test now rejects nearly
     /// every split from the start instead of sending the early ones to the exact replay.
-    fn starting_score(&self, p: &Prefix, cands: &[([f32; 4], bool); 4]) -> f32 {
+    fn starting_score(&self, p: &Prefix, cands: &Candidates) -> f32 {
         let n = p.n;
         let mut top = 0.0f32;
         for (a, b, c) in [(n / 4, n / 2, 3 * n / 4), (n / 8, n / 2, n - n / 8)] {
@@ -308,7 +389,7 @@ impl PartitionSearch {
             if self.max_i1 == 0 || i3 >= n {
                 continue;
             }
-            for (v, _) in cands {
+            for (v, _) in &cands.orders {
                 let (sumqx, sumq2) = p.split_sums(i1, i2, i3, v);
                 if sumq2 > 0.0 {
                     let score = sumqx / sumq2 * sumqx;
@@ -321,7 +402,7 @@ impl PartitionSearch {
         top * (1.0 - 1e-4)
     }
 
-    fn search_scalar(&self, p: &Prefix, cands: &[([f32; 4], bool); 4]) -> (f32, bool) {
+    fn search_scalar(&self, p: &Prefix, cands: &Candidates) -> (f32, bool) {
         let n = p.n;
         let mut best = Best {
             score: self.starting_score(p, cands),
@@ -331,7 +412,7 @@ impl PartitionSearch {
         for i1 in 0..self.max_i1 {
             for i2 in i1..n {
                 for i3 in i2.max(self.min_i3)..n {
-                    for (v, shifted) in cands {
+                    for (v, shifted) in &cands.orders {
                         let (sumqx, sumq2) = p.split_sums(i1, i2, i3, v);
                         best.offer(sumqx, sumq2, *shifted);
                     }
@@ -342,15 +423,35 @@ impl PartitionSearch {
     }
 
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn search_avx2(&mut self, p: &Prefix, cands: &[([f32; 4], bool); 4]) -> (f32, bool) {
-        self.search_lanes::<std::arch::x86_64::__m256>(p, cands)
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn search_avx2(
+        &mut self,
+        p: &Prefix,
+        cands: &Candidates,
+        pretest: Pretest,
+    ) -> (f32, bool) {
+        let start = self.starting_score(p, cands);
+        if pretest == Pretest::Fastest && approximate_pretest(p, cands, start) {
+            self.search_lanes::<std::arch::x86_64::__m256, true>(p, cands, start)
+        } else {
+            self.search_lanes::<std::arch::x86_64::__m256, false>(p, cands, start)
+        }
     }
 
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx2")]
-    unsafe fn search_avx512(&mut self, p: &Prefix, cands: &[([f32; 4], bool); 4]) -> (f32, bool) {
-        self.search_lanes::<std::arch::x86_64::__m512>(p, cands)
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn search_avx512(
+        &mut self,
+        p: &Prefix,
+        cands: &Candidates,
+        pretest: Pretest,
+    ) -> (f32, bool) {
+        let start = self.starting_score(p, cands);
+        if pretest == Pretest::Fastest && approximate_pretest(p, cands, start) {
+            self.search_lanes::<std::arch::x86_64::__m512, true>(p, cands, start)
+        } else {
+            self.search_lanes::<std::arch::x86_64::__m512, false>(p, cands, start)
+        }
     }
 
     /// `V::LANES` splits per vector, the same f32 operations per lane as `search_scalar`. For
@@ -359,29 +460,35 @@ impl PartitionSearch {
     /// products of runs 2 and 3 do not depend on i1, so they are formed once per pair up
     /// front; per i1 only run 1's product and the additions remain. A vector none of whose
     /// candidates passes the accept test against the current best changes nothing and is
-    /// skipped; otherwise its candidates are recomputed and replayed in order.
+    /// skipped; otherwise its candidates are recomputed and replayed in order. With `APPROX`
+    /// that pre-test is a cheaper one (runs 2 and 3 summed up front, fused multiply-adds)
+    /// against a slightly lower score, which passes every candidate the exact test passes
+    /// whenever `approximate_pretest` says so.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn search_lanes<V: F32Lanes>(
+    unsafe fn search_lanes<V: F32Lanes, const APPROX: bool>(
         &mut self,
         p: &Prefix,
-        cands: &[([f32; 4], bool); 4],
+        cands: &Candidates,
+        start_score: f32,
     ) -> (f32, bool) {
         let (sumx, sumw) = (&p.sumx, &p.sumw);
         let pairs = self.pairs;
         let count = pairs.count;
-        let v = cands.map(|(v, _)| v.map(|level| V::splat(level)));
-        self.fill_tails::<V>(p, cands);
+        let v = cands.orders.map(|(v, _)| v.map(|level| V::splat(level)));
+        self.fill_tails::<V, APPROX>(p, cands);
+        let (xn, wn) = (V::splat(sumx[p.n]), V::splat(sumw[p.n]));
         // Unchecked loads in the hot loop: k + LANES <= count + 16 <= MAX_PAIRS + 8 < ROW_STRIDE
         // (SplitPairs::build asserts count + 8 <= MAX_PAIRS) and every row index is below
         // TAIL_ROWS.
         let base = self.tails.as_ptr();
         let row = |r: usize, k: usize| V::load(base.add(tail_index(r, k)));
         let mut best = Best {
-            score: self.starting_score(p, cands),
+            score: start_score,
             d: 0.0,
             shifted: false,
         };
+        let v1_squared = cands.orders.map(|(v, _)| V::splat(v[1] * v[1]));
         let valid_lanes = |left: usize| {
             if left >= V::LANES {
                 (1u32 << V::LANES) - 1
@@ -392,27 +499,50 @@ impl PartitionSearch {
         for i1 in 0..self.max_i1 {
             let (x1, w1) = (V::splat(sumx[i1]), V::splat(sumw[i1]));
             let (g0x, g0w) = (sumx[i1] - sumx[0], sumw[i1] - sumw[0]);
-            let head_x = cands.map(|(v, _)| V::splat(g0x * v[0]));
-            let head_w = cands.map(|(v, _)| V::splat(g0w * v[0] * v[0]));
+            let head_x = cands.orders.map(|(v, _)| V::splat(g0x * v[0]));
+            let head_w = cands.orders.map(|(v, _)| V::splat(g0w * v[0] * v[0]));
             let mut k = pairs.start[i1];
             while k < count {
                 let g1x = row(0, k).sub(x1);
                 let g1w = row(1, k).sub(w1);
                 // Candidate c's sums on lanes k..k+LANES, added in split_sums' order.
                 let sums = |c: usize| {
-                    let (r, v1) = (PRODUCT_ROWS + 4 * c, v[c][1]);
-                    let head = head_x[c].add(g1x.mul(v1));
-                    let sumqx = head.add(row(r, k)).add(row(r + 1, k));
-                    let head = head_w[c].add(g1w.mul(v1).mul(v1));
-                    let sumq2 = head.add(row(r + 2, k)).add(row(r + 3, k));
+                    let [p2x, p3x, p2w, p3w] = if APPROX {
+                        let (x2, w2) = (row(0, k), row(1, k));
+                        let (x3, w3) = (row(I3_ROWS, k), row(I3_ROWS + 1, k));
+                        run_products(&v[c], x2, w2, x3, w3, xn, wn)
+                    } else {
+                        std::array::from_fn(|r| row(PRODUCT_ROWS + 4 * c + r, k))
+                    };
+                    let v1 = v[c][1];
+                    let sumqx = head_x[c].add(g1x.mul(v1)).add(p2x).add(p3x);
+                    let sumq2 = head_w[c].add(g1w.mul(v1).mul(v1)).add(p2w).add(p3w);
                     (sumqx, sumq2)
                 };
-                let score = V::splat(best.score);
-                let passed: [u32; 4] = std::array::from_fn(|c| {
-                    let (sumqx, sumq2) = sums(c);
-                    // A superset of the accept test (`sumq2 > 0` is left to the replay).
-                    sumqx.mul(sumqx).gt_mask(score.mul(sumq2))
-                });
+                let passed: [u32; 4] = if APPROX {
+                    // Candidate c passes where its margin sumqx² − score·sumq2 is positive;
+                    // the bound of `approximate_pretest` keeps every value finite.
+                    let score = V::splat(best.score * (1.0 - PRETEST_SLACK));
+                    let margin = |c: usize| {
+                        let r = TAIL_SUM_ROWS + 2 * c;
+                        let sumqx = g1x.mul_add(v[c][1], row(r, k).add(head_x[c]));
+                        let sumq2 = g1w.mul_add(v1_squared[c], row(r + 1, k).add(head_w[c]));
+                        sumqx.mul_sub(sumqx, score.mul(sumq2))
+                    };
+                    let any = margin(0).max(margin(1)).max(margin(2).max(margin(3)));
+                    if any.gt_mask(V::splat(0.0)) & valid_lanes(count - k) == 0 {
+                        k += V::LANES;
+                        continue;
+                    }
+                    std::array::from_fn(|c| margin(c).gt_mask(V::splat(0.0)))
+                } else {
+                    let score = V::splat(best.score);
+                    std::array::from_fn(|c| {
+                        let (sumqx, sumq2) = sums(c);
+                        // A superset of the accept test (`sumq2 > 0` is left to the replay).
+                        sumqx.mul(sumqx).gt_mask(score.mul(sumq2))
+                    })
+                };
                 // Only candidates that pass against the score at the start of the vector can
                 // be accepted: the score only grows, and a larger score is a harder test for
                 // every candidate with sumq2 > 0 (the others are never accepted). Vectors
@@ -429,7 +559,7 @@ impl PartitionSearch {
                     while lanes != 0 {
                         let l = lanes.trailing_zeros() as usize;
                         lanes &= lanes - 1;
-                        for (c, (_, shifted)) in cands.iter().enumerate() {
+                        for (c, (_, shifted)) in cands.orders.iter().enumerate() {
                             if passed[c] >> l & 1 == 1 {
                                 best.offer(qx[c][l], q2[c][l], *shifted);
                             }
@@ -442,12 +572,17 @@ impl PartitionSearch {
         (best.d, best.shifted)
     }
 
-    /// Fill `tails` (see `TAIL_ROWS`) for the prefix sums `p` and the candidates' levels: the
-    /// same f32 differences and products as `Prefix::split_sums`, `V::LANES` pairs at a time.
+    /// Fill `tails` (see `TAIL_ROWS`) for the prefix sums `p` and the candidates' levels, for
+    /// the exact or the approximate pre-test, `V::LANES` pairs at a time: the exact products
+    /// are `run_products`'.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn fill_tails<V: F32Lanes>(&mut self, p: &Prefix, cands: &[([f32; 4], bool); 4]) {
-        let v = cands.map(|(v, _)| v.map(|level| V::splat(level)));
+    unsafe fn fill_tails<V: F32Lanes, const APPROX: bool>(
+        &mut self,
+        p: &Prefix,
+        cands: &Candidates,
+    ) {
+        let v = cands.orders.map(|(v, _)| v.map(|level| V::splat(level)));
         let (sumx, sumw) = (p.sumx.as_ptr(), p.sumw.as_ptr());
         let (xn, wn) = (V::splat(p.sumx[p.n]), V::splat(p.sumw[p.n]));
         let pairs = self.pairs;
@@ -460,20 +595,87 @@ impl PartitionSearch {
             let (x3, w3) = (V::lookup32(sumx, i3), V::lookup32(sumw, i3));
             x2.store(tails.add(tail_index(0, k)));
             w2.store(tails.add(tail_index(1, k)));
-            let (g2x, g2w, g3x, g3w) = (x3.sub(x2), w3.sub(w2), xn.sub(x3), wn.sub(w3));
-            for (c, vc) in v.iter().enumerate() {
-                let products = [
-                    g2x.mul(vc[2]),
-                    g3x.mul(vc[3]),
-                    g2w.mul(vc[2]).mul(vc[2]),
-                    g3w.mul(vc[3]).mul(vc[3]),
-                ];
-                for (r, value) in products.into_iter().enumerate() {
-                    value.store(tails.add(tail_index(PRODUCT_ROWS + 4 * c + r, k)));
+            if APPROX {
+                x3.store(tails.add(tail_index(I3_ROWS, k)));
+                w3.store(tails.add(tail_index(I3_ROWS + 1, k)));
+                let (g2x, g2w, g3x, g3w) = (x3.sub(x2), w3.sub(w2), xn.sub(x3), wn.sub(w3));
+                for (c, vc) in v.iter().enumerate() {
+                    let (v2, v3) = (vc[2], vc[3]);
+                    let sumx = g2x.mul_add(v2, g3x.mul(v3));
+                    let sumw = g2w.mul_add(v2.mul(v2), g3w.mul(v3.mul(v3)));
+                    sumx.store(tails.add(tail_index(TAIL_SUM_ROWS + 2 * c, k)));
+                    sumw.store(tails.add(tail_index(TAIL_SUM_ROWS + 2 * c + 1, k)));
+                }
+            } else {
+                for (c, vc) in v.iter().enumerate() {
+                    let products = run_products(vc, x2, w2, x3, w3, xn, wn);
+                    for (r, value) in products.into_iter().enumerate() {
+                        value.store(tails.add(tail_index(PRODUCT_ROWS + 4 * c + r, k)));
+                    }
                 }
             }
         }
     }
+}
+
+/// The products of runs 2 and 3 with a candidate's levels `v` (x2·v2, x3·v3, w2·v2·v2,
+/// w3·v3·v3), from the prefix sums at i2, i3 and n, as `Prefix::split_sums` forms them.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn run_products<V: F32Lanes>(
+    v: &[V; 4],
+    x2: V,
+    w2: V,
+    x3: V,
+    w3: V,
+    xn: V,
+    wn: V,
+) -> [V; 4] {
+    let (g2x, g2w, g3x, g3w) = (x3.sub(x2), w3.sub(w2), xn.sub(x3), wn.sub(w3));
+    [
+        g2x.mul(v[2]),
+        g3x.mul(v[3]),
+        g2w.mul(v[2]).mul(v[2]),
+        g3w.mul(v[3]).mul(v[3]),
+    ]
+}
+
+/// Which pre-test the vector partition searches use; the result is the same either way.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pretest {
+    /// The approximate one where `approximate_pretest` allows it, else the exact one.
+    Fastest,
+    /// Always the exact one (tests pin both to the scalar search).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Exact,
+}
+
+/// How far below the best score the approximate pre-test of the vector partition searches
+/// accepts (relative).
+const PRETEST_SLACK: f32 = 1.0 / 512.0;
+
+/// Whether the approximate pre-test passes every candidate the exact one does, for the block
+/// `p` with best score at least `score`. Both compute `sumqx` from the same run sums g and
+/// levels v, in different orders: with 6 and 4 roundings of partial sums bounded by Σ|g·v|,
+/// they differ by at most 10u·Σ|g·v| (u = 2^-24, plus second-order terms). By Cauchy–Schwarz
+/// (w >= 0), Σ|g·v| <= vmax·Σ|w·x| <= vmax·sqrt(Σw·Σw·x²) <= (vmax/vmin)·sqrt(sumq2·Σw·x²), as
+/// sumq2 >= vmin²·Σw; so |Δsumqx| <= γ·sqrt(sumq2·Σw·x²) with γ = 12u·vmax/vmin, while a candidate
+/// that passes the exact test has |sumqx| >= sqrt(score·sumq2)·(1 − 2u). `sumq2`'s terms are
+/// all non-negative (a few u relative). So the cheaper test against score·(1 − slack) misses
+/// none once 2γ·sqrt(Σw·x²/score) <= slack/2: the score (2-bit fits explain most of Σw·x²)
+/// is far above that bound on any real block; where not, the exact pre-test runs.
+fn approximate_pretest(p: &Prefix, cands: &Candidates, score: f32) -> bool {
+    let (vmin, vmax) = (cands.min_magnitude, cands.max_magnitude);
+    let sumw = p.sumw[p.n] as f64;
+    // sumqx² and score·sumq2 stay below vmax²·Σw·Σw·x²: finite in f32 far beyond that.
+    let finite = vmax * vmax * sumw * p.sumwx2 < 1e36;
+    if vmin == 0.0 || score <= 0.0 || !finite {
+        return false;
+    }
+    // 2γ·sqrt(Σw·x²/score) <= slack/2, squared.
+    let gamma = 12.0 * f64::from(f32::EPSILON) / 2.0 * vmax / vmin;
+    let slack = PRETEST_SLACK as f64;
+    16.0 * gamma * gamma * p.sumwx2 <= slack * slack * score as f64
 }
 
 /// The bits of a non-NaN f32 as a u32 that orders like the value (+0 above -0; callers
@@ -499,9 +701,9 @@ fn partition_path() -> Path {
         crate::cpu::faster_wide_path(|path| {
             let start = std::time::Instant::now();
             for _ in 0..4 {
-                let p = search.prefix(std::hint::black_box(&x), &w);
+                let p = search.prefix_on(path, std::hint::black_box(&x), &w);
                 let cands = candidates(&crate::tables::IQ2NL);
-                std::hint::black_box(search.search_on(path, &p, &cands));
+                std::hint::black_box(search.search_on(path, &p, &cands, Pretest::Fastest));
             }
             start.elapsed().as_nanos() as f64
         })
@@ -719,6 +921,7 @@ mod tests {
     fn partition_search_simd_equals_scalar() {
         let paths = crate::cpu::vector_paths();
         let mut seed = 99u32;
+        let mut approximated = 0;
         for trial in 0..400 {
             let (n, mut search) = if trial % 2 == 0 {
                 (16usize, PartitionSearch::new(16, 16, 0))
@@ -736,27 +939,32 @@ mod tests {
                 })
                 .collect();
             let w: Vec<f32> = (0..n).map(|_| rng(&mut seed).abs() + 1e-3).collect();
-            let mut p = Prefix {
-                n,
-                sumx: [0.0; 48],
-                sumw: [0.0; 48],
-            };
-            let mut order: Vec<usize> = (0..n).collect();
-            order.sort_by(|&a, &b| x[a].partial_cmp(&x[b]).unwrap().then(a.cmp(&b)));
-            for (k, &j) in order.iter().enumerate() {
-                p.sumw[k + 1] = p.sumw[k] + w[j];
-                p.sumx[k + 1] = p.sumx[k] + w[j] * x[j];
-            }
+            let p = search.prefix(&x, &w);
             let cands = candidates(&IQ2NL);
+            approximated +=
+                approximate_pretest(&p, &cands, search.starting_score(&p, &cands)) as usize;
             let scalar = search.search_scalar(&p, &cands);
             for &path in &paths {
-                let simd = search.search_on(path, &p, &cands);
+                let q = search.prefix_on(path, &x, &w);
                 assert_eq!(
-                    (scalar.0.to_bits(), scalar.1),
-                    (simd.0.to_bits(), simd.1),
+                    (q.sumx, q.sumw),
+                    (p.sumx, p.sumw),
                     "trial {trial} on {path:?}"
                 );
+                for pretest in [Pretest::Fastest, Pretest::Exact] {
+                    let simd = search.search_on(path, &p, &cands, pretest);
+                    assert_eq!(
+                        (scalar.0.to_bits(), scalar.1),
+                        (simd.0.to_bits(), simd.1),
+                        "trial {trial} on {path:?}"
+                    );
+                }
             }
         }
+        // Both pre-tests were exercised: the approximate one on most blocks.
+        assert!(
+            approximated > 300,
+            "approximate pre-test on {approximated} of 400"
+        );
     }
 }

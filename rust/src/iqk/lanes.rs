@@ -13,6 +13,12 @@ pub(crate) trait F32Lanes: Copy {
     unsafe fn add(self, other: Self) -> Self;
     unsafe fn sub(self, other: Self) -> Self;
     unsafe fn mul(self, other: Self) -> Self;
+    /// `self·b + c` rounded once (callers need the `fma` target feature).
+    unsafe fn mul_add(self, b: Self, c: Self) -> Self;
+    /// `self·b − c` rounded once (callers need the `fma` target feature).
+    unsafe fn mul_sub(self, b: Self, c: Self) -> Self;
+    /// Lane-wise maximum (of finite values).
+    unsafe fn max(self, other: Self) -> Self;
     /// Bit l set where lane l of `self` > `other` (ordered: false with a NaN).
     unsafe fn gt_mask(self, other: Self) -> u32;
     /// `self` with every sign bit flipped (negation, NaN payloads kept).
@@ -46,6 +52,18 @@ impl F32Lanes for __m256 {
     #[inline(always)]
     unsafe fn mul(self, other: Self) -> Self {
         _mm256_mul_ps(self, other)
+    }
+    #[inline(always)]
+    unsafe fn mul_add(self, b: Self, c: Self) -> Self {
+        _mm256_fmadd_ps(self, b, c)
+    }
+    #[inline(always)]
+    unsafe fn mul_sub(self, b: Self, c: Self) -> Self {
+        _mm256_fmsub_ps(self, b, c)
+    }
+    #[inline(always)]
+    unsafe fn max(self, other: Self) -> Self {
+        _mm256_max_ps(self, other)
     }
     #[inline(always)]
     unsafe fn gt_mask(self, other: Self) -> u32 {
@@ -86,6 +104,18 @@ impl F32Lanes for __m512 {
     #[inline(always)]
     unsafe fn mul(self, other: Self) -> Self {
         _mm512_mul_ps(self, other)
+    }
+    #[inline(always)]
+    unsafe fn mul_add(self, b: Self, c: Self) -> Self {
+        _mm512_fmadd_ps(self, b, c)
+    }
+    #[inline(always)]
+    unsafe fn mul_sub(self, b: Self, c: Self) -> Self {
+        _mm512_fmsub_ps(self, b, c)
+    }
+    #[inline(always)]
+    unsafe fn max(self, other: Self) -> Self {
+        _mm512_max_ps(self, other)
     }
     #[inline(always)]
     unsafe fn gt_mask(self, other: Self) -> u32 {
