@@ -259,14 +259,9 @@ impl PartitionSearch {
         self.search_on(path, &p, &candidates(grid), Pretest::Fastest)
     }
 
-    /// The prefix sums of the block sorted by value.
-    fn prefix(&self, x: &[f32], w: &[f32]) -> Prefix {
-        self.prefix_on(Path::Scalar, x, w)
-    }
-
-    /// [`PartitionSearch::prefix`] compiled for `path` (which must be available on this CPU):
-    /// the same integer and f32 operations, which the wider instruction sets let the compiler
-    /// vectorise (the rank counting).
+    /// The prefix sums of the block sorted by value ([`sorted_prefix`]), compiled for `path`
+    /// (which must be available on this CPU): the same integer and f32 operations, which the
+    /// wider instruction sets let the compiler vectorise (the rank counting).
     fn prefix_on(&self, path: Path, x: &[f32], w: &[f32]) -> Prefix {
         assert_eq!(
             x.len(),
@@ -939,7 +934,7 @@ mod tests {
                 })
                 .collect();
             let w: Vec<f32> = (0..n).map(|_| rng(&mut seed).abs() + 1e-3).collect();
-            let p = search.prefix(&x, &w);
+            let p = search.prefix_on(Path::Scalar, &x, &w);
             let cands = candidates(&IQ2NL);
             approximated +=
                 approximate_pretest(&p, &cands, search.starting_score(&p, &cands)) as usize;
