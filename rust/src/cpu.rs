@@ -82,3 +82,27 @@ pub fn faster_wide_path(mut time: impl FnMut(Path) -> f64) -> Path {
     let choice = crate::simd::decide(None, &candidates, |p| time(Path::of_simd(p)));
     Path::of_simd(choice.path)
 }
+
+/// Defines `fn $name` that runs `$body` (an `#[inline(always)]` function of the same
+/// arguments) compiled for AVX2 + FMA when the quantize path has them, else as it is. The
+/// operations stay the same (Rust never contracts a multiply and an add into an FMA), so the
+/// bytes do too; the scalar steps of a quantizer just vectorise wider.
+macro_rules! compiled_for_avx2 {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident => $body:ident ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            if $crate::cpu::quantize_path().has_avx2() {
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                // SAFETY: the quantize path has AVX2 only on CPUs with AVX2 and FMA.
+                return unsafe { avx2($($arg),*) };
+            }
+            $body($($arg),*)
+        }
+    };
+}
+pub(crate) use compiled_for_avx2;

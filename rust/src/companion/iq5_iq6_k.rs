@@ -13,6 +13,7 @@
 //! from `qh[16s + j]` (IQ5_K: bit 2c+h; IQ6_K: `qh[32(c/2) + 16s + j]`, bits 4(c%2)+2h).
 
 use super::util::{build_nl_index, c_trunc_i32, f32_to_f16, nearest_int, read_f16, resolve_nl};
+use crate::cpu::compiled_for_avx2;
 use crate::cpu::Path;
 use crate::numeric::FitPick;
 
@@ -646,8 +647,13 @@ fn quantize_rows<T: NlTable>(
     }
 }
 
-/// IQ5_K (`quantize_iq5_k`): d = −max_scale/32 (then refit), 6-bit block codes.
-pub(crate) fn quantize_iq5_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+compiled_for_avx2! {
+    /// IQ5_K (`quantize_iq5_k`): d = −max_scale/32 (then refit), 6-bit block codes.
+    pub(crate) fn quantize_iq5_k => quantize_iq5_k_body(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8])
+}
+
+#[inline(always)]
+fn quantize_iq5_k_body(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     quantize_rows::<Iq5>(x, imatrix, out, IQ5K.bytes, |y, d, extra, codes, idx| {
         put_header(y, d, extra);
         for ib in 0..16 {
@@ -661,8 +667,13 @@ pub(crate) fn quantize_iq5_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8])
     });
 }
 
-/// IQ6_K (`quantize_iq6_k`): d = −max_scale/127 (then refit), int8 block codes.
-pub(crate) fn quantize_iq6_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+compiled_for_avx2! {
+    /// IQ6_K (`quantize_iq6_k`): d = −max_scale/127 (then refit), int8 block codes.
+    pub(crate) fn quantize_iq6_k => quantize_iq6_k_body(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8])
+}
+
+#[inline(always)]
+fn quantize_iq6_k_body(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     quantize_rows::<Iq6>(x, imatrix, out, IQ6K.bytes, |y, d, extra, codes, idx| {
         put_header(y, d, extra);
         for ib in 0..16 {

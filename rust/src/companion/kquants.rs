@@ -13,6 +13,7 @@ use super::search::{
     make_qkx2_quants, make_qkx3_quants, make_qp_quants, make_qx_quants_ggml, GROUP_MAX_EPS,
 };
 use super::util::{f16_to_f32, f32_to_f16, nearest_int, read_f16, write_f16};
+use crate::cpu::compiled_for_avx2;
 
 use crate::simd::QK as QK_K;
 
@@ -248,6 +249,7 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 
 /// Shared body of Q4_K (`nmax = 15`) and Q5_K (`nmax = 31`): fills the 256 levels in
 /// `l` and writes d, dmin and scales at the start of `y`.
+#[inline(always)]
 fn quantize_k4_block(nmax: i32, xb: &[f32], qw: Option<&[f32]>, y: &mut [u8], l: &mut [u8; QK_K]) {
     let mut weights = [0f32; 32];
     let mut scales = [0f32; 8];
@@ -362,10 +364,15 @@ fn quantize_k4_block(nmax: i32, xb: &[f32], qw: Option<&[f32]>, y: &mut [u8], l:
     }
 }
 
-/// Q4_K: without imatrix `quantize_row_q4_K_ref` (`make_qkx2_quants(32, 15, .., -1, 0.1, 20)`
-/// with weights `sqrt(Σx²/32) + |x|`, scales by max/63); with one `quantize_row_q4_K_impl`
-/// (weights `qw·sqrt(σ² + x²)`, σ² = 2Σx²/256, `make_qkx3_quants` + `make_qp_quants`).
-pub(crate) fn quantize_q4_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+compiled_for_avx2! {
+    /// Q4_K: without imatrix `quantize_row_q4_K_ref` (`make_qkx2_quants(32, 15, .., -1, 0.1, 20)`
+    /// with weights `sqrt(Σx²/32) + |x|`, scales by max/63); with one `quantize_row_q4_K_impl`
+    /// (weights `qw·sqrt(σ² + x²)`, σ² = 2Σx²/256, `make_qkx3_quants` + `make_qp_quants`).
+    pub(crate) fn quantize_q4_k => quantize_q4_k_body(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8])
+}
+
+#[inline(always)]
+fn quantize_q4_k_body(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     let mut l = [0u8; QK_K];
     for (ibl, (xb, y)) in x
         .chunks_exact(QK_K)
@@ -383,9 +390,14 @@ pub(crate) fn quantize_q4_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) 
     }
 }
 
-/// Q5_K: as Q4_K with `nmax = 31` (ref path: `rmin = -0.5`, 16 steps); the 5th bit of
-/// element `64c + i` (+32) goes to bit `2c` (`2c+1`) of `qh[i]`.
-pub(crate) fn quantize_q5_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+compiled_for_avx2! {
+    /// Q5_K: as Q4_K with `nmax = 31` (ref path: `rmin = -0.5`, 16 steps); the 5th bit of
+    /// element `64c + i` (+32) goes to bit `2c` (`2c+1`) of `qh[i]`.
+    pub(crate) fn quantize_q5_k => quantize_q5_k_body(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8])
+}
+
+#[inline(always)]
+fn quantize_q5_k_body(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     let mut l = [0u8; QK_K];
     for (ibl, (xb, y)) in x
         .chunks_exact(QK_K)
@@ -450,9 +462,14 @@ pub(crate) fn dequantize_q5_k(b: &[u8], out: &mut [f32]) {
 
 // ---------------------------------------------------------------- Q6_K
 
-/// Q6_K (`quantize_row_q6_K_ref` / `_impl`): `make_qx_quants(16, 32, .., rmse_type 1)` per
-/// 16-block, weighted by the raw imatrix or by x²; int8 block scales = nearest(−128/max_scale·s).
-pub(crate) fn quantize_q6_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+compiled_for_avx2! {
+    /// Q6_K (`quantize_row_q6_K_ref` / `_impl`): `make_qx_quants(16, 32, .., rmse_type 1)` per
+    /// 16-block, weighted by the raw imatrix or by x²; int8 block scales = nearest(−128/max_scale·s).
+    pub(crate) fn quantize_q6_k => quantize_q6_k_body(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8])
+}
+
+#[inline(always)]
+fn quantize_q6_k_body(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     let mut l = [0i8; QK_K];
     let mut scales = [0f32; 16];
     for (ibl, (xb, y)) in x

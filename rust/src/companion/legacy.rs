@@ -11,6 +11,7 @@
 
 use super::search::{make_qx_quants_ggml, GROUP_MAX_EPS};
 use super::util::{read_f16, write_f16};
+use crate::cpu::compiled_for_avx2;
 use crate::iqk::common::{signed_max, Weighting};
 use crate::iqk::fit::{fit_many_plus, nearest_indices};
 use crate::numeric::FitPick;
@@ -19,9 +20,14 @@ const QK: usize = 32;
 
 // ---------------------------------------------------------------- Q8_0
 
-/// `quantize_row_q8_0_ref` (ik ignores the imatrix for Q8_0): d = amax/127,
-/// q = roundf(x/d) (half away from zero).
-pub(crate) fn quantize_q8_0(x: &[f32], out: &mut [u8]) {
+compiled_for_avx2! {
+    /// `quantize_row_q8_0_ref` (ik ignores the imatrix for Q8_0): d = amax/127,
+    /// q = roundf(x/d) (half away from zero).
+    pub(crate) fn quantize_q8_0 => quantize_q8_0_body(x: &[f32], out: &mut [u8])
+}
+
+#[inline(always)]
+fn quantize_q8_0_body(x: &[f32], out: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::quantize_path().has_avx2() {
         // SAFETY: the Avx2 path is only chosen on CPUs with AVX2.
@@ -131,10 +137,15 @@ fn pack_q5_0(l: &[i8], y: &mut [u8]) {
     y[2..6].copy_from_slice(&qh.to_le_bytes());
 }
 
-/// Without imatrix `quantize_row_q5_0_ref` (d = max/-16, truncating `(int8_t)(x/d + 16.5)`);
-/// with one `quantize_row_q5_0_impl`: weights `qw·sqrt(σ² + x²)`, σ² = Σx²/n over the row,
-/// and `make_qx_quants(32, 16, ..)`.
-pub(crate) fn quantize_q5_0(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+compiled_for_avx2! {
+    /// Without imatrix `quantize_row_q5_0_ref` (d = max/-16, truncating `(int8_t)(x/d + 16.5)`);
+    /// with one `quantize_row_q5_0_impl`: weights `qw·sqrt(σ² + x²)`, σ² = Σx²/n over the row,
+    /// and `make_qx_quants(32, 16, ..)`.
+    pub(crate) fn quantize_q5_0 => quantize_q5_0_body(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8])
+}
+
+#[inline(always)]
+fn quantize_q5_0_body(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     let mut l = [0i8; QK];
     match imatrix {
         None => {
@@ -193,9 +204,14 @@ pub(crate) fn dequantize_q5_0(b: &[u8], out: &mut [f32]) {
 
 // ---------------------------------------------------------------- Q6_0
 
-/// `quantize_row_q6_0_impl` (ik's `quantize_q6_0` uses it with and without imatrix):
-/// weights `qw·sqrt(σ² + x²)` or `x²`, then `make_qx_quants(32, 32, ..)`.
-pub(crate) fn quantize_q6_0(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+compiled_for_avx2! {
+    /// `quantize_row_q6_0_impl` (ik's `quantize_q6_0` uses it with and without imatrix):
+    /// weights `qw·sqrt(σ² + x²)` or `x²`, then `make_qx_quants(32, 32, ..)`.
+    pub(crate) fn quantize_q6_0 => quantize_q6_0_body(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8])
+}
+
+#[inline(always)]
+fn quantize_q6_0_body(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     let sigma2 = if imatrix.is_some() {
         row_sigma2(x)
     } else {
@@ -248,10 +264,15 @@ const IQ4NL_F: [f32; 16] = {
     v
 };
 
-/// `quantize_iq4_nl` → `quantize_row_iq4_nl_impl(32, 32, .., ntry = 7)` per block:
-/// weights `qw·sqrt(σ² + x²)` (σ² = 2Σx²/32 over the block) or `x²`, a scan of 15 + 15
-/// inverse scales around ±127/max and ±113/max, then greedy single-index moves.
-pub(crate) fn quantize_iq4_nl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+compiled_for_avx2! {
+    /// `quantize_iq4_nl` → `quantize_row_iq4_nl_impl(32, 32, .., ntry = 7)` per block:
+    /// weights `qw·sqrt(σ² + x²)` (σ² = 2Σx²/32 over the block) or `x²`, a scan of 15 + 15
+    /// inverse scales around ±127/max and ±113/max, then greedy single-index moves.
+    pub(crate) fn quantize_iq4_nl => quantize_iq4_nl_body(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8])
+}
+
+#[inline(always)]
+fn quantize_iq4_nl_body(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     let grid = &crate::tables::IQ4_GRIDS[0];
     let v = &IQ4NL_F;
     let vi = |k: usize| IQ4NL_VALUES[k] as i32;

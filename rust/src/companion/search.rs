@@ -6,6 +6,7 @@
 //! fuse only products that are exact, which rounds the same).
 
 use super::util::nearest_int;
+use crate::cpu::compiled_for_avx2;
 use crate::numeric::FitPick;
 
 /// ggml-quants.c `GROUP_MAX_EPS`.
@@ -84,11 +85,22 @@ unsafe fn level_sums_avx2(
     res
 }
 
-/// Weighted least-squares fit of `x ≈ scale·l`, `l ∈ [-nmax, nmax-1]`, with `rmse_type = 1`
-/// (weights `qw`, or `x²` when absent). Stores `l + nmax` in `out` and returns the scale.
-/// This is ggml-quants.c's version (the IQK types use iqk's, `numeric::make_qx_quants_iqk`): it also tries the `(nmax-1)/max` family of scales and
-/// ends with a greedy one-step coordinate descent.
-pub(super) fn make_qx_quants_ggml(nmax: i32, x: &[f32], out: &mut [i8], qw: Option<&[f32]>) -> f32 {
+compiled_for_avx2! {
+    /// Weighted least-squares fit of `x ≈ scale·l`, `l ∈ [-nmax, nmax-1]`, with `rmse_type = 1`
+    /// (weights `qw`, or `x²` when absent). Stores `l + nmax` in `out` and returns the scale.
+    /// This is ggml-quants.c's version (the IQK types use iqk's,
+    /// `numeric::make_qx_quants_iqk`): it also tries the `(nmax-1)/max` family of scales and
+    /// ends with a greedy one-step coordinate descent.
+    pub(super) fn make_qx_quants_ggml => make_qx_quants_ggml_body(
+        nmax: i32,
+        x: &[f32],
+        out: &mut [i8],
+        qw: Option<&[f32]>,
+    ) -> f32
+}
+
+#[inline(always)]
+fn make_qx_quants_ggml_body(nmax: i32, x: &[f32], out: &mut [i8], qw: Option<&[f32]>) -> f32 {
     let n = x.len();
     let mut max = 0f32;
     let mut amax = 0f32;
@@ -641,10 +653,23 @@ unsafe fn qkx3_lanes_unchanged_avx2(
     _mm256_movemask_ps(same) as u32
 }
 
-/// `make_qkx3_quants` with explicit weights and `use_mad = false`: like
-/// [`make_qkx2_quants`] but with f64 sums, a closed-form error, and a final greedy
-/// refinement of single quants. Returns `(scale, the_min)`.
-pub(super) fn make_qkx3_quants(
+compiled_for_avx2! {
+    /// `make_qkx3_quants` with explicit weights and `use_mad = false`: like
+    /// [`make_qkx2_quants`] but with f64 sums, a closed-form error, and a final greedy
+    /// refinement of single quants. Returns `(scale, the_min)`.
+    pub(super) fn make_qkx3_quants => make_qkx3_quants_body(
+        nmax: i32,
+        x: &[f32],
+        weights: &[f32],
+        out: &mut [u8],
+        rmin: f32,
+        rdelta: f32,
+        nstep: i32,
+    ) -> (f32, f32)
+}
+
+#[inline(always)]
+fn make_qkx3_quants_body(
     nmax: i32,
     x: &[f32],
     weights: &[f32],
@@ -658,6 +683,7 @@ pub(super) fn make_qkx3_quants(
 
 /// [`make_qkx3_quants`] with its AVX2 kernels (`avx2`, which needs AVX2 and FMA) or without.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn make_qkx3_quants_on(
     avx2: bool,
     nmax: i32,

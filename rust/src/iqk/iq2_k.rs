@@ -2,6 +2,7 @@
 //! sub-block scales (offset 8), 64 bytes of 2-bit grid indices. Sub-blocks of 16.
 
 use super::common::{pack_iq2_block, signed_max, write_u16, PartitionSearch, Weighting};
+use crate::cpu::compiled_for_avx2;
 use crate::numeric::{f32_to_f16, make_qx_quants_iqk, nearest_int};
 use crate::simd::QK as QK_K;
 use crate::tables::{IQ2NL, IQ2_GRIDS};
@@ -16,7 +17,12 @@ const SCALES: usize = 4;
 const QS: usize = 12;
 const WEIGHTING: Weighting = Weighting::Broad;
 
-pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
+compiled_for_avx2! {
+    pub fn quantize_row => quantize_row_body(x: &[f32], qw: Option<&[f32]>, out: &mut [u8])
+}
+
+#[inline(always)]
+fn quantize_row_body(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
     let mut search = PartitionSearch::new(SUB, SUB, 0);
     for (ibl, (xbl, y)) in x
         .chunks_exact(QK_K)

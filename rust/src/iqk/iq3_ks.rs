@@ -7,6 +7,7 @@ use super::common::{
     high1_position, low2_position, rd_u16, signed_max, write_u16, NlSearch, Weighting,
 };
 use super::fit::nearest_indices;
+use crate::cpu::compiled_for_avx2;
 use crate::numeric::{f32_to_f16, nearest_int};
 use crate::simd::QK as QK_K;
 use crate::tables::IQ3_GRIDS;
@@ -28,7 +29,12 @@ const SEARCH: NlSearch = NlSearch {
     guard_first: true,
 };
 
-pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
+compiled_for_avx2! {
+    pub fn quantize_row => quantize_row_body(x: &[f32], qw: Option<&[f32]>, out: &mut [u8])
+}
+
+#[inline(always)]
+fn quantize_row_body(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
     out.fill(0);
     let (meta, blocks) = out.split_at_mut(ROW_META);
     let mut scales = vec![0.0f32; x.len() / SUB];

@@ -4,6 +4,7 @@
 
 use super::common::{signed_max, write_u16, NlSearch, Weighting};
 use super::fit::nearest_indices;
+use crate::cpu::compiled_for_avx2;
 use crate::numeric::{f32_to_f16, nearest_int};
 use crate::simd::QK as QK_K;
 use crate::tables::IQ4_GRIDS;
@@ -29,7 +30,12 @@ fn nibble_position(i: usize) -> (usize, u32) {
     (16 * (i / 32) + i % 16, if i % 32 < 16 { 0 } else { 4 })
 }
 
-pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
+compiled_for_avx2! {
+    pub fn quantize_row => quantize_row_body(x: &[f32], qw: Option<&[f32]>, out: &mut [u8])
+}
+
+#[inline(always)]
+fn quantize_row_body(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
     for (ibl, (xbl, y)) in x
         .chunks_exact(QK_K)
         .zip(out.chunks_exact_mut(BLOCK_BYTES))

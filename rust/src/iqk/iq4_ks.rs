@@ -4,6 +4,7 @@
 
 use super::common::{quantize_ks_row_f32_scale, NlSearch};
 use super::fit::nearest_indices;
+use crate::cpu::compiled_for_avx2;
 use crate::tables::IQ4_GRIDS;
 
 /// Bytes of one block (the layout module's).
@@ -19,7 +20,12 @@ const SEARCH: NlSearch = NlSearch {
     guard_first: false,
 };
 
-pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
+compiled_for_avx2! {
+    pub fn quantize_row => quantize_row_body(x: &[f32], qw: Option<&[f32]>, out: &mut [u8])
+}
+
+#[inline(always)]
+fn quantize_row_body(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
     quantize_ks_row_f32_scale(
         x,
         qw,

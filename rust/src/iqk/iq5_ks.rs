@@ -9,6 +9,7 @@
 
 use super::common::quantize_ks_row_f32_scale;
 use crate::companion::{iq5nl_block_scale, iq5nl_f32, iq5nl_indices};
+use crate::cpu::compiled_for_avx2;
 
 /// Bytes of one block (the layout module's).
 pub const BLOCK_BYTES: usize = crate::simd::DotType::Iq5Ks.block_bytes();
@@ -18,7 +19,12 @@ const SUB: usize = 32;
 const QS: usize = 8;
 const QH: usize = 136;
 
-pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
+compiled_for_avx2! {
+    pub fn quantize_row => quantize_row_body(x: &[f32], qw: Option<&[f32]>, out: &mut [u8])
+}
+
+#[inline(always)]
+fn quantize_row_body(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
     // Read once per row, not per block.
     let path = crate::cpu::quantize_path();
     quantize_ks_row_f32_scale(

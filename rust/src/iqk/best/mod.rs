@@ -18,6 +18,7 @@ pub mod format;
 
 use self::curve::CurveStore;
 use self::format::Format;
+use crate::cpu::compiled_for_avx2;
 use crate::registry::QK_K;
 
 /// What the search minimises: Σ weight·(x - x̂)² with these weights.
@@ -133,7 +134,19 @@ struct Workspace {
     scratch: Vec<f32>,
 }
 
-fn improve_row_in(
+compiled_for_avx2! {
+    fn improve_row_in => improve_row_in_body(
+        work: &mut Workspace,
+        f: &'static Format,
+        x: &[f32],
+        qw: Option<&[f32]>,
+        out: &mut [u8],
+        objective: Objective,
+    )
+}
+
+#[inline(always)]
+fn improve_row_in_body(
     work: &mut Workspace,
     f: &'static Format,
     x: &[f32],

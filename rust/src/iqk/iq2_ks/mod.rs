@@ -15,6 +15,7 @@
 use super::common::{
     low2_position, pack_iq2_block, rd_u16, signed_max, write_u16, PartitionSearch, Weighting,
 };
+use crate::cpu::compiled_for_avx2;
 use crate::numeric::{f32_to_f16, make_qx_quants_iqk};
 use crate::simd::QK as QK_K;
 use crate::tables::{IQ2NL, IQ2_GRIDS};
@@ -74,7 +75,12 @@ fn sub_block<'a>(x: &'a [f32], weights: &'a [f32], k: usize) -> (&'a [f32], &'a 
     (&x[range.clone()], &weights[range])
 }
 
-pub fn quantize_row(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], search: Iq2KsSearch) {
+compiled_for_avx2! {
+    pub fn quantize_row => quantize_row_body(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], search: Iq2KsSearch)
+}
+
+#[inline(always)]
+fn quantize_row_body(x: &[f32], qw: Option<&[f32]>, out: &mut [u8], search: Iq2KsSearch) {
     out.fill(0);
     let mut rs = RowScales::new(x.len());
     match search {
