@@ -333,6 +333,24 @@ pub(super) fn make_qkx2_quants(
     nstep: i32,
     use_mad: bool,
 ) -> (f32, f32) {
+    let avx2 = use_avx2();
+    make_qkx2_quants_on(avx2, nmax, x, weights, out, rmin, rdelta, nstep, use_mad)
+}
+
+/// [`make_qkx2_quants`] with its AVX2 scan (`avx2`, which needs AVX2) or without.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn make_qkx2_quants_on(
+    avx2: bool,
+    nmax: i32,
+    x: &[f32],
+    weights: &[f32],
+    out: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+) -> (f32, f32) {
     let n = x.len();
     let mut laux = [0u8; 32];
     let mut min = x[0];
@@ -371,6 +389,42 @@ pub(super) fn make_qkx2_quants(
     if nstep < 1 {
         return (scale, -min);
     }
+    #[cfg(target_arch = "x86_64")]
+    if avx2 && n <= MAX_N {
+        // Each candidate's levels depend on `min`, which an accept changes: batches of eight
+        // formed with the current `min`, the next batch starting after an accepted candidate
+        // (the scalar loop's order, unchanged). Only the last accept's levels survive.
+        let mut accepted: Option<(f32, f32)> = None;
+        let mut next = 0usize;
+        while next <= nstep as usize {
+            let count = (nstep as usize + 1 - next).min(QKX2_LANES);
+            let iscales: [f32; QKX2_LANES] = std::array::from_fn(|k| {
+                (rmin + rdelta * (next + k) as f32 + nmax as f32) / (max - min)
+            });
+            // SAFETY: the Avx2 path is only chosen on CPUs with AVX2.
+            let fits =
+                unsafe { qkx2_fits_avx2(nmax, &iscales, min, x, weights, sum_w, sum_x, use_mad) };
+            let mut k = 0;
+            while k < count {
+                // NaN marks a candidate without a fit (`d <= 0`): never below.
+                if fits.mad[k] < best_mad {
+                    best_mad = fits.mad[k];
+                    accepted = Some((iscales[k], min));
+                    scale = fits.scale[k];
+                    min = fits.min[k];
+                    break;
+                }
+                k += 1;
+            }
+            next += (k + 1).min(count);
+        }
+        if let Some((iscale, level_min)) = accepted {
+            for (o, &v) in out.iter_mut().zip(x) {
+                *o = q(iscale, v, level_min);
+            }
+        }
+        return (scale, -min);
+    }
     for is in 0..=nstep {
         let iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
         let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
@@ -405,6 +459,92 @@ pub(super) fn make_qkx2_quants(
         }
     }
     (scale, -min)
+}
+
+/// Candidates per batch of [`make_qkx2_quants`]'s AVX2 scan.
+const QKX2_LANES: usize = 8;
+
+/// The fits of eight inverse scales of [`make_qkx2_quants`], one per lane, in f32 as its scalar
+/// loop computes them (each lane's sums in element order, products and additions apart).
+struct Qkx2Fits {
+    /// The weighted error (`|·|` or `(·)²` per element); NaN where the fit has no solution.
+    mad: [f32; QKX2_LANES],
+    scale: [f32; QKX2_LANES],
+    min: [f32; QKX2_LANES],
+}
+
+/// [`Qkx2Fits`] of the inverse scales `iscales` at `min`: levels `l = clamp(nearest_int(iscale·
+/// (x − min)), 0, nmax)` (`nearest_int` as a round to nearest even: |iscale·(x − min)| stays
+/// far below 2^22, and clamping as a float is exact), the sums `Σ w·l`, `Σ (w·l)·l`,
+/// `Σ (w·l)·x`, the closed-form fit and its error.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn qkx2_fits_avx2(
+    nmax: i32,
+    iscales: &[f32; QKX2_LANES],
+    min: f32,
+    x: &[f32],
+    w: &[f32],
+    sum_w: f32,
+    sum_x: f32,
+    use_mad: bool,
+) -> Qkx2Fits {
+    use std::arch::x86_64::*;
+    debug_assert!(x.len() <= MAX_N);
+    let (is, min_v) = (_mm256_loadu_ps(iscales.as_ptr()), _mm256_set1_ps(min));
+    let (zero, top) = (_mm256_setzero_ps(), _mm256_set1_ps(nmax as f32));
+    let (mut sl, mut sl2, mut sxl) = (zero, zero, zero);
+    let mut levels = [zero; MAX_N];
+    for (i, (&xi, &wi)) in x.iter().zip(w).enumerate() {
+        let (xv, wv) = (_mm256_set1_ps(xi), _mm256_set1_ps(wi));
+        let rounded = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(is, _mm256_sub_ps(xv, min_v)),
+        );
+        let lf = _mm256_min_ps(_mm256_max_ps(rounded, zero), top);
+        levels[i] = lf;
+        let wl = _mm256_mul_ps(wv, lf);
+        sl = _mm256_add_ps(sl, wl);
+        sl2 = _mm256_add_ps(sl2, _mm256_mul_ps(wl, lf));
+        sxl = _mm256_add_ps(sxl, _mm256_mul_ps(wl, xv));
+    }
+    let (sw, sx) = (_mm256_set1_ps(sum_w), _mm256_set1_ps(sum_x));
+    let d = _mm256_sub_ps(_mm256_mul_ps(sw, sl2), _mm256_mul_ps(sl, sl));
+    let scale = _mm256_div_ps(
+        _mm256_sub_ps(_mm256_mul_ps(sw, sxl), _mm256_mul_ps(sx, sl)),
+        d,
+    );
+    let fitted_min = _mm256_div_ps(
+        _mm256_sub_ps(_mm256_mul_ps(sl2, sx), _mm256_mul_ps(sl, sxl)),
+        d,
+    );
+    // A positive min is replaced by 0 and the scale refitted alone.
+    let positive = _mm256_cmp_ps::<_CMP_GT_OQ>(fitted_min, zero);
+    let scale = _mm256_blendv_ps(scale, _mm256_div_ps(sxl, sl2), positive);
+    let fitted_min = _mm256_blendv_ps(fitted_min, zero, positive);
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX));
+    let mut mad = zero;
+    for (i, (&xi, &wi)) in x.iter().zip(w).enumerate() {
+        let fitted = _mm256_add_ps(_mm256_mul_ps(scale, levels[i]), fitted_min);
+        let diff = _mm256_sub_ps(fitted, _mm256_set1_ps(xi));
+        let err = if use_mad {
+            _mm256_and_ps(diff, abs_mask)
+        } else {
+            _mm256_mul_ps(diff, diff)
+        };
+        mad = _mm256_add_ps(mad, _mm256_mul_ps(_mm256_set1_ps(wi), err));
+    }
+    let solvable = _mm256_cmp_ps::<_CMP_GT_OQ>(d, zero);
+    let mad = _mm256_blendv_ps(_mm256_set1_ps(f32::NAN), mad, solvable);
+    let mut f = Qkx2Fits {
+        mad: [0.0; QKX2_LANES],
+        scale: [0.0; QKX2_LANES],
+        min: [0.0; QKX2_LANES],
+    };
+    _mm256_storeu_ps(f.mad.as_mut_ptr(), mad);
+    _mm256_storeu_ps(f.scale.as_mut_ptr(), scale);
+    _mm256_storeu_ps(f.min.as_mut_ptr(), fitted_min);
+    f
 }
 
 /// The level of `v` at inverse scale `iscale` above `min`, in [0, nmax] (the K-quants' searches).
@@ -1095,6 +1235,39 @@ mod tests {
                 let s = make_qkx3_quants_on(false, nmax, &x, &w, &mut ls, -0.9, 0.05, 36);
                 let bits = |(d, m): (f32, f32)| (d.to_bits(), m.to_bits());
                 assert_eq!((bits(a), &la), (bits(s), &ls), "trial {trial}");
+            }
+        }
+    }
+
+    /// `make_qkx2_quants` gives the same levels, scale and min with its AVX2 scan as without,
+    /// with either error (squared, absolute), on the blocks of the `make_qkx3_quants` test.
+    #[test]
+    fn make_qkx2_quants_avx2_equals_scalar() {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            let mut seed = 1618u32;
+            for trial in 0..4000usize {
+                let (nmax, n, rmin, nstep) =
+                    [(31, 32, -0.5, 15), (15, 32, -1.0, 20), (3, 16, -0.5, 15)][trial % 3];
+                let use_mad = trial % 5 == 0;
+                let amp = 10f32.powi(trial as i32 % 5 - 3);
+                let x: Vec<f32> = (0..n)
+                    .map(|j| match (j + trial) % 11 {
+                        0 if trial % 4 == 0 => 0.0,
+                        _ if trial % 7 == 0 => amp * rng(&mut seed).abs(),
+                        _ => amp * (rng(&mut seed) + rng(&mut seed) + rng(&mut seed)),
+                    })
+                    .collect();
+                let sum_x2: f32 = x.iter().map(|v| v * v).sum();
+                let av_x = (sum_x2 / n as f32).sqrt();
+                let w: Vec<f32> = x.iter().map(|v| av_x + v.abs()).collect();
+                let (mut la, mut ls) = (vec![0u8; n], vec![0u8; n]);
+                let args = (nmax, rmin, nstep, use_mad);
+                let a = make_qkx2_quants_on(true, nmax, &x, &w, &mut la, rmin, 0.1, nstep, use_mad);
+                let s =
+                    make_qkx2_quants_on(false, nmax, &x, &w, &mut ls, rmin, 0.1, nstep, use_mad);
+                let bits = |(d, m): (f32, f32)| (d.to_bits(), m.to_bits());
+                assert_eq!((bits(a), &la), (bits(s), &ls), "trial {trial} {args:?}");
             }
         }
     }
