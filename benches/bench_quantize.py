@@ -1,7 +1,7 @@
 """Quantization throughput per type: ours on every SIMD path the CPU has, single- and all-thread,
 and, when available, ik_llama.cpp's own quantizer on the same data in the same run.
 
-    python benches/bench_quantize.py [--types six,companions] [--best] [--rows 256]
+    python benches/bench_quantize.py [--types six,companions] [--best] [--no-imatrix] [--rows 256]
         [--cols 4096] [--repeat 5]
 
 Types: ``--types`` takes type names (``iq2_ks:fast``, ``iq2_ks:exhaustive``, ``NAME:best`` pick a
@@ -9,7 +9,9 @@ search) and groups: ``six`` (IQ2_K..IQ4_KS), ``companions`` (the types ik's mixe
 largest tensors, and IQ5_KS), ``best`` (search="best" of the six) and ``all``; the default is
 the six and the companions. ``--best`` adds the ``best`` group.
 
-Data: normal(0, 0.02) weights with a chi-square(2) importance matrix (as the speed issue's facts).
+Data: normal(0, 0.02) weights with a chi-square(2) importance matrix (as the speed issue's facts),
+or none with ``--no-imatrix`` (what a tensor the imatrix has no entry for gets, e.g. a separate
+``output.weight``; the K-quants then run another search).
 One column per SIMD path (those ``iqk_rs.simd_info()`` lists as candidates, each but this process's
 own timed in a subprocess with IQK_RS_SIMD=<path>): single-thread throughput by the calling thread's
 CPU time; ``*`` marks this process's path, which the other columns use, and ``!`` a path whose bytes
@@ -99,11 +101,12 @@ def simd_paths(info: list[dict], active: str) -> list[str]:
     return sorted(found, key=lambda p: (PATH_ORDER.index(p) if p in PATH_ORDER else 99, p))
 
 
-def data(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+def data(rows: int, cols: int, imatrix: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """The weights and, unless `imatrix` is false (``--no-imatrix``), the importance matrix."""
     rng = np.random.default_rng(1)
     x = rng.normal(0, 0.02, (rows, cols)).astype(np.float32)
     im = (rng.chisquare(2, cols) + 1e-3).astype(np.float32)
-    return x, im
+    return x, im if imatrix else None
 
 
 def type_rows(x: np.ndarray, spec: str) -> tuple[str, str, np.ndarray]:
@@ -125,7 +128,7 @@ class Workers:
     """One single-thread worker process per CPU, each holding its share of a type's rows, kept
     alive across rounds so that a round times only the quantization."""
 
-    def __init__(self, spec: str, rows: int, cols: int, parts: int):
+    def __init__(self, spec: str, rows: int, cols: int, parts: int, imatrix: bool = True):
         base = [
             sys.executable,
             __file__,
@@ -135,6 +138,7 @@ class Workers:
             str(rows),
             "--cols",
             str(cols),
+            *([] if imatrix else ["--no-imatrix"]),
         ]
         self.procs = [
             subprocess.Popen(
@@ -163,13 +167,13 @@ class Workers:
             p.wait()
 
 
-def worker(spec: str, rows: int, cols: int, part: str) -> None:
+def worker(spec: str, rows: int, cols: int, part: str, imatrix: bool = True) -> None:
     """A `Workers` process: quantizes rows `k/n` of the type's share on each start time read
     from stdin, printing the seconds it took."""
     import iqk_rs
 
     k, n = map(int, part.split("/"))
-    x, im = data(rows, cols)
+    x, im = data(rows, cols, imatrix)
     name, search, xs = type_rows(x, spec)
     share = xs[k * len(xs) // n : (k + 1) * len(xs) // n]
 
@@ -188,7 +192,12 @@ def worker(spec: str, rows: int, cols: int, part: str) -> None:
 
 
 def measure_ours(
-    rows: int, cols: int, repeat: int, specs: list[str], single_only: bool = False
+    rows: int,
+    cols: int,
+    repeat: int,
+    specs: list[str],
+    single_only: bool = False,
+    imatrix: bool = True,
 ) -> dict[str, dict]:
     """Per spec, on this process's SIMD path: Mweights/s single-thread (CPU time, as ik's is
     measured) and a CRC of the bytes; unless `single_only`, also all threads (wall time), the
@@ -196,7 +205,7 @@ def measure_ours(
     docstring), timed in turn each round."""
     import iqk_rs
 
-    x, im = data(rows, cols)
+    x, im = data(rows, cols, imatrix)
     cpus = os.cpu_count() or 1
     out = {}
     for spec in specs:
@@ -211,7 +220,7 @@ def measure_ours(
         # evicted the rows from cache (Q8_0 ran at half speed): they get an untimed run first,
         # as ik's back-to-back runs are warm.
         warm_up = time.perf_counter() - start < 0.05
-        workers = None if single_only else Workers(spec, rows, cols, cpus)
+        workers = None if single_only else Workers(spec, rows, cols, cpus, imatrix)
         one_cpu = one_wall = many = procs = float("inf")
         try:
             for _ in range(repeat):
@@ -238,11 +247,14 @@ def measure_ours(
     return out
 
 
-def measure_path(path: str, rows: int, cols: int, repeat: int, specs: list[str]) -> dict | None:
+def measure_path(
+    path: str, rows: int, cols: int, repeat: int, specs: list[str], imatrix: bool = True
+) -> dict | None:
     """`measure_ours(single_only=True)` in a subprocess forced onto `path` (IQK_RS_SIMD); None,
     with a note on stderr, when the subprocess runs on another path (the CPU lacks it)."""
     cmd = [sys.executable, __file__, "--child", "--types", ",".join(specs)]
     cmd += ["--rows", str(rows), "--cols", str(cols), "--repeat", str(repeat)]
+    cmd += [] if imatrix else ["--no-imatrix"]
     env = dict(os.environ, IQK_RS_SIMD=path)
     child = json.loads(
         subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
@@ -254,7 +266,7 @@ def measure_path(path: str, rows: int, cols: int, repeat: int, specs: list[str])
 
 
 def measure_ik(
-    lib_path: str, rows: int, cols: int, repeat: int, specs: list[str]
+    lib_path: str, rows: int, cols: int, repeat: int, specs: list[str], imatrix: bool = True
 ) -> dict[str, dict[str, float]]:
     import iqk_rs
 
@@ -262,7 +274,8 @@ def measure_ik(
         _fields_ = [("symmetric_q4_0", ctypes.c_bool), ("slow_iq2_ks", ctypes.c_bool)]
 
     lib = ctypes.CDLL(lib_path)
-    x, im = data(rows, cols)
+    x, im = data(rows, cols, imatrix)
+    im_ptr = None if im is None else im.ctypes.data
     out = {}
     for spec in specs:
         name, search, xs = type_rows(x, spec)
@@ -284,7 +297,7 @@ def measure_ik(
         dst = np.zeros((xs.shape[0], iqk_rs.row_size(name, cols)), np.uint8)
 
         def run(xs=xs, dst=dst, fn=fn, user=user):
-            fn(xs.ctypes.data, dst.ctypes.data, xs.shape[0], cols, im.ctypes.data, user)
+            fn(xs.ctypes.data, dst.ctypes.data, xs.shape[0], cols, im_ptr, user)
 
         t = best_time(run, repeat, time.thread_time)
         ours = iqk_rs.quantize(xs, name, im, iq2ks_search=search or "fast")
@@ -341,12 +354,19 @@ def main() -> None:
     ap.add_argument("--cols", type=int, default=4096)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--best", action="store_true", help='also time search="best" (group best)')
+    ap.add_argument(
+        "--no-imatrix",
+        dest="imatrix",
+        action="store_false",
+        help="quantize without an importance matrix (both tools; the K-quants then take their "
+        "other search, as for tensors an imatrix has no entry for)",
+    )
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--part", default="0/1", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker, args.rows, args.cols, args.part)
+        worker(args.worker, args.rows, args.cols, args.part, args.imatrix)
         return
 
     import iqk_rs
@@ -358,22 +378,27 @@ def main() -> None:
         ap.error(str(e))
     active = iqk_rs.simd_path()
     if args.child:
-        results = measure_ours(args.rows, args.cols, args.repeat, specs, single_only=True)
+        results = measure_ours(
+            args.rows, args.cols, args.repeat, specs, single_only=True, imatrix=args.imatrix
+        )
         print(json.dumps({"path": active, "results": results}))
         return
 
-    ours = measure_ours(args.rows, args.cols, args.repeat, specs)
+    ours = measure_ours(args.rows, args.cols, args.repeat, specs, imatrix=args.imatrix)
     paths = {}
     for path in simd_paths(iqk_rs.simd_info(), active):
         results = (
-            ours if path == active else measure_path(path, args.rows, args.cols, args.repeat, specs)
+            ours
+            if path == active
+            else measure_path(path, args.rows, args.cols, args.repeat, specs, args.imatrix)
         )
         if results is not None:
             paths[path] = results
     lib = os.environ.get("IQK_BENCH_IK_LIB")
-    ik = measure_ik(lib, args.rows, args.cols, args.repeat, specs) if lib else {}
+    ik = measure_ik(lib, args.rows, args.cols, args.repeat, specs, args.imatrix) if lib else {}
 
-    print(f"quantization, {args.rows} x {args.cols} weights with imatrix, Mweights/s")
+    with_imatrix = "with imatrix" if args.imatrix else "without imatrix"
+    print(f"quantization, {args.rows} x {args.cols} weights {with_imatrix}, Mweights/s")
     print("per SIMD path: single thread (* this process's path, which the other columns use)")
     print("\n".join(table(specs, active, ours, paths, ik)))
 
