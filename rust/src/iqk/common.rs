@@ -425,12 +425,7 @@ impl PartitionSearch {
         cands: &Candidates,
         pretest: Pretest,
     ) -> (f32, bool) {
-        let start = self.starting_score(p, cands);
-        if pretest == Pretest::Fastest && approximate_pretest(p, cands, start) {
-            self.search_lanes::<std::arch::x86_64::__m256, true>(p, cands, start)
-        } else {
-            self.search_lanes::<std::arch::x86_64::__m256, false>(p, cands, start)
-        }
+        self.search_width::<std::arch::x86_64::__m256>(p, cands, pretest)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -441,11 +436,23 @@ impl PartitionSearch {
         cands: &Candidates,
         pretest: Pretest,
     ) -> (f32, bool) {
+        self.search_width::<std::arch::x86_64::__m512>(p, cands, pretest)
+    }
+
+    /// The vector search of width `V` with the pre-test `pretest` asks for, where allowed.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn search_width<V: F32Lanes>(
+        &mut self,
+        p: &Prefix,
+        cands: &Candidates,
+        pretest: Pretest,
+    ) -> (f32, bool) {
         let start = self.starting_score(p, cands);
         if pretest == Pretest::Fastest && approximate_pretest(p, cands, start) {
-            self.search_lanes::<std::arch::x86_64::__m512, true>(p, cands, start)
+            self.search_lanes::<V, true>(p, cands, start)
         } else {
-            self.search_lanes::<std::arch::x86_64::__m512, false>(p, cands, start)
+            self.search_lanes::<V, false>(p, cands, start)
         }
     }
 
