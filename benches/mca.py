@@ -251,7 +251,7 @@ def our_kernels(t: str) -> dict[tuple[str, str], list[str]]:
     kind = rt.capitalize()  # the AVX2 kernels are generic over a kind type (Iq4ks, ...)
     return {
         ("row", "avx2"): [rf"simd::avx2::rows::<\S*::{kind}>$"],
-        ("row", "avx512"): [rf"simd::avx512::vec_dot_{rt}$"],
+        ("row", "avx512"): [rf"simd::avx512::rows_{rt}$"],
         ("tile", "avx2"): [rf"simd::avx2::tile::<\S*::{kind}>$"],
         ("tile", "avx512"): [rf"simd::avx512::tile_{rt}$"],
     }

@@ -40,7 +40,7 @@ pub(crate) unsafe fn hsum_i32(v: __m256i) -> i32 {
 /// The horizontal sums of four vectors, in order: [Σa, Σb, Σc, Σd] (exact, wrapping i32).
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn hsum4_i32(a: __m256i, b: __m256i, c: __m256i, d: __m256i) -> __m128i {
+pub(crate) unsafe fn hsum4_i32(a: __m256i, b: __m256i, c: __m256i, d: __m256i) -> __m128i {
     let ab = _mm256_add_epi32(
         _mm256_permute2x128_si256::<0x20>(a, b),
         _mm256_permute2x128_si256::<0x31>(a, b),
@@ -269,7 +269,7 @@ pub(crate) unsafe fn chunk_scale(scales: __m256i, c: usize) -> __m256i {
 /// `acc + p[0] + p[1] + p[2] + p[3]`, added left to right (the scalar twin's order).
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn fold4(acc: f64, p: __m256d) -> f64 {
+pub(crate) unsafe fn fold4(acc: f64, p: __m256d) -> f64 {
     let lo = _mm256_castpd256_pd128(p);
     let hi = _mm256_extractf128_pd::<1>(p);
     let acc = acc + _mm_cvtsd_f64(lo);
@@ -940,12 +940,12 @@ unsafe fn d8_4(y: [*const u8; 4]) -> __m128 {
 /// One superblock folded in by the scalar twin's own rule (the tail of a row).
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn fold1_k(acc: f64, x: *const u8, y: *const u8, sumi: i32) -> f64 {
+pub(crate) unsafe fn fold1_k(acc: f64, x: *const u8, y: *const u8, sumi: i32) -> f64 {
     acc_k(acc, f16c(rd_u16_at(x)), rd_f32_at(y), sumi)
 }
 
 #[inline]
-unsafe fn fold1_ks(acc: f64, _x: *const u8, y: *const u8, sumi: i32) -> f64 {
+pub(crate) unsafe fn fold1_ks(acc: f64, _x: *const u8, y: *const u8, sumi: i32) -> f64 {
     acc_ks(acc, rd_f32_at(y), sumi)
 }
 

@@ -3,13 +3,18 @@
 //! decoding is shared with `avx2.rs` (256-bit). Requires Rust >= 1.89 (AVX-512 intrinsics).
 //!
 //! A superblock is decoded ([`Decoded`]: four 64-value steps in weight order and their
-//! scales) apart from its products with the activations. The single-row kernels multiply it
-//! step by step (`maddubs`, then `vpdpwssd` with the scales; the sign trick for the 4-bit tables
-//! uses a mask-subtract, as AVX-512 has no `vpsignb`: `maddubs(|q8|, q8 < 0 ? -v : v)`, exact
-//! for every int8 activation including -128). The tile kernels decode it once for up to 8
-//! activation rows, reorder it and the activations into [`lane_major`] order for `vpdpbusd`
-//! chains, reduce the rows' sums together ([`reduce8`]) and fold them in one f64 vector.
-//! Whether these or the AVX2 kernels run is measured per machine (`calibrate.rs`).
+//! scales) apart from its products with the activations. The multi-row kernels (one
+//! activation row, several weight rows) multiply it step by step (`maddubs`, then `vpdpwssd`
+//! with the scales; the sign trick for the 4-bit tables uses a mask-subtract, as AVX-512 has no
+//! `vpsignb`: `maddubs(|q8|, q8 < 0 ? -v : v)`, exact for every int8 activation including
+//! -128, with `|q8|` and the mask readied once per call in [`ReadyActs`]), reduce four
+//! superblocks' sums together and fold them as the AVX2 kernel does. On Sapphire Rapids the
+//! 512-bit shuffles have one port (p5) where 256-bit in-lane shuffles have two, so these
+//! kernels are bound by their shuffles: every one saved counts. The tile kernels decode a
+//! superblock once for up to 8 activation rows, reorder it and the activations into
+//! [`lane_major`] order for `vpdpbusd` chains, reduce the rows' sums together ([`reduce8`]) and
+//! fold them in one f64 vector. Whether these or the AVX2 kernels run is measured per machine
+//! (`calibrate.rs`).
 //!
 //! No int32 → int16 packing anywhere (ik_llama.cpp's AVX-512 IQ4 kernels saturate there, which
 //! is why they drift from the exact value).
@@ -20,12 +25,12 @@
 use std::arch::x86_64::*;
 
 use super::avx2::{
-    hsum_i32, prep_iq2k, prep_iq2ks, prep_iq3k, prep_iq3ks, prep_iq4k, prep_iq4ks, tab_iq2,
-    tab_iq3, tab_iq4, tab_iq5, K16, K32,
+    fold1_k, fold1_ks, fold4, hsum4_i32, hsum_i32, prep_iq2k, prep_iq2ks, prep_iq3k, prep_iq3ks,
+    prep_iq4k, prep_iq4ks, tab_iq2, tab_iq3, tab_iq4, tab_iq5, K16, K32,
 };
 use super::scalar::{
-    acc_k, acc_ks, check_lens, check_tile, f16_to_f32, finish_k, finish_ks, rd_f32_at, rd_u16_at,
-    row_scale, ActRows, DotType, IQ2KS_BYTES, IQ2K_BYTES, IQ3KS_BYTES, IQ3K_BYTES, IQ4KS_BYTES,
+    check_rows, check_tile, f16_to_f32, finish_k, finish_ks, rd_f32_at, rd_u16_at, row_scale,
+    row_scale_at, ActRows, DotType, IQ2KS_BYTES, IQ2K_BYTES, IQ3KS_BYTES, IQ3K_BYTES, IQ4KS_BYTES,
     IQ4K_BYTES, IQ5KS_BYTES, Q8K_BYTES, Q8K_QS,
 };
 
@@ -33,6 +38,24 @@ use super::scalar::{
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn loadu512(p: *const u8) -> __m512i {
     _mm512_loadu_si512(p as *const _)
+}
+
+/// `acc + Σ a·b` over i16 pairs, as one `vpdpwssd`. Written in assembly because LLVM's machine
+/// combiner splits a chain of these into `vpmaddwd` + `vpaddd` to shorten its latency, which
+/// adds a vector uop per step to kernels that are bound by the two 512-bit ports, not by
+/// latency (iq2_k's row kernel: 5 of 20 left whole).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn dpwssd(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
+    let mut acc = acc;
+    std::arch::asm!(
+        "vpdpwssd {acc}, {a}, {b}",
+        acc = inout(zmm_reg) acc,
+        a = in(zmm_reg) a,
+        b = in(zmm_reg) b,
+        options(pure, nomem, nostack, preserves_flags),
+    );
+    acc
 }
 
 #[inline]
@@ -63,15 +86,16 @@ unsafe fn bcast_tab(t: __m256i) -> __m512i {
     join(t, t)
 }
 
-/// Adds the 16 lanes of `acc` to the 8 of `mins` and reduces (exact integers).
+/// The 16 lanes of `acc` folded onto the 8 of `mins` (exact integers; the caller reduces
+/// four superblocks' vectors together).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn reduce(acc: __m512i, mins: __m256i) -> i32 {
+unsafe fn narrow(acc: __m512i, mins: __m256i) -> __m256i {
     let s = _mm256_add_epi32(
         _mm512_castsi512_si256(acc),
         _mm512_extracti64x4_epi64::<1>(acc),
     );
-    hsum_i32(_mm256_add_epi32(s, mins))
+    _mm256_add_epi32(s, mins)
 }
 
 /// The sums of the 16 lanes of each of `s[0..8]`, in order (exact integers): a transposing
@@ -112,67 +136,129 @@ unsafe fn sum_unsigned(d: &Decoded, y: *const u8) -> __m512i {
     let mut acc = _mm512_setzero_si512();
     for t in 0..4usize {
         let q = loadu512(y.add(Q8K_QS + 64 * t));
-        acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(d.v[t], q), d.sc[t]);
+        acc = dpwssd(acc, _mm512_maddubs_epi16(d.v[t], q), d.sc[t]);
     }
     acc
 }
 
-/// The same for signed values (4-bit family, IQ5_KS): step t holds weights 64t..64t+64.
+/// One 64-weight step of a Q8_K superblock readied for signed values: `|q|` and the mask of the
+/// negative `q`, so that `maddubs(|q|, q < 0 ? -v : v)` is exact for every int8 activation
+/// including -128 (AVX-512 has no `vpsignb`).
+#[derive(Clone, Copy)]
+struct SignedStep {
+    abs: __m512i,
+    neg: __mmask64,
+}
+
+/// One activation row readied once per multi-row call and shared by its rows: the superblock
+/// scales in f64 (the fold's factors for KS types, half of them for K types) and, for the
+/// signed kinds, four [`SignedStep`]s per superblock (which takes two of the five uops per
+/// step off every row).
+#[derive(Default)]
+struct ReadyActs {
+    d8: Vec<f64>,
+    signed: Vec<[SignedStep; 4]>,
+}
+
+thread_local! {
+    /// Each thread's [`ReadyActs`], kept between calls (a call is a task of a few rows).
+    static READY_ACTS: std::cell::Cell<ReadyActs> = Default::default();
+}
+
+/// `q8k` readied as [`ReadyActs`] says (the steps only if `signed`), in this thread's buffers
+/// (hand them back with [`return_ready_acts`]).
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn ready_acts(q8k: &[u8], nb: usize, signed: bool) -> ReadyActs {
+    let ReadyActs {
+        mut d8,
+        signed: mut steps,
+    } = READY_ACTS.with(|c| c.take());
+    d8.clear();
+    steps.clear();
+    for i in 0..nb {
+        let y = q8k.as_ptr().add(i * Q8K_BYTES);
+        d8.push(rd_f32_at(y) as f64);
+        if signed {
+            steps.push(std::array::from_fn(|t| {
+                let q = loadu512(y.add(Q8K_QS + 64 * t));
+                SignedStep {
+                    abs: _mm512_abs_epi8(q),
+                    neg: _mm512_movepi8_mask(q),
+                }
+            }));
+        }
+    }
+    ReadyActs { d8, signed: steps }
+}
+
+/// Keeps `acts`' buffers for this thread's next call.
+fn return_ready_acts(acts: ReadyActs) {
+    READY_ACTS.with(|c| c.set(acts));
+}
+
+/// Four superblocks' fold factors from their weights `x` and activation scales `d8` (f64):
+/// K types multiply in the blocks' fp16 scales, as `acc_k` forms them.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn fold_factors<const K: bool>(x: [*const u8; 4], d8: *const f64) -> __m256d {
+    let d8 = _mm256_loadu_pd(d8);
+    if !K {
+        return d8;
+    }
+    // Gathered in a general register: four `vpinsrw` would cost four shuffles.
+    let h = x.map(|x| rd_u16_at(x) as u64);
+    let dw = h[0] | h[1] << 16 | h[2] << 32 | h[3] << 48;
+    let dw = _mm_cvtph_ps(_mm_cvtsi64_si128(dw as i64));
+    _mm256_mul_pd(_mm256_cvtps_pd(dw), d8)
+}
+
+/// The same for signed values (4-bit family, IQ5_KS) against the superblock's readied
+/// activations: step t holds weights 64t..64t+64.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn sum_signed(d: &Decoded, y: *const u8) -> __m512i {
+unsafe fn sum_signed(d: &Decoded, a: &[SignedStep; 4]) -> __m512i {
     let mut acc = _mm512_setzero_si512();
-    for t in 0..4usize {
-        acc = step_values(acc, d.v[t], y, t, d.sc[t]);
+    for (t, a) in a.iter().enumerate() {
+        let vs = _mm512_mask_sub_epi8(d.v[t], a.neg, _mm512_setzero_si512(), d.v[t]);
+        acc = dpwssd(acc, _mm512_maddubs_epi16(a.abs, vs), d.sc[t]);
     }
     acc
 }
 
-/// One 64-weight step on signed values `v`: weights 64t..64t+64.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn step_values(acc: __m512i, v: __m512i, y: *const u8, t: usize, sc: __m512i) -> __m512i {
-    let q = loadu512(y.add(Q8K_QS + 64 * t));
-    let neg = _mm512_movepi8_mask(q);
-    let vs = _mm512_mask_sub_epi8(v, neg, _mm512_setzero_si512(), v);
-    let prod = _mm512_maddubs_epi16(_mm512_abs_epi8(q), vs);
-    _mm512_dpwssd_epi32(acc, prod, sc)
-}
-
-/// Decodes the 2-bit family. Shift p of the 64 packed bytes gives chunks p (low half) and
-/// 4 + p (high half); they are regrouped into weight order (step t: chunks 2t and 2t + 1), so
-/// that the activations load in one piece per step. `$sidx` gives the i16 permutation of
-/// `sc16` for step t.
+/// Decodes the 2-bit family. Shift p of packed byte j (j < 32) holds weight 32p + j, of byte
+/// 32 + j weight 128 + 32p + j. Pairing the low 32 bytes with themselves shifted right by two
+/// (one two-source permute) puts weights 0..64 in shift-0 position and 64..128 in shift-2
+/// position, in weight order (likewise the high 32 bytes for 128..256), so that the
+/// activations load in one piece per step: two permutes instead of four regrouping
+/// shuffles (ik_llama.cpp's `Q2Bits` does the same). The third index bit of weight
+/// 128h + 32p + j is bit 4h + p of `qh[j]`. `$sidx` gives the i16 permutation of `sc16` for
+/// step t.
 macro_rules! decode_2bit {
     ($tab:expr, $qs:expr, $qh:expr, $sc16:expr, |$t:ident| $sidx:expr) => {{
         let m3 = _mm512_set1_epi8(3);
         let m4 = _mm512_set1_epi8(4);
-        let mut bits = loadu512($qs);
-        let mut h = match $qh {
-            Some(qh) => {
-                let h256 = _mm256_loadu_si256(qh as *const __m256i);
-                join(h256, _mm256_srli_epi16::<4>(h256))
-            }
-            None => _mm512_setzero_si512(),
-        };
-        let mut by_shift = [_mm512_setzero_si512(); 4];
-        for v in by_shift.iter_mut() {
-            let mut idx = _mm512_and_si512(bits, m3);
-            if $qh.is_some() {
-                idx = _mm512_or_si512(idx, _mm512_and_si512(_mm512_slli_epi16::<2>(h), m4));
-                h = _mm512_srli_epi16::<1>(h);
-            }
-            bits = _mm512_srli_epi16::<2>(bits);
-            *v = _mm512_shuffle_epi8($tab, idx);
-        }
-        let [s0, s1, s2, s3] = by_shift;
-        // 128-bit lanes: 0x44 takes the low halves of both, 0xee the high halves.
-        let v = [
-            _mm512_shuffle_i64x2::<0x44>(s0, s1),
-            _mm512_shuffle_i64x2::<0x44>(s2, s3),
-            _mm512_shuffle_i64x2::<0xee>(s0, s1),
-            _mm512_shuffle_i64x2::<0xee>(s2, s3),
+        let bits = loadu512($qs);
+        let bits2 = _mm512_srli_epi16::<2>(bits);
+        let lo =
+            _mm512_permutex2var_epi64(bits, _mm512_setr_epi64(0, 1, 2, 3, 8, 9, 10, 11), bits2);
+        let hi =
+            _mm512_permutex2var_epi64(bits, _mm512_setr_epi64(4, 5, 6, 7, 12, 13, 14, 15), bits2);
+        let mut idx = [
+            _mm512_and_si512(lo, m3),
+            _mm512_and_si512(_mm512_srli_epi16::<4>(lo), m3),
+            _mm512_and_si512(hi, m3),
+            _mm512_and_si512(_mm512_srli_epi16::<4>(hi), m3),
         ];
+        if let Some(qh) = $qh {
+            let h256 = _mm256_loadu_si256(qh as *const __m256i);
+            // Low half: bits p of qh, high half: bits p + 1 (the step's second 32 weights).
+            let h = join(h256, _mm256_srli_epi16::<1>(h256));
+            idx[0] = _mm512_or_si512(idx[0], _mm512_and_si512(_mm512_slli_epi16::<2>(h), m4));
+            idx[1] = _mm512_or_si512(idx[1], _mm512_and_si512(h, m4));
+            idx[2] = _mm512_or_si512(idx[2], _mm512_and_si512(_mm512_srli_epi16::<2>(h), m4));
+            idx[3] = _mm512_or_si512(idx[3], _mm512_and_si512(_mm512_srli_epi16::<4>(h), m4));
+        }
+        let v = idx.map(|i| _mm512_shuffle_epi8($tab, i));
         let mut sc = [_mm512_setzero_si512(); 4];
         for ($t, sc) in sc.iter_mut().enumerate() {
             *sc = _mm512_permutexvar_epi16($sidx, $sc16);
@@ -322,67 +408,126 @@ unsafe fn dec_iq5ks(x: *const u8, _tab: __m512i) -> (Decoded, K32) {
     (d, st)
 }
 
-/// The exact integer sum of one superblock against one activation row.
+/// One superblock against one activation row: eight i32 lanes whose sum is the exact
+/// integer sum. `a` is the superblock's [`SignedStep`]s (read by the signed kinds only).
 macro_rules! sb {
-    ($name:ident, $dec:ident, $sum:ident) => {
+    ($name:ident, $dec:ident, unsigned) => {
         #[inline]
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-        unsafe fn $name(x: *const u8, y: *const u8, tab: __m512i) -> i32 {
+        unsafe fn $name(
+            x: *const u8,
+            y: *const u8,
+            tab: __m512i,
+            _a: *const [SignedStep; 4],
+        ) -> __m256i {
             let (d, st) = $dec(x, tab);
-            reduce($sum(&d, y), st.mins(y))
+            narrow(sum_unsigned(&d, y), st.mins(y))
+        }
+    };
+    ($name:ident, $dec:ident, signed) => {
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+        unsafe fn $name(
+            x: *const u8,
+            y: *const u8,
+            tab: __m512i,
+            a: *const [SignedStep; 4],
+        ) -> __m256i {
+            let (d, st) = $dec(x, tab);
+            narrow(sum_signed(&d, &*a), st.mins(y))
         }
     };
 }
 
-sb!(sb_iq2k, dec_iq2k, sum_unsigned);
-sb!(sb_iq3k, dec_iq3k, sum_unsigned);
-sb!(sb_iq4k, dec_iq4k, sum_signed);
-sb!(sb_iq2ks, dec_iq2ks, sum_unsigned);
-sb!(sb_iq3ks, dec_iq3ks, sum_unsigned);
-sb!(sb_iq4ks, dec_iq4ks, sum_signed);
-sb!(sb_iq5ks, dec_iq5ks, sum_signed);
+sb!(sb_iq2k, dec_iq2k, unsigned);
+sb!(sb_iq3k, dec_iq3k, unsigned);
+sb!(sb_iq4k, dec_iq4k, signed);
+sb!(sb_iq2ks, dec_iq2ks, unsigned);
+sb!(sb_iq3ks, dec_iq3ks, unsigned);
+sb!(sb_iq4ks, dec_iq4ks, signed);
+sb!(sb_iq5ks, dec_iq5ks, signed);
 
-macro_rules! row_k {
-    ($name:ident, $kind:expr, $bytes:expr, $sb:ident, $tab:ident) => {
-        /// One row (K type) against Q8_K activations.
+macro_rules! row_kernels {
+    (
+        $rows:ident, $single:ident, $kind:expr, $bytes:expr, $sb:ident, $tab:ident,
+        k_type: $k:literal, signed: $signed:literal
+    ) => {
+        /// `out.len()` consecutive rows against the same Q8_K activations, as the AVX2
+        /// multi-row kernel does it: superblocks in groups of four, whose sums are reduced
+        /// together and whose f64 products are formed together, folded into the row's
+        /// accumulator one at a time in superblock order (the scalar twin's
+        /// `acc + scale · sumi`) at the top of the next group, when they are long ready.
         ///
         /// # Safety
         /// The CPU must support AVX-512 F, BW, VL and VNNI.
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-        pub unsafe fn $name(row: &[u8], q8k: &[u8]) -> f32 {
-            let nb = check_lens($kind, row, q8k);
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+        pub unsafe fn $rows(rows: &[u8], q8k: &[u8], out: &mut [f32]) {
+            let (nb, row_bytes) = check_rows($kind, rows, q8k, out.len());
             let tab = bcast_tab($tab());
-            let mut acc = 0.0f64;
-            for i in 0..nb {
-                let x = row.as_ptr().add(i * $bytes);
-                let y = q8k.as_ptr().add(i * Q8K_BYTES);
-                let sumi = $sb(x, y, tab);
-                acc = acc_k(acc, f16_to_f32(rd_u16_at(x)), rd_f32_at(y), sumi);
+            let ys = q8k.as_ptr();
+            let zero = _mm256_setzero_si256();
+            let acts = ready_acts(q8k, nb, $signed);
+            let signed = acts.signed.as_ptr();
+            for (r, o) in out.iter_mut().enumerate() {
+                let row = rows.as_ptr().add(r * row_bytes);
+                let xs = row.add($kind.row_meta());
+                let mut acc = 0.0f64;
+                let mut i = 0;
+                // The first fold adds four zeros to +0.0: a no-op.
+                let mut pending = ([zero; 4], _mm256_setzero_pd());
+                while i + 4 <= nb {
+                    let ([a, b, c, d], scales) = pending;
+                    let sums = _mm256_cvtepi32_pd(hsum4_i32(a, b, c, d));
+                    acc = fold4(acc, _mm256_mul_pd(scales, sums));
+                    let x0 = xs.add(i * $bytes);
+                    let y0 = ys.add(i * Q8K_BYTES);
+                    let x = [x0, x0.add($bytes), x0.add(2 * $bytes), x0.add(3 * $bytes)];
+                    let y = [
+                        y0,
+                        y0.add(Q8K_BYTES),
+                        y0.add(2 * Q8K_BYTES),
+                        y0.add(3 * Q8K_BYTES),
+                    ];
+                    // Written out: as a `map` over the four, LLVM kept a loop with the
+                    // pointers and sums on the stack and a bounds check per superblock.
+                    pending = (
+                        [
+                            $sb(x[0], y[0], tab, signed.wrapping_add(i)),
+                            $sb(x[1], y[1], tab, signed.wrapping_add(i + 1)),
+                            $sb(x[2], y[2], tab, signed.wrapping_add(i + 2)),
+                            $sb(x[3], y[3], tab, signed.wrapping_add(i + 3)),
+                        ],
+                        fold_factors::<$k>(x, acts.d8.as_ptr().add(i)),
+                    );
+                    i += 4;
+                }
+                let ([a, b, c, d], scales) = pending;
+                let sums = _mm256_cvtepi32_pd(hsum4_i32(a, b, c, d));
+                acc = fold4(acc, _mm256_mul_pd(scales, sums));
+                for i in i..nb {
+                    let x = xs.add(i * $bytes);
+                    let y = ys.add(i * Q8K_BYTES);
+                    let sumi = hsum_i32($sb(x, y, tab, signed.wrapping_add(i)));
+                    acc = if $k {
+                        fold1_k(acc, x, y, sumi)
+                    } else {
+                        fold1_ks(acc, x, y, sumi)
+                    };
+                }
+                *o = finish_ks(acc, row_scale_at($kind, row));
             }
-            finish_k(acc)
+            return_ready_acts(acts);
         }
-    };
-}
 
-macro_rules! row_ks {
-    ($name:ident, $kind:expr, $bytes:expr, $sb:ident, $tab:ident) => {
-        /// One row (KS type, row scale first) against Q8_K activations.
+        /// One row against Q8_K activations.
         ///
         /// # Safety
         /// The CPU must support AVX-512 F, BW, VL and VNNI.
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-        pub unsafe fn $name(row: &[u8], q8k: &[u8]) -> f32 {
-            let nb = check_lens($kind, row, q8k);
-            let tab = bcast_tab($tab());
-            let meta = $kind.row_meta();
-            let mut acc = 0.0f64;
-            for i in 0..nb {
-                let x = row.as_ptr().add(meta + i * $bytes);
-                let y = q8k.as_ptr().add(i * Q8K_BYTES);
-                let sumi = $sb(x, y, tab);
-                acc = acc_ks(acc, rd_f32_at(y), sumi);
-            }
-            finish_ks(acc, row_scale($kind, row))
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+        pub unsafe fn $single(row: &[u8], q8k: &[u8]) -> f32 {
+            let mut out = [0.0f32];
+            $rows(row, q8k, &mut out);
+            out[0]
         }
     };
 }
@@ -548,37 +693,13 @@ macro_rules! tile_lane_major {
     };
 }
 
-row_k!(vec_dot_iq2k, DotType::Iq2K, IQ2K_BYTES, sb_iq2k, tab_iq2);
-row_k!(vec_dot_iq3k, DotType::Iq3K, IQ3K_BYTES, sb_iq3k, tab_iq3);
-row_k!(vec_dot_iq4k, DotType::Iq4K, IQ4K_BYTES, sb_iq4k, tab_iq4);
-row_ks!(
-    vec_dot_iq2ks,
-    DotType::Iq2Ks,
-    IQ2KS_BYTES,
-    sb_iq2ks,
-    tab_iq2
-);
-row_ks!(
-    vec_dot_iq3ks,
-    DotType::Iq3Ks,
-    IQ3KS_BYTES,
-    sb_iq3ks,
-    tab_iq3
-);
-row_ks!(
-    vec_dot_iq4ks,
-    DotType::Iq4Ks,
-    IQ4KS_BYTES,
-    sb_iq4ks,
-    tab_iq4
-);
-row_ks!(
-    vec_dot_iq5ks,
-    DotType::Iq5Ks,
-    IQ5KS_BYTES,
-    sb_iq5ks,
-    tab_iq4
-);
+row_kernels!(rows_iq2k, vec_dot_iq2k, DotType::Iq2K, IQ2K_BYTES, sb_iq2k, tab_iq2, k_type: true, signed: false);
+row_kernels!(rows_iq3k, vec_dot_iq3k, DotType::Iq3K, IQ3K_BYTES, sb_iq3k, tab_iq3, k_type: true, signed: false);
+row_kernels!(rows_iq4k, vec_dot_iq4k, DotType::Iq4K, IQ4K_BYTES, sb_iq4k, tab_iq4, k_type: true, signed: true);
+row_kernels!(rows_iq2ks, vec_dot_iq2ks, DotType::Iq2Ks, IQ2KS_BYTES, sb_iq2ks, tab_iq2, k_type: false, signed: false);
+row_kernels!(rows_iq3ks, vec_dot_iq3ks, DotType::Iq3Ks, IQ3KS_BYTES, sb_iq3ks, tab_iq3, k_type: false, signed: false);
+row_kernels!(rows_iq4ks, vec_dot_iq4ks, DotType::Iq4Ks, IQ4KS_BYTES, sb_iq4ks, tab_iq4, k_type: false, signed: true);
+row_kernels!(rows_iq5ks, vec_dot_iq5ks, DotType::Iq5Ks, IQ5KS_BYTES, sb_iq5ks, tab_iq4, k_type: false, signed: true);
 
 tile_lane_major!(tile_iq2k, DotType::Iq2K, IQ2K_BYTES, dec_iq2k, tab_iq2, k_type: true, signed: false);
 tile_lane_major!(tile_iq3k, DotType::Iq3K, IQ3K_BYTES, dec_iq3k, tab_iq3, k_type: true, signed: false);

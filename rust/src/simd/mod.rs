@@ -351,7 +351,8 @@ pub fn rows_fn(kind: DotType, path: SimdPath) -> RowsFn {
         #[cfg(target_arch = "x86_64")]
         SimdPath::Avx2 => x86::avx2(kind).rows,
         SimdPath::Scalar => per_kind::<ByRow<{ SimdPath::Scalar as usize }>>(kind),
-        SimdPath::Avx512 => per_kind::<ByRow<{ SimdPath::Avx512 as usize }>>(kind),
+        #[cfg(target_arch = "x86_64")]
+        SimdPath::Avx512 => per_kind::<x86::Avx512RowsFn>(kind),
         SimdPath::Neon => per_kind::<ByRow<{ SimdPath::Neon as usize }>>(kind),
         #[allow(unreachable_patterns)]
         _ => unreachable!("{path} reported available on an architecture without it"),
@@ -450,16 +451,52 @@ mod x86 {
     }
 
     /// The AVX-512 kernels, in `DotType::ALL` order.
-    const AVX512: [(DotType, Avx512Dot, Avx512Tile); 7] = [
-        (DotType::Iq2K, avx512::vec_dot_iq2k, avx512::tile_iq2k),
-        (DotType::Iq3K, avx512::vec_dot_iq3k, avx512::tile_iq3k),
-        (DotType::Iq4K, avx512::vec_dot_iq4k, avx512::tile_iq4k),
-        (DotType::Iq2Ks, avx512::vec_dot_iq2ks, avx512::tile_iq2ks),
-        (DotType::Iq3Ks, avx512::vec_dot_iq3ks, avx512::tile_iq3ks),
-        (DotType::Iq4Ks, avx512::vec_dot_iq4ks, avx512::tile_iq4ks),
-        (DotType::Iq5Ks, avx512::vec_dot_iq5ks, avx512::tile_iq5ks),
+    const AVX512: [(DotType, Avx512Dot, Avx512Rows, Avx512Tile); 7] = [
+        (
+            DotType::Iq2K,
+            avx512::vec_dot_iq2k,
+            avx512::rows_iq2k,
+            avx512::tile_iq2k,
+        ),
+        (
+            DotType::Iq3K,
+            avx512::vec_dot_iq3k,
+            avx512::rows_iq3k,
+            avx512::tile_iq3k,
+        ),
+        (
+            DotType::Iq4K,
+            avx512::vec_dot_iq4k,
+            avx512::rows_iq4k,
+            avx512::tile_iq4k,
+        ),
+        (
+            DotType::Iq2Ks,
+            avx512::vec_dot_iq2ks,
+            avx512::rows_iq2ks,
+            avx512::tile_iq2ks,
+        ),
+        (
+            DotType::Iq3Ks,
+            avx512::vec_dot_iq3ks,
+            avx512::rows_iq3ks,
+            avx512::tile_iq3ks,
+        ),
+        (
+            DotType::Iq4Ks,
+            avx512::vec_dot_iq4ks,
+            avx512::rows_iq4ks,
+            avx512::tile_iq4ks,
+        ),
+        (
+            DotType::Iq5Ks,
+            avx512::vec_dot_iq5ks,
+            avx512::rows_iq5ks,
+            avx512::tile_iq5ks,
+        ),
     ];
     type Avx512Dot = unsafe fn(&[u8], &[u8]) -> f32;
+    type Avx512Rows = unsafe fn(&[u8], &[u8], &mut [f32]);
     type Avx512Tile = unsafe fn(&[u8], &ActRows, &mut [f32]);
 
     const _: () = {
@@ -481,6 +518,17 @@ mod x86 {
         }
     }
 
+    /// One kind's AVX-512 multi-row kernel.
+    pub(super) struct Avx512RowsFn;
+
+    impl PerKind for Avx512RowsFn {
+        type Out = RowsFn;
+        fn at<const I: usize>() -> RowsFn {
+            // SAFETY: only reachable through `rows_fn`, which checked the CPU features.
+            |r, q, o| unsafe { (AVX512[I].2)(r, q, o) }
+        }
+    }
+
     /// One kind's AVX-512 tile kernel.
     pub(super) struct Avx512TileFn;
 
@@ -488,7 +536,7 @@ mod x86 {
         type Out = TileFn;
         fn at<const I: usize>() -> TileFn {
             // SAFETY: only reachable through `tile_fn`, which checked the CPU features.
-            |r, a, o| unsafe { (AVX512[I].2)(r, a, o) }
+            |r, a, o| unsafe { (AVX512[I].3)(r, a, o) }
         }
     }
 }
