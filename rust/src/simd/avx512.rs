@@ -132,7 +132,7 @@ struct Decoded {
 /// weights 64t..64t+64, so one load per step.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn sum_unsigned(d: &Decoded, y: *const u8) -> __m512i {
+unsafe fn sum_unsigned(d: &Decoded, y: *const u8, _a: *const [SignedStep; 4]) -> __m512i {
     let mut acc = _mm512_setzero_si512();
     for t in 0..4usize {
         let q = loadu512(y.add(Q8K_QS + 64 * t));
@@ -213,12 +213,13 @@ unsafe fn fold_factors<const K: bool>(x: [*const u8; 4], d8: *const f64) -> __m2
 }
 
 /// The same for signed values (4-bit family, IQ5_KS) against the superblock's readied
-/// activations: step t holds weights 64t..64t+64.
+/// activations `a` (the quants at `y` are read from there): step t holds weights
+/// 64t..64t+64.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn sum_signed(d: &Decoded, a: &[SignedStep; 4]) -> __m512i {
+unsafe fn sum_signed(d: &Decoded, _y: *const u8, a: *const [SignedStep; 4]) -> __m512i {
     let mut acc = _mm512_setzero_si512();
-    for (t, a) in a.iter().enumerate() {
+    for (t, a) in (*a).iter().enumerate() {
         let vs = _mm512_mask_sub_epi8(d.v[t], a.neg, _mm512_setzero_si512(), d.v[t]);
         acc = dpwssd(acc, _mm512_maddubs_epi16(a.abs, vs), d.sc[t]);
     }
@@ -411,20 +412,7 @@ unsafe fn dec_iq5ks(x: *const u8, _tab: __m512i) -> (Decoded, K32) {
 /// One superblock against one activation row: eight i32 lanes whose sum is the exact
 /// integer sum. `a` is the superblock's [`SignedStep`]s (read by the signed kinds only).
 macro_rules! sb {
-    ($name:ident, $dec:ident, unsigned) => {
-        #[inline]
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-        unsafe fn $name(
-            x: *const u8,
-            y: *const u8,
-            tab: __m512i,
-            _a: *const [SignedStep; 4],
-        ) -> __m256i {
-            let (d, st) = $dec(x, tab);
-            narrow(sum_unsigned(&d, y), st.mins(y))
-        }
-    };
-    ($name:ident, $dec:ident, signed) => {
+    ($name:ident, $dec:ident, $sum:ident) => {
         #[inline]
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
         unsafe fn $name(
@@ -434,18 +422,18 @@ macro_rules! sb {
             a: *const [SignedStep; 4],
         ) -> __m256i {
             let (d, st) = $dec(x, tab);
-            narrow(sum_signed(&d, &*a), st.mins(y))
+            narrow($sum(&d, y, a), st.mins(y))
         }
     };
 }
 
-sb!(sb_iq2k, dec_iq2k, unsigned);
-sb!(sb_iq3k, dec_iq3k, unsigned);
-sb!(sb_iq4k, dec_iq4k, signed);
-sb!(sb_iq2ks, dec_iq2ks, unsigned);
-sb!(sb_iq3ks, dec_iq3ks, unsigned);
-sb!(sb_iq4ks, dec_iq4ks, signed);
-sb!(sb_iq5ks, dec_iq5ks, signed);
+sb!(sb_iq2k, dec_iq2k, sum_unsigned);
+sb!(sb_iq3k, dec_iq3k, sum_unsigned);
+sb!(sb_iq4k, dec_iq4k, sum_signed);
+sb!(sb_iq2ks, dec_iq2ks, sum_unsigned);
+sb!(sb_iq3ks, dec_iq3ks, sum_unsigned);
+sb!(sb_iq4ks, dec_iq4ks, sum_signed);
+sb!(sb_iq5ks, dec_iq5ks, sum_signed);
 
 macro_rules! row_kernels {
     (
